@@ -85,6 +85,8 @@ class Workspace {
   Tensor alloc(DType dtype, std::initializer_list<int64_t> shape);
   void* alloc_bytes(size_t bytes);
   void reset() { offset_ = 0; }
+  // Scratch scopes: `size_t m = ws.used(); ...; ws.rewind(m);` frees what was taken after m.
+  void rewind(size_t mark) { offset_ = mark < offset_ ? mark : offset_; }
   size_t used() const { return offset_; }
   size_t peak() const { return peak_; }
   size_t capacity() const { return buf_.bytes(); }

@@ -1,0 +1,67 @@
+// Model configuration: one JSON schema for the presets and (later) real checkpoints.
+// Every field is validated; an error names the field and the bad value. See docs/CONFIG.md.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "minillm/core/dtype.h"
+
+namespace minillm {
+
+enum class NormType { layernorm, rmsnorm };
+enum class NormPlacement { post, pre };
+enum class PositionType { none, rope };
+enum class QkNorm { none, per_head, full };
+enum class ExpertActivation { swiglu, gelu };
+
+struct MoEConfigFields {
+  int num_experts = 0;
+  int top_k = 0;
+  int ffn_size = 0;
+  ExpertActivation activation = ExpertActivation::swiglu;
+  bool normalize_topk = true;
+  int shared_expert_ffn = 0;  // 0: no shared expert
+};
+
+struct ModelConfig {
+  std::string name = "custom";
+  int vocab_size = 0;
+  int hidden_size = 0;
+  int num_layers = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;  // defaults to num_heads
+  int head_dim = 0;      // defaults to hidden_size / num_heads
+  int max_seq_len = 0;
+  NormType norm_type = NormType::layernorm;
+  float norm_eps = 1e-5f;
+  NormPlacement norm_placement = NormPlacement::post;
+  PositionType position = PositionType::rope;
+  float rope_theta = 10000.0f;
+  QkNorm qk_norm = QkNorm::none;
+  bool causal = true;
+  MoEConfigFields moe;
+  bool tie_embeddings = false;
+  DType dtype = DType::bf16;  // weight/activation dtype on the GPU (bf16 or f16)
+
+  int q_dim() const { return num_heads * head_dim; }
+  int kv_dim() const { return num_kv_heads * head_dim; }
+  int qkv_dim() const { return q_dim() + 2 * kv_dim(); }
+
+  int64_t num_parameters() const;         // total
+  int64_t num_active_parameters() const;  // per token (top_k of num_experts experts)
+  // Forward FLOPs per token at sequence length `seq` (matmuls + attention; 2 per multiply-add).
+  double flops_per_token(int64_t seq) const;
+
+  void validate() const;  // throws minillm::Error naming the field and value
+};
+
+// Parses a JSON document (string) into a validated config. Unknown keys are errors.
+ModelConfig parse_config_json(const std::string& json_text);
+// Loads a preset by name (tiny, small, medium, large) or, when `name_or_path` ends in .json or
+// names an existing file, parses that file.
+ModelConfig load_config(const std::string& name_or_path);
+ModelConfig preset_config(const std::string& name);
+std::string config_to_json(const ModelConfig& c);
+const char* const* preset_names();  // null-terminated list
+
+}  // namespace minillm

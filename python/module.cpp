@@ -1,0 +1,11 @@
+// The nanobind extension `minillm._minillm`; the package python/minillm re-exports it.
+#include "bindings.h"
+
+NB_MODULE(_minillm, m) {
+  m.doc() = "minillm: a small, fast inference engine for Mixture-of-Experts transformers";
+  minillm::py::bind_engine(m);
+#ifdef MINILLM_WITH_CUDA
+  minillm::py::bind_attention(m);
+  minillm::py::bind_moe(m);
+#endif
+}

@@ -1,0 +1,82 @@
+// The op interface the transformer graph calls, at the granularity of fused ops. The CPU backend
+// (fp32 reference) and the CUDA backend (bf16/fp16) implement it; the graph is written once.
+// Activations: [T, C] row-major with T = B * N tokens (padded batch layout, token t = b * N + n).
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "minillm/config.h"
+#include "minillm/core/tensor.h"
+
+namespace minillm {
+
+struct NormWeights {
+  Tensor w;  // [H] fp32
+  Tensor b;  // [H] fp32, or empty (RMSNorm)
+};
+
+// One layer's weights on the backend's device. Matmul weights in the backend's dtype, norms fp32.
+struct LayerWeights {
+  Tensor wqkv;  // [q_dim + 2 kv_dim, H]: q_proj, k_proj, v_proj rows concatenated
+  Tensor wo;    // [H, q_dim]
+  NormWeights norm1, norm2;  // input_layernorm, post_attention_layernorm
+  Tensor router;  // [E, H]
+  Tensor w1;      // [E, F, H] gate
+  Tensor w3;      // [E, F, H] up (empty for gelu)
+  Tensor w2;      // [E, H, F] down
+};
+
+struct ModelWeights {
+  Tensor embed;  // [V, H]
+  std::vector<LayerWeights> layers;
+  NormWeights final_norm;  // pre-norm models only
+  Tensor lm_head;          // [V, H] (aliases embed when tied)
+  std::vector<Buffer> storage;  // owns everything above
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual DType act_dtype() const = 0;
+
+  // Copies fp32 host data into backend memory as `dtype`, owned by `storage`.
+  Tensor upload(const float* host, std::initializer_list<int64_t> shape, DType dtype, std::vector<Buffer>& storage);
+
+  // out[t] = table[ids[t]]. ids: [T] i32 on the backend's device.
+  virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
+  // y[T, N] = x[T, K] @ w[N, K]^T.
+  virtual void linear(const Tensor& x, const Tensor& w, Tensor& y) = 0;
+  // In place on qkv [B*N, qkv_dim]: RoPE on the q and k parts, position of token b*N+n is n.
+  virtual void rope(Tensor& qkv, int B, int N, const ModelConfig& c) = 0;
+  // out [B*N, q_dim] = attention over q, k, v inside qkv [B*N, qkv_dim].
+  virtual void attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) = 0;
+  // x = x + delta (when delta is given); out = norm(x). out may alias x.
+  virtual void add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) = 0;
+  // y [T, H] = MoE(x [T, H]) with layer `l`'s router and experts.
+  virtual void moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y,
+                   Workspace& ws) = 0;
+  // Bytes of workspace the backend's ops need beyond the graph's activations, for T tokens.
+  virtual size_t op_workspace_bytes(const ModelConfig& c, int64_t T) const = 0;
+  // Copies raw bytes between host and the backend's device (synchronous).
+  virtual void to_device(void* dst, const void* src, size_t bytes) = 0;
+  virtual void to_host(void* dst, const void* src, size_t bytes) = 0;
+  virtual void synchronize() {}
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+#ifdef MINILLM_WITH_CUDA
+std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& c, int max_tokens);
+#endif
+
+// Uploads a WeightStore to a backend in the layout above (QKV fused, experts stacked).
+ModelWeights upload_weights(Backend& be, const ModelConfig& c, const class WeightStore& ws);
+
+// The transformer forward pass. ids: [B*N] i32 on the device; logits: [B*N, V] in `logits.dtype`
+// (fp32 on the CPU backend). All scratch comes from `ws` (reset by the caller).
+void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& w, const Tensor& ids, int B, int N,
+                         Workspace& ws, Tensor& logits);
+// Workspace bytes transformer_forward needs for B x N tokens.
+size_t transformer_workspace_bytes(const Backend& be, const ModelConfig& c, int B, int N);
+
+}  // namespace minillm

@@ -1,0 +1,136 @@
+// The transformer graph, written once against the Backend op interface.
+//   post-norm (the seed): x = N1(x + Attn(x)); x = N2(x + MoE(x))
+//   pre-norm (Mixtral):   x = x + Attn(N1(x)); x = x + MoE(N2(x)); ...; x = Nf(x)
+//   logits = x @ lm_head^T
+#include <vector>
+
+#include "engine/backend.h"
+#include "minillm/weights.h"
+
+namespace minillm {
+
+Tensor Backend::upload(const float* host, std::initializer_list<int64_t> shape, DType dtype,
+                       std::vector<Buffer>& storage) {
+  Tensor t(nullptr, dtype, device(), shape);
+  storage.emplace_back(t.nbytes(), device());
+  t.data = storage.back().data();
+  const int64_t n = t.numel();
+  if (dtype == DType::f32) {
+    to_device(t.data, host, t.nbytes());
+  } else {
+    std::vector<uint16_t> h(static_cast<size_t>(n));
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) h[i] = dtype == DType::bf16 ? f32_to_bf16(host[i]) : f32_to_f16(host[i]);
+    to_device(t.data, h.data(), t.nbytes());
+  }
+  return t;
+}
+
+ModelWeights upload_weights(Backend& be, const ModelConfig& c, const WeightStore& ws) {
+  ModelWeights mw;
+  const DType dt = be.act_dtype();
+  const int64_t H = c.hidden_size, V = c.vocab_size, E = c.moe.num_experts, F = c.moe.ffn_size;
+  std::vector<float> tmp;
+  auto load = [&](std::initializer_list<std::string> names, std::initializer_list<int64_t> shape, DType dtype) {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    tmp.resize(static_cast<size_t>(n));
+    int64_t off = 0;
+    for (const auto& name : names) {
+      const HostWeight& w = ws.get(name);
+      w.to_f32(tmp.data() + off);
+      off += w.numel();
+    }
+    MINILLM_CHECK(off == n, "weights: size mismatch assembling " << *names.begin());
+    return be.upload(tmp.data(), shape, dtype, mw.storage);
+  };
+  auto load_norm = [&](const std::string& prefix) {
+    NormWeights n;
+    n.w = load({prefix + ".weight"}, {H}, DType::f32);
+    if (c.norm_type == NormType::layernorm) n.b = load({prefix + ".bias"}, {H}, DType::f32);
+    return n;
+  };
+  mw.embed = load({"model.embed_tokens.weight"}, {V, H}, dt);
+  for (int l = 0; l < c.num_layers; ++l) {
+    LayerWeights lw;
+    lw.wqkv = load({layer_name(l, "self_attn.q_proj.weight"), layer_name(l, "self_attn.k_proj.weight"),
+                    layer_name(l, "self_attn.v_proj.weight")},
+                   {c.qkv_dim(), H}, dt);
+    lw.wo = load({layer_name(l, "self_attn.o_proj.weight")}, {H, c.q_dim()}, dt);
+    lw.norm1 = load_norm(layer_name(l, "input_layernorm"));
+    lw.norm2 = load_norm(layer_name(l, "post_attention_layernorm"));
+    lw.router = load({layer_name(l, "block_sparse_moe.gate.weight")}, {E, H}, dt);
+    std::vector<std::string> w1, w3, w2;
+    for (int e = 0; e < E; ++e) {
+      w1.push_back(expert_name(l, e, "w1"));
+      w3.push_back(expert_name(l, e, "w3"));
+      w2.push_back(expert_name(l, e, "w2"));
+    }
+    auto load_list = [&](const std::vector<std::string>& names, std::initializer_list<int64_t> shape) {
+      int64_t n = 1;
+      for (int64_t s : shape) n *= s;
+      tmp.resize(static_cast<size_t>(n));
+      int64_t off = 0;
+      for (const auto& name : names) {
+        const HostWeight& w = ws.get(name);
+        w.to_f32(tmp.data() + off);
+        off += w.numel();
+      }
+      return be.upload(tmp.data(), shape, dt, mw.storage);
+    };
+    lw.w1 = load_list(w1, {E, F, H});
+    if (c.moe.activation == ExpertActivation::swiglu) lw.w3 = load_list(w3, {E, F, H});
+    lw.w2 = load_list(w2, {E, H, F});
+    mw.layers.push_back(lw);
+  }
+  if (c.norm_placement == NormPlacement::pre) mw.final_norm = load_norm("model.norm");
+  mw.lm_head = c.tie_embeddings ? mw.embed : load({"lm_head.weight"}, {V, H}, dt);
+  return mw;
+}
+
+size_t transformer_workspace_bytes(const Backend& be, const ModelConfig& c, int B, int N) {
+  const int64_t T = static_cast<int64_t>(B) * N;
+  const size_t es = dtype_size(be.act_dtype());
+  const size_t align = 256;
+  auto sz = [&](int64_t n) { return (static_cast<size_t>(n) * es + align - 1) / align * align; };
+  // x, h, qkv, attn, delta (reused by the MoE output)
+  return sz(T * c.hidden_size) * 3 + sz(T * c.qkv_dim()) + sz(T * c.q_dim()) + be.op_workspace_bytes(c, T);
+}
+
+void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& w, const Tensor& ids, int B, int N,
+                         Workspace& ws, Tensor& logits) {
+  const int64_t T = static_cast<int64_t>(B) * N;
+  const int64_t H = c.hidden_size;
+  const DType dt = be.act_dtype();
+  Tensor x = ws.alloc(dt, {T, H});            // residual stream
+  Tensor h = ws.alloc(dt, {T, H});            // normed input to a sublayer (pre-norm)
+  Tensor qkv = ws.alloc(dt, {T, c.qkv_dim()});
+  Tensor attn = ws.alloc(dt, {T, c.q_dim()});
+  Tensor delta = ws.alloc(dt, {T, H});        // sublayer output
+  const bool pre = c.norm_placement == NormPlacement::pre;
+
+  be.embedding(ids, w.embed, x);
+  // Pre-norm: the residual add of a sublayer's output is deferred into the next norm (fused).
+  const Tensor* pending = nullptr;
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& lw = w.layers[l];
+    if (pre) be.add_norm(x, pending, lw.norm1, c, h);  // x += moe_prev; h = N1(x)
+    be.linear(pre ? h : x, lw.wqkv, qkv);
+    if (c.position == PositionType::rope) be.rope(qkv, B, N, c);
+    be.attention(qkv, attn, B, N, c);
+    be.linear(attn, lw.wo, delta);
+    if (pre) {
+      be.add_norm(x, &delta, lw.norm2, c, h);  // x += attn; h = N2(x)
+      be.moe(h, lw, l, c, delta, ws);
+      pending = &delta;
+    } else {
+      be.add_norm(x, &delta, lw.norm1, c, x);  // x = N1(x + attn)
+      be.moe(x, lw, l, c, delta, ws);
+      be.add_norm(x, &delta, lw.norm2, c, x);  // x = N2(x + moe)
+    }
+  }
+  if (pre) be.add_norm(x, pending, w.final_norm, c, h);  // x += moe_last; h = Nf(x)
+  be.linear(pre ? h : x, w.lm_head, logits);
+}
+
+}  // namespace minillm
