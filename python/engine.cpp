@@ -1,0 +1,150 @@
+// Python bindings: config loading and InferenceEngine. Arrays come in through DLPack / the buffer
+// protocol (numpy, torch, cupy ...); logits come back as a numpy float32 array [B, N, V].
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstring>
+#include <memory>
+#include <optional>
+
+#include "bindings.h"
+#include "minillm/engine.h"
+
+#ifdef MINILLM_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace nb = nanobind;
+
+namespace minillm::py {
+namespace {
+
+ModelConfig config_from_arg(const std::string& s) {
+  if (!s.empty() && s.front() == '{') return parse_config_json(s);
+  return load_config(s);
+}
+
+// ids: any 2-D integer array (B, N), host or CUDA; copied to host int32 with range checks.
+std::vector<int32_t> ids_to_host(const nb::ndarray<nb::ro>& a, int& B, int& N) {
+  if (a.ndim() != 2) MINILLM_FAIL("forward: input_ids must be 2-D (batch, seq), got " << a.ndim() << " dims");
+  B = static_cast<int>(a.shape(0));
+  N = static_cast<int>(a.shape(1));
+  const auto dt = a.dtype();
+  const bool i32 = dt == nb::dtype<int32_t>(), i64 = dt == nb::dtype<int64_t>();
+  if (!i32 && !i64) MINILLM_FAIL("forward: input_ids must be int32 or int64");
+  const size_t n = static_cast<size_t>(B) * N, es = i32 ? 4 : 8;
+  std::vector<uint8_t> raw(n * es);
+  // Copy respecting strides (element strides in units of elements).
+  const int64_t s0 = a.stride(0), s1 = a.stride(1);
+  const bool contiguous = s1 == 1 && s0 == N;
+  std::vector<uint8_t> dense;
+  const uint8_t* src = static_cast<const uint8_t*>(a.data());
+  if (a.device_type() == nb::device::cuda::value) {
+#ifdef MINILLM_WITH_CUDA
+    MINILLM_CHECK(contiguous, "forward: CUDA input_ids must be contiguous");
+    if (cudaMemcpy(raw.data(), src, raw.size(), cudaMemcpyDeviceToHost) != cudaSuccess)
+      MINILLM_FAIL("forward: could not copy input_ids from the GPU");
+#else
+    MINILLM_FAIL("forward: input_ids are on CUDA but minillm was built without CUDA");
+#endif
+  } else if (a.device_type() == nb::device::cpu::value) {
+    if (contiguous) {
+      std::memcpy(raw.data(), src, raw.size());
+    } else {
+      for (int b = 0; b < B; ++b)
+        for (int t = 0; t < N; ++t)
+          std::memcpy(raw.data() + (static_cast<size_t>(b) * N + t) * es, src + (b * s0 + t * s1) * es, es);
+    }
+  } else {
+    MINILLM_FAIL("forward: input_ids must be on the CPU or a CUDA device");
+  }
+  std::vector<int32_t> ids(n);
+  for (size_t i = 0; i < n; ++i) {
+    int64_t v;
+    if (i32) {
+      int32_t x;
+      std::memcpy(&x, raw.data() + 4 * i, 4);
+      v = x;
+    } else {
+      std::memcpy(&v, raw.data() + 8 * i, 8);
+    }
+    if (v < INT32_MIN || v > INT32_MAX)
+      MINILLM_FAIL("forward: token id " << v << " at position [" << i / N << ", " << i % N << "] is out of range");
+    ids[i] = static_cast<int32_t>(v);
+  }
+  return ids;
+}
+
+class PyEngine {
+ public:
+  PyEngine(const std::string& config, const std::optional<std::string>& weights, const std::string& device, int max_batch,
+           int max_seq, uint64_t seed, const std::string& logits_dtype) {
+    const ModelConfig c = config_from_arg(config);
+    EngineOptions o;
+    o.device = device;
+    o.max_batch = max_batch;
+    o.max_seq = max_seq;
+    o.logits_dtype = logits_dtype == "f32" || logits_dtype == "fp32" ? DType::f32 : parse_dtype(logits_dtype);
+    const WeightStore ws = weights ? WeightStore::load(*weights, c) : WeightStore::random(c, seed, c.dtype);
+    engine_ = std::make_unique<InferenceEngine>(c, ws, o);
+  }
+  nb::ndarray<nb::numpy, float, nb::ndim<3>> forward(const nb::ndarray<nb::ro>& input_ids) {
+    int B = 0, N = 0;
+    std::vector<int32_t> ids = ids_to_host(input_ids, B, N);
+    auto* out = new std::vector<float>(engine_->forward(ids.data(), B, N));
+    nb::capsule owner(out, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+    const size_t shape[3] = {static_cast<size_t>(B), static_cast<size_t>(N),
+                             static_cast<size_t>(engine_->config().vocab_size)};
+    return nb::ndarray<nb::numpy, float, nb::ndim<3>>(out->data(), 3, shape, owner);
+  }
+  std::string config_json() const { return config_to_json(engine_->config()); }
+  std::string device() const { return device_name(engine_->device()); }
+  double last_ms() const { return engine_->last_timings().ms; }
+  size_t weight_bytes() const { return engine_->weight_bytes(); }
+  size_t workspace_bytes() const { return engine_->workspace_bytes(); }
+
+ private:
+  std::unique_ptr<InferenceEngine> engine_;
+};
+
+}  // namespace
+
+void bind_engine(nb::module_& m) {
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const Error& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+  m.def("preset_names", [] {
+    std::vector<std::string> v;
+    for (const char* const* n = preset_names(); *n; ++n) v.push_back(*n);
+    return v;
+  });
+  m.def("config_json", [](const std::string& c) { return config_to_json(config_from_arg(c)); }, nb::arg("config"),
+        "Validated config as JSON text: a preset name, a path to a .json file, or JSON text.");
+  m.def("num_parameters", [](const std::string& c) { return config_from_arg(c).num_parameters(); }, nb::arg("config"));
+  m.def("cuda_available", &cuda_available);
+  m.def(
+      "write_random_weights",
+      [](const std::string& c, const std::string& path, uint64_t seed, const std::string& dtype) {
+        const ModelConfig cfg = config_from_arg(c);
+        WeightStore::random(cfg, seed, dtype.empty() ? cfg.dtype : parse_dtype(dtype)).save(path);
+      },
+      nb::arg("config"), nb::arg("path"), nb::arg("seed") = 0, nb::arg("dtype") = "");
+  nb::class_<PyEngine>(m, "_InferenceEngine")
+      .def(nb::init<const std::string&, const std::optional<std::string>&, const std::string&, int, int, uint64_t, const std::string&>(),
+           nb::arg("config"), nb::arg("weights").none() = nb::none(), nb::arg("device") = "auto",
+           nb::arg("max_batch") = 1, nb::arg("max_seq") = 0, nb::arg("seed") = 0, nb::arg("logits_dtype") = "f32")
+      .def("forward", &PyEngine::forward, nb::arg("input_ids"))
+      .def("config_json", &PyEngine::config_json)
+      .def_prop_ro("device", &PyEngine::device)
+      .def_prop_ro("last_forward_ms", &PyEngine::last_ms)
+      .def_prop_ro("weight_bytes", &PyEngine::weight_bytes)
+      .def_prop_ro("workspace_bytes", &PyEngine::workspace_bytes);
+}
+
+}  // namespace minillm::py

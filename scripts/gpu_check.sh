@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Everything that needs the GPU, in one call: build with all cores, the C++ CPU and GPU tests,
+# pytest (incl. the comparisons against torch), compute-sanitizer on small shapes, the main job,
+# and the benchmarks. Logs and result JSON go to $OUT (when set, else gpu_out/); a summary table
+# is printed last. The GPU machine has no network: carry .deps (scripts/setup.sh fills it here).
+#   STEPS="build cpu gpu pytest sanitize main bench" (default: all)   BENCH_ARGS="--quick"
+#   GOLDEN=1 also regenerates tests/golden/*_golden.safetensors with torch (copied to $OUT).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=$(command -v python3)
+BUILD_DIR=${BUILD_DIR:-build-gpu}
+STEPS=${STEPS:-"build cpu gpu pytest sanitize main bench"}
+BENCH_ARGS=${BENCH_ARGS:-}
+SAN_FILTER=${SAN_FILTER:-"*Small*"}
+declare -a SUMMARY=()
+
+step() {  # step NAME LOGFILE COMMAND...: runs, records pass/fail and the seconds it took
+  local name=$1 log=$2
+  shift 2
+  [[ " $STEPS " == *" ${name%%:*} "* ]] || return 0
+  echo "=== $name"
+  local t0=$SECONDS
+  "$@" 2>&1 | tee "$OUT/$log"
+  local rc=${PIPESTATUS[0]}
+  SUMMARY+=("$(printf '%-22s %-5s %5ss  %s' "$name" "$([[ $rc == 0 ]] && echo ok || echo FAIL)" $((SECONDS - t0)) "$log")")
+  return "$rc"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+[[ -f .deps/include/nlohmann/json.hpp ]] || { echo "error: .deps missing: carry .deps (run scripts/setup.sh here first)"; exit 1; }
+
+step build build.log env BUILD_DIR="$BUILD_DIR" PYTHON="$PY" scripts/build.sh -DCMAKE_CUDA_ARCHITECTURES=90a || { printf '%s\n' "${SUMMARY[@]}"; exit 1; }
+step cpu cpu_tests.log bash -c "cd $BUILD_DIR && ctest -L cpu --output-on-failure -j16"
+step gpu gpu_tests.log "$BUILD_DIR/minillm_cuda_tests" --gtest_brief=1
+step pytest pytest.log env PYTHONPATH=python "$PY" -m pytest -q -rs tests/python
+step sanitize:memcheck sanitizer.log compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
+  "$BUILD_DIR/minillm_cuda_tests" --gtest_filter="$SAN_FILTER" --gtest_brief=1
+step sanitize:racecheck racecheck.log compute-sanitizer --tool racecheck --error-exitcode 9 \
+  "$BUILD_DIR/minillm_cuda_tests" --gtest_filter="$SAN_FILTER" --gtest_brief=1
+step main main.log "$BUILD_DIR/minillm" forward --model medium --batch 8 --seq 2048 --device cuda
+if [[ -n "${GOLDEN:-}" ]]; then
+  step golden golden.log "$PY" tests/golden/make_golden.py && cp tests/golden/*_golden.safetensors "$OUT"/
+fi
+for b in bench/bench_*.py; do
+  [[ -f "$b" ]] || continue
+  n=$(basename "$b" .py)
+  step "bench:${n#bench_}" "$n.log" env PYTHONPATH=python "$PY" "$b" $BENCH_ARGS
+done
+
+echo
+echo "=== summary ($(head -1 "$OUT/device.txt"))"
+printf '%s\n' "${SUMMARY[@]}"
+[[ "${SUMMARY[*]}" != *FAIL* ]]
