@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
+#include <sys/mman.h>
 
 #ifdef MINILLM_WITH_CUDA
 #include "minillm/core/cuda_check.h"
@@ -67,8 +68,12 @@ void check_tensor(const Tensor& t, const char* what, DType dtype, std::initializ
 Buffer::Buffer(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   if (bytes == 0) return;
   if (device == Device::cpu) {
-    data_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    // Large buffers: 2 MiB aligned and backed by transparent huge pages (far fewer page faults
+    // when multi-GB weights are first written).
+    const size_t align = bytes >= (8u << 20) ? (2u << 20) : 64;
+    data_ = std::aligned_alloc(align, (bytes + align - 1) / align * align);
     if (!data_) MINILLM_FAIL("out of host memory allocating " << bytes << " bytes");
+    if (align > 64) ::madvise(data_, (bytes + align - 1) / align * align, MADV_HUGEPAGE);
   } else {
 #ifdef MINILLM_WITH_CUDA
     cudaError_t err = cudaMalloc(&data_, bytes);

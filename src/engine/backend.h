@@ -2,6 +2,7 @@
 // (fp32 reference) and the CUDA backend (bf16/fp16) implement it; the graph is written once.
 // Activations: [T, C] row-major with T = B * N tokens (padded batch layout, token t = b * N + n).
 #pragma once
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -40,8 +41,11 @@ class Backend {
   virtual Device device() const = 0;
   virtual DType act_dtype() const = 0;
 
-  // Copies fp32 host data into backend memory as `dtype`, owned by `storage`.
-  Tensor upload(const float* host, std::initializer_list<int64_t> shape, DType dtype, std::vector<Buffer>& storage);
+  // Allocates a tensor of `shape` x `dtype` in backend memory (owned by `storage`) and fills it from
+  // fp32 values that `fill(float* dst)` writes (numel of them): directly into host fp32 memory,
+  // through a staging buffer otherwise.
+  Tensor upload(std::initializer_list<int64_t> shape, DType dtype, std::vector<Buffer>& storage,
+                const std::function<void(float*)>& fill);
 
   // out[t] = table[ids[t]]. ids: [T] i32 on the backend's device.
   virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out) = 0;

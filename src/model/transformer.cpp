@@ -9,18 +9,24 @@
 
 namespace minillm {
 
-Tensor Backend::upload(const float* host, std::initializer_list<int64_t> shape, DType dtype,
-                       std::vector<Buffer>& storage) {
+Tensor Backend::upload(std::initializer_list<int64_t> shape, DType dtype, std::vector<Buffer>& storage,
+                       const std::function<void(float*)>& fill) {
   Tensor t(nullptr, dtype, device(), shape);
   storage.emplace_back(t.nbytes(), device());
   t.data = storage.back().data();
   const int64_t n = t.numel();
+  if (dtype == DType::f32 && device() == Device::cpu) {
+    fill(t.ptr<float>());
+    return t;
+  }
+  std::vector<float> f32(static_cast<size_t>(n));
+  fill(f32.data());
   if (dtype == DType::f32) {
-    to_device(t.data, host, t.nbytes());
+    to_device(t.data, f32.data(), t.nbytes());
   } else {
     std::vector<uint16_t> h(static_cast<size_t>(n));
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) h[i] = dtype == DType::bf16 ? f32_to_bf16(host[i]) : f32_to_f16(host[i]);
+    for (int64_t i = 0; i < n; ++i) h[i] = dtype == DType::bf16 ? f32_to_bf16(f32[i]) : f32_to_f16(f32[i]);
     to_device(t.data, h.data(), t.nbytes());
   }
   return t;
@@ -30,19 +36,15 @@ ModelWeights upload_weights(Backend& be, const ModelConfig& c, const WeightStore
   ModelWeights mw;
   const DType dt = be.act_dtype();
   const int64_t H = c.hidden_size, V = c.vocab_size, E = c.moe.num_experts, F = c.moe.ffn_size;
-  std::vector<float> tmp;
-  auto load = [&](std::initializer_list<std::string> names, std::initializer_list<int64_t> shape, DType dtype) {
-    int64_t n = 1;
-    for (int64_t s : shape) n *= s;
-    tmp.resize(static_cast<size_t>(n));
-    int64_t off = 0;
-    for (const auto& name : names) {
-      const HostWeight& w = ws.get(name);
-      w.to_f32(tmp.data() + off);
-      off += w.numel();
-    }
-    MINILLM_CHECK(off == n, "weights: size mismatch assembling " << *names.begin());
-    return be.upload(tmp.data(), shape, dtype, mw.storage);
+  // Uploads the named host tensors concatenated along their first dimension as one tensor.
+  auto load = [&](const std::vector<std::string>& names, std::initializer_list<int64_t> shape, DType dtype) {
+    return be.upload(shape, dtype, mw.storage, [&](float* dst) {
+      for (const auto& name : names) {
+        const HostWeight& w = ws.get(name);
+        w.to_f32(dst);
+        dst += w.numel();
+      }
+    });
   };
   auto load_norm = [&](const std::string& prefix) {
     NormWeights n;
@@ -66,21 +68,9 @@ ModelWeights upload_weights(Backend& be, const ModelConfig& c, const WeightStore
       w3.push_back(expert_name(l, e, "w3"));
       w2.push_back(expert_name(l, e, "w2"));
     }
-    auto load_list = [&](const std::vector<std::string>& names, std::initializer_list<int64_t> shape) {
-      int64_t n = 1;
-      for (int64_t s : shape) n *= s;
-      tmp.resize(static_cast<size_t>(n));
-      int64_t off = 0;
-      for (const auto& name : names) {
-        const HostWeight& w = ws.get(name);
-        w.to_f32(tmp.data() + off);
-        off += w.numel();
-      }
-      return be.upload(tmp.data(), shape, dt, mw.storage);
-    };
-    lw.w1 = load_list(w1, {E, F, H});
-    if (c.moe.activation == ExpertActivation::swiglu) lw.w3 = load_list(w3, {E, F, H});
-    lw.w2 = load_list(w2, {E, H, F});
+    lw.w1 = load(w1, {E, F, H}, dt);
+    if (c.moe.activation == ExpertActivation::swiglu) lw.w3 = load(w3, {E, F, H}, dt);
+    lw.w2 = load(w2, {E, H, F}, dt);
     mw.layers.push_back(lw);
   }
   if (c.norm_placement == NormPlacement::pre) mw.final_norm = load_norm("model.norm");

@@ -82,8 +82,16 @@ void HostWeight::to_f32(float* out) const {
     std::memcpy(out, bytes.data(), 4 * n);
     return;
   }
+  const auto* h = reinterpret_cast<const uint16_t*>(bytes.data());
+  if (dtype == DType::bf16) {
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) out[i] = bits_f32(static_cast<uint32_t>(h[i]) << 16);
+  } else if (dtype == DType::f16) {
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) out[i] = at(i);
+    for (int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(h[i]);
+  } else {
+    MINILLM_FAIL("weights: tensor of dtype " << dtype_name(dtype) << " is not a float tensor");
+  }
 }
 
 WeightStore WeightStore::random(const ModelConfig& c, uint64_t seed, DType dtype) {
