@@ -4,8 +4,6 @@
 
 namespace minillm::py {
 void bind_engine(nanobind::module_& m);     // python/engine.cpp: config, InferenceEngine
-#ifdef MINILLM_WITH_CUDA
 void bind_attention(nanobind::module_& m);  // python/attention.cpp: flash_attention, flash_attention_varlen
 void bind_moe(nanobind::module_& m);        // python/moe.cpp: MoELayer
-#endif
 }  // namespace minillm::py

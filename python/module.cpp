@@ -4,8 +4,10 @@
 NB_MODULE(_minillm, m) {
   m.doc() = "minillm: a small, fast inference engine for Mixture-of-Experts transformers";
   minillm::py::bind_engine(m);
-#ifdef MINILLM_WITH_CUDA
+#ifdef MINILLM_PY_ATTENTION
   minillm::py::bind_attention(m);
+#endif
+#ifdef MINILLM_PY_MOE
   minillm::py::bind_moe(m);
 #endif
 }
