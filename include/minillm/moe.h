@@ -1,0 +1,80 @@
+// minillm::MoELayer: a Mixture-of-Experts FFN layer on the GPU (bf16 or fp16, fp32 accumulation).
+//
+//   logits = x @ router^T                 [T, E] fp32 (cuBLAS)
+//   ids, w = top_k(softmax(logits))       [T, k] (ties to the lower expert index; optional renorm)
+//   y[t]   = sum_j w[t, j] * expert_{ids[t, j]}(x[t])      (fp32 sum in slot order, no atomics)
+//   swiglu expert: w_down @ (silu(w_gate x) * (w_up x));  gelu expert: w_down @ gelu(w_gate x)
+//
+// Weights use HF's layout ([out, in] per expert) and are BORROWED: set_weights keeps the device
+// pointers, nothing is copied, so they must stay alive and unchanged while the layer is used.
+// forward() allocates nothing and never synchronises with the host (CUDA-graph capturable): all
+// scratch comes from a workspace sized by workspace_bytes(max_tokens), either owned (reserve) or
+// passed by the caller. The result is bitwise identical from run to run.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "minillm/core/dtype.h"
+#include "minillm/core/tensor.h"
+
+namespace minillm {
+
+enum class MoEActivation { swiglu, gelu };
+
+struct MoEConfig {
+  int64_t hidden = 0;       // H: model width; multiple of 64
+  int64_t num_experts = 0;  // E: 1..256
+  int64_t top_k = 0;        // k: 1..min(8, E)
+  int64_t ffn = 0;          // F: expert width; multiple of 64
+  MoEActivation activation = MoEActivation::swiglu;
+  bool normalize_topk = true;  // renormalise the k weights to sum 1 (Mixtral, Qwen3); OLMoE: false
+  DType dtype = DType::bf16;   // bf16 or f16, for activations and weights
+
+  void validate() const;  // throws minillm::Error naming the field and value
+};
+
+class MoELayer {
+ public:
+  // Tokens up to this count take the decode path (weights streamed once, no tile padding).
+  static constexpr int64_t kDecodeMaxTokens = 64;
+
+  // max_tokens > 0 reserves an owned workspace for up to that many tokens.
+  explicit MoELayer(const MoEConfig& cfg, int64_t max_tokens = 0);
+  ~MoELayer();
+  MoELayer(MoELayer&&) noexcept;
+  MoELayer& operator=(MoELayer&&) noexcept;
+
+  const MoEConfig& config() const;
+
+  // Device tensors in cfg.dtype, contiguous: router [E, H], w_gate [E, F, H], w_up [E, F, H]
+  // (swiglu; an empty Tensor for gelu), w_down [E, H, F].
+  void set_weights(const Tensor& router, const Tensor& w_gate, const Tensor& w_up, const Tensor& w_down);
+  // The same from raw device pointers (w_up null for gelu).
+  void set_weights(const void* router, const void* w_gate, const void* w_up, const void* w_down);
+
+  // Scratch bytes that forward needs for up to max_tokens tokens (0 for max_tokens == 0).
+  static size_t workspace_bytes(const MoEConfig& cfg, int64_t max_tokens);
+  size_t workspace_bytes(int64_t max_tokens) const { return workspace_bytes(config(), max_tokens); }
+  // (Re)allocates the owned workspace for up to max_tokens tokens (the only allocation).
+  void reserve(int64_t max_tokens);
+  int64_t reserved_tokens() const;
+
+  // y = moe(x). x, y: [T, H] contiguous device tensors in cfg.dtype (T may be 0).
+  void forward(const Tensor& x, const Tensor& y, cudaStream_t stream);               // owned workspace
+  void forward(const Tensor& x, const Tensor& y, Workspace& ws, cudaStream_t stream);  // caller's arena
+  // Raw form for the engine: x, y device pointers [T, H]; scratch of scratch_bytes >= workspace_bytes(T),
+  // 256-byte aligned.
+  void forward(const void* x, void* y, int64_t T, void* scratch, size_t scratch_bytes, cudaStream_t stream);
+
+  // The routing alone (for tests): ids [T, k] int32 (descending weight), weights [T, k] fp32.
+  void route(const void* x, int64_t T, int32_t* ids, float* weights, void* scratch, size_t scratch_bytes,
+             cudaStream_t stream);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace minillm

@@ -1,0 +1,186 @@
+// MoE decode path (T <= 64 tokens): expert GEMMs bound by reading each active expert's weights once.
+//
+// Algorithm: a skinny GEMM per active expert with the weights as the 16-row M operand of
+// mma.sync.m16n8k16 and the expert's (<= 64) tokens as N (8 per MMA). Each thread streams 16 bytes of
+// weight rows g and g+8 per 32 columns of K (ld.global.nc.L1::no_allocate: read once) and feeds them to
+// the tensor cores WITHOUT reshuffling: the dot product does not care in which order K is summed, so the
+// MMA's logical k-slots {2q, 2q+1, 2q+8, 2q+9} are mapped to the 8 consecutive columns 8q..8q+7 that
+// the thread loaded, and the tokens' rows are loaded with the same mapping (16 bytes, L1-cached: every
+// block of an expert reads them). Experts without tokens exit at once; no padding rows are computed.
+// Tiling: block = 16 output rows of one expert (grid N/16 x E), 4 warps split K (chunks of 32 columns,
+// 4 consecutive chunks per warp and step: 256-byte runs per row), up to 16 x 16-byte loads in flight per
+// thread; the 4 partial sums are reduced through shared memory in warp order (deterministic).
+// swiglu: the block reads 16 gate and 16 up rows and writes silu(gate) * up; gelu / none: 16 rows.
+// Layouts: A [rows, K] permuted tokens (expert e: rows row_offset[e] .. + counts[e]), W [E, N, K],
+// D [rows, N]. Measured on the H100: bench/bench_moe.py decode cases (bench/results/h100/moe.json).
+#include <cuda_runtime.h>
+
+#include "cuda/moe/moe_common.cuh"
+#include "cuda/moe/moe_ops.h"
+#include "minillm/core/cuda_check.h"
+
+namespace minillm::cuda::moe {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRows = 16;                      // output rows per block
+constexpr int kMaxTiles = kDecodeMaxRows / 8;  // 8-token MMA tiles
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                  uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <typename T, Epilogue kEpi>
+__global__ void __launch_bounds__(kThreads)
+    decode_gemm_kernel(const T* __restrict__ a, const T* __restrict__ w0, const T* __restrict__ w1, int64_t N,
+                       int64_t K, const int32_t* __restrict__ counts, const int32_t* __restrict__ row_offset,
+                       T* __restrict__ d) {
+  constexpr int kMats = kEpi == Epilogue::swiglu ? 2 : 1;
+  constexpr int kUnroll = 8 / kMats;  // K chunks per step: 16 loads of 16 bytes in flight per thread
+  __shared__ float red[kWarps][kMats][kMaxTiles][4][32];
+
+  const int e = blockIdx.y;
+  const int n_tok = counts[e];
+  if (n_tok == 0) return;
+  const int tiles = (n_tok + 7) / 8;
+  const int64_t row0 = row_offset[e];
+  const int64_t f0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, q = lane % 4;
+
+  const T* wrow[kMats][2];
+#pragma unroll
+  for (int m = 0; m < kMats; ++m) {
+    const T* w = (m == 0 ? w0 : w1) + (static_cast<int64_t>(e) * N + f0) * K + 8 * q;
+    wrow[m][0] = w + g * K;
+    wrow[m][1] = w + (g + 8) * K;
+  }
+  const T* xrow[kMaxTiles];
+#pragma unroll
+  for (int t = 0; t < kMaxTiles; ++t) {
+    const int tok = min(t * 8 + g, n_tok - 1);  // clamped: the extra columns are never written
+    xrow[t] = a + (row0 + tok) * K + 8 * q;
+  }
+
+  float acc[kMats][kMaxTiles][4] = {};
+  const int64_t chunks = K / 32;
+  for (int64_t base = static_cast<int64_t>(warp) * kUnroll; base < chunks; base += kWarps * kUnroll) {
+    uint4 wv[kUnroll][kMats][2];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t k = (base + u) * 32;
+#pragma unroll
+      for (int m = 0; m < kMats; ++m)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) wv[u][m][r] = base + u < chunks ? ld_stream(wrow[m][r] + k) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (base + u >= chunks) continue;
+      const int64_t k = (base + u) * 32;
+#pragma unroll
+      for (int t = 0; t < kMaxTiles; ++t) {
+        if (t >= tiles) continue;
+        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(xrow[t] + k));
+#pragma unroll
+        for (int m = 0; m < kMats; ++m) {
+          const uint4& lo = wv[u][m][0];
+          const uint4& hi = wv[u][m][1];
+          mma_16816<T>(acc[m][t], lo.x, hi.x, lo.y, hi.y, xv.x, xv.y);
+          mma_16816<T>(acc[m][t], lo.z, hi.z, lo.w, hi.w, xv.z, xv.w);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int m = 0; m < kMats; ++m)
+#pragma unroll
+    for (int t = 0; t < kMaxTiles; ++t)
+      if (t < tiles)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) red[warp][m][t][i][lane] = acc[m][t][i];
+  __syncthreads();
+  if (warp != 0) return;
+#pragma unroll
+  for (int t = 0; t < kMaxTiles; ++t) {
+    if (t >= tiles) continue;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      // C fragment: i = 0, 1 -> row g, tokens 2q, 2q+1; i = 2, 3 -> row g + 8.
+      const int tok = t * 8 + 2 * q + (i & 1);
+      const int64_t f = f0 + g + (i >= 2 ? 8 : 0);
+      float v[kMats];
+#pragma unroll
+      for (int m = 0; m < kMats; ++m) {
+        v[m] = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) v[m] += red[w][m][t][i][lane];
+      }
+      float out;
+      if constexpr (kEpi == Epilogue::swiglu) {
+        out = silu(v[0]) * v[kMats - 1];
+      } else if constexpr (kEpi == Epilogue::gelu) {
+        out = gelu_erf(v[0]);
+      } else {
+        out = v[0];
+      }
+      if (tok < n_tok) d[(row0 + tok) * N + f] = from_f32<T>(out);
+    }
+  }
+}
+
+template <typename T, Epilogue kEpi>
+void launch(const DecodeGemmArgs& g, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(g.N / kRows), static_cast<unsigned>(g.E));
+  decode_gemm_kernel<T, kEpi><<<grid, kThreads, 0, stream>>>(
+      static_cast<const T*>(g.a), static_cast<const T*>(g.w0), static_cast<const T*>(g.w1 ? g.w1 : g.w0), g.N, g.K,
+      g.counts, g.row_offset, static_cast<T*>(g.d));
+}
+
+template <typename T>
+void launch_typed(const DecodeGemmArgs& g, cudaStream_t stream) {
+  switch (g.epilogue) {
+    case Epilogue::swiglu: launch<T, Epilogue::swiglu>(g, stream); break;
+    case Epilogue::gelu: launch<T, Epilogue::gelu>(g, stream); break;
+    case Epilogue::none: launch<T, Epilogue::none>(g, stream); break;
+  }
+}
+
+}  // namespace
+
+void decode_gemm(const DecodeGemmArgs& g, cudaStream_t stream) {
+  MINILLM_CHECK(g.K % 32 == 0 && g.N % kRows == 0 && g.K > 0 && g.N > 0,
+                "decode_gemm: K = " << g.K << " (multiple of 32), N = " << g.N << " (multiple of 16)");
+  MINILLM_CHECK(g.epilogue != Epilogue::swiglu || g.w1, "decode_gemm: swiglu needs the up matrix");
+  MINILLM_CHECK(g.E >= 1 && g.E <= 65535, "decode_gemm: E = " << g.E);
+  if (g.dtype == DType::bf16) {
+    launch_typed<__nv_bfloat16>(g, stream);
+  } else if (g.dtype == DType::f16) {
+    launch_typed<__half>(g, stream);
+  } else {
+    MINILLM_FAIL("decode_gemm: dtype " << dtype_name(g.dtype) << " is not bf16 or f16");
+  }
+  MINILLM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace minillm::cuda::moe

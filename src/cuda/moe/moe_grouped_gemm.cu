@@ -1,0 +1,83 @@
+// Grouped expert GEMM, host side: TMA descriptors, tile counts, dispatch on the epilogue; and the
+// plain-epilogue instantiation (the down projection). The kernel and its design: moe_grouped_gemm.cuh.
+//
+// Measured on the H100 (bench/bench_moe.py, numbers in bench/results/h100/moe.json):
+//   see the report in that file's "minillm" entries; the layer's GEMM share is the layer time minus
+//   the routing share printed by the benchmark.
+#include <cudaTypedefs.h>
+
+#include "cuda/moe/moe_grouped_gemm.cuh"
+
+namespace minillm::cuda::moe {
+namespace {
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    MINILLM_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
+    MINILLM_CHECK(q == cudaDriverEntryPointSuccess && f, "cuTensorMapEncodeTiled is not available from the driver");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// A 2-D row-major [outer, inner] tensor of 16-bit elements, 128-byte swizzled boxes {box_inner, box_outer}.
+CUtensorMap make_map(DType dtype, const void* ptr, int64_t inner, int64_t outer, uint32_t box_inner,
+                     uint32_t box_outer) {
+  CUtensorMap m{};
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(outer)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(inner) * 2};
+  const cuuint32_t box[2] = {box_inner, box_outer};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult r = tensor_map_encoder()(
+      &m, dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+      const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  MINILLM_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (" << static_cast<int>(r) << ") for a [" << outer
+                                                                     << ", " << inner << "] tensor at " << ptr);
+  return m;
+}
+
+}  // namespace
+
+void launch_grouped_gemm_none(DType dtype, const GemmParams& p, int grid, cudaStream_t stream) {
+  launch_grouped_gemm_impl<Epilogue::none>(dtype, p, grid, stream);
+}
+
+void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
+  if (g.rows == 0 || g.max_mblocks == 0) return;
+  MINILLM_CHECK(g.dtype == DType::bf16 || g.dtype == DType::f16, "grouped_gemm: dtype " << dtype_name(g.dtype));
+  MINILLM_CHECK(g.K % 8 == 0 && g.N % 8 == 0 && g.K > 0 && g.N > 0, "grouped_gemm: K = " << g.K << ", N = " << g.N);
+  MINILLM_CHECK(g.epilogue != Epilogue::swiglu || g.w1, "grouped_gemm: swiglu needs the up matrix");
+  MINILLM_CHECK(g.E * g.N < (int64_t{1} << 31) && g.rows < (int64_t{1} << 31), "grouped_gemm: sizes exceed int32");
+  using Tr = GemmTraits;
+  const bool swiglu = g.epilogue == Epilogue::swiglu;
+  const int out_cols = swiglu ? Tr::kBN / 2 : Tr::kBN;
+
+  GemmParams p;
+  p.a = make_map(g.dtype, g.a, g.K, g.rows, Tr::kBK, 128);
+  p.b0 = make_map(g.dtype, g.w0, g.K, g.E * g.N, Tr::kBK, 128);
+  p.b1 = make_map(g.dtype, swiglu ? g.w1 : g.w0, g.K, g.E * g.N, Tr::kBK, 128);
+  p.d = make_map(g.dtype, g.d, g.N, g.rows, Tr::kEpiCols, 64);
+  p.num_mblocks = g.num_mblocks;
+  p.mblock_expert = g.mblock_expert;
+  p.n_blocks = static_cast<int>((g.N + out_cols - 1) / out_cols);
+  p.k_iters = static_cast<int>((g.K + Tr::kBK - 1) / Tr::kBK);
+  p.b_rows_per_expert = static_cast<int>(g.N);
+  p.b_block_rows = out_cols;
+  p.b1_row_offset = swiglu ? 0 : 128;
+
+  int device = 0, sms = 0;
+  MINILLM_CUDA_CHECK(cudaGetDevice(&device));
+  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t max_tiles = g.max_mblocks * p.n_blocks;
+  const int grid = static_cast<int>(std::min<int64_t>(sms, max_tiles));
+  switch (g.epilogue) {
+    case Epilogue::swiglu: launch_grouped_gemm_swiglu(g.dtype, p, grid, stream); break;
+    case Epilogue::gelu: launch_grouped_gemm_gelu(g.dtype, p, grid, stream); break;
+    case Epilogue::none: launch_grouped_gemm_none(g.dtype, p, grid, stream); break;
+  }
+}
+
+}  // namespace minillm::cuda::moe

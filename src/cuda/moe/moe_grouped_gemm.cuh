@@ -1,0 +1,355 @@
+// Grouped GEMM over the experts for Hopper (sm_90a): TMA + wgmma, warp-specialised, persistent.
+//
+// One launch computes D = epilogue(A_e . W_e^T) for every expert e at once, where A_e are expert e's
+// rows of the permuted activations (a contiguous, 128-row aligned range of A) and W_e [N, K] its
+// weights in HF's [out, in] layout. The tile schedule lives on the device: mblock_expert[m] names
+// the expert of each 128-row block (written by the permutation), so the host never learns the
+// routing and the launch is CUDA-graph capturable.
+//
+// Why our own kernel and not CUTLASS's ptr-array grouped GEMM: with the rows of all experts in ONE
+// buffer, a single TMA descriptor serves A for every group (no per-group descriptors in global
+// memory), and owning the epilogue lets SwiGLU be fused: the gate and up halves of an n-block are
+// loaded as two 128-row TMA boxes (gate rows f0..f0+127, up rows f0..f0+127), so column j and
+// j + 128 of the 128x256 accumulator tile land in the SAME thread and silu(gate) * up is formed in
+// registers; only the [rows, F] product is written. No re-layout of the weights is needed.
+//
+// Tiling (GemmTraits): tile 128 x 256 x 64, 4-stage TMA -> shared pipeline (48 KB per stage, 128-byte
+// swizzle), 3 warpgroups: WG0 = producer (one thread issues the TMA loads), WG1/WG2 = consumers, each
+// owning 64 rows of the tile with one m64n256k16 wgmma per 16 of K (128 fp32 accumulators/thread).
+// Epilogue: registers -> activation -> 16-bit -> swizzled shared chunks of 64x64 (double-buffered per
+// consumer) -> TMA store (asynchronous, so the next tile's MMAs start at once). Persistent grid of one
+// CTA per SM, tiles in groups of 16 m-blocks (m fastest) so that concurrent tiles share A and B in L2.
+// Out-of-range rows/columns: TMA zero-fills loads past K / past the tensors, and clips stores at N and
+// at the row count; garbage in the alignment rows of an expert is computed but never read.
+//
+// Measured on the H100: see the header of moe_grouped_gemm.cu.
+#pragma once
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include "cuda/moe/moe_common.cuh"
+#include "cuda/moe/moe_ops.h"
+#include "minillm/core/cuda_check.h"
+
+namespace minillm::cuda::moe {
+
+struct GemmTraits {
+  static constexpr int kBM = 128;  // rows per tile (= kGemmBlockM, the permutation's row alignment)
+  static constexpr int kBN = 256;  // accumulator columns per tile: wgmma's widest N, 2 B boxes of 128
+  static constexpr int kBK = 64;   // 64 x 2 bytes = one 128-byte swizzle row
+  static constexpr int kStages = 4;
+  static constexpr int kConsumers = 2;  // warpgroups of 64 rows
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kATileBytes = kBM * kBK * 2;  // 16 KB
+  static constexpr int kBBoxBytes = 128 * kBK * 2;   // 16 KB, one 128-row B box
+  static constexpr int kStageBytes = kATileBytes + 2 * kBBoxBytes;
+  static constexpr int kEpiCols = 64;                        // columns per TMA store
+  static constexpr int kEpiBufBytes = 64 * kEpiCols * 2;     // 64 rows x 64 cols
+  static constexpr int kSmemBytes = kStages * kStageBytes + kConsumers * 2 * kEpiBufBytes + 2 * kStages * 8 + 1024;
+  static constexpr int kGroupM = 16;  // m-blocks per raster group
+  static_assert(kBM == kGemmBlockM, "the tile height must be the permutation's row alignment");
+};
+
+struct GemmParams {
+  CUtensorMap a;   // A [rows, K], box {64, 128}
+  CUtensorMap b0;  // W [E*N, K], box {64, 128}: first 128 rows of the n-block (swiglu: gate)
+  CUtensorMap b1;  // W [E*N, K], box {64, 128}: second 128 rows (swiglu: up)
+  CUtensorMap d;   // D [rows, N], box {64, 64}
+  const int32_t* num_mblocks = nullptr;
+  const int32_t* mblock_expert = nullptr;
+  int n_blocks = 0;           // ceil(N / output columns per tile)
+  int k_iters = 0;            // ceil(K / 64)
+  int b_rows_per_expert = 0;  // N
+  int b_block_rows = 0;       // W rows per n-block: 128 (swiglu) or 256
+  int b1_row_offset = 0;      // 0 (swiglu: b1 is the up matrix) or 128
+};
+
+namespace ptx {
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "LAB_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra LAB_WAIT;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(src), "r"(c0), "r"(c1)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+__device__ __forceinline__ void fence_barrier_init() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+__device__ __forceinline__ void prefetch_map(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
+}
+
+// wgmma shared-memory descriptor of a K-major tile with 128-byte swizzle: rows of 128 bytes, 8-row
+// groups 1024 bytes apart (SBO); the leading offset is unused for this layout. Tiles are 1024-aligned,
+// and the 16-wide K slices of a 64-wide row are addressed by adding 32 bytes to the start address.
+__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator accesses across the asynchronous MMAs.
+__device__ __forceinline__ void fence_operands(float (&d)[128]) {
+#pragma unroll
+  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+#define MINILLM_WGMMA_M64N256K16(TYPE)                                                          \
+  asm volatile(                                                                                  \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"                                              \
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32." TYPE "." TYPE " {"                          \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15," \
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31," \
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47," \
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63," \
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79," \
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95," \
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111," \
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127" \
+      "}, %128, %129, p, 1, 1, 0, 0;\n}\n"                                                        \
+      :                                                                                          \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+    "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+    "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+    "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
+    "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
+    "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
+    "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
+    "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
+    "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
+    "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
+    "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127]) \
+      : "l"(da), "l"(db), "r"(scale_d))
+
+// d[64 x 256] (+)= A[64 x 16] . B[256 x 16]^T, both K-major in shared memory. scale_d = 0 overwrites.
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t da, uint64_t db, int scale_d);
+template <>
+__device__ __forceinline__ void wgmma_m64n256k16<__nv_bfloat16>(float (&d)[128], uint64_t da, uint64_t db,
+                                                                 int scale_d) {
+  MINILLM_WGMMA_M64N256K16("bf16");
+}
+template <>
+__device__ __forceinline__ void wgmma_m64n256k16<__half>(float (&d)[128], uint64_t da, uint64_t db, int scale_d) {
+  MINILLM_WGMMA_M64N256K16("f16");
+}
+#undef MINILLM_WGMMA_M64N256K16
+
+}  // namespace ptx
+
+// Tile t -> (m-block, n-block): groups of kGroupM m-blocks, m fastest within a group.
+__device__ __forceinline__ void tile_coords(int tile, int num_mblocks, int n_blocks, int& mb, int& nb) {
+  const int group_size = GemmTraits::kGroupM * n_blocks;
+  const int group = tile / group_size;
+  const int r = tile - group * group_size;
+  const int first = group * GemmTraits::kGroupM;
+  const int rows = min(GemmTraits::kGroupM, num_mblocks - first);
+  mb = first + r % rows;
+  nb = r / rows;
+}
+
+template <typename T, Epilogue kEpi>
+__global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(const __grid_constant__ GemmParams p) {
+  using Tr = GemmTraits;
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t s_base = (ptx::smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t s_epi = s_base + Tr::kStages * Tr::kStageBytes;
+  const uint32_t s_bar = s_epi + Tr::kConsumers * 2 * Tr::kEpiBufBytes;
+  auto full = [&](int s) { return s_bar + 8u * s; };
+  auto empty = [&](int s) { return s_bar + 8u * (Tr::kStages + s); };
+
+  const int wg = threadIdx.x / 128;
+  const int tid = threadIdx.x % 128;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < Tr::kStages; ++s) {
+      ptx::mbar_init(full(s), 1);
+      ptx::mbar_init(empty(s), Tr::kConsumers * 4);  // lane 0 of every consumer warp
+    }
+    ptx::fence_barrier_init();
+  }
+  __syncthreads();
+
+  const int num_mblocks = *p.num_mblocks;
+  const int total_tiles = num_mblocks * p.n_blocks;
+
+  if (wg == 0) {  // ---- producer ----
+    ptx::setmaxnreg_dec<40>();
+    if (tid != 0) return;
+    ptx::prefetch_map(&p.a);
+    ptx::prefetch_map(&p.b0);
+    ptx::prefetch_map(&p.b1);
+    int stage = 0;
+    uint32_t phase = 0;
+    for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
+      int mb, nb;
+      tile_coords(tile, num_mblocks, p.n_blocks, mb, nb);
+      const int e = p.mblock_expert[mb];
+      const int brow0 = e * p.b_rows_per_expert + nb * p.b_block_rows;
+      const int brow1 = brow0 + p.b1_row_offset;
+      for (int k = 0; k < p.k_iters; ++k) {
+        ptx::mbar_wait(empty(stage), phase ^ 1u);
+        ptx::mbar_expect_tx(full(stage), Tr::kStageBytes);
+        const uint32_t sa = s_base + stage * Tr::kStageBytes;
+        const uint32_t sb = sa + Tr::kATileBytes;
+        ptx::tma_load_2d(sa, &p.a, full(stage), k * Tr::kBK, mb * Tr::kBM);
+        ptx::tma_load_2d(sb, &p.b0, full(stage), k * Tr::kBK, brow0);
+        ptx::tma_load_2d(sb + Tr::kBBoxBytes, &p.b1, full(stage), k * Tr::kBK, brow1);
+        if (++stage == Tr::kStages) {
+          stage = 0;
+          phase ^= 1u;
+        }
+      }
+    }
+    return;
+  }
+
+  // ---- consumers: warpgroup c owns rows [64c, 64c + 64) of the tile ----
+  ptx::setmaxnreg_inc<232>();
+  const int c = wg - 1;
+  const int warp = tid / 32, lane = tid % 32;
+  const int r0 = warp * 16 + lane / 4;  // accumulator rows r0 and r0 + 8 of the 64-row slab
+  const int q = lane % 4;               // column pair 2q, 2q + 1 of every 8-column block
+  constexpr int kOutCols = kEpi == Epilogue::swiglu ? Tr::kBN / 2 : Tr::kBN;
+  constexpr int kChunks = kOutCols / Tr::kEpiCols;
+  static_assert(kChunks % 2 == 0, "the epilogue buffers alternate");
+
+  float acc[128];
+  int stage = 0;
+  uint32_t phase = 0;
+  for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
+    int mb, nb;
+    tile_coords(tile, num_mblocks, p.n_blocks, mb, nb);
+    int prev = 0;
+    for (int k = 0; k < p.k_iters; ++k) {
+      ptx::mbar_wait(full(stage), phase);
+      const uint32_t sa = s_base + stage * Tr::kStageBytes + c * (64 * 128);
+      const uint32_t sb = s_base + stage * Tr::kStageBytes + Tr::kATileBytes;
+      ptx::wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < Tr::kBK / 16; ++kk)
+        ptx::wgmma_m64n256k16<T>(acc, ptx::desc_sw128(sa + 32 * kk), ptx::desc_sw128(sb + 32 * kk),
+                                 (k > 0 || kk > 0) ? 1 : 0);
+      ptx::wgmma_commit();
+      if (k > 0) {
+        ptx::wgmma_wait<1>();  // the previous stage's MMAs are done: hand it back to the producer
+        if (lane == 0) ptx::mbar_arrive(empty(prev));
+      }
+      prev = stage;
+      if (++stage == Tr::kStages) {
+        stage = 0;
+        phase ^= 1u;
+      }
+    }
+    ptx::wgmma_wait<0>();
+    if (lane == 0) ptx::mbar_arrive(empty(prev));
+    ptx::fence_operands(acc);
+
+    // Epilogue: 64-column chunks through the two shared buffers of this warpgroup.
+#pragma unroll
+    for (int ch = 0; ch < kChunks; ++ch) {
+      const uint32_t buf = s_epi + (c * 2 + (ch & 1)) * Tr::kEpiBufBytes;
+      if (tid == 0) ptx::bulk_wait_read<1>();  // the store that last read `buf` is done reading
+      ptx::named_barrier(1 + c, 128);
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj) {
+        const int j = ch * 8 + jj;  // 8-column block of the output
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          if constexpr (kEpi == Epilogue::swiglu) {
+            v[i] = silu(acc[4 * j + i]) * acc[4 * j + 64 + i];  // up is 128 columns (16 blocks) later
+          } else if constexpr (kEpi == Epilogue::gelu) {
+            v[i] = gelu_erf(acc[4 * j + i]);
+          } else {
+            v[i] = acc[4 * j + i];
+          }
+        }
+        const uint32_t swz = static_cast<uint32_t>((jj ^ (r0 & 7)) << 4) + 4u * q;  // 128-byte swizzle
+        ptx::st_shared_u32(buf + r0 * 128 + swz, pack2<T>(v[0], v[1]));
+        ptx::st_shared_u32(buf + (r0 + 8) * 128 + swz, pack2<T>(v[2], v[3]));
+      }
+      ptx::fence_async_smem();
+      ptx::named_barrier(1 + c, 128);
+      if (tid == 0) {
+        ptx::tma_store_2d(&p.d, buf, nb * kOutCols + ch * Tr::kEpiCols, mb * Tr::kBM + c * 64);
+        ptx::bulk_commit();
+      }
+    }
+  }
+  if (tid == 0) ptx::bulk_wait_all();
+}
+
+// Launchers of the three instantiations, one per .cu file so that they compile in parallel:
+// moe_grouped_gemm_swiglu.cu, moe_grouped_gemm_gelu.cu, moe_grouped_gemm.cu (none).
+void launch_grouped_gemm_swiglu(DType dtype, const GemmParams& p, int grid, cudaStream_t stream);
+void launch_grouped_gemm_gelu(DType dtype, const GemmParams& p, int grid, cudaStream_t stream);
+void launch_grouped_gemm_none(DType dtype, const GemmParams& p, int grid, cudaStream_t stream);
+
+// The body of those launchers: grouped_gemm_kernel<T, kEpi> on `grid` persistent CTAs.
+template <Epilogue kEpi>
+void launch_grouped_gemm_impl(DType dtype, const GemmParams& p, int grid, cudaStream_t stream) {
+  auto kernel = dtype == DType::bf16 ? grouped_gemm_kernel<__nv_bfloat16, kEpi> : grouped_gemm_kernel<__half, kEpi>;
+  MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, GemmTraits::kSmemBytes));
+  kernel<<<grid, GemmTraits::kThreads, GemmTraits::kSmemBytes, stream>>>(p);
+  MINILLM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace minillm::cuda::moe

@@ -1,0 +1,315 @@
+// minillm::MoELayer (include/minillm/moe.h): validation, workspace plan, and the sequence of kernels.
+//
+//   x [T, H] --cuBLAS--> logits [T, E] fp32 --router_topk--> ids, weights [T, k]
+//     --permute--> dest [T*k], counts/row_offset [E], mblock_expert --gather_rows--> x_perm [rows, H]
+//     --grouped_gemm swiglu|gelu (decode_gemm when T <= 64)--> h [rows, F]
+//     --grouped_gemm none (decode_gemm)--> y_perm [rows, H] (reuses x_perm's memory)
+//     --combine--> y [T, H]
+//
+// Nothing here waits for the GPU: every routing-dependent size stays on the device, the TMA
+// descriptors are encoded on the host from pointers and bounds, and cuBLAS gets its workspace from
+// the same scratch, so forward can be captured in a CUDA graph.
+#include <cublas_v2.h>
+
+#include <algorithm>
+
+#include "cuda/moe/moe_ops.h"
+#include "minillm/core/cuda_check.h"
+#include "minillm/moe.h"
+
+namespace minillm {
+namespace {
+
+namespace km = cuda::moe;
+
+#define MOE_CUBLAS_CHECK(expr)                                                                \
+  do {                                                                                        \
+    const cublasStatus_t s_ = (expr);                                                         \
+    MINILLM_CHECK(s_ == CUBLAS_STATUS_SUCCESS, "cuBLAS error " << static_cast<int>(s_) << " (" \
+                                                               << cublasGetStatusString(s_) << ")"); \
+  } while (0)
+
+constexpr size_t kAlign = 256;
+constexpr size_t kCublasWorkspace = size_t{4} << 20;
+
+size_t align_up(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
+
+// Byte offsets of every scratch array for T tokens (one function for sizing and for carving).
+struct Plan {
+  bool decode = false;
+  int row_align = 1;
+  int64_t pairs = 0, rows = 0, mblocks = 0, nchunks = 0;
+  size_t logits = 0, ids = 0, weights = 0, chunk_counts = 0, counts = 0, row_offset = 0, num_mblocks = 0,
+         mblock_expert = 0, dest = 0, x_perm = 0, h = 0, cublas = 0, total = 0;
+};
+
+Plan make_plan(const MoEConfig& c, int64_t T) {
+  Plan p;
+  if (T == 0) return p;
+  p.decode = T <= MoELayer::kDecodeMaxTokens;
+  p.row_align = p.decode ? 1 : km::kGemmBlockM;
+  p.pairs = T * c.top_k;
+  p.rows = km::permuted_rows(p.pairs, c.num_experts, p.row_align);
+  p.mblocks = (p.rows + km::kGemmBlockM - 1) / km::kGemmBlockM;
+  p.nchunks = km::permute_num_chunks(p.pairs);
+  const size_t es = dtype_size(c.dtype);
+  size_t off = 0;
+  auto take = [&](size_t bytes) {
+    const size_t at = off;
+    off = align_up(off + bytes);
+    return at;
+  };
+  p.logits = take(sizeof(float) * T * c.num_experts);
+  p.ids = take(sizeof(int32_t) * p.pairs);
+  p.weights = take(sizeof(float) * p.pairs);
+  p.chunk_counts = take(sizeof(int32_t) * c.num_experts * p.nchunks);
+  p.counts = take(sizeof(int32_t) * c.num_experts);
+  p.row_offset = take(sizeof(int32_t) * c.num_experts);
+  p.num_mblocks = take(sizeof(int32_t));
+  p.mblock_expert = take(sizeof(int32_t) * p.mblocks);
+  p.dest = take(sizeof(int32_t) * p.pairs);
+  p.x_perm = take(es * p.rows * c.hidden);  // also y_perm
+  p.h = take(es * p.rows * c.ffn);
+  p.cublas = take(kCublasWorkspace);
+  p.total = off;
+  return p;
+}
+
+void check_device_tensor(const Tensor& t, const char* what, DType dtype, std::initializer_list<int64_t> shape) {
+  MINILLM_CHECK(t.device == Device::cuda, what << ": expected a cuda tensor, got a " << device_name(t.device)
+                                               << " tensor");
+  check_tensor(t, what, dtype, shape);
+  MINILLM_CHECK(t.is_contiguous(), what << ": expected a contiguous tensor");
+  MINILLM_CHECK(t.data != nullptr || t.numel() == 0, what << ": null data pointer");
+}
+
+}  // namespace
+
+void MoEConfig::validate() const {
+  if (hidden <= 0 || hidden % 64 != 0)
+    MINILLM_FAIL("MoEConfig.hidden = " << hidden << " must be a positive multiple of 64");
+  if (num_experts < 1 || num_experts > 256)
+    MINILLM_FAIL("MoEConfig.num_experts = " << num_experts << " must be in [1, 256]");
+  if (top_k < 1 || top_k > 8 || top_k > num_experts)
+    MINILLM_FAIL("MoEConfig.top_k = " << top_k << " must be in [1, min(8, num_experts = " << num_experts << ")]");
+  if (ffn <= 0 || ffn % 64 != 0) MINILLM_FAIL("MoEConfig.ffn = " << ffn << " must be a positive multiple of 64");
+  if (activation != MoEActivation::swiglu && activation != MoEActivation::gelu)
+    MINILLM_FAIL("MoEConfig.activation = " << static_cast<int>(activation) << " is not swiglu or gelu");
+  if (dtype != DType::bf16 && dtype != DType::f16)
+    MINILLM_FAIL("MoEConfig.dtype = " << dtype_name(dtype) << " must be bf16 or f16");
+}
+
+struct MoELayer::Impl {
+  MoEConfig cfg;
+  const void* router = nullptr;
+  const void* w_gate = nullptr;
+  const void* w_up = nullptr;
+  const void* w_down = nullptr;
+  cublasHandle_t cublas = nullptr;
+  Buffer workspace;
+  int64_t reserved = 0;
+
+  ~Impl() {
+    if (cublas) cublasDestroy(cublas);
+  }
+
+  void check_ready() const {
+    MINILLM_CHECK(router && w_gate && w_down && (w_up || cfg.activation == MoEActivation::gelu),
+                  "MoELayer: set_weights() must be called before forward()");
+  }
+
+  void router_logits(const void* x, int64_t T, float* logits, void* cublas_ws, cudaStream_t stream) {
+    const float alpha = 1.0f, beta = 0.0f;
+    const cudaDataType_t dt = cfg.dtype == DType::bf16 ? CUDA_R_16BF : CUDA_R_16F;
+    const int E = static_cast<int>(cfg.num_experts), H = static_cast<int>(cfg.hidden);
+    MOE_CUBLAS_CHECK(cublasSetStream(cublas, stream));
+    MOE_CUBLAS_CHECK(cublasSetWorkspace(cublas, cublas_ws, kCublasWorkspace));
+    // Column-major view: logits^T [E, T] = router [E, H] . x^T [H, T].
+    MOE_CUBLAS_CHECK(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, E, static_cast<int>(T), H, &alpha, router, dt, H,
+                                  x, dt, H, &beta, logits, CUDA_R_32F, E, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+};
+
+MoELayer::MoELayer(const MoEConfig& cfg, int64_t max_tokens) : impl_(std::make_unique<Impl>()) {
+  cfg.validate();
+  impl_->cfg = cfg;
+  MOE_CUBLAS_CHECK(cublasCreate(&impl_->cublas));
+  if (max_tokens > 0) reserve(max_tokens);
+}
+
+MoELayer::~MoELayer() = default;
+MoELayer::MoELayer(MoELayer&&) noexcept = default;
+MoELayer& MoELayer::operator=(MoELayer&&) noexcept = default;
+
+const MoEConfig& MoELayer::config() const { return impl_->cfg; }
+
+void MoELayer::set_weights(const Tensor& router, const Tensor& w_gate, const Tensor& w_up, const Tensor& w_down) {
+  const MoEConfig& c = impl_->cfg;
+  check_device_tensor(router, "MoELayer.set_weights: router", c.dtype, {c.num_experts, c.hidden});
+  check_device_tensor(w_gate, "MoELayer.set_weights: w_gate", c.dtype, {c.num_experts, c.ffn, c.hidden});
+  if (c.activation == MoEActivation::swiglu) {
+    check_device_tensor(w_up, "MoELayer.set_weights: w_up", c.dtype, {c.num_experts, c.ffn, c.hidden});
+  } else if (w_up.data != nullptr || w_up.ndim != 0) {
+    MINILLM_FAIL("MoELayer.set_weights: w_up must be empty for activation gelu, got " << w_up.shape_str());
+  }
+  check_device_tensor(w_down, "MoELayer.set_weights: w_down", c.dtype, {c.num_experts, c.hidden, c.ffn});
+  set_weights(router.data, w_gate.data, w_up.data, w_down.data);
+}
+
+void MoELayer::set_weights(const void* router, const void* w_gate, const void* w_up, const void* w_down) {
+  const bool swiglu = impl_->cfg.activation == MoEActivation::swiglu;
+  MINILLM_CHECK(router && w_gate && w_down, "MoELayer.set_weights: null weight pointer");
+  MINILLM_CHECK(!swiglu || w_up, "MoELayer.set_weights: w_up is required for activation swiglu");
+  for (const void* p : {router, w_gate, w_up, w_down}) {
+    MINILLM_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, "MoELayer.set_weights: pointer " << p
+                                                                << " is not 16-byte aligned");
+  }
+  impl_->router = router;
+  impl_->w_gate = w_gate;
+  impl_->w_up = swiglu ? w_up : nullptr;
+  impl_->w_down = w_down;
+}
+
+size_t MoELayer::workspace_bytes(const MoEConfig& cfg, int64_t max_tokens) {
+  cfg.validate();
+  MINILLM_CHECK(max_tokens >= 0, "MoELayer: max_tokens = " << max_tokens << " must be >= 0");
+  // Monotone in T (decode rows T*k < prefill rows), so any T <= max_tokens fits.
+  return make_plan(cfg, max_tokens).total;
+}
+
+void MoELayer::reserve(int64_t max_tokens) {
+  MINILLM_CHECK(max_tokens >= 0, "MoELayer.reserve: max_tokens = " << max_tokens << " must be >= 0");
+  MINILLM_CHECK(max_tokens * impl_->cfg.top_k < (int64_t{1} << 30),
+                "MoELayer.reserve: max_tokens = " << max_tokens << " is too large (tokens * top_k must be < 2^30)");
+  impl_->workspace = Buffer();  // free first: the two need not fit together
+  impl_->workspace = Buffer(workspace_bytes(max_tokens), Device::cuda);
+  impl_->reserved = max_tokens;
+}
+
+int64_t MoELayer::reserved_tokens() const { return impl_->reserved; }
+
+void MoELayer::forward(const Tensor& x, const Tensor& y, cudaStream_t stream) {
+  const int64_t T = x.ndim == 2 ? x.shape[0] : -1;
+  MINILLM_CHECK(T <= impl_->reserved, "MoELayer.forward: T = " << T << " exceeds the reserved workspace ("
+                                                               << impl_->reserved << " tokens); call reserve()");
+  const MoEConfig& c = impl_->cfg;
+  check_device_tensor(x, "MoELayer.forward: x", c.dtype, {T, c.hidden});
+  check_device_tensor(y, "MoELayer.forward: y", c.dtype, {T, c.hidden});
+  forward(x.data, y.data, T, impl_->workspace.data(), impl_->workspace.bytes(), stream);
+}
+
+void MoELayer::forward(const Tensor& x, const Tensor& y, Workspace& ws, cudaStream_t stream) {
+  const MoEConfig& c = impl_->cfg;
+  const int64_t T = x.ndim == 2 ? x.shape[0] : -1;
+  check_device_tensor(x, "MoELayer.forward: x", c.dtype, {T, c.hidden});
+  check_device_tensor(y, "MoELayer.forward: y", c.dtype, {T, c.hidden});
+  MINILLM_CHECK(ws.device() == Device::cuda, "MoELayer.forward: the workspace must be on the cuda device");
+  const size_t bytes = workspace_bytes(T);
+  void* scratch = bytes ? ws.alloc_bytes(bytes) : nullptr;
+  forward(x.data, y.data, T, scratch, bytes, stream);
+}
+
+void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  Impl& m = *impl_;
+  const MoEConfig& c = m.cfg;
+  MINILLM_CHECK(T >= 0, "MoELayer.forward: T = " << T << " must be >= 0");
+  if (T == 0) return;
+  m.check_ready();
+  MINILLM_CHECK(T * c.top_k < (int64_t{1} << 30), "MoELayer.forward: T = " << T << " is too large");
+  const Plan p = make_plan(c, T);
+  MINILLM_CHECK(scratch_bytes >= p.total, "MoELayer.forward: scratch of " << scratch_bytes << " bytes is smaller than "
+                                                                          << p.total << " bytes needed for T = " << T);
+  MINILLM_CHECK(reinterpret_cast<uintptr_t>(scratch) % kAlign == 0, "MoELayer.forward: scratch must be 256-byte aligned");
+  MINILLM_CHECK(x && y && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0,
+                "MoELayer.forward: x and y must be non-null and 16-byte aligned");
+  char* base = static_cast<char*>(scratch);
+  auto at = [&](size_t off) { return static_cast<void*>(base + off); };
+  const int E = static_cast<int>(c.num_experts), k = static_cast<int>(c.top_k);
+  const bool swiglu = c.activation == MoEActivation::swiglu;
+
+  float* logits = static_cast<float*>(at(p.logits));
+  int32_t* ids = static_cast<int32_t*>(at(p.ids));
+  float* weights = static_cast<float*>(at(p.weights));
+  m.router_logits(x, T, logits, at(p.cublas), stream);
+  km::router_topk(logits, T, E, k, c.normalize_topk, ids, weights, stream);
+
+  km::Routing r;
+  r.chunk_counts = static_cast<int32_t*>(at(p.chunk_counts));
+  r.counts = static_cast<int32_t*>(at(p.counts));
+  r.row_offset = static_cast<int32_t*>(at(p.row_offset));
+  r.num_mblocks = static_cast<int32_t*>(at(p.num_mblocks));
+  r.mblock_expert = static_cast<int32_t*>(at(p.mblock_expert));
+  r.dest = static_cast<int32_t*>(at(p.dest));
+  km::permute(ids, T, k, E, p.row_align, r, stream);
+  void* x_perm = at(p.x_perm);
+  void* h = at(p.h);
+  km::gather_rows(x, T, k, c.hidden, r.dest, x_perm, stream);
+
+  if (p.decode) {
+    km::DecodeGemmArgs g;
+    g.dtype = c.dtype;
+    g.E = E;
+    g.counts = r.counts;
+    g.row_offset = r.row_offset;
+    g.epilogue = swiglu ? km::Epilogue::swiglu : km::Epilogue::gelu;
+    g.a = x_perm;
+    g.K = c.hidden;
+    g.w0 = m.w_gate;
+    g.w1 = m.w_up;
+    g.N = c.ffn;
+    g.d = h;
+    km::decode_gemm(g, stream);
+    g.epilogue = km::Epilogue::none;
+    g.a = h;
+    g.K = c.ffn;
+    g.w0 = m.w_down;
+    g.w1 = nullptr;
+    g.N = c.hidden;
+    g.d = x_perm;  // y_perm
+    km::decode_gemm(g, stream);
+  } else {
+    km::GroupedGemmArgs g;
+    g.dtype = c.dtype;
+    g.E = E;
+    g.rows = p.rows;
+    g.num_mblocks = r.num_mblocks;
+    g.mblock_expert = r.mblock_expert;
+    g.max_mblocks = p.mblocks;
+    g.epilogue = swiglu ? km::Epilogue::swiglu : km::Epilogue::gelu;
+    g.a = x_perm;
+    g.K = c.hidden;
+    g.w0 = m.w_gate;
+    g.w1 = m.w_up;
+    g.N = c.ffn;
+    g.d = h;
+    km::grouped_gemm(g, stream);
+    g.epilogue = km::Epilogue::none;
+    g.a = h;
+    g.K = c.ffn;
+    g.w0 = m.w_down;
+    g.w1 = nullptr;
+    g.N = c.hidden;
+    g.d = x_perm;  // y_perm
+    km::grouped_gemm(g, stream);
+  }
+  km::combine(c.dtype, x_perm, r.dest, weights, T, k, c.hidden, y, stream);
+}
+
+void MoELayer::route(const void* x, int64_t T, int32_t* ids, float* weights, void* scratch, size_t scratch_bytes,
+                     cudaStream_t stream) {
+  Impl& m = *impl_;
+  const MoEConfig& c = m.cfg;
+  MINILLM_CHECK(T >= 0, "MoELayer.route: T = " << T << " must be >= 0");
+  if (T == 0) return;
+  MINILLM_CHECK(m.router, "MoELayer: set_weights() must be called before route()");
+  const size_t logits_bytes = align_up(sizeof(float) * T * c.num_experts);
+  MINILLM_CHECK(scratch_bytes >= logits_bytes + kCublasWorkspace,
+                "MoELayer.route: scratch of " << scratch_bytes << " bytes is too small");
+  char* base = static_cast<char*>(scratch);
+  float* logits = reinterpret_cast<float*>(base);
+  m.router_logits(x, T, logits, base + logits_bytes, stream);
+  cuda::moe::router_topk(logits, T, static_cast<int>(c.num_experts), static_cast<int>(c.top_k), c.normalize_topk, ids,
+                         weights, stream);
+}
+
+}  // namespace minillm

@@ -1,0 +1,100 @@
+// Launchers of the CUDA MoE kernels (src/cuda/moe/*.cu): raw device pointers, explicit sizes, a
+// stream. MoELayer (moe_layer.cpp) strings them together:
+//
+//   cuBLAS router GEMM -> router_topk -> permute (histogram, offsets, stable scatter) -> gather_rows
+//   -> grouped_gemm(swiglu | gelu) -> grouped_gemm(none)   (T > 64; decode_gemm for T <= 64)
+//   -> combine
+//
+// The permuted layout: the (token, slot) pairs sorted by expert (stable: by pair index t*k+j within an
+// expert); expert e owns rows [row_offset[e], row_offset[e] + counts[e]) of x_perm / h / y_perm, and
+// row_offset[e] is a multiple of `row_align` (128 for the grouped GEMM, so that no 128-row tile
+// straddles two experts; 1 for the decode path). Row counts stay < 2^31; byte offsets are 64-bit.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "minillm/core/dtype.h"
+
+namespace minillm::cuda::moe {
+
+// ---- moe_router.cu ----
+// logits: [T, E] fp32 -> ids [T, k] int32 (descending weight; ties to the lower expert index),
+// weights [T, k] fp32: softmax over E in fp32, top-k, then w / sum(w) when `normalize`.
+// E <= 256, k <= min(8, E).
+void router_topk(const float* logits, int64_t T, int E, int k, bool normalize, int32_t* ids, float* weights,
+                 cudaStream_t stream);
+
+// ---- moe_permute.cu ----
+constexpr int kPermuteChunk = 2048;  // pairs per block of the histogram and scatter kernels
+constexpr int kGemmBlockM = 128;     // rows per tile of the grouped GEMM (and its row alignment)
+
+inline int64_t permute_num_chunks(int64_t pairs) { return (pairs + kPermuteChunk - 1) / kPermuteChunk; }
+// Rows of the permuted buffers for `pairs` pairs over E experts aligned to row_align.
+inline int64_t permuted_rows(int64_t pairs, int64_t E, int64_t row_align) { return pairs + E * (row_align - 1); }
+
+struct Routing {
+  int32_t* chunk_counts = nullptr;   // [E, nchunks] scratch: pairs of expert e in chunk c, then their base
+  int32_t* counts = nullptr;         // [E] pairs routed to expert e
+  int32_t* row_offset = nullptr;     // [E] first permuted row of expert e
+  int32_t* num_mblocks = nullptr;    // [1] 128-row blocks of the permuted rows (row_align 128)
+  int32_t* mblock_expert = nullptr;  // [permuted_rows / 128] expert of each 128-row block
+  int32_t* dest = nullptr;           // [T * k] permuted row of pair (t, j)
+};
+
+// Counting sort of the pairs by expert: fills every field of `r` from ids [T, k].
+void permute(const int32_t* ids, int64_t T, int k, int E, int row_align, const Routing& r, cudaStream_t stream);
+
+// x_perm[dest[t*k + j]] = x[t] for all pairs. x: [T, H], x_perm: [rows, H]; 2-byte elements.
+void gather_rows(const void* x, int64_t T, int k, int64_t H, const int32_t* dest, void* x_perm,
+                 cudaStream_t stream);
+
+// ---- moe_combine.cu ----
+// y[t] = sum_j weights[t, j] * y_perm[dest[t*k + j]] in fp32, slot order j = 0..k-1. y_perm: [rows, H].
+void combine(DType dtype, const void* y_perm, const int32_t* dest, const float* weights, int64_t T, int k,
+             int64_t H, void* y, cudaStream_t stream);
+
+// ---- moe_grouped_gemm*.cu ----
+enum class Epilogue { swiglu, gelu, none };
+
+// For every 128-row block m of A (expert e = mblock_expert[m]):
+//   swiglu: D[m rows, f] = silu(A . w0[e, f]) * (A . w1[e, f])   (w0 = gate, w1 = up: [E, N, K]; D: [rows, N])
+//   gelu:   D[m rows, n] = gelu(A . w0[e, n])                     (w0: [E, N, K])
+//   none:   D[m rows, n] = A . w0[e, n]                           (w0: [E, N, K]; e.g. the down projection)
+struct GroupedGemmArgs {
+  DType dtype = DType::bf16;
+  Epilogue epilogue = Epilogue::none;
+  const void* a = nullptr;  // [rows, K]
+  int64_t rows = 0;         // rows of A and D (multiple of 128 not required)
+  int64_t K = 0;            // multiple of 8
+  const void* w0 = nullptr;
+  const void* w1 = nullptr;
+  int64_t N = 0;  // output columns = rows per expert of w0 / w1; multiple of 8
+  int E = 0;
+  void* d = nullptr;                        // [rows, N]
+  const int32_t* num_mblocks = nullptr;     // [1] (device)
+  const int32_t* mblock_expert = nullptr;   // [max_mblocks] (device)
+  int64_t max_mblocks = 0;                  // host bound on *num_mblocks
+};
+void grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream);
+
+// ---- moe_decode.cu ----
+// The same three products for few tokens per expert (counts[e] <= 64): every active expert's weights
+// are streamed once. A rows of expert e: [row_offset[e], row_offset[e] + counts[e]).
+struct DecodeGemmArgs {
+  DType dtype = DType::bf16;
+  Epilogue epilogue = Epilogue::none;
+  const void* a = nullptr;  // [rows, K]
+  int64_t K = 0;            // multiple of 32
+  const void* w0 = nullptr;
+  const void* w1 = nullptr;
+  int64_t N = 0;  // multiple of 16
+  int E = 0;
+  const int32_t* counts = nullptr;
+  const int32_t* row_offset = nullptr;
+  void* d = nullptr;  // [rows, N]
+};
+constexpr int kDecodeMaxRows = 64;  // tokens per expert on the decode path
+void decode_gemm(const DecodeGemmArgs& args, cudaStream_t stream);
+
+}  // namespace minillm::cuda::moe

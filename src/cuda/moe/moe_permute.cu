@@ -1,0 +1,193 @@
+// MoE permutation: a deterministic, stable counting sort of the (token, slot) pairs by expert, and
+// the gather of the tokens' rows into that order. No host synchronisation: every size that depends
+// on the routing stays on the device (counts, offsets, the number of 128-row GEMM blocks).
+//
+// Algorithm (pairs p = t*k + j, key ids[p]; chunks of kPermuteChunk = 2048 pairs):
+//   1. histogram_kernel  (one block per chunk): per-chunk expert counts via shared-memory atomics
+//      (a count is order-free, so the result is deterministic) -> chunk_counts [E, nchunks].
+//   2. offsets_kernel    (one block): per expert, an exclusive warp scan over the chunks turns
+//      chunk_counts into each chunk's base within the expert; a scan over the experts of the counts
+//      rounded up to row_align gives row_offset[e]; then num_mblocks and mblock_expert[] for the
+//      grouped GEMM's tile scheduler.
+//   3. scatter_kernel    (one block per chunk): stable ranks. Rounds of 256 pairs in order; in a
+//      warp, __match_any_sync groups equal experts and the rank is the popcount of the lower lanes;
+//      warps are ordered through a [8][E] shared table. dest[p] = row_offset + chunk base + rank.
+//   4. gather_kernel     (one block per token): x[t] is read once with 16-byte loads and written to
+//      its k permuted rows.
+// Indexing: pair and row counts < 2^31 (T <= 2^28 / k); byte offsets are computed in 64 bits.
+// Measured: part of the layer's routing share, bench/bench_moe.py (bench/results/h100/moe.json).
+#include <cuda_runtime.h>
+
+#include "cuda/moe/moe_ops.h"
+#include "minillm/core/cuda_check.h"
+
+namespace minillm::cuda::moe {
+namespace {
+
+constexpr int kThreads = 256;  // histogram / scatter blocks; also the largest E
+constexpr int kRounds = kPermuteChunk / kThreads;
+
+__global__ void __launch_bounds__(kThreads)
+    histogram_kernel(const int32_t* __restrict__ ids, int64_t pairs, int E, int nchunks,
+                     int32_t* __restrict__ chunk_counts) {
+  __shared__ int counts[kThreads];
+  for (int e = threadIdx.x; e < E; e += kThreads) counts[e] = 0;
+  __syncthreads();
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kPermuteChunk;
+  for (int i = threadIdx.x; i < kPermuteChunk; i += kThreads) {
+    const int64_t p = begin + i;
+    if (p < pairs) atomicAdd(&counts[ids[p]], 1);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += kThreads) chunk_counts[static_cast<int64_t>(e) * nchunks + blockIdx.x] = counts[e];
+}
+
+constexpr int kOffsetThreads = 1024;
+
+__device__ __forceinline__ int warp_inclusive_scan(int v, int lane) {
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int u = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += u;
+  }
+  return v;
+}
+
+__global__ void __launch_bounds__(kOffsetThreads)
+    offsets_kernel(int32_t* __restrict__ chunk_counts, int E, int nchunks, int row_align,
+                   int32_t* __restrict__ counts, int32_t* __restrict__ row_offset,
+                   int32_t* __restrict__ num_mblocks, int32_t* __restrict__ mblock_expert) {
+  __shared__ int s_count[kThreads];
+  __shared__ int s_offset[kThreads + 1];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  // 1. Each chunk's base within its expert (in place), and the expert's total.
+  for (int e = warp; e < E; e += kOffsetThreads / 32) {
+    int32_t* row = chunk_counts + static_cast<int64_t>(e) * nchunks;
+    int running = 0;
+    for (int c0 = 0; c0 < nchunks; c0 += 32) {
+      const int c = c0 + lane;
+      const int v = c < nchunks ? row[c] : 0;
+      const int incl = warp_inclusive_scan(v, lane);
+      if (c < nchunks) row[c] = running + incl - v;
+      running += __shfl_sync(0xffffffffu, incl, 31);
+    }
+    if (lane == 0) s_count[e] = running;
+  }
+  __syncthreads();
+  // 2. Expert offsets: exclusive scan of the counts rounded up to row_align (warp 0).
+  if (warp == 0) {
+    int running = 0;
+    for (int e0 = 0; e0 < E; e0 += 32) {
+      const int e = e0 + lane;
+      const int v = e < E ? (s_count[e] + row_align - 1) / row_align * row_align : 0;
+      const int incl = warp_inclusive_scan(v, lane);
+      if (e < E) s_offset[e] = running + incl - v;
+      running += __shfl_sync(0xffffffffu, incl, 31);
+    }
+    if (lane == 0) {
+      s_offset[E] = running;
+      *num_mblocks = (running + kGemmBlockM - 1) / kGemmBlockM;
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += kOffsetThreads) {
+    counts[e] = s_count[e];
+    row_offset[e] = s_offset[e];
+  }
+  // 3. The expert of each 128-row block (only meaningful with row_align == 128).
+  if (row_align == kGemmBlockM) {
+    for (int e = warp; e < E; e += kOffsetThreads / 32) {
+      const int b0 = s_offset[e] / kGemmBlockM, b1 = s_offset[e + 1] / kGemmBlockM;
+      for (int b = b0 + lane; b < b1; b += 32) mblock_expert[b] = e;
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    scatter_kernel(const int32_t* __restrict__ ids, int64_t pairs, int E, int nchunks,
+                   const int32_t* __restrict__ chunk_base, const int32_t* __restrict__ row_offset,
+                   int32_t* __restrict__ dest) {
+  constexpr int kWarps = kThreads / 32;
+  __shared__ int base[kThreads];
+  __shared__ int warp_count[kWarps][kThreads];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int e_own = threadIdx.x;  // this thread keeps expert e_own's running base
+  if (e_own < E) {
+    base[e_own] = row_offset[e_own] + chunk_base[static_cast<int64_t>(e_own) * nchunks + blockIdx.x];
+    for (int w = 0; w < kWarps; ++w) warp_count[w][e_own] = 0;
+  }
+  __syncthreads();
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kPermuteChunk;
+  for (int r = 0; r < kRounds; ++r) {
+    const int64_t p = begin + r * kThreads + threadIdx.x;
+    const bool valid = p < pairs;
+    const int e = valid ? ids[p] : -1;
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    const int rank = __popc(peers & ((1u << lane) - 1u));
+    if (valid && rank == 0) warp_count[warp][e] = __popc(peers);
+    __syncthreads();
+    if (valid) {
+      int off = base[e] + rank;
+      for (int w = 0; w < warp; ++w) off += warp_count[w][e];
+      dest[p] = off;
+    }
+    __syncthreads();
+    if (e_own < E) {
+      int add = 0;
+      for (int w = 0; w < kWarps; ++w) {
+        add += warp_count[w][e_own];
+        warp_count[w][e_own] = 0;
+      }
+      base[e_own] += add;
+    }
+    __syncthreads();
+  }
+}
+
+constexpr int kGatherThreads = 128;
+
+__global__ void __launch_bounds__(kGatherThreads)
+    gather_kernel(const uint4* __restrict__ x, int k, int64_t vecs_per_row, const int32_t* __restrict__ dest,
+                  uint4* __restrict__ x_perm) {
+  const int64_t t = blockIdx.x;
+  int64_t rows[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) rows[j] = j < k ? static_cast<int64_t>(dest[t * k + j]) * vecs_per_row : 0;
+  const uint4* src = x + t * vecs_per_row;
+  for (int64_t i = threadIdx.x; i < vecs_per_row; i += kGatherThreads) {
+    const uint4 v = src[i];
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      if (j < k) x_perm[rows[j] + i] = v;
+  }
+}
+
+}  // namespace
+
+void permute(const int32_t* ids, int64_t T, int k, int E, int row_align, const Routing& r, cudaStream_t stream) {
+  if (T == 0) return;
+  const int64_t pairs = T * k;
+  MINILLM_CHECK(E >= 1 && E <= kThreads, "permute: E = " << E);
+  MINILLM_CHECK(pairs < (int64_t{1} << 30), "permute: " << pairs << " pairs exceed 2^30");
+  MINILLM_CHECK(row_align == 1 || row_align == kGemmBlockM, "permute: row_align = " << row_align);
+  const int nchunks = static_cast<int>(permute_num_chunks(pairs));
+  histogram_kernel<<<nchunks, kThreads, 0, stream>>>(ids, pairs, E, nchunks, r.chunk_counts);
+  MINILLM_CUDA_CHECK_LAUNCH();
+  offsets_kernel<<<1, kOffsetThreads, 0, stream>>>(r.chunk_counts, E, nchunks, row_align, r.counts, r.row_offset,
+                                                   r.num_mblocks, r.mblock_expert);
+  MINILLM_CUDA_CHECK_LAUNCH();
+  scatter_kernel<<<nchunks, kThreads, 0, stream>>>(ids, pairs, E, nchunks, r.chunk_counts, r.row_offset, r.dest);
+  MINILLM_CUDA_CHECK_LAUNCH();
+}
+
+void gather_rows(const void* x, int64_t T, int k, int64_t H, const int32_t* dest, void* x_perm,
+                 cudaStream_t stream) {
+  if (T == 0) return;
+  MINILLM_CHECK(H % 8 == 0 && k >= 1 && k <= 8, "gather_rows: H = " << H << ", k = " << k);
+  MINILLM_CHECK(T < (int64_t{1} << 31), "gather_rows: T = " << T);
+  gather_kernel<<<static_cast<unsigned>(T), kGatherThreads, 0, stream>>>(static_cast<const uint4*>(x), k, H / 8, dest,
+                                                                         static_cast<uint4*>(x_perm));
+  MINILLM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace minillm::cuda::moe

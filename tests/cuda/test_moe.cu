@@ -1,0 +1,420 @@
+// MoELayer (CUDA) vs the CPU reference cpu::moe / cpu::moe_router on the same bf16-rounded inputs.
+// Criterion: the GPU keeps h and the expert outputs in bf16 (the reference keeps fp32), so per element
+// |y - y_ref| <= 0.02 * max|y_ref| + 0.02 * |y_ref| and the relative RMS error <= 1e-2, over the tokens
+// whose top-k is not a near-tie in the reference's logits (a tie may legitimately pick another expert).
+// Also: T = 0, extreme imbalance, experts without tokens, determinism, CUDA-graph capture, errors.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cpu/ops.h"
+#include "minillm/core/cuda_check.h"
+#include "minillm/moe.h"
+
+namespace minillm {
+namespace {
+
+bool have_gpu() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+#define REQUIRE_GPU() \
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device"
+
+struct Case {
+  int64_t T, H, E, k, F;
+  MoEActivation act = MoEActivation::swiglu;
+  bool normalize = true;
+  DType dtype = DType::bf16;
+};
+
+std::string name(const Case& c) {
+  return "T" + std::to_string(c.T) + " H" + std::to_string(c.H) + " E" + std::to_string(c.E) + " k" +
+         std::to_string(c.k) + " F" + std::to_string(c.F) + (c.act == MoEActivation::gelu ? " gelu" : " swiglu") +
+         (c.normalize ? " norm" : " nonorm") + " " + dtype_name(c.dtype);
+}
+
+// Host values rounded to the 16-bit type (fp32 copies for the reference) and their 16-bit bits.
+struct HostArray {
+  std::vector<float> f;
+  std::vector<uint16_t> bits;
+};
+
+HostArray make_array(size_t n, float scale, DType dt, std::mt19937& rng) {
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  HostArray a;
+  a.f.resize(n);
+  a.bits.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const float v = dist(rng) * scale;
+    a.bits[i] = dt == DType::bf16 ? f32_to_bf16(v) : f32_to_f16(v);
+    a.f[i] = dt == DType::bf16 ? bf16_to_f32(a.bits[i]) : f16_to_f32(a.bits[i]);
+  }
+  return a;
+}
+
+void set_array(HostArray& a, size_t i, float v, DType dt) {
+  a.bits[i] = dt == DType::bf16 ? f32_to_bf16(v) : f32_to_f16(v);
+  a.f[i] = dt == DType::bf16 ? bf16_to_f32(a.bits[i]) : f16_to_f32(a.bits[i]);
+}
+
+Buffer upload(const HostArray& a) {
+  Buffer b(a.bits.size() * 2, Device::cuda);
+  copy_bytes(b.data(), Device::cuda, a.bits.data(), Device::cpu, a.bits.size() * 2);
+  return b;
+}
+
+std::vector<float> download(const Buffer& b, size_t n, DType dt) {
+  std::vector<uint16_t> bits(n);
+  copy_bytes(bits.data(), Device::cpu, b.data(), Device::cuda, n * 2);
+  std::vector<float> f(n);
+  for (size_t i = 0; i < n; ++i) f[i] = dt == DType::bf16 ? bf16_to_f32(bits[i]) : f16_to_f32(bits[i]);
+  return f;
+}
+
+struct Problem {
+  Case c;
+  HostArray x, router, w1, w3, w2;
+  Buffer dx, drouter, dw1, dw3, dw2;
+};
+
+Problem make_problem(const Case& c, uint32_t seed) {
+  std::mt19937 rng(seed);
+  Problem p;
+  p.c = c;
+  p.x = make_array(c.T * c.H, 1.0f, c.dtype, rng);
+  p.router = make_array(c.E * c.H, 1.0f / std::sqrt(static_cast<float>(c.H)), c.dtype, rng);
+  p.w1 = make_array(c.E * c.F * c.H, 1.0f / std::sqrt(static_cast<float>(c.H)), c.dtype, rng);
+  if (c.act == MoEActivation::swiglu) p.w3 = make_array(c.E * c.F * c.H, 1.0f / std::sqrt(static_cast<float>(c.H)), c.dtype, rng);
+  p.w2 = make_array(c.E * c.H * c.F, 1.0f / std::sqrt(static_cast<float>(c.F)), c.dtype, rng);
+  return p;
+}
+
+void upload_problem(Problem& p) {
+  p.dx = upload(p.x);
+  p.drouter = upload(p.router);
+  p.dw1 = upload(p.w1);
+  if (!p.w3.bits.empty()) p.dw3 = upload(p.w3);
+  p.dw2 = upload(p.w2);
+}
+
+MoEConfig config_of(const Case& c) {
+  MoEConfig cfg;
+  cfg.hidden = c.H;
+  cfg.num_experts = c.E;
+  cfg.top_k = c.k;
+  cfg.ffn = c.F;
+  cfg.activation = c.act;
+  cfg.normalize_topk = c.normalize;
+  cfg.dtype = c.dtype;
+  return cfg;
+}
+
+void set_weights(MoELayer& layer, const Problem& p) {
+  layer.set_weights(p.drouter.data(), p.dw1.data(), p.c.act == MoEActivation::swiglu ? p.dw3.data() : nullptr,
+                    p.dw2.data());
+}
+
+// Runs the layer on p.x; returns y (as float).
+std::vector<float> run_gpu(MoELayer& layer, const Problem& p) {
+  const Case& c = p.c;
+  Buffer y(std::max<size_t>(c.T * c.H * 2, 2), Device::cuda);
+  MINILLM_CUDA_CHECK(cudaMemset(y.data(), 0xff, y.bytes()));  // poison
+  Tensor tx(p.dx.data(), c.dtype, Device::cuda, {c.T, c.H});
+  Tensor ty(y.data(), c.dtype, Device::cuda, {c.T, c.H});
+  layer.forward(tx, ty, nullptr);
+  MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
+  return download(y, c.T * c.H, c.dtype);
+}
+
+// Reference logits in double, and for each token whether its top-k is clear of near-ties:
+// `boundary` checks only the k-th vs (k+1)-th gap (what changes the output), else all adjacent gaps.
+std::vector<char> clear_tokens(const Problem& p, bool boundary_only, double eps) {
+  const Case& c = p.c;
+  std::vector<char> ok(c.T, 1);
+  std::vector<double> l(c.E);
+  for (int64_t t = 0; t < c.T; ++t) {
+    for (int64_t e = 0; e < c.E; ++e) {
+      double s = 0;
+      for (int64_t i = 0; i < c.H; ++i) s += static_cast<double>(p.x.f[t * c.H + i]) * p.router.f[e * c.H + i];
+      l[e] = s;
+    }
+    std::sort(l.begin(), l.end(), std::greater<double>());
+    for (int64_t j = boundary_only ? c.k - 1 : 0; j < c.k && j + 1 < c.E; ++j)
+      if (l[j] - l[j + 1] < eps) ok[t] = 0;
+  }
+  return ok;
+}
+
+void expect_close_to_reference(const Problem& p, const std::vector<float>& y) {
+  const Case& c = p.c;
+  std::vector<float> ref(c.T * c.H);
+  cpu::moe(p.x.f.data(), p.router.f.data(), p.w1.f.data(), p.w3.f.empty() ? nullptr : p.w3.f.data(), p.w2.f.data(),
+           c.T, c.H, c.E, c.F, c.k, c.normalize, c.act == MoEActivation::swiglu ? cpu::Activation::swiglu : cpu::Activation::gelu,
+           ref.data());
+  const std::vector<char> clear = clear_tokens(p, /*boundary_only=*/true, 1e-3);
+  double max_ref = 0, err2 = 0, ref2 = 0;
+  for (float v : ref) max_ref = std::max(max_ref, static_cast<double>(std::fabs(v)));
+  int64_t bad = 0, used = 0;
+  for (int64_t t = 0; t < c.T; ++t) {
+    if (!clear[t]) continue;
+    ++used;
+    for (int64_t i = 0; i < c.H; ++i) {
+      const double r = ref[t * c.H + i], g = y[t * c.H + i];
+      const double d = std::fabs(g - r);
+      err2 += d * d;
+      ref2 += r * r;
+      if (!(d <= 0.02 * max_ref + 0.02 * std::fabs(r))) {
+        if (bad < 5) ADD_FAILURE() << name(c) << ": y[" << t << ", " << i << "] = " << g << ", reference " << r;
+        ++bad;
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0) << name(c);
+  EXPECT_GT(used, c.T / 2) << name(c) << ": too many near-ties";
+  const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0;
+  EXPECT_LE(rel, 1e-2) << name(c) << ": relative RMS error";
+}
+
+void check_cases(std::initializer_list<Case> cases, uint32_t seed) {
+  for (const Case& c : cases) {
+    SCOPED_TRACE(name(c));
+    Problem p = make_problem(c, seed++);
+    upload_problem(p);
+    MoELayer layer(config_of(c), c.T);
+    set_weights(layer, p);
+    expect_close_to_reference(p, run_gpu(layer, p));
+  }
+}
+
+// Small shapes (also the compute-sanitizer run): both paths, both activations, both dtypes.
+TEST(MoECuda, SmallShapesMatchCpuReference) {
+  REQUIRE_GPU();
+  check_cases({
+                  {1, 1024, 8, 2, 512},                                  // decode, T = 1
+                  {17, 1024, 16, 4, 1024, MoEActivation::gelu, false},   // decode, gelu
+                  {65, 1024, 8, 2, 512},                                 // grouped GEMM, smallest T
+                  {200, 1024, 8, 1, 576, MoEActivation::gelu, true},     // top-1, gelu, F % 128 != 0
+                  {130, 1024, 16, 2, 1088, MoEActivation::swiglu, true}, // F not a multiple of 128
+                  {129, 1024, 16, 2, 1024, MoEActivation::swiglu, true, DType::f16},
+                  {9, 1024, 16, 2, 1024, MoEActivation::swiglu, true, DType::f16},
+              },
+              1);
+}
+
+TEST(MoECuda, MatchesCpuReference) {
+  REQUIRE_GPU();
+  check_cases({
+                  {64, 2048, 8, 2, 1536},                                 // decode, largest T
+                  {300, 1024, 32, 4, 768, MoEActivation::swiglu, false},  // partial tiles, no renorm
+                  {513, 1024, 128, 8, 512, MoEActivation::swiglu, true},  // E = 128, k = 8 (many empty experts)
+                  {40, 1024, 128, 8, 512, MoEActivation::swiglu, false},  // E = 128, k = 8, decode
+                  {700, 2048, 64, 8, 1024, MoEActivation::swiglu, false}, // OLMoE-like
+                  {300, 1088, 8, 2, 512, MoEActivation::gelu, true},      // H not a multiple of 256
+                  {1500, 4096, 8, 2, 1024, MoEActivation::swiglu, true},  // long K
+              },
+              100);
+}
+
+TEST(MoECuda, EmptyInput) {
+  REQUIRE_GPU();
+  Case c{0, 1024, 8, 2, 512};
+  Problem p = make_problem({1, 1024, 8, 2, 512}, 3);
+  upload_problem(p);
+  MoELayer layer(config_of(c), 16);
+  set_weights(layer, p);
+  Tensor tx(p.dx.data(), c.dtype, Device::cuda, {0, c.H});
+  Tensor ty(p.dx.data(), c.dtype, Device::cuda, {0, c.H});
+  EXPECT_NO_THROW(layer.forward(tx, ty, nullptr));
+  EXPECT_EQ(MoELayer::workspace_bytes(config_of(c), 0), 0u);
+  EXPECT_NO_THROW(layer.forward(nullptr, nullptr, 0, nullptr, 0, nullptr));
+  MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+// Router rows are zero except one expert's, and x > 0: every token picks that expert first, and the
+// rest of its top-k are exact ties (logit 0) resolved to the lowest indices.
+TEST(MoECuda, AllTokensToOneExpert) {
+  REQUIRE_GPU();
+  for (int64_t T : {40, 3000}) {
+    for (int64_t k : {1, 2}) {
+      Case c{T, 1024, 16, k, 512};
+      SCOPED_TRACE(name(c));
+      Problem p = make_problem(c, 11);
+      for (size_t i = 0; i < p.x.f.size(); ++i) set_array(p.x, i, 0.1f + std::fabs(p.x.f[i]), c.dtype);
+      for (int64_t e = 0; e < c.E; ++e)
+        for (int64_t i = 0; i < c.H; ++i) set_array(p.router, e * c.H + i, e == 5 ? 0.01f : 0.0f, c.dtype);
+      upload_problem(p);
+      MoELayer layer(config_of(c), T);
+      set_weights(layer, p);
+      std::vector<int32_t> ids(T * k);
+      Buffer dids(T * k * 4, Device::cuda), dw(T * k * 4, Device::cuda), scratch(layer.workspace_bytes(T), Device::cuda);
+      layer.route(p.dx.data(), T, static_cast<int32_t*>(dids.data()), static_cast<float*>(dw.data()), scratch.data(),
+                  scratch.bytes(), nullptr);
+      copy_bytes(ids.data(), Device::cpu, dids.data(), Device::cuda, ids.size() * 4);
+      for (int64_t t = 0; t < T; ++t) {
+        ASSERT_EQ(ids[t * k], 5);
+        if (k == 2) ASSERT_EQ(ids[t * k + 1], 0);
+      }
+      const std::vector<float> y = run_gpu(layer, p);
+      // Near-ties are fine here: the ties are exact and resolved identically by both.
+      std::vector<float> ref(T * c.H);
+      cpu::moe(p.x.f.data(), p.router.f.data(), p.w1.f.data(), p.w3.f.data(), p.w2.f.data(), T, c.H, c.E, c.F, k,
+               c.normalize, cpu::Activation::swiglu, ref.data());
+      double max_ref = 0;
+      for (float v : ref) max_ref = std::max(max_ref, static_cast<double>(std::fabs(v)));
+      int64_t bad = 0;
+      for (size_t i = 0; i < ref.size(); ++i)
+        if (!(std::fabs(y[i] - ref[i]) <= 0.02 * max_ref + 0.02 * std::fabs(ref[i]))) ++bad;
+      EXPECT_EQ(bad, 0);
+    }
+  }
+}
+
+TEST(MoECuda, RouterMatchesReference) {
+  REQUIRE_GPU();
+  for (Case c : {Case{1000, 2048, 64, 8, 64}, Case{257, 1024, 128, 8, 64}, Case{100, 4096, 8, 2, 64}}) {
+    SCOPED_TRACE(name(c));
+    for (bool normalize : {true, false}) {
+      c.normalize = normalize;
+      Problem p = make_problem(c, 21);
+      upload_problem(p);
+      MoELayer layer(config_of(c));
+      set_weights(layer, p);
+      const int64_t n = c.T * c.k;
+      Buffer dids(n * 4, Device::cuda), dw(n * 4, Device::cuda), scratch(layer.workspace_bytes(c.T), Device::cuda);
+      layer.route(p.dx.data(), c.T, static_cast<int32_t*>(dids.data()), static_cast<float*>(dw.data()), scratch.data(),
+                  scratch.bytes(), nullptr);
+      std::vector<int32_t> ids(n), ref_ids(n);
+      std::vector<float> w(n), ref_w(n), logits(c.T * c.E);
+      copy_bytes(ids.data(), Device::cpu, dids.data(), Device::cuda, n * 4);
+      copy_bytes(w.data(), Device::cpu, dw.data(), Device::cuda, n * 4);
+      cpu::linear(p.x.f.data(), p.router.f.data(), nullptr, c.T, c.H, c.E, logits.data());
+      cpu::moe_router(logits.data(), c.T, c.E, c.k, normalize, ref_ids.data(), ref_w.data());
+      const std::vector<char> clear = clear_tokens(p, /*boundary_only=*/false, 1e-3);
+      int64_t used = 0;
+      for (int64_t t = 0; t < c.T; ++t) {
+        if (!clear[t]) continue;
+        ++used;
+        for (int64_t j = 0; j < c.k; ++j) {
+          ASSERT_EQ(ids[t * c.k + j], ref_ids[t * c.k + j]) << "token " << t << " slot " << j;
+          ASSERT_NEAR(w[t * c.k + j], ref_w[t * c.k + j], 1e-5) << "token " << t << " slot " << j;
+        }
+      }
+      EXPECT_GT(used, c.T / 4);
+    }
+  }
+}
+
+// Bitwise identical outputs: twice on one layer, on a second layer, and replayed from a CUDA graph.
+TEST(MoECuda, DeterministicAndGraphCapturable) {
+  REQUIRE_GPU();
+  for (Case c : {Case{2048, 1024, 32, 4, 1024}, Case{48, 1024, 8, 2, 1024}}) {
+    SCOPED_TRACE(name(c));
+    Problem p = make_problem(c, 5);
+    upload_problem(p);
+    MoELayer a(config_of(c), c.T), b(config_of(c), c.T);
+    set_weights(a, p);
+    set_weights(b, p);
+    const std::vector<float> y1 = run_gpu(a, p), y2 = run_gpu(a, p), y3 = run_gpu(b, p);
+    EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * 4));
+    EXPECT_EQ(0, std::memcmp(y1.data(), y3.data(), y1.size() * 4));
+
+    // External scratch + capture.
+    Buffer scratch(a.workspace_bytes(c.T), Device::cuda), y(c.T * c.H * 2, Device::cuda);
+    MINILLM_CUDA_CHECK(cudaMemset(y.data(), 0, y.bytes()));
+    cudaStream_t s;
+    MINILLM_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    MINILLM_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    a.forward(p.dx.data(), y.data(), c.T, scratch.data(), scratch.bytes(), s);
+    MINILLM_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+    MINILLM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    MINILLM_CUDA_CHECK(cudaGraphLaunch(exec, s));
+    MINILLM_CUDA_CHECK(cudaStreamSynchronize(s));
+    const std::vector<float> y4 = download(y, c.T * c.H, c.dtype);
+    EXPECT_EQ(0, std::memcmp(y1.data(), y4.data(), y1.size() * 4));
+    MINILLM_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    MINILLM_CUDA_CHECK(cudaGraphDestroy(graph));
+    MINILLM_CUDA_CHECK(cudaStreamDestroy(s));
+
+    // Caller-provided Workspace arena.
+    Workspace ws(a.workspace_bytes(c.T) + 1024, Device::cuda);
+    Tensor tx(p.dx.data(), c.dtype, Device::cuda, {c.T, c.H}), ty(y.data(), c.dtype, Device::cuda, {c.T, c.H});
+    a.forward(tx, ty, ws, nullptr);
+    MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<float> y5 = download(y, c.T * c.H, c.dtype);
+    EXPECT_EQ(0, std::memcmp(y1.data(), y5.data(), y1.size() * 4));
+  }
+}
+
+template <typename F>
+void expect_error(F&& f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(MoECuda, BadConfig) {
+  // Validation happens before any CUDA call: runs (and must pass) without a GPU too.
+  auto cfg = [](auto edit) {
+    MoEConfig c;
+    c.hidden = 1024;
+    c.num_experts = 8;
+    c.top_k = 2;
+    c.ffn = 512;
+    edit(c);
+    return c;
+  };
+  expect_error([&] { cfg([](MoEConfig& c) { c.hidden = 1000; }).validate(); }, "MoEConfig.hidden = 1000");
+  expect_error([&] { cfg([](MoEConfig& c) { c.num_experts = 0; }).validate(); }, "MoEConfig.num_experts = 0");
+  expect_error([&] { cfg([](MoEConfig& c) { c.num_experts = 300; }).validate(); }, "MoEConfig.num_experts = 300");
+  expect_error([&] { cfg([](MoEConfig& c) { c.top_k = 9; }).validate(); }, "MoEConfig.top_k = 9");
+  expect_error([&] { cfg([](MoEConfig& c) { c.top_k = 0; }).validate(); }, "MoEConfig.top_k = 0");
+  expect_error([&] { cfg([](MoEConfig& c) { c.num_experts = 2, c.top_k = 4; }).validate(); }, "MoEConfig.top_k = 4");
+  expect_error([&] { cfg([](MoEConfig& c) { c.ffn = -64; }).validate(); }, "MoEConfig.ffn = -64");
+  expect_error([&] { cfg([](MoEConfig& c) { c.dtype = DType::f32; }).validate(); }, "MoEConfig.dtype = f32");
+  expect_error([&] { MoELayer l(cfg([](MoEConfig& c) { c.ffn = 100; })); }, "MoEConfig.ffn = 100");
+}
+
+TEST(MoECuda, BadInputs) {
+  REQUIRE_GPU();
+  Case c{8, 1024, 8, 2, 512};
+  Problem p = make_problem(c, 9);
+  upload_problem(p);
+  MoELayer layer(config_of(c), 8);
+  Tensor tx(p.dx.data(), c.dtype, Device::cuda, {c.T, c.H});
+  expect_error([&] { layer.forward(tx, tx, nullptr); }, "set_weights() must be called");
+  Tensor router(p.drouter.data(), c.dtype, Device::cuda, {c.E, c.H});
+  Tensor w1(p.dw1.data(), c.dtype, Device::cuda, {c.E, c.F, c.H});
+  Tensor w3(p.dw3.data(), c.dtype, Device::cuda, {c.E, c.F, c.H});
+  Tensor w2(p.dw2.data(), c.dtype, Device::cuda, {c.E, c.H, c.F});
+  Tensor bad_shape(p.dw2.data(), c.dtype, Device::cuda, {c.E, c.F, c.H});
+  Tensor bad_dtype(p.dw1.data(), DType::f16, Device::cuda, {c.E, c.F, c.H});
+  Tensor host(p.x.f.data(), c.dtype, Device::cpu, {c.E, c.H});
+  expect_error([&] { layer.set_weights(router, w1, w3, bad_shape); }, "w_down: expected bf16 [8, 1024, 512]");
+  expect_error([&] { layer.set_weights(router, bad_dtype, w3, w2); }, "w_gate: expected bf16");
+  expect_error([&] { layer.set_weights(host, w1, w3, w2); }, "router: expected a cuda tensor");
+  expect_error([&] { layer.set_weights(router, w1, Tensor(), w2); }, "w_up");
+  layer.set_weights(router, w1, w3, w2);
+  Buffer big(16 * c.H * 2, Device::cuda);
+  Tensor t16(big.data(), c.dtype, Device::cuda, {16, c.H});
+  expect_error([&] { layer.forward(t16, t16, nullptr); }, "exceeds the reserved workspace");
+  Tensor wrong_h(big.data(), c.dtype, Device::cuda, {4, 512});
+  expect_error([&] { layer.forward(wrong_h, wrong_h, nullptr); }, "x: expected bf16 [");
+  Tensor wrong_dt(big.data(), DType::f16, Device::cuda, {4, c.H});
+  expect_error([&] { layer.forward(wrong_dt, wrong_dt, nullptr); }, "x: expected bf16");
+  expect_error([&] { layer.forward(p.dx.data(), big.data(), 8, big.data(), 64, nullptr); }, "scratch of 64 bytes");
+}
+
+}  // namespace
+}  // namespace minillm
