@@ -1,10 +1,16 @@
 // InferenceEngine: owns the config, the weights on its device, one workspace planned for the
-// largest batch x seq it was built for, and (on CUDA) streams and CUDA graphs. forward() allocates
+// largest batch x seq it was built for, and (on CUDA) a stream and CUDA graphs. forward() allocates
 // nothing on the device. Destroying the engine frees everything.
+//
+// CUDA: bf16/fp16 weights and activations (the config's dtype), fp32 accumulation; the logits are
+// f32 or the model dtype (EngineOptions::logits_dtype). With cuda_graphs, the first forward of a
+// (B, N) shape runs op by op and records a CUDA graph; later forwards of that shape replay it.
+// Token ids are range-checked on the host before every launch (also before a graph replay).
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "minillm/config.h"
@@ -22,7 +28,7 @@ struct EngineOptions {
 };
 
 struct ForwardTimings {
-  double ms = 0;  // wall time of the last forward
+  double ms = 0;  // host wall time of the last forward (forward_device: until it is enqueued)
 };
 
 class InferenceEngine {
@@ -35,23 +41,34 @@ class InferenceEngine {
   // ids: B x N host token ids (row-major). Returns host logits [B, N, V] as fp32.
   // Throws minillm::Error (engine stays usable) on ids out of range or B/N above the plan.
   std::vector<float> forward(const int32_t* ids, int B, int N);
-  // Device-resident variant: ids [B, N] i32 and logits [B, N, V] (f32 or model dtype) on the
-  // engine's device. The logits tensor is owned by the engine and valid until the next call.
-  Tensor forward_device(const Tensor& ids, int B, int N);
+  // Device-resident variant: ids [B, N] or [B * N] i32, contiguous, on the host or on the engine's
+  // device; returns logits [B, N, V] (logits_dtype) on the engine's device, owned by the engine and
+  // valid until the next call. CUDA: `stream` is the caller's cudaStream_t (nullptr: the legacy
+  // default stream). The forward starts after the work already queued there, and work queued there
+  // afterwards runs after the forward; the call itself does not wait for the forward (device ids
+  // are copied to the host for the range check, which waits for the caller's stream).
+  Tensor forward_device(const Tensor& ids, int B, int N, void* stream = nullptr);
+  // One forward run op by op (no graph) with CUDA events around every op: milliseconds summed per
+  // op kind (embedding, qkv, rope, attention, o_proj, add_norm, moe, lm_head), in order of first
+  // use. CUDA only (throws on the CPU backend).
+  std::vector<std::pair<std::string, double>> profile_forward(const int32_t* ids, int B, int N);
 
   const ModelConfig& config() const { return config_; }
   Device device() const;
   int max_batch() const { return max_batch_; }
   int max_seq() const { return max_seq_; }
   size_t weight_bytes() const;
-  size_t workspace_bytes() const;
+  size_t workspace_bytes() const;  // activations + op scratch + logits (they share one arena)
+  DType logits_dtype() const;
+  void* stream() const;  // the CUDA backend's cudaStream_t (nullptr on the CPU)
   const ForwardTimings& last_timings() const { return timings_; }
   // Validates ids on the host (range, count); throws naming the first bad position and value.
   void check_ids(const int32_t* ids, int B, int N) const;
 
  private:
   void check_shape(int B, int N) const;
-  void run(const Tensor& ids_dev, int B, int N);
+  void run(int B, int N);
+  Tensor logits_view(int B, int N) const;
 
   ModelConfig config_;
   int max_batch_ = 1, max_seq_ = 0;

@@ -1,0 +1,279 @@
+// The CUDA backend (cuda_backend.h): op dispatch, the per-layer MoE layers, the RoPE table, CUDA
+// graphs per (B, N) shape and per-op profiling with CUDA events.
+//
+// Nothing here allocates or synchronises inside a forward pass: cuBLASLt plans are cached, the
+// MoE scratch comes from the engine's workspace (taken and given back around each call), and
+// every launch goes to the backend's own non-blocking stream, so a forward can be captured whole.
+#include "cuda/engine/cuda_backend.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "cuda/engine/gemm.h"
+#include "cuda/engine/ops.h"
+#include "minillm/attention.h"
+#include "minillm/core/cuda_check.h"
+#include "minillm/moe.h"
+
+namespace minillm {
+namespace {
+
+namespace ke = cuda::engine;
+
+// The MoE config of the model, and whether minillm::MoELayer takes it.
+MoEConfig moe_config(const ModelConfig& c) {
+  MoEConfig m;
+  m.hidden = c.hidden_size;
+  m.num_experts = c.moe.num_experts;
+  m.top_k = c.moe.top_k;
+  m.ffn = c.moe.ffn_size;
+  m.activation = c.moe.activation == ExpertActivation::swiglu ? MoEActivation::swiglu : MoEActivation::gelu;
+  m.normalize_topk = c.moe.normalize_topk;
+  m.dtype = c.dtype;
+  return m;
+}
+
+bool moe_layer_supports(const ModelConfig& c) {
+  try {
+    moe_config(c).validate();
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+struct CudaBackend::Impl {
+  ke::Gemm gemm;
+  std::vector<MoELayer> moe;  // one per layer (empty: the fallback path)
+  Buffer rope_table;          // [max_pos, D/2] float2
+  int rope_max_pos = 0;
+  // Profiling state: events in pairs, the op kind of each pair.
+  bool profiling = false;
+  std::vector<cudaEvent_t> events;
+  std::vector<std::string> kinds;
+  size_t used_pairs = 0;
+
+  ~Impl() {
+    for (cudaEvent_t e : events) cudaEventDestroy(e);
+  }
+};
+
+// Brackets one op with a pair of events while profiling (nothing otherwise).
+class CudaBackend::OpScope {
+ public:
+  OpScope(CudaBackend& be, const char* kind) : be_(be) {
+    Impl& m = *be_.impl_;
+    if (!m.profiling) return;
+    if (m.used_pairs * 2 + 2 > m.events.size()) {
+      for (int i = 0; i < 2; ++i) {
+        cudaEvent_t e;
+        MINILLM_CUDA_CHECK(cudaEventCreate(&e));
+        m.events.push_back(e);
+      }
+    }
+    pair_ = m.used_pairs++;
+    if (m.kinds.size() < m.used_pairs) m.kinds.resize(m.used_pairs);
+    m.kinds[pair_] = kind;
+    MINILLM_CUDA_CHECK(cudaEventRecord(m.events[2 * pair_], be_.stream_));
+  }
+  ~OpScope() {
+    if (pair_ != kNone) cudaEventRecord(be_.impl_->events[2 * pair_ + 1], be_.stream_);
+  }
+
+ private:
+  static constexpr size_t kNone = ~size_t{0};
+  CudaBackend& be_;
+  size_t pair_ = kNone;
+};
+
+CudaBackend::CudaBackend(const ModelConfig& c, int64_t max_tokens) : config_(c), max_tokens_(max_tokens) {
+  MINILLM_CHECK(c.dtype == DType::bf16 || c.dtype == DType::f16,
+                "cuda backend: dtype = " << dtype_name(c.dtype) << " must be bf16 or fp16");
+  MINILLM_CHECK(c.head_dim % 8 == 0 && c.head_dim <= 256,
+                "cuda backend: head_dim = " << c.head_dim << " must be a multiple of 8 in [8, 256] (FlashAttention)");
+  MINILLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  try {
+    impl_ = std::make_unique<Impl>();
+    if (moe_layer_supports(c)) {
+      const MoEConfig mc = moe_config(c);
+      impl_->moe.reserve(static_cast<size_t>(c.num_layers));
+      for (int l = 0; l < c.num_layers; ++l) impl_->moe.emplace_back(mc);
+    }
+    if (c.position == PositionType::rope) {
+      // Positions are < N <= min(max_seq_len, max_tokens).
+      impl_->rope_max_pos = static_cast<int>(std::min<int64_t>(c.max_seq_len, std::max<int64_t>(max_tokens, 1)));
+      const int half = c.head_dim / 2;
+      std::vector<float2> table(static_cast<size_t>(impl_->rope_max_pos) * half);
+      ke::rope_table(table.data(), impl_->rope_max_pos, c.head_dim, c.rope_theta);
+      impl_->rope_table = Buffer(table.size() * sizeof(float2), Device::cuda);
+      to_device(impl_->rope_table.data(), table.data(), table.size() * sizeof(float2));
+    }
+  } catch (...) {
+    impl_.reset();
+    cudaStreamDestroy(stream_);
+    throw;
+  }
+}
+
+CudaBackend::~CudaBackend() {
+  cudaStreamSynchronize(stream_);
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+  impl_.reset();
+  cudaStreamDestroy(stream_);
+}
+
+void CudaBackend::embedding(const Tensor& ids, const Tensor& table, Tensor& out) {
+  OpScope s(*this, "embedding");
+  ke::embedding(table.dtype, ids.ptr<int32_t>(), table.data, out.data, ids.numel(), table.size(1), stream_);
+}
+
+void CudaBackend::linear(const Tensor& x, const Tensor& w, Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  MINILLM_CHECK(w.size(1) == K && y.size(0) == M && y.size(1) == N && w.dtype == x.dtype,
+                "linear: x " << x.shape_str() << " " << dtype_name(x.dtype) << ", w " << w.shape_str() << " "
+                             << dtype_name(w.dtype) << ", y " << y.shape_str() << " do not match");
+  const char* kind = N == config_.vocab_size && w.data != nullptr && K == config_.hidden_size ? "lm_head"
+                     : N == config_.qkv_dim()                                                 ? "qkv"
+                                                                                              : "o_proj";
+  OpScope s(*this, kind);
+  impl_->gemm.linear(x.data, w.data, y.data, M, N, K, x.dtype, y.dtype, stream_);
+}
+
+void CudaBackend::rope(Tensor& qkv, int B, int N, const ModelConfig& c) {
+  OpScope s(*this, "rope");
+  MINILLM_CHECK(N <= impl_->rope_max_pos, "rope: seq_len = " << N << " exceeds the planned " << impl_->rope_max_pos);
+  ke::rope(c.dtype, qkv.data, static_cast<int64_t>(B) * N, N, c.num_heads + c.num_kv_heads, c.head_dim, c.qkv_dim(),
+           static_cast<const float2*>(impl_->rope_table.data()), stream_);
+}
+
+void CudaBackend::attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) {
+  OpScope s(*this, "attention");
+  // q, k, v: strided views of qkv [B, N, qkv_dim]; o: out [B, N, q_dim].
+  FlashAttentionParams p;
+  const auto* base = static_cast<const char*>(qkv.data);
+  const size_t es = dtype_size(c.dtype);
+  p.q = base;
+  p.k = base + es * c.q_dim();
+  p.v = base + es * (c.q_dim() + c.kv_dim());
+  p.o = out.data;
+  p.dtype = c.dtype;
+  p.batch = B;
+  p.seqlen_q = p.seqlen_k = N;
+  p.num_heads = c.num_heads;
+  p.num_kv_heads = c.num_kv_heads;
+  p.head_dim = c.head_dim;
+  p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = static_cast<int64_t>(N) * c.qkv_dim();
+  p.q_row_stride = p.k_row_stride = p.v_row_stride = c.qkv_dim();
+  p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = c.head_dim;
+  p.o_batch_stride = static_cast<int64_t>(N) * c.q_dim();
+  p.o_row_stride = c.q_dim();
+  p.causal = c.causal;
+  p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  flash_attention_forward(p, stream_);
+}
+
+void CudaBackend::add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) {
+  OpScope s(*this, "add_norm");
+  ke::add_norm(c.dtype, x.data, delta ? delta->data : nullptr, n.w.ptr<float>(), n.b.data ? n.b.ptr<float>() : nullptr,
+               c.norm_type == NormType::rmsnorm, c.norm_eps, out.data, x.size(0), x.size(1), stream_);
+}
+
+void CudaBackend::moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y,
+                      Workspace& ws) {
+  OpScope s(*this, "moe");
+  const int64_t T = x.size(0);
+  const size_t bytes = op_workspace_bytes(c, T);
+  const size_t mark = ws.used();
+  void* scratch = ws.alloc_bytes(bytes);
+  if (!impl_->moe.empty()) {
+    MoELayer& m = impl_->moe.at(static_cast<size_t>(layer));
+    m.set_weights(w.router.data, w.w1.data, w.w3.data, w.w2.data);
+    m.forward(x.data, y.data, T, scratch, bytes, stream_);
+  } else {
+    ke::moe_fallback(c.dtype, x.data, w.router.data, w.w1.data, w.w3.data, w.w2.data, T, c.hidden_size,
+                     c.moe.num_experts, c.moe.ffn_size, c.moe.top_k, c.moe.normalize_topk,
+                     c.moe.activation == ExpertActivation::swiglu, y.data, scratch, stream_);
+  }
+  ws.rewind(mark);
+}
+
+size_t CudaBackend::op_workspace_bytes(const ModelConfig& c, int64_t T) const {
+  const size_t bytes = moe_layer_supports(c) ? MoELayer::workspace_bytes(moe_config(c), T)
+                                             : ke::moe_fallback_workspace(T, c.moe.ffn_size, c.moe.top_k);
+  return (bytes + 255) / 256 * 256 + 256;  // + the arena's alignment slack
+}
+
+void CudaBackend::to_device(void* dst, const void* src, size_t bytes) {
+  MINILLM_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+
+void CudaBackend::to_host(void* dst, const void* src, size_t bytes) {
+  MINILLM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+  MINILLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::synchronize() { MINILLM_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+void CudaBackend::run_forward(int64_t key, bool use_graph, const std::function<void()>& enqueue) {
+  if (!use_graph || impl_->profiling) {
+    enqueue();
+    return;
+  }
+  auto it = graphs_.find(key);
+  if (it != graphs_.end()) {
+    MINILLM_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+    return;
+  }
+  // First use of this shape: run eagerly (this also loads the kernels, sets their attributes and
+  // plans the GEMMs outside of the capture), then record the same work into a graph.
+  enqueue();
+  MINILLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  cudaGraph_t graph = nullptr;
+  try {
+    enqueue();
+  } catch (...) {
+    cudaStreamEndCapture(stream_, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    throw;
+  }
+  MINILLM_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  MINILLM_CUDA_CHECK(err);
+  graphs_.emplace(key, exec);
+}
+
+void CudaBackend::begin_profile() {
+  impl_->profiling = true;
+  impl_->used_pairs = 0;
+}
+
+std::vector<std::pair<std::string, double>> CudaBackend::end_profile() {
+  Impl& m = *impl_;
+  m.profiling = false;
+  synchronize();
+  std::vector<std::pair<std::string, double>> out;
+  for (size_t i = 0; i < m.used_pairs; ++i) {
+    float ms = 0.f;
+    MINILLM_CUDA_CHECK(cudaEventElapsedTime(&ms, m.events[2 * i], m.events[2 * i + 1]));
+    auto it = std::find_if(out.begin(), out.end(), [&](const auto& p) { return p.first == m.kinds[i]; });
+    if (it == out.end()) {
+      out.emplace_back(m.kinds[i], ms);
+    } else {
+      it->second += ms;
+    }
+  }
+  return out;
+}
+
+#ifdef MINILLM_WITH_CUDA
+std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& c, int max_tokens) {
+  return std::make_unique<CudaBackend>(c, max_tokens);
+}
+#endif
+
+}  // namespace minillm

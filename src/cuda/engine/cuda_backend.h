@@ -1,0 +1,66 @@
+// The CUDA backend: every op of the Backend interface (src/engine/backend.h) on one stream that it
+// owns, bf16 or fp16 activations and weights (the config's dtype), fp32 accumulation and norm math.
+//   embedding, rope, add_norm: the kernels of src/cuda/engine/*.cu
+//   linear: cuBLASLt (gemm.h); attention: minillm::flash_attention_forward on strided views of qkv
+//   moe: one minillm::MoELayer per layer (weights borrowed, scratch from the engine's workspace), or
+//        a plain fallback for shapes MoELayer does not take
+// Beyond the interface, the engine uses: the stream, CUDA-graph replay per (B, N) shape, and a
+// profiling mode that brackets every op with CUDA events and sums the times per op kind.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/backend.h"
+
+namespace minillm {
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(const ModelConfig& c, int64_t max_tokens);
+  ~CudaBackend() override;
+
+  Device device() const override { return Device::cuda; }
+  DType act_dtype() const override { return config_.dtype; }
+  void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override;
+  void linear(const Tensor& x, const Tensor& w, Tensor& y) override;
+  void rope(Tensor& qkv, int B, int N, const ModelConfig& c) override;
+  void attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) override;
+  void add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) override;
+  void moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y, Workspace& ws) override;
+  size_t op_workspace_bytes(const ModelConfig& c, int64_t T) const override;
+  void to_device(void* dst, const void* src, size_t bytes) override;
+  void to_host(void* dst, const void* src, size_t bytes) override;
+  void synchronize() override;
+
+  cudaStream_t stream() const { return stream_; }
+
+  // Issues one forward pass for shape `key` on stream(): `enqueue` issues it op by op. With
+  // use_graph, the first call for a key runs `enqueue` eagerly and then captures it once more into
+  // a CUDA graph (capturing executes nothing); later calls replay the graph. `enqueue` must issue
+  // the same work with the same pointers every time (the workspace plan guarantees it).
+  void run_forward(int64_t key, bool use_graph, const std::function<void()>& enqueue);
+  size_t num_graphs() const { return graphs_.size(); }
+
+  // Profiling: between begin_profile() and end_profile(), every op is bracketed by CUDA events;
+  // end_profile() waits for the stream and returns the milliseconds summed per op kind, in order
+  // of first appearance (embedding, qkv, rope, attention, o_proj, add_norm, moe, lm_head).
+  void begin_profile();
+  std::vector<std::pair<std::string, double>> end_profile();
+
+ private:
+  class OpScope;
+  ModelConfig config_;
+  int64_t max_tokens_ = 0;
+  cudaStream_t stream_ = nullptr;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::map<int64_t, cudaGraphExec_t> graphs_;
+};
+
+}  // namespace minillm

@@ -1,0 +1,31 @@
+// Dense linear layers through cuBLASLt: y[M, N] = x[M, K] @ w[N, K]^T, row-major, bf16/fp16 in,
+// fp32 accumulate, bf16/fp16 or fp32 out. One handle and one workspace per Gemm object, and the
+// matmul descriptors + heuristic algorithm cached per (M, N, K, dtypes), so a call after the first
+// of a shape is one cublasLtMatmul (CUDA-graph capturable: nothing is allocated or synchronised).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "minillm/core/dtype.h"
+
+namespace minillm::cuda::engine {
+
+class Gemm {
+ public:
+  explicit Gemm(size_t workspace_bytes = size_t{32} << 20);
+  ~Gemm();
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+
+  // x: [M, K] row stride K; w: [N, K] row stride K (HF Linear layout); y: [M, N] row stride N.
+  void linear(const void* x, const void* w, void* y, int64_t M, int64_t N, int64_t K, DType in, DType out,
+              cudaStream_t stream);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace minillm::cuda::engine

@@ -1,0 +1,43 @@
+// Launchers of the engine's glue kernels (embedding, RoPE, fused residual add + norm, and a plain
+// MoE fallback). Raw device pointers, explicit sizes and a stream; each enqueues its kernel(s) and
+// never synchronises. Activations are bf16 or fp16 (`dtype`), norm weights and math are fp32.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "minillm/core/dtype.h"
+
+namespace minillm::cuda::engine {
+
+// out[t, :] = table[ids[t], :]. table: [V, H], out: [T, H] row-major; ids are valid (checked on the host).
+void embedding(DType dtype, const int32_t* ids, const void* table, void* out, int64_t T, int64_t H,
+               cudaStream_t stream);
+
+// In place on qkv: for tokens t in [0, T) at position t % N, rotates heads [0, heads) of the rows
+// (HF rotate_half: the pair (x[i], x[i + D/2]) by the angle pos * theta^(-2i/D)).
+// x: [T, heads, D] with row stride row_stride (elements); cos_sin: [max_pos, D/2] float2 (cos, sin)
+// made by rope_table. All of q and k in one launch: heads = num_heads + num_kv_heads, since k's
+// heads follow q's in a fused qkv row.
+void rope(DType dtype, void* x, int64_t T, int N, int heads, int D, int64_t row_stride, const float2* cos_sin,
+          cudaStream_t stream);
+// Host: fills cos_sin [max_pos, D/2] as (cos, sin) of the angle pos * theta^(-2i/D), computed in double
+// exactly as the CPU reference (src/cpu/rope.cpp), then rounded to fp32.
+void rope_table(float2* host_cos_sin, int max_pos, int D, float theta);
+
+// Fused residual add + norm, one read of x and delta, in fp32:
+//   v = x + delta (delta may be null); x = v (only when delta is given and out != x); out = norm(v)
+// norm: LayerNorm (two-pass mean / variance over the row held in shared memory; bias may be null)
+// or RMSNorm. x, delta, out: [T, H]; out may alias x. w, b: [H] fp32.
+void add_norm(DType dtype, void* x, const void* delta, const float* w, const float* b, bool rmsnorm, float eps,
+              void* out, int64_t T, int64_t H, cudaStream_t stream);
+
+// A plain MoE (router softmax -> top-k -> weighted experts, fp32 math) for the shapes that
+// minillm::MoELayer does not take (hidden or ffn not a multiple of 64). Correctness path for tiny
+// configs, not tuned. x, y: [T, H]; router [E, H]; w1, w3 [E, F, H] (w3 null for gelu); w2 [E, H, F].
+size_t moe_fallback_workspace(int64_t T, int64_t F, int64_t k);
+void moe_fallback(DType dtype, const void* x, const void* router, const void* w1, const void* w3, const void* w2,
+                  int64_t T, int64_t H, int64_t E, int64_t F, int64_t k, bool normalize, bool swiglu, void* y,
+                  void* scratch, cudaStream_t stream);
+
+}  // namespace minillm::cuda::engine
