@@ -2,15 +2,29 @@
 //   minillm info    --model PRESET|config.json [--batch B --seq N]
 //   minillm init    --model ... --seed S --out weights.safetensors [--dtype bf16|fp16|fp32]
 //   minillm forward --model ... [--weights F | --seed S] (--ids 1,2,3 | --batch B --seq N) [--device auto|cpu|cuda]
+//   minillm bench   --model ... --batch B --seq N [--warmup W --iters I --logits bf16|f32 --no-graphs]
+//     (CUDA) latency (median ms per forward), tokens/s, peak GPU memory, TFLOP/s vs a measured
+//     8192^3 bf16 cuBLAS GEMM, bandwidth vs a measured 1 GiB device copy, and time per op kind.
 // Errors print "error: <message naming the field and value>" and exit 1.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
+#include <memory>
 #include <numeric>
 #include <sstream>
 
 #include "minillm/engine.h"
+
+#ifdef MINILLM_WITH_CUDA
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <chrono>
+
+#include "minillm/core/cuda_check.h"
+#endif
 
 namespace {
 
@@ -130,6 +144,180 @@ int cmd_forward(const ModelArgs& a, const std::string& ids_arg, int B, int N, co
   return finite ? 0 : 2;
 }
 
+#ifdef MINILLM_WITH_CUDA
+// RAII device allocation for the measurements below.
+struct DeviceMem {
+  void* p = nullptr;
+  explicit DeviceMem(size_t bytes) { MINILLM_CUDA_CHECK(cudaMalloc(&p, bytes)); }
+  ~DeviceMem() { cudaFree(p); }
+  DeviceMem(const DeviceMem&) = delete;
+  DeviceMem& operator=(const DeviceMem&) = delete;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Median milliseconds of `iters` runs of `body` on `s`, each bracketed by events, after 3 warm-ups.
+double time_ms(cudaStream_t s, int iters, const std::function<void()>& body) {
+  for (int i = 0; i < 3; ++i) body();
+  std::vector<cudaEvent_t> ev(2 * static_cast<size_t>(iters));
+  for (auto& e : ev) MINILLM_CUDA_CHECK(cudaEventCreate(&e));
+  for (int i = 0; i < iters; ++i) {
+    MINILLM_CUDA_CHECK(cudaEventRecord(ev[2 * i], s));
+    body();
+    MINILLM_CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], s));
+  }
+  MINILLM_CUDA_CHECK(cudaStreamSynchronize(s));
+  std::vector<double> ms(static_cast<size_t>(iters));
+  for (int i = 0; i < iters; ++i) {
+    float m = 0;
+    MINILLM_CUDA_CHECK(cudaEventElapsedTime(&m, ev[2 * i], ev[2 * i + 1]));
+    ms[i] = m;
+  }
+  for (auto& e : ev) cudaEventDestroy(e);
+  return median(ms);
+}
+
+// The device's matmul ceiling (bf16 8192^3 cuBLAS GEMM, fp32 accumulation) in TFLOP/s, and its copy
+// ceiling (1 GiB device-to-device, bytes read + written) in GB/s. Random inputs, never zeros.
+std::pair<double, double> measure_peaks(cudaStream_t s) {
+  const int64_t n = 8192;
+  const size_t bytes = static_cast<size_t>(n * n) * 2;
+  std::vector<uint16_t> host(static_cast<size_t>(n * n));
+  uint64_t r = 88172645463325252ull;
+  for (auto& h : host) {
+    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+    h = f32_to_bf16(static_cast<float>(r >> 40) * (1.0f / 16777216.0f) - 0.5f);
+  }
+  double tflops = 0, gbps = 0;
+  {
+    DeviceMem a(bytes), b(bytes), c(bytes);
+    MINILLM_CUDA_CHECK(cudaMemcpy(a.p, host.data(), bytes, cudaMemcpyHostToDevice));
+    MINILLM_CUDA_CHECK(cudaMemcpy(b.p, host.data(), bytes, cudaMemcpyHostToDevice));
+    cublasHandle_t h = nullptr;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) MINILLM_FAIL("bench: cublasCreate failed");
+    cublasSetStream(h, s);
+    const float alpha = 1.f, beta = 0.f;
+    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+    const double ms = time_ms(s, 10, [&] {
+      st = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a.p, CUDA_R_16BF, n, b.p, CUDA_R_16BF, n, &beta,
+                        c.p, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    });
+    cublasDestroy(h);
+    if (st != CUBLAS_STATUS_SUCCESS) MINILLM_FAIL("bench: the reference cuBLAS GEMM failed (status " << st << ")");
+    tflops = 2.0 * n * n * n / (ms * 1e-3) / 1e12;
+  }
+  {
+    const size_t gib = size_t{1} << 30;
+    DeviceMem src(gib), dst(gib);
+    MINILLM_CUDA_CHECK(cudaMemsetAsync(src.p, 0x3c, gib, s));
+    const double ms = time_ms(s, 10, [&] {
+      MINILLM_CUDA_CHECK(cudaMemcpyAsync(dst.p, src.p, gib, cudaMemcpyDeviceToDevice, s));
+    });
+    gbps = 2.0 * static_cast<double>(gib) / (ms * 1e-3) / 1e9;
+  }
+  return {tflops, gbps};
+}
+
+// Bytes a forward must move at least: every weight once, and each op's activations read and
+// written once (qkv, rope on q and k, attention in/out, o_proj, the two add_norms, the MoE's
+// router / gather / two expert GEMMs / combine, the LM head and its logits).
+double forward_bytes(const ModelConfig& c, int64_t T, size_t weight_bytes, DType logits) {
+  const double es = 2, H = c.hidden_size, k = c.moe.top_k, F = c.moe.ffn_size, q = c.q_dim(), kv = c.kv_dim();
+  const double per_layer = T * es *
+                           ((H + q + 2 * kv) + 2 * (q + kv) + (q + 2 * kv + q) + (q + H) + 2 * (3 * H) +
+                            (H + 2 * k * H + k * H + k * F + k * F + k * H + k * H + H));
+  return static_cast<double>(weight_bytes) + c.num_layers * per_layer +
+         T * (H * es + static_cast<double>(c.vocab_size) * dtype_size(logits));
+}
+
+int cmd_bench(const ModelArgs& a, int B, int N, int warmup, int iters, const std::string& logits, bool graphs) {
+  const ModelConfig c = load_config(a.model);
+  if (B <= 0) MINILLM_FAIL("--batch = " << B << " must be positive");
+  if (N <= 0) MINILLM_FAIL("--seq = " << N << " must be positive");
+  if (N > c.max_seq_len) MINILLM_FAIL("--seq = " << N << " exceeds the model's max_seq_len = " << c.max_seq_len);
+  if (warmup < 0) MINILLM_FAIL("--warmup = " << warmup << " must be >= 0");
+  if (iters < 1) MINILLM_FAIL("--iters = " << iters << " must be >= 1");
+  if (!cuda_available()) MINILLM_FAIL("bench: needs a CUDA device (none found, or minillm was built without CUDA)");
+  const DType logits_dtype = logits == "f32" || logits == "fp32" ? DType::f32 : c.dtype;
+  cudaDeviceProp prop{};
+  MINILLM_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  cudaStream_t s = nullptr;
+  MINILLM_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const auto [peak_tflops, peak_gbps] = measure_peaks(s);
+  std::printf("device: %s; measured peaks: bf16 GEMM 8192^3 %.0f TFLOP/s, copy 1 GiB %.0f GB/s\n", prop.name,
+              peak_tflops, peak_gbps);
+
+  MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
+  size_t free0 = 0, total = 0;
+  MINILLM_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_ptr<InferenceEngine> eng;
+  {
+    const WeightStore ws = load_weights(c, a);
+    const auto t1 = std::chrono::steady_clock::now();
+    EngineOptions o;
+    o.device = "cuda";
+    o.max_batch = B;
+    o.max_seq = N;
+    o.cuda_graphs = graphs;
+    o.logits_dtype = logits_dtype;
+    eng = std::make_unique<InferenceEngine>(c, ws, o);
+    const auto t2 = std::chrono::steady_clock::now();
+    std::printf("model %s (%.3f B params): weights %.1f s (%s), engine + upload %.1f s; weights %.2f GB, workspace "
+                "(activations + scratch + logits) %.2f GB\n",
+                c.name.c_str(), c.num_parameters() / 1e9, std::chrono::duration<double>(t1 - t0).count(),
+                a.weights.empty() ? "seeded init" : "loaded", std::chrono::duration<double>(t2 - t1).count(),
+                eng->weight_bytes() / 1e9, eng->workspace_bytes() / 1e9);
+  }
+  const int64_t T = static_cast<int64_t>(B) * N;
+  std::vector<int32_t> ids(static_cast<size_t>(T));
+  uint64_t r = a.seed * 0x9e3779b97f4a7c15ull + 12345;
+  for (auto& id : ids) {
+    r = r * 6364136223846793005ull + 1442695040888963407ull;
+    id = static_cast<int32_t>((r >> 33) % static_cast<uint64_t>(c.vocab_size));
+  }
+  DeviceMem d_ids(ids.size() * 4);
+  MINILLM_CUDA_CHECK(cudaMemcpy(d_ids.p, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+  const Tensor ids_t(d_ids.p, DType::i32, Device::cuda, {T});
+  for (int i = 0; i < warmup; ++i) eng->forward_device(ids_t, B, N, s);
+  const double ms = time_ms(s, iters, [&] { eng->forward_device(ids_t, B, N, s); });
+  size_t free1 = 0;
+  MINILLM_CUDA_CHECK(cudaMemGetInfo(&free1, &total));
+  const double flops = c.flops_per_token(N) * static_cast<double>(T);
+  const double bytes = forward_bytes(c, T, eng->weight_bytes(), logits_dtype);
+  const double tflops = flops / (ms * 1e-3) / 1e12, gbps = bytes / (ms * 1e-3) / 1e9;
+  std::printf("batch %d x seq %d (%s logits, cuda graphs %s): %.3f ms per forward (median of %d), %.0f tokens/s\n", B,
+              N, dtype_name(logits_dtype), graphs ? "on" : "off", ms, iters, T / (ms * 1e-3));
+  std::printf("peak GPU memory: %.3f GB (%.3f GiB)\n", (free0 - free1) / 1e9, gib(static_cast<double>(free0 - free1)));
+  std::printf("compute: %.2f TFLOP per forward, %.1f TFLOP/s = %.1f%% of the measured matmul peak\n", flops / 1e12,
+              tflops, 100.0 * tflops / peak_tflops);
+  std::printf("memory traffic (lower bound): %.2f GB per forward, %.0f GB/s = %.1f%% of the measured copy peak\n",
+              bytes / 1e9, gbps, 100.0 * gbps / peak_gbps);
+
+  // Time per op kind: a separate pass, op by op, with CUDA events around each op (median of 3).
+  std::vector<std::vector<std::pair<std::string, double>>> runs;
+  for (int i = 0; i < 3; ++i) runs.push_back(eng->profile_forward(ids.data(), B, N));
+  double sum = 0;
+  std::vector<std::pair<std::string, double>> med;
+  for (size_t k = 0; k < runs[0].size(); ++k) {
+    std::vector<double> v;
+    for (const auto& run : runs) v.push_back(k < run.size() ? run[k].second : 0.0);
+    med.emplace_back(runs[0][k].first, median(v));
+    sum += med.back().second;
+  }
+  std::printf("time per op (profiling pass, events around every op, median of 3):\n");
+  for (const auto& [kind, m] : med) std::printf("  %-10s %9.3f ms  %5.1f%%\n", kind.c_str(), m, 100.0 * m / sum);
+  std::printf("  %-10s %9.3f ms  (graph replay: %.3f ms)\n", "sum", sum, ms);
+  eng.reset();
+  cudaStreamDestroy(s);
+  return 0;
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -161,6 +349,22 @@ int main(int argc, char** argv) {
   fwd->add_option("--device", fwd_device, "auto, cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   fwd->add_option("--top", fwd_top, "how many top tokens to print")->check(CLI::Range(1, 100));
 
+  ModelArgs bench_a;
+  int bench_b = 0, bench_n = 0, bench_warmup = 3, bench_iters = 10;
+  std::string bench_logits = "model";
+  bool bench_no_graphs = false;
+  auto* bench = app.add_subcommand("bench", "time the forward pass on the GPU (latency, throughput, memory, per op)");
+  add_model_args(bench, bench_a);
+  auto* bw_opt = bench->add_option("--weights", bench_a.weights, "safetensors weights file");
+  bench->add_option("--seed", bench_a.seed, "seed of the random weights and ids")->excludes(bw_opt);
+  bench->add_option("--batch", bench_b, "batch size")->required();
+  bench->add_option("--seq", bench_n, "sequence length")->required();
+  bench->add_option("--warmup", bench_warmup, "untimed forwards first (default 3)");
+  bench->add_option("--iters", bench_iters, "timed forwards (default 10); the median is reported");
+  bench->add_option("--logits", bench_logits, "logits dtype: model (the config's, default) or f32")
+      ->check(CLI::IsMember({"model", "f32", "fp32"}));
+  bench->add_flag("--no-graphs", bench_no_graphs, "run op by op instead of replaying a CUDA graph");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*info) return cmd_info(info_a, info_b, info_n);
@@ -168,6 +372,13 @@ int main(int argc, char** argv) {
     if (*fwd) {
       if (fwd_ids.empty() && (fwd_b == 0 || fwd_n == 0)) MINILLM_FAIL("forward: give --ids, or both --batch and --seq");
       return cmd_forward(fwd_a, fwd_ids, fwd_b, fwd_n, fwd_device, fwd_top);
+    }
+    if (*bench) {
+#ifdef MINILLM_WITH_CUDA
+      return cmd_bench(bench_a, bench_b, bench_n, bench_warmup, bench_iters, bench_logits, !bench_no_graphs);
+#else
+      MINILLM_FAIL("bench: minillm was built without CUDA");
+#endif
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -1,5 +1,8 @@
 // Python bindings: config loading and InferenceEngine. Arrays come in through DLPack / the buffer
-// protocol (numpy, torch, cupy ...); logits come back as a numpy float32 array [B, N, V].
+// protocol (numpy, torch, cupy ...). forward() returns host logits as a numpy float32 array
+// [B, N, V]; _forward_cuda() returns the engine's device logits as a torch CUDA tensor view (no
+// copy; it keeps the engine alive and is overwritten by the next forward): minillm/__init__.py
+// picks one by where the ids live.
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
@@ -27,7 +30,8 @@ ModelConfig config_from_arg(const std::string& s) {
 }
 
 // ids: any 2-D integer array (B, N), host or CUDA; copied to host int32 with range checks.
-std::vector<int32_t> ids_to_host(const nb::ndarray<nb::ro>& a, int& B, int& N) {
+// stream: the cudaStream_t the CUDA ids are ordered on (0: the legacy default stream).
+std::vector<int32_t> ids_to_host(const nb::ndarray<nb::ro>& a, int& B, int& N, uintptr_t stream = 0) {
   if (a.ndim() != 2) MINILLM_FAIL("forward: input_ids must be 2-D (batch, seq), got " << a.ndim() << " dims");
   B = static_cast<int>(a.shape(0));
   N = static_cast<int>(a.shape(1));
@@ -44,9 +48,12 @@ std::vector<int32_t> ids_to_host(const nb::ndarray<nb::ro>& a, int& B, int& N) {
   if (a.device_type() == nb::device::cuda::value) {
 #ifdef MINILLM_WITH_CUDA
     MINILLM_CHECK(contiguous, "forward: CUDA input_ids must be contiguous");
-    if (cudaMemcpy(raw.data(), src, raw.size(), cudaMemcpyDeviceToHost) != cudaSuccess)
+    const auto s = reinterpret_cast<cudaStream_t>(stream);
+    if (cudaMemcpyAsync(raw.data(), src, raw.size(), cudaMemcpyDeviceToHost, s) != cudaSuccess ||
+        cudaStreamSynchronize(s) != cudaSuccess)
       MINILLM_FAIL("forward: could not copy input_ids from the GPU");
 #else
+    (void)stream;
     MINILLM_FAIL("forward: input_ids are on CUDA but minillm was built without CUDA");
 #endif
   } else if (a.device_type() == nb::device::cpu::value) {
@@ -80,12 +87,13 @@ std::vector<int32_t> ids_to_host(const nb::ndarray<nb::ro>& a, int& B, int& N) {
 class PyEngine {
  public:
   PyEngine(const std::string& config, const std::optional<std::string>& weights, const std::string& device, int max_batch,
-           int max_seq, uint64_t seed, const std::string& logits_dtype) {
+           int max_seq, uint64_t seed, const std::string& logits_dtype, bool cuda_graphs) {
     const ModelConfig c = config_from_arg(config);
     EngineOptions o;
     o.device = device;
     o.max_batch = max_batch;
     o.max_seq = max_seq;
+    o.cuda_graphs = cuda_graphs;
     o.logits_dtype = logits_dtype == "f32" || logits_dtype == "fp32" ? DType::f32 : parse_dtype(logits_dtype);
     const WeightStore ws = weights ? WeightStore::load(*weights, c) : WeightStore::random(c, seed, c.dtype);
     engine_ = std::make_unique<InferenceEngine>(c, ws, o);
@@ -98,6 +106,61 @@ class PyEngine {
     const size_t shape[3] = {static_cast<size_t>(B), static_cast<size_t>(N),
                              static_cast<size_t>(engine_->config().vocab_size)};
     return nb::ndarray<nb::numpy, float, nb::ndim<3>>(out->data(), 3, shape, owner);
+  }
+  // CUDA engine: logits [B, N, V] (logits_dtype) on the GPU as a torch tensor viewing the engine's
+  // buffer, ordered on `stream` (the caller's torch stream) without waiting for the forward.
+  nb::object forward_cuda(nb::handle self, const nb::ndarray<nb::ro>& input_ids, uintptr_t stream) {
+#ifdef MINILLM_WITH_CUDA
+    if (engine_->device() != Device::cuda) MINILLM_FAIL("forward: the engine runs on the CPU; pass host input_ids");
+    int B = 0, N = 0;
+    std::vector<int32_t> ids = ids_to_host(input_ids, B, N, stream);
+    const Tensor host_ids(ids.data(), DType::i32, Device::cpu, {static_cast<int64_t>(B), static_cast<int64_t>(N)});
+    const Tensor logits = engine_->forward_device(host_ids, B, N, reinterpret_cast<void*>(stream));
+    const size_t shape[3] = {static_cast<size_t>(B), static_cast<size_t>(N),
+                             static_cast<size_t>(engine_->config().vocab_size)};
+    nb::dlpack::dtype dt = nb::dtype<float>();
+    if (logits.dtype == DType::bf16) dt = {static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
+    if (logits.dtype == DType::f16) dt = {static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
+    int device_id = 0;
+    cudaGetDevice(&device_id);
+    return nb::cast(nb::ndarray<nb::pytorch, nb::device::cuda>(logits.data, 3, shape, self, nullptr, dt,
+                                                                nb::device::cuda::value, device_id));
+#else
+    (void)self, (void)input_ids, (void)stream;
+    MINILLM_FAIL("forward: minillm was built without CUDA");
+#endif
+  }
+  std::string logits_dtype() const { return dtype_name(engine_->logits_dtype()); }
+  // Per-op milliseconds of one profiled forward (CUDA): {"qkv": ms, ...}.
+  nb::dict profile(const nb::ndarray<nb::ro>& input_ids) {
+    int B = 0, N = 0;
+    std::vector<int32_t> ids = ids_to_host(input_ids, B, N);
+    nb::dict d;
+    for (const auto& [kind, ms] : engine_->profile_forward(ids.data(), B, N)) d[kind.c_str()] = ms;
+    return d;
+  }
+  // The engine's weights as views (torch CUDA tensors, or numpy arrays on the CPU) that keep it alive.
+  nb::dict weights(nb::handle self) const {
+    nb::dict d;
+    for (const auto& [name, t] : engine_->weights()) {
+      size_t shape[4];
+      for (int i = 0; i < t.ndim; ++i) shape[i] = static_cast<size_t>(t.shape[i]);
+      nb::dlpack::dtype dt = nb::dtype<float>();
+      if (t.dtype == DType::bf16) dt = {static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
+      if (t.dtype == DType::f16) dt = {static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
+      if (t.device == Device::cuda) {
+        int device_id = 0;
+#ifdef MINILLM_WITH_CUDA
+        cudaGetDevice(&device_id);
+#endif
+        d[name.c_str()] = nb::cast(nb::ndarray<nb::pytorch>(t.data, static_cast<size_t>(t.ndim), shape, self, nullptr,
+                                                            dt, nb::device::cuda::value, device_id));
+      } else {
+        d[name.c_str()] = nb::cast(nb::ndarray<nb::numpy>(t.data, static_cast<size_t>(t.ndim), shape, self, nullptr, dt,
+                                                          nb::device::cpu::value, 0));
+      }
+    }
+    return d;
   }
   std::string config_json() const { return config_to_json(engine_->config()); }
   std::string device() const { return device_name(engine_->device()); }
@@ -136,10 +199,20 @@ void bind_engine(nb::module_& m) {
       },
       nb::arg("config"), nb::arg("path"), nb::arg("seed") = 0, nb::arg("dtype") = "");
   nb::class_<PyEngine>(m, "_InferenceEngine")
-      .def(nb::init<const std::string&, const std::optional<std::string>&, const std::string&, int, int, uint64_t, const std::string&>(),
+      .def(nb::init<const std::string&, const std::optional<std::string>&, const std::string&, int, int, uint64_t, const std::string&,
+                    bool>(),
            nb::arg("config"), nb::arg("weights").none() = nb::none(), nb::arg("device") = "auto",
-           nb::arg("max_batch") = 1, nb::arg("max_seq") = 0, nb::arg("seed") = 0, nb::arg("logits_dtype") = "f32")
+           nb::arg("max_batch") = 1, nb::arg("max_seq") = 0, nb::arg("seed") = 0, nb::arg("logits_dtype") = "f32", nb::arg("cuda_graphs") = true)
       .def("forward", &PyEngine::forward, nb::arg("input_ids"))
+      .def(
+          "_forward_cuda",
+          [](nb::handle self, const nb::ndarray<nb::ro>& ids, uintptr_t stream) {
+            return nb::cast<PyEngine&>(self).forward_cuda(self, ids, stream);
+          },
+          nb::arg("input_ids"), nb::arg("stream") = 0)
+      .def_prop_ro("logits_dtype", &PyEngine::logits_dtype)
+      .def("profile", &PyEngine::profile, nb::arg("input_ids"))
+      .def("_weights", [](nb::handle self) { return nb::cast<PyEngine&>(self).weights(self); })
       .def("config_json", &PyEngine::config_json)
       .def_prop_ro("device", &PyEngine::device)
       .def_prop_ro("last_forward_ms", &PyEngine::last_ms)

@@ -53,6 +53,12 @@ class InferenceEngine {
   // use. CUDA only (throws on the CPU backend).
   std::vector<std::pair<std::string, double>> profile_forward(const int32_t* ids, int B, int N);
 
+  // The uploaded weights as the backend holds them (device tensors on CUDA): "embed", "lm_head",
+  // "final_norm.w/.b", and per layer "layers.{l}." + "wqkv" [qkv_dim, H] (q, k, v rows), "wo",
+  // "norm1.w/.b", "norm2.w/.b", "router" [E, H], "w1", "w3" [E, F, H], "w2" [E, H, F]. Views: valid
+  // while the engine lives. Empty norm biases (RMSNorm) and w3 (gelu) are left out.
+  std::vector<std::pair<std::string, Tensor>> weights() const;
+
   const ModelConfig& config() const { return config_; }
   Device device() const;
   int max_batch() const { return max_batch_; }

@@ -258,6 +258,33 @@ std::vector<std::pair<std::string, double>> InferenceEngine::profile_forward(con
                << device_name(device()) << ")");
 }
 
+std::vector<std::pair<std::string, Tensor>> InferenceEngine::weights() const {
+  const ModelWeights& w = impl_->weights;
+  std::vector<std::pair<std::string, Tensor>> out;
+  auto add = [&](const std::string& name, const Tensor& t) {
+    if (t.data) out.emplace_back(name, t);
+  };
+  add("embed", w.embed);
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const LayerWeights& lw = w.layers[l];
+    const std::string p = "layers." + std::to_string(l) + ".";
+    add(p + "wqkv", lw.wqkv);
+    add(p + "wo", lw.wo);
+    add(p + "norm1.w", lw.norm1.w);
+    add(p + "norm1.b", lw.norm1.b);
+    add(p + "norm2.w", lw.norm2.w);
+    add(p + "norm2.b", lw.norm2.b);
+    add(p + "router", lw.router);
+    add(p + "w1", lw.w1);
+    add(p + "w3", lw.w3);
+    add(p + "w2", lw.w2);
+  }
+  add("final_norm.w", w.final_norm.w);
+  add("final_norm.b", w.final_norm.b);
+  add("lm_head", w.lm_head);
+  return out;
+}
+
 void* InferenceEngine::stream() const {
 #ifdef MINILLM_WITH_CUDA
   if (impl_->cuda) return impl_->cuda->stream();
