@@ -59,7 +59,8 @@ void run_flash_fwd(const FlashFwdArgs& args, cudaStream_t stream);
 //    per warp: 128 registers per thread at 32 x 128) to amortise the per-tile softmax bookkeeping.
 //  - kQInRegs: Q fragments live in registers for the whole kernel when there is room (small head
 //    dims); otherwise they are re-read from shared memory at every tile.
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, bool kQInRegs_, int kMinBlocks_>
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, bool kQInRegs_, int kMinBlocks_,
+          bool kLazyRescale_ = true>
 struct FlashFwdTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;
@@ -67,6 +68,7 @@ struct FlashFwdTraits {
   static constexpr int kNWarps = kNWarps_;
   static constexpr bool kQInRegs = kQInRegs_;
   static constexpr int kMinBlocks = kMinBlocks_;
+  static constexpr bool kLazyRescale = kLazyRescale_;
   static constexpr int kNThreads = kNWarps * 32;
   static constexpr int kWarpM = kBlockM / kNWarps;
   static constexpr int kMTiles = kWarpM / 16;
@@ -82,8 +84,8 @@ struct FlashFwdTraits {
 
 // The configuration each head dim runs (the one measured in the header of flash_fwd.cu).
 template <int kHeadDim> struct FlashFwdConfig;
-template <> struct FlashFwdConfig<32> { using Traits = FlashFwdTraits<32, 128, 128, 4, true, 2>; };
-template <> struct FlashFwdConfig<64> { using Traits = FlashFwdTraits<64, 128, 128, 4, false, 2>; };
+template <> struct FlashFwdConfig<32> { using Traits = FlashFwdTraits<32, 128, 64, 4, true, 2>; };
+template <> struct FlashFwdConfig<64> { using Traits = FlashFwdTraits<64, 128, 64, 4, true, 2>; };
 template <> struct FlashFwdConfig<128> { using Traits = FlashFwdTraits<128, 128, 64, 4, false, 2>; };
 template <> struct FlashFwdConfig<256> { using Traits = FlashFwdTraits<256, 64, 64, 4, false, 1>; };
 
@@ -265,9 +267,19 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
   if (n_blocks > 0) load_kv(n_blocks - 1, 0);
   cp_async_commit();
 
-  // Q fragments (A operand) of this warp's rows: ldmatrix.x4 of rows lane % 16, chunk 2 kk + lane / 16.
+  // ldmatrix addresses. Each thread's byte offset is computed once for the first fragment; the others
+  // follow without recomputing the swizzle: +16 rows is + 16 * kRowBytes (the swizzle has a period of
+  // 8 rows) and chunk c ^ m is offset ^ (m << 4) (row bytes are a power of two, the chunk bits sit
+  // below them), so chunk 2 kk + c is offset ^ (kk << 5).
+  constexpr int kRowBytes = D * 2;
+  // Q (A operand, rows 16 mt + lane % 16 of this warp, chunk 2 kk + lane / 16).
+  const uint32_t q_off = 2 * swizzle<kCh>(warp_m0 + (lane & 15), lane >> 4);
+  // K (B operand of S = Q K^T): keys 16 np + (lane % 8) + 8 (lane / 16), chunk 2 kk + (lane / 8) % 2.
+  const uint32_t k_off = 2 * swizzle<kCh>((lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);
+  // V (B operand of O = P V, transposed): keys 16 kk + (lane % 8) + 8 ((lane / 8) % 2), chunk 2 dp + lane / 16.
+  const uint32_t v_off = 2 * swizzle<kCh>((lane & 7) + (((lane >> 3) & 1) << 3), lane >> 4);
   auto load_q_frag = [&](uint32_t (&a)[4], int mt, int kk) {
-    ldmatrix_x4(a, sQ + 2 * swizzle<kCh>(warp_m0 + mt * 16 + (lane & 15), 2 * kk + (lane >> 4)));
+    ldmatrix_x4(a, sQ + (q_off ^ (kk << 5)) + mt * 16 * kRowBytes);
   };
   uint32_t q_frag[Kt::kQInRegs ? kMT : 1][Kt::kQInRegs ? kKStepsQK : 1][4];
   if constexpr (Kt::kQInRegs) {
@@ -324,7 +336,7 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
 #pragma unroll
       for (int np = 0; np < BN / 16; ++np) {
         uint32_t b[4];
-        ldmatrix_x4(b, sK + 2 * swizzle<kCh>(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)));
+        ldmatrix_x4(b, sK + (k_off ^ (kk << 5)) + np * 16 * kRowBytes);
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt) {
           if constexpr (Kt::kQInRegs) {
@@ -355,6 +367,8 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
     }
 
     // Online softmax. Thread holds rows (lane / 4) and (lane / 4 + 8) of each m16 tile (h = 0, 1).
+    float mx_scaled[kMT][2], corr[kMT][2];
+    bool max_unchanged = true;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -364,20 +378,33 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
         for (int nt = 0; nt < kNTiles; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
         mx = quad_max(mx);
         // A row that has seen no key yet has mx = -inf: subtract 0 instead so exp2 gives 0, not NaN.
-        const float mx_scaled = (kMask && mx == -INFINITY) ? 0.f : mx * scale_log2;
-        const float correction = fast_exp2(row_max[mt][h] * scale_log2 - mx_scaled);  // 0 while m was -inf
+        mx_scaled[mt][h] = (kMask && mx == -INFINITY) ? 0.f : mx * scale_log2;
+        const float correction = fast_exp2(row_max[mt][h] * scale_log2 - mx_scaled[mt][h]);  // 0 while m was -inf
+        max_unchanged &= mx == row_max[mt][h];
         row_max[mt][h] = mx;
-        float sum = row_sum[mt][h] * correction;
+        row_sum[mt][h] *= correction;
+        corr[mt][h] = correction;
+      }
+    // Rescale O only when some row max of the warp moved (then correction != 1); after the first
+    // tiles of a long row this is rare, and skipping saves kMT * kDTiles * 4 multiplies per tile.
+    if (!Kt::kLazyRescale || !__all_sync(0xffffffffu, max_unchanged)) {
 #pragma unroll
-        for (int dt = 0; dt < kDTiles; ++dt) {
-          acc_o[mt][dt][2 * h] *= correction;
-          acc_o[mt][dt][2 * h + 1] *= correction;
-        }
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int dt = 0; dt < kDTiles; ++dt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] *= corr[mt][e >> 1];
+    }
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float sum = row_sum[mt][h];
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const float pe = fast_exp2(fmaf(s[mt][nt][2 * h + e], scale_log2, -mx_scaled));
+            const float pe = fast_exp2(fmaf(s[mt][nt][2 * h + e], scale_log2, -mx_scaled[mt][h]));
             s[mt][nt][2 * h + e] = pe;
             sum += pe;
           }
@@ -399,7 +426,7 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t b[4];
-        ldmatrix_x4_trans(b, sV + 2 * swizzle<kCh>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)));
+        ldmatrix_x4_trans(b, sV + (v_off ^ (dp << 5)) + kk * 16 * kRowBytes);
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt) {
           mma_16816<T>(acc_o[mt][2 * dp], pa[mt], b[0], b[1]);
