@@ -1,6 +1,6 @@
 // minillm::MoELayer: a Mixture-of-Experts FFN layer on the GPU (bf16 or fp16, fp32 accumulation).
 //
-//   logits = x @ router^T                 [T, E] fp32 (cuBLAS)
+//   logits = x @ router^T                 [T, E] fp32
 //   ids, w = top_k(softmax(logits))       [T, k] (ties to the lower expert index; optional renorm)
 //   y[t]   = sum_j w[t, j] * expert_{ids[t, j]}(x[t])      (fp32 sum in slot order, no atomics)
 //   swiglu expert: w_down @ (silu(w_gate x) * (w_up x));  gelu expert: w_down @ gelu(w_gate x)

@@ -1,16 +1,14 @@
 // minillm::MoELayer (include/minillm/moe.h): validation, workspace plan, and the sequence of kernels.
 //
-//   x [T, H] --cuBLAS--> logits [T, E] fp32 --router_topk--> ids, weights [T, k]
+//   x [T, H] --router_logits--> logits [T, E] fp32 --router_topk--> ids, weights [T, k]
 //     --permute--> dest [T*k], counts/row_offset [E], mblock_expert --gather_rows--> x_perm [rows, H]
 //     --grouped_gemm swiglu|gelu (decode_gemm when T <= 64)--> h [rows, F]
 //     --grouped_gemm none (decode_gemm)--> y_perm [rows, H] (reuses x_perm's memory)
 //     --combine--> y [T, H]
 //
-// Nothing here waits for the GPU: every routing-dependent size stays on the device, the TMA
-// descriptors are encoded on the host from pointers and bounds, and cuBLAS gets its workspace from
-// the same scratch, so forward can be captured in a CUDA graph.
-#include <cublas_v2.h>
-
+// Nothing here waits for the GPU: every routing-dependent size stays on the device and the TMA
+// descriptors are encoded on the host from pointers and bounds, so forward can be captured in a CUDA
+// graph. Every kernel is ours (no cuBLAS): the result is bitwise reproducible.
 #include <algorithm>
 
 #include "cuda/moe/moe_ops.h"
@@ -22,15 +20,7 @@ namespace {
 
 namespace km = cuda::moe;
 
-#define MOE_CUBLAS_CHECK(expr)                                                                \
-  do {                                                                                        \
-    const cublasStatus_t s_ = (expr);                                                         \
-    MINILLM_CHECK(s_ == CUBLAS_STATUS_SUCCESS, "cuBLAS error " << static_cast<int>(s_) << " (" \
-                                                               << cublasGetStatusString(s_) << ")"); \
-  } while (0)
-
 constexpr size_t kAlign = 256;
-constexpr size_t kCublasWorkspace = size_t{4} << 20;
 
 size_t align_up(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
@@ -39,8 +29,9 @@ struct Plan {
   bool decode = false;
   int row_align = 1;
   int64_t pairs = 0, rows = 0, mblocks = 0, nchunks = 0;
+  int splits = 1;  // of the router GEMM
   size_t logits = 0, ids = 0, weights = 0, chunk_counts = 0, counts = 0, row_offset = 0, num_mblocks = 0,
-         mblock_expert = 0, dest = 0, x_perm = 0, h = 0, cublas = 0, total = 0;
+         mblock_expert = 0, dest = 0, x_perm = 0, h = 0, total = 0;
 };
 
 Plan make_plan(const MoEConfig& c, int64_t T) {
@@ -59,7 +50,8 @@ Plan make_plan(const MoEConfig& c, int64_t T) {
     off = align_up(off + bytes);
     return at;
   };
-  p.logits = take(sizeof(float) * T * c.num_experts);
+  p.splits = km::router_splits(T, c.num_experts, c.hidden);
+  p.logits = take(sizeof(float) * p.splits * T * c.num_experts);
   p.ids = take(sizeof(int32_t) * p.pairs);
   p.weights = take(sizeof(float) * p.pairs);
   p.chunk_counts = take(sizeof(int32_t) * c.num_experts * p.nchunks);
@@ -70,7 +62,6 @@ Plan make_plan(const MoEConfig& c, int64_t T) {
   p.dest = take(sizeof(int32_t) * p.pairs);
   p.x_perm = take(es * p.rows * c.hidden);  // also y_perm
   p.h = take(es * p.rows * c.ffn);
-  p.cublas = take(kCublasWorkspace);
   p.total = off;
   return p;
 }
@@ -105,35 +96,19 @@ struct MoELayer::Impl {
   const void* w_gate = nullptr;
   const void* w_up = nullptr;
   const void* w_down = nullptr;
-  cublasHandle_t cublas = nullptr;
   Buffer workspace;
   int64_t reserved = 0;
-
-  ~Impl() {
-    if (cublas) cublasDestroy(cublas);
-  }
 
   void check_ready() const {
     MINILLM_CHECK(router && w_gate && w_down && (w_up || cfg.activation == MoEActivation::gelu),
                   "MoELayer: set_weights() must be called before forward()");
   }
 
-  void router_logits(const void* x, int64_t T, float* logits, void* cublas_ws, cudaStream_t stream) {
-    const float alpha = 1.0f, beta = 0.0f;
-    const cudaDataType_t dt = cfg.dtype == DType::bf16 ? CUDA_R_16BF : CUDA_R_16F;
-    const int E = static_cast<int>(cfg.num_experts), H = static_cast<int>(cfg.hidden);
-    MOE_CUBLAS_CHECK(cublasSetStream(cublas, stream));
-    MOE_CUBLAS_CHECK(cublasSetWorkspace(cublas, cublas_ws, kCublasWorkspace));
-    // Column-major view: logits^T [E, T] = router [E, H] . x^T [H, T].
-    MOE_CUBLAS_CHECK(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, E, static_cast<int>(T), H, &alpha, router, dt, H,
-                                  x, dt, H, &beta, logits, CUDA_R_32F, E, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  }
 };
 
 MoELayer::MoELayer(const MoEConfig& cfg, int64_t max_tokens) : impl_(std::make_unique<Impl>()) {
   cfg.validate();
   impl_->cfg = cfg;
-  MOE_CUBLAS_CHECK(cublasCreate(&impl_->cublas));
   if (max_tokens > 0) reserve(max_tokens);
 }
 
@@ -230,8 +205,8 @@ void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t 
   float* logits = static_cast<float*>(at(p.logits));
   int32_t* ids = static_cast<int32_t*>(at(p.ids));
   float* weights = static_cast<float*>(at(p.weights));
-  m.router_logits(x, T, logits, at(p.cublas), stream);
-  km::router_topk(logits, T, E, k, c.normalize_topk, ids, weights, stream);
+  km::router_logits(c.dtype, x, m.router, T, E, c.hidden, p.splits, logits, stream);
+  km::router_topk(logits, p.splits, T, E, k, c.normalize_topk, ids, weights, stream);
 
   km::Routing r;
   r.chunk_counts = static_cast<int32_t*>(at(p.chunk_counts));
@@ -302,14 +277,14 @@ void MoELayer::route(const void* x, int64_t T, int32_t* ids, float* weights, voi
   MINILLM_CHECK(T >= 0, "MoELayer.route: T = " << T << " must be >= 0");
   if (T == 0) return;
   MINILLM_CHECK(m.router, "MoELayer: set_weights() must be called before route()");
-  const size_t logits_bytes = align_up(sizeof(float) * T * c.num_experts);
-  MINILLM_CHECK(scratch_bytes >= logits_bytes + kCublasWorkspace,
-                "MoELayer.route: scratch of " << scratch_bytes << " bytes is too small");
-  char* base = static_cast<char*>(scratch);
-  float* logits = reinterpret_cast<float*>(base);
-  m.router_logits(x, T, logits, base + logits_bytes, stream);
-  cuda::moe::router_topk(logits, T, static_cast<int>(c.num_experts), static_cast<int>(c.top_k), c.normalize_topk, ids,
-                         weights, stream);
+  const int splits = km::router_splits(T, c.num_experts, c.hidden);
+  const size_t logits_bytes = sizeof(float) * splits * T * c.num_experts;
+  MINILLM_CHECK(scratch_bytes >= logits_bytes, "MoELayer.route: scratch of " << scratch_bytes << " bytes is smaller than "
+                                                                          << logits_bytes << " bytes");
+  float* logits = static_cast<float*>(scratch);
+  km::router_logits(c.dtype, x, m.router, T, static_cast<int>(c.num_experts), c.hidden, splits, logits, stream);
+  km::router_topk(logits, splits, T, static_cast<int>(c.num_experts), static_cast<int>(c.top_k), c.normalize_topk, ids,
+                  weights, stream);
 }
 
 }  // namespace minillm

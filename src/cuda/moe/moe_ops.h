@@ -1,7 +1,7 @@
 // Launchers of the CUDA MoE kernels (src/cuda/moe/*.cu): raw device pointers, explicit sizes, a
 // stream. MoELayer (moe_layer.cpp) strings them together:
 //
-//   cuBLAS router GEMM -> router_topk -> permute (histogram, offsets, stable scatter) -> gather_rows
+//   router_logits -> router_topk -> permute (histogram, offsets, stable scatter) -> gather_rows
 //   -> grouped_gemm(swiglu | gelu) -> grouped_gemm(none)   (T > 64; decode_gemm for T <= 64)
 //   -> combine
 //
@@ -19,11 +19,18 @@
 namespace minillm::cuda::moe {
 
 // ---- moe_router.cu ----
-// logits: [T, E] fp32 -> ids [T, k] int32 (descending weight; ties to the lower expert index),
-// weights [T, k] fp32: softmax over E in fp32, top-k, then w / sum(w) when `normalize`.
-// E <= 256, k <= min(8, E).
-void router_topk(const float* logits, int64_t T, int E, int k, bool normalize, int32_t* ids, float* weights,
-                 cudaStream_t stream);
+// Router GEMM: logits_part[s, t, e] = sum over the s-th slice of H of x[t, :] . router[e, :], fp32
+// accumulation. x: [T, H], router: [E, H] (2-byte floats, H % 64 == 0), out: [splits, T, E] fp32.
+// `splits` slices of H (split-K, so that few tokens still fill the GPU) are summed, in order, by
+// router_topk: no atomics.
+int router_splits(int64_t T, int64_t E, int64_t H);
+void router_logits(DType dtype, const void* x, const void* router, int64_t T, int E, int64_t H, int splits,
+                   float* out, cudaStream_t stream);
+// logits: [splits, T, E] fp32 -> ids [T, k] int32 (descending weight; ties to the lower expert index),
+// weights [T, k] fp32: sum of the splits, softmax over E in fp32, top-k, then w / sum(w) when
+// `normalize`. E <= 256, k <= min(8, E).
+void router_topk(const float* logits, int splits, int64_t T, int E, int k, bool normalize, int32_t* ids,
+                 float* weights, cudaStream_t stream);
 
 // ---- moe_permute.cu ----
 constexpr int kPermuteChunk = 2048;  // pairs per block of the histogram and scatter kernels

@@ -1,41 +1,142 @@
-// MoE router: softmax -> top-k -> optional renormalisation, fused in one kernel.
+// MoE router: the router GEMM, then softmax -> top-k -> optional renormalisation fused in one kernel.
 //
-// Algorithm: one warp per token. The E <= 256 logits of a row are held 8 per lane (lane l holds
-// experts l, l+32, ...; coalesced loads). Softmax in fp32 (warp max, exp, warp sum by a fixed
-// butterfly, so the result is bitwise reproducible). Top-k selects on the LOGITS (softmax is
-// monotone, and the exact logits cannot tie where the rounded probabilities might): k rounds of a
-// warp arg-max over (value, expert) with ties to the lower expert index; the winner's lane marks it
-// taken. Renormalisation divides the k probabilities by their fp32 sum taken in slot order.
-// Layout: logits [T, E] fp32 row-major (the cuBLAS router GEMM's output), ids/weights [T, k].
-// Cost: ~E*4 bytes read per token, memory-bound and negligible next to the router GEMM; measured
-// inside the layer's routing share by bench/bench_moe.py (see bench/results/h100/moe.json).
+// router_gemm_kernel: logits [T, E] fp32 = x [T, H] . router [E, H]^T with mma.sync m16n8k16 (fp32
+// accumulation). Tile 64 tokens x 64 experts x 64 of H, 4 warps of 16 tokens x 64 experts, tiles
+// staged in padded shared memory (row stride 72 elements: conflict-free fragment loads) with the next
+// tile's 16-byte global loads in flight during the MMAs. Blocks of the same tokens are adjacent in
+// the grid (expert tiles fastest), so x is read from DRAM once. When tokens are few the H axis is
+// split (split-K) so that ~2 blocks per SM still stream x and the router weights; the partial sums
+// go to [splits, T, E] and are added in split order by the top-k kernel (deterministic, no atomics).
+//
+// router_topk_kernel: one warp per token. The E <= 256 logits of a row are held 8 per lane (lane l
+// holds experts l, l+32, ...; coalesced loads). Softmax in fp32 (warp max, exp, warp sum by a fixed
+// butterfly: bitwise reproducible). Top-k selects on the LOGITS (softmax is monotone, and the exact
+// logits cannot tie where rounded probabilities might): k rounds of a warp arg-max over
+// (value, expert) with ties to the lower expert index. Renormalisation divides the k probabilities by
+// their fp32 sum taken in slot order.
+//
+// Cost: the GEMM reads x once (T*H*2 bytes) and is bandwidth-bound; both kernels are part of the
+// layer's routing share measured by bench/bench_moe.py (see bench/results/h100/moe.json).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cfloat>
+#include <type_traits>
 
+#include "cuda/moe/moe_common.cuh"
 #include "cuda/moe/moe_ops.h"
 #include "minillm/core/cuda_check.h"
 
 namespace minillm::cuda::moe {
 namespace {
 
+constexpr int kGemmTile = 64;  // tokens, experts and H per block step
+constexpr int kGemmThreads = 128;
+constexpr int kGemmLd = kGemmTile + 8;  // padded shared row (elements)
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kGemmThreads)
+    router_gemm_kernel(const T* __restrict__ x, const T* __restrict__ router, int64_t T_tokens, int E, int64_t H,
+                       int64_t k_per_split, float* __restrict__ out) {
+  __shared__ __align__(16) T xs[kGemmTile][kGemmLd];
+  __shared__ __align__(16) T rs[kGemmTile][kGemmLd];
+  const int n0 = blockIdx.x * kGemmTile;                                 // experts
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kGemmTile;       // tokens
+  const int64_t k_begin = blockIdx.z * k_per_split;
+  const int64_t k_end = min(H, k_begin + k_per_split);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+
+  // Each thread moves 4 + 4 of the 512 + 512 16-byte chunks of a step.
+  uint4 xv[4], rv[4];
+  auto load = [&](int64_t k0) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int c = tid + kGemmThreads * j, row = c / 8, col = (c % 8) * 8;
+      xv[j] = m0 + row < T_tokens ? *reinterpret_cast<const uint4*>(x + (m0 + row) * H + k0 + col) : make_uint4(0, 0, 0, 0);
+      rv[j] = n0 + row < E ? *reinterpret_cast<const uint4*>(router + static_cast<int64_t>(n0 + row) * H + k0 + col)
+                           : make_uint4(0, 0, 0, 0);
+    }
+  };
+  float acc[8][4] = {};
+  if (k_begin < k_end) load(k_begin);
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kGemmTile) {
+    __syncthreads();  // the previous step's MMAs are done with the tiles
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int c = tid + kGemmThreads * j, row = c / 8, col = (c % 8) * 8;
+      *reinterpret_cast<uint4*>(&xs[row][col]) = xv[j];
+      *reinterpret_cast<uint4*>(&rs[row][col]) = rv[j];
+    }
+    __syncthreads();
+    if (k0 + kGemmTile < k_end) load(k0 + kGemmTile);  // in flight during the MMAs
+#pragma unroll
+    for (int kk = 0; kk < kGemmTile; kk += 16) {
+      const int r = warp * 16 + g;
+      const uint32_t a0 = *reinterpret_cast<const uint32_t*>(&xs[r][kk + 2 * q]);
+      const uint32_t a1 = *reinterpret_cast<const uint32_t*>(&xs[r + 8][kk + 2 * q]);
+      const uint32_t a2 = *reinterpret_cast<const uint32_t*>(&xs[r][kk + 2 * q + 8]);
+      const uint32_t a3 = *reinterpret_cast<const uint32_t*>(&xs[r + 8][kk + 2 * q + 8]);
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(&rs[nt * 8 + g][kk + 2 * q]);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(&rs[nt * 8 + g][kk + 2 * q + 8]);
+        mma_16816<T>(acc[nt], a0, a1, a2, a3, b0, b1);
+      }
+    }
+  }
+  float* o = out + static_cast<int64_t>(blockIdx.z) * T_tokens * E;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t t = m0 + warp * 16 + g + (i >= 2 ? 8 : 0);
+      const int e = n0 + nt * 8 + 2 * q + (i & 1);
+      if (t < T_tokens && e < E) o[t * E + e] = acc[nt][i];
+    }
+  }
+}
+
+
 constexpr int kMaxPerLane = 8;  // E <= 256
 constexpr int kWarpsPerBlock = 8;
 
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    router_topk_kernel(const float* __restrict__ logits, int64_t T, int E, int k, bool normalize,
+    router_topk_kernel(const float* __restrict__ logits, int splits, int64_t T, int E, int k, bool normalize,
                        int32_t* __restrict__ ids, float* __restrict__ weights) {
   const int lane = threadIdx.x & 31;
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (t >= T) return;
   const float* row = logits + t * E;
+  const int64_t split_stride = T * E;
 
   float v[kMaxPerLane];
   float mx = -FLT_MAX;
 #pragma unroll
   for (int i = 0; i < kMaxPerLane; ++i) {
     const int e = i * 32 + lane;
-    v[i] = e < E ? row[e] : -FLT_MAX;
+    v[i] = -FLT_MAX;
+    if (e < E) {
+      v[i] = row[e];
+      for (int s = 1; s < splits; ++s) v[i] += row[s * split_stride + e];  // split order
+    }
     mx = fmaxf(mx, v[i]);
   }
 #pragma unroll
@@ -101,14 +202,40 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 
 }  // namespace
 
-void router_topk(const float* logits, int64_t T, int E, int k, bool normalize, int32_t* ids, float* weights,
-                 cudaStream_t stream) {
+int router_splits(int64_t T, int64_t E, int64_t H) {
+  const int64_t blocks = ((T + kGemmTile - 1) / kGemmTile) * ((E + kGemmTile - 1) / kGemmTile);
+  const int64_t steps = H / kGemmTile;
+  const int64_t want = (264 + blocks - 1) / blocks;  // ~2 blocks per SM on an H100
+  return static_cast<int>(std::max<int64_t>(1, std::min(want, steps / 4)));
+}
+
+void router_logits(DType dtype, const void* x, const void* router, int64_t T, int E, int64_t H, int splits,
+                   float* out, cudaStream_t stream) {
+  if (T == 0) return;
+  MINILLM_CHECK(H % kGemmTile == 0 && splits >= 1 && E >= 1, "router_logits: H = " << H << ", splits = " << splits);
+  MINILLM_CHECK((T + kGemmTile - 1) / kGemmTile <= 65535, "router_logits: T = " << T << " is too large");
+  const int64_t steps = H / kGemmTile;
+  const int64_t k_per_split = (steps + splits - 1) / splits * kGemmTile;
+  const dim3 grid((E + kGemmTile - 1) / kGemmTile, static_cast<unsigned>((T + kGemmTile - 1) / kGemmTile), splits);
+  if (dtype == DType::bf16) {
+    router_gemm_kernel<__nv_bfloat16><<<grid, kGemmThreads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(router), T, E, H, k_per_split, out);
+  } else {
+    router_gemm_kernel<__half><<<grid, kGemmThreads, 0, stream>>>(static_cast<const __half*>(x),
+                                                                  static_cast<const __half*>(router), T, E, H,
+                                                                  k_per_split, out);
+  }
+  MINILLM_CUDA_CHECK_LAUNCH();
+}
+
+void router_topk(const float* logits, int splits, int64_t T, int E, int k, bool normalize, int32_t* ids,
+                 float* weights, cudaStream_t stream) {
   if (T == 0) return;
   MINILLM_CHECK(E >= 1 && E <= 32 * kMaxPerLane && k >= 1 && k <= 8 && k <= E,
                 "router_topk: E = " << E << ", k = " << k);
   const int64_t blocks = (T + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  router_topk_kernel<<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(logits, T, E, k, normalize,
-                                                                                        ids, weights);
+  router_topk_kernel<<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(logits, splits, T, E, k,
+                                                                                        normalize, ids, weights);
   MINILLM_CUDA_CHECK_LAUNCH();
 }
 
