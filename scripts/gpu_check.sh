@@ -4,6 +4,10 @@
 # and the benchmarks. Logs and result JSON go to $OUT (when set, else gpu_out/); a summary table
 # is printed last. The GPU machine has no network: carry .deps (scripts/setup.sh fills it here).
 #   STEPS="build cpu gpu pytest sanitize main bench" (default: all)   BENCH_ARGS="--quick"
+#   BENCHES="engine moe" runs only bench/bench_{engine,moe}.py (default: every bench/bench_*.py).
+#   Opt-in step "clibench": `minillm bench` on CLIBENCH_ARGS (default: medium, batch 8 x seq 2048).
+#   Prebuilt binaries: leave "build" out of STEPS and point BUILD_DIR at them. GTEST_FILTER and
+#   PYTEST_ADDOPTS (read by gtest and pytest) narrow the gpu and pytest steps.
 #   GOLDEN=1 also regenerates tests/golden/*_golden.safetensors with torch (copied to $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +18,8 @@ PY=$(command -v python3)
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 STEPS=${STEPS:-"build cpu gpu pytest sanitize main bench"}
 BENCH_ARGS=${BENCH_ARGS:-}
+BENCHES=${BENCHES:-}
+CLIBENCH_ARGS=${CLIBENCH_ARGS:-"--model medium --batch 8 --seq 2048"}
 SAN_FILTER=${SAN_FILTER:-"*Small*"}
 declare -a SUMMARY=()
 
@@ -41,12 +47,15 @@ step sanitize:memcheck sanitizer.log compute-sanitizer --tool memcheck --leak-ch
 step sanitize:racecheck racecheck.log compute-sanitizer --tool racecheck --error-exitcode 9 \
   "$BUILD_DIR/minillm_cuda_tests" --gtest_filter="$SAN_FILTER" --gtest_brief=1
 step main main.log "$BUILD_DIR/minillm" forward --model medium --batch 8 --seq 2048 --device cuda
+# shellcheck disable=SC2086
+step clibench clibench.log "$BUILD_DIR/minillm" bench $CLIBENCH_ARGS
 if [[ -n "${GOLDEN:-}" ]]; then
   step golden golden.log "$PY" tests/golden/make_golden.py && cp tests/golden/*_golden.safetensors "$OUT"/
 fi
 for b in bench/bench_*.py; do
   [[ -f "$b" ]] || continue
   n=$(basename "$b" .py)
+  [[ -z "$BENCHES" || " $BENCHES " == *" ${n#bench_} "* ]] || continue
   step "bench:${n#bench_}" "$n.log" env PYTHONPATH=python "$PY" "$b" $BENCH_ARGS
 done
 

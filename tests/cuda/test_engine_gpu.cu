@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -34,7 +35,10 @@ using minillm::ModelConfig;
 using minillm::Tensor;
 using minillm::WeightStore;
 
-const std::string kGolden = std::string(MINILLM_SOURCE_DIR) + "/tests/golden/";
+// The source tree: $MINILLM_SOURCE_DIR when set (binaries built elsewhere), else the build's.
+const std::string kGolden =
+    std::string(std::getenv("MINILLM_SOURCE_DIR") ? std::getenv("MINILLM_SOURCE_DIR") : MINILLM_SOURCE_DIR) +
+    "/tests/golden/";
 
 double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
   double num = 0, den = 0;

@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""Benchmark of the end-to-end minillm.InferenceEngine (CUDA) against PyTorch eager of the same
+architecture and the same weights, in the same process, on the same token ids.
+
+Implementations (keys of the JSON):
+  minillm                  the engine: CUDA graph replay, bf16 weights/activations, bf16 logits
+  torch_eager              the faster of the two plain-PyTorch bf16 forwards below
+  torch_eager_grouped_mm   SDPA (causal) + MoE by argsort / gather / torch._grouped_mm / weighted sum
+  torch_eager_loop         SDPA (causal) + MoE by a per-expert loop of matmuls
+PyTorch uses the engine's own device weights (views, nothing copied: eager's peak memory is
+counted as the weight bytes plus what torch allocates during the forward). The engine's peak
+memory is the drop in free device memory from before it is built to after its timed forwards
+(weights, workspace, logits, graphs, library handles). Times: CUDA events around each forward,
+median of --iters after warm-up. FLOPs: ModelConfig::flops_per_token (matmuls + causal attention).
+Also measured once: the bf16 8192^3 matmul peak (torch.matmul) and a 1 GiB copy (bytes read + written).
+
+Cases: --compare (default "small:8x2048,medium:8x2048,large:8x2048") runs both implementations;
+--sweep (default small and medium, batch 1/4/16/32 x seq 128/512/2048/8192) the engine alone, one
+engine per model planned for the largest shape. --quick: small only.
+
+Run: PYTHONPATH=python python3 bench/bench_engine.py [--quick] [--sweep-models small,medium]
+Writes $OUT/engine.json when $OUT is set, else bench/results/<gpu>/engine.json.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as Fn
+
+import minillm
+
+
+def gpu_dir(name):
+    n = name.lower()
+    for key in ("h100", "h200", "a100", "b200", "l40"):
+        if key in n:
+            return key
+    return n.replace(" ", "_")
+
+
+def commit():
+    if os.environ.get("MINILLM_COMMIT"):
+        return os.environ["MINILLM_COMMIT"]
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        return "unknown"
+
+
+def time_ms(fn, iters, warmup=2):
+    for _ in range(warmup):
+        fn()
+    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for s, e in ev:
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in ev)
+
+
+def peaks():
+    a = torch.rand(8192, 8192, device="cuda", dtype=torch.bfloat16) - 0.5
+    b = torch.rand(8192, 8192, device="cuda", dtype=torch.bfloat16) - 0.5
+    ms = time_ms(lambda: a @ b, 10, 3)
+    tflops = 2 * 8192**3 / ms / 1e9
+    del a, b
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), 10, 3)
+    gbps = 2 * (1 << 30) / ms / 1e6
+    del src, dst
+    torch.cuda.empty_cache()
+    return tflops, gbps
+
+
+def flops_per_token(c, seq):
+    """Same count as ModelConfig::flops_per_token."""
+    H, F, q, kv = c["hidden_size"], c["moe"]["ffn_size"], c["num_heads"] * c["head_dim"], c["num_kv_heads"] * c["head_dim"]
+    n_mats = 3 if c["moe"]["activation"] == "swiglu" else 2
+    params = H * (q + 2 * kv) + q * H + H * c["moe"]["num_experts"] + c["moe"]["top_k"] * n_mats * H * F
+    keys = (seq + 1) / 2 if c["causal"] else seq
+    return c["num_layers"] * (2.0 * params + 4.0 * keys * q) + 2.0 * H * c["vocab_size"]
+
+
+# ---- PyTorch eager, from the engine's weights (qkv rows fused, experts stacked [E, ...]) ----
+
+class Eager:
+    def __init__(self, cfg, W, moe_impl):
+        self.c, self.moe_impl = cfg, moe_impl
+        dt = W["embed"].dtype
+        self.W = {k: (v.to(dt) if v.dtype == torch.float32 else v) for k, v in W.items()}  # norms in bf16
+        D, theta = cfg["head_dim"], cfg["position"]["theta"]
+        inv = theta ** (-torch.arange(0, D // 2, dtype=torch.float64, device="cuda") * 2.0 / D)
+        ang = torch.arange(cfg["max_seq_len"], dtype=torch.float64, device="cuda")[:, None] * inv[None, :]
+        self.cos, self.sin = ang.cos().float(), ang.sin().float()  # [max_seq, D/2]
+
+    def norm(self, x, p):
+        c, W = self.c, self.W
+        if c["norm"]["type"] == "layernorm":
+            return Fn.layer_norm(x, (x.shape[-1],), W[p + ".w"], W[p + ".b"], c["norm"]["eps"])
+        return Fn.rms_norm(x, (x.shape[-1],), W[p + ".w"], c["norm"]["eps"])
+
+    def rope(self, x):  # x: [B, N, h, D]
+        N, half = x.shape[1], x.shape[-1] // 2
+        cos, sin = self.cos[:N, None, :], self.sin[:N, None, :]
+        x1, x2 = x[..., :half].float(), x[..., half:].float()
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)
+
+    def moe(self, t, p):
+        c, W = self.c, self.W
+        m = c["moe"]
+        k, E = m["top_k"], m["num_experts"]
+        probs = torch.softmax((t @ W[p + "router"].T).float(), -1)
+        topw, topi = torch.topk(probs, k, -1)
+        if m["normalize_topk"]:
+            topw = topw / topw.sum(-1, keepdim=True)
+        w1, w3, w2 = W[p + "w1"], W.get(p + "w3"), W[p + "w2"]
+        act = (lambda g, u: Fn.silu(g) * u) if m["activation"] == "swiglu" else (lambda g, u: Fn.gelu(g))
+        if self.moe_impl == "grouped_mm":
+            flat = topi.flatten()
+            order = torch.argsort(flat, stable=True)
+            offs = torch.cumsum(torch.bincount(flat, minlength=E), 0, dtype=torch.int32)
+            xs = t[order // k]
+            g = torch._grouped_mm(xs, w1.transpose(1, 2), offs=offs)
+            u = torch._grouped_mm(xs, w3.transpose(1, 2), offs=offs) if w3 is not None else None
+            ys = torch._grouped_mm(act(g, u), w2.transpose(1, 2), offs=offs)
+            out = torch.empty_like(ys)
+            out[order] = ys
+            return (out.view(-1, k, t.shape[1]).float() * topw[..., None]).sum(1).to(t.dtype)
+        y = torch.zeros(t.shape, dtype=torch.float32, device=t.device)
+        for e in range(E):
+            rows, slot = (topi == e).nonzero(as_tuple=True)
+            if rows.numel() == 0:
+                continue
+            xe = t[rows]
+            h = act(xe @ w1[e].T, xe @ w3[e].T if w3 is not None else None)
+            y.index_add_(0, rows, (h @ w2[e].T).float() * topw[rows, slot, None])
+        return y.to(t.dtype)
+
+    @torch.no_grad()
+    def forward(self, ids):
+        c, W = self.c, self.W
+        B, N = ids.shape
+        nh, nkv, D = c["num_heads"], c["num_kv_heads"], c["head_dim"]
+        q_dim, kv_dim = nh * D, nkv * D
+        pre = c["norm"]["placement"] == "pre"
+        x = W["embed"][ids]
+        for l in range(c["num_layers"]):
+            p = f"layers.{l}."
+            h = self.norm(x, p + "norm1") if pre else x
+            qkv = h @ W[p + "wqkv"].T
+            q = qkv[..., :q_dim].view(B, N, nh, D)
+            k = qkv[..., q_dim:q_dim + kv_dim].view(B, N, nkv, D)
+            v = qkv[..., q_dim + kv_dim:].view(B, N, nkv, D)
+            if c["position"]["type"] == "rope":
+                q, k = self.rope(q), self.rope(k)
+            a = Fn.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                is_causal=c["causal"], enable_gqa=nkv != nh)
+            o = a.transpose(1, 2).reshape(B, N, q_dim) @ W[p + "wo"].T
+            if pre:
+                x = x + o
+                h = self.norm(x, p + "norm2")
+            else:
+                x = self.norm(x + o, p + "norm1")
+                h = x
+            y = self.moe(h.reshape(B * N, -1), p).view(B, N, -1)
+            x = x + y if pre else self.norm(x + y, p + "norm2")
+        if pre:
+            x = self.norm(x, "final_norm")
+        return x @ W["lm_head"].T
+
+
+def engine_memory_run(model, B, N, ids, iters):
+    """Builds an engine planned for exactly (B, N), times it, returns (engine, ms, peak bytes)."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    free0 = torch.cuda.mem_get_info()[0]
+    t0 = time.time()
+    eng = minillm.InferenceEngine(model, device="cuda", max_batch=B, max_seq=N, seed=0, logits_dtype="bf16")
+    build_s = time.time() - t0
+    ms = time_ms(lambda: eng.forward(ids, copy=False), iters)
+    torch.cuda.synchronize()
+    peak = free0 - torch.cuda.mem_get_info()[0]
+    return eng, ms, peak, build_s
+
+
+def compare_case(model, B, N, iters, peak_tf, peak_bw):
+    cfg = minillm.load_config(model)
+    gen = torch.Generator(device="cuda").manual_seed(1234)
+    ids = torch.randint(0, cfg["vocab_size"], (B, N), device="cuda", generator=gen)
+    eng, ms, peak, build_s = engine_memory_run(model, B, N, ids, iters)
+    flops = flops_per_token(cfg, N) * B * N
+    out = eng.forward(ids)  # a copy, for the comparison below
+    prof = [eng.profile(ids) for _ in range(3)]
+    ops = {k: statistics.median(p[k] for p in prof) for k in prof[0]}
+    res = {"case": {"model": model, "batch": B, "seqlen": N, "dtype": "bf16", "logits": "bf16"},
+           "ms": {"minillm": ms}, "peak_memory_gb": {"minillm": peak / 1e9}, "minillm_ops_ms": ops,
+           "minillm_build_s": build_s, "weight_gb": eng.weight_bytes / 1e9}
+    # PyTorch eager on the engine's weights (views: nothing copied).
+    weight_bytes = eng.weight_bytes
+    W = eng.weights()
+    for impl in ("grouped_mm", "loop"):
+        key = "torch_eager_" + impl
+        try:
+            model_t = Eager(cfg, W, impl)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            ref = model_t.forward(ids)
+            torch.cuda.synchronize()
+            extra = torch.cuda.max_memory_allocated() - base
+            err = ((ref.float() - out.float()).norm() / ref.float().norm()).item()
+            agree = (ref.argmax(-1) == out.argmax(-1)).float().mean().item()
+            del ref
+            res["ms"][key] = time_ms(lambda: model_t.forward(ids), max(3, iters // 2))
+            # eager's own weights would be the same bytes as the engine's, plus its conversions of
+            # the norm weights to bf16 (counted in `extra`, allocated in __init__ -> add them).
+            conv = sum(v.numel() * v.element_size() for k_, v in model_t.W.items() if W[k_].dtype != v.dtype)
+            res["peak_memory_gb"][key] = (weight_bytes + conv + extra) / 1e9
+            res.setdefault("logits_vs_minillm", {})[key] = {"rel_l2": err, "top1_agreement": agree}
+            del model_t
+        except Exception as exc:  # report, keep going
+            res.setdefault("errors", {})[key] = str(exc).splitlines()[0][:200]
+        torch.cuda.empty_cache()
+    eager = [k for k in ("torch_eager_grouped_mm", "torch_eager_loop") if k in res["ms"]]
+    if eager:
+        best = min(eager, key=lambda k: res["ms"][k])
+        res["ms"]["torch_eager"] = res["ms"][best]
+        res["peak_memory_gb"]["torch_eager"] = res["peak_memory_gb"][best]
+        res["torch_eager_impl"] = best
+        res["speedup_vs_torch_eager"] = res["ms"]["torch_eager"] / ms
+    res["tokens_per_s"] = {k: B * N / (v / 1e3) for k, v in res["ms"].items()}
+    res["tflops"] = {k: flops / (v / 1e3) / 1e12 for k, v in res["ms"].items()}
+    res["minillm_pct_of_matmul_peak"] = 100 * res["tflops"]["minillm"] / peak_tf
+    del W, eng, out
+    torch.cuda.empty_cache()
+    return res
+
+
+def sweep(model, batches, seqs, iters):
+    cfg = minillm.load_config(model)
+    mb, ms_ = max(batches), max(seqs)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    free0 = torch.cuda.mem_get_info()[0]
+    eng = minillm.InferenceEngine(model, device="cuda", max_batch=mb, max_seq=ms_, seed=0, logits_dtype="bf16")
+    out = []
+    gen = torch.Generator(device="cuda").manual_seed(99)
+    for B in batches:
+        for N in seqs:
+            ids = torch.randint(0, cfg["vocab_size"], (B, N), device="cuda", generator=gen)
+            ms = time_ms(lambda: eng.forward(ids, copy=False), iters, warmup=1)
+            fl = flops_per_token(cfg, N) * B * N
+            out.append({"case": {"model": model, "batch": B, "seqlen": N, "dtype": "bf16", "logits": "bf16"},
+                        "ms": {"minillm": ms}, "tokens_per_s": {"minillm": B * N / (ms / 1e3)},
+                        "tflops": {"minillm": fl / (ms / 1e3) / 1e12}})
+            print(f"  sweep {model:6s} B={B:2d} N={N:5d}: {ms:9.3f} ms  {B * N / (ms / 1e3):10.0f} tok/s  "
+                  f"{fl / (ms / 1e3) / 1e12:6.1f} TFLOP/s", flush=True)
+    torch.cuda.synchronize()
+    plan_gb = (free0 - torch.cuda.mem_get_info()[0]) / 1e9
+    for r in out:
+        r["engine_memory_gb"] = {"minillm": plan_gb}  # one engine planned for the largest shape
+    del eng
+    torch.cuda.empty_cache()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small only")
+    ap.add_argument("--compare", default="small:8x2048,medium:8x2048,large:8x2048")
+    ap.add_argument("--sweep-models", default="small,medium")
+    ap.add_argument("--batches", default="1,4,16,32")
+    ap.add_argument("--seqs", default="128,512,2048,8192")
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.quick:
+        args.compare, args.sweep_models, args.batches, args.seqs = "small:8x2048", "", "1,8", "128,2048"
+    dev = torch.cuda.get_device_name()
+    peak_tf, peak_bw = peaks()
+    print(f"device {dev}: bf16 matmul 8192^3 {peak_tf:.0f} TFLOP/s, copy 1 GiB {peak_bw:.0f} GB/s", flush=True)
+    results = []
+    for item in filter(None, args.compare.split(",")):
+        model, shape = item.split(":")
+        B, N = (int(v) for v in shape.split("x"))
+        try:
+            r = compare_case(model, B, N, args.iters, peak_tf, peak_bw)
+        except Exception as exc:
+            print(f"  {model} B={B} N={N}: FAILED {exc}", flush=True)
+            results.append({"case": {"model": model, "batch": B, "seqlen": N}, "error": str(exc)[:300]})
+            continue
+        results.append(r)
+        ms = r["ms"]
+        print(f"  {model:6s} B={B} N={N}: minillm {ms['minillm']:.3f} ms, torch eager {ms.get('torch_eager', math.nan):.3f} ms "
+              f"({r.get('torch_eager_impl', '-')}), x{r.get('speedup_vs_torch_eager', math.nan):.2f}; peak memory "
+              f"{r['peak_memory_gb']['minillm']:.2f} GB vs {r['peak_memory_gb'].get('torch_eager', math.nan):.2f} GB; "
+              f"{r['tflops']['minillm']:.0f} TFLOP/s ({r['minillm_pct_of_matmul_peak']:.0f}% of peak)", flush=True)
+        total = sum(r["minillm_ops_ms"].values())
+        print("    per op: " + ", ".join(f"{k} {v:.2f} ms ({100 * v / total:.0f}%)" for k, v in r["minillm_ops_ms"].items()),
+              flush=True)
+        if "logits_vs_minillm" in r:
+            print(f"    logits vs eager: {r['logits_vs_minillm']}", flush=True)
+    batches = [int(v) for v in args.batches.split(",")]
+    seqs = [int(v) for v in args.seqs.split(",")]
+    for model in filter(None, args.sweep_models.split(",")):
+        try:
+            results += sweep(model, batches, seqs, max(3, args.iters // 3))
+        except Exception as exc:
+            print(f"  sweep {model}: FAILED {exc}", flush=True)
+            results.append({"case": {"model": model, "sweep": True}, "error": str(exc)[:300]})
+    doc = {"bench": "engine", "device": dev, "commit": commit(), "date": datetime.date.today().isoformat(),
+           "peaks": {"matmul_bf16_8192_tflops": peak_tf, "copy_1gib_gbps": peak_bw}, "results": results}
+    if args.out:
+        path = args.out
+    elif os.environ.get("OUT"):
+        path = os.path.join(os.environ["OUT"], "engine.json")
+    else:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", gpu_dir(dev), "engine.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
