@@ -2,7 +2,9 @@
 
 Same process, same inputs (B, N, H, D) bf16 (torch gets the (B, H, N, D) transposed views, which its
 kernels read without a copy). CUDA events around each call after warm-up; the median of the
-repetitions (fewer for the big cases, at least 5). Input sets are rotated when one set fits in L2.
+repetitions, taken in 3 rounds that alternate the implementations (fewer repetitions for the big
+cases, at least 6). Input sets are rotated when one set fits in L2. Small cases are bound by the
+host-side cost of one call (Python, argument checks, launch): that is part of what is measured.
 FLOPs = 4 * B * H * N^2 * D, half when causal. Memory: the peak extra device memory of one call
 (torch.cuda.max_memory_allocated delta; minillm allocates its output with torch and no workspace).
 
@@ -52,29 +54,37 @@ def grid(quick):
                         yield dict(batch=b, heads=h, seqlen=n, head_dim=d, causal=causal, dtype="bf16")
 
 
-def time_fn(fn, budget_ms, ctx):
-    """Median milliseconds of fn() over repetitions timed one by one with CUDA events (inside ctx())."""
-    with ctx():
-        return _time_fn(fn, budget_ms)
-
-
-def _time_fn(fn, budget_ms):
-    for _ in range(2):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    est = max(start.elapsed_time(end), 1e-3)
-    reps = int(min(50, max(5, budget_ms / est)))
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for s, e in events:
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events)
+def measure(impls, budget_ms, rounds=3):
+    """Median milliseconds per call of each implementation. Warm-up and a timed estimate first; then
+    `rounds` rounds that visit every implementation in turn (so that a transient slowdown of the
+    machine does not land on one of them), each call timed with its own pair of CUDA events."""
+    est, failed = {}, {}
+    for name, (fn, ctx) in impls.items():
+        try:
+            with ctx():
+                fn(), fn()
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                fn()
+                e.record()
+                e.synchronize()
+            est[name] = max(s.elapsed_time(e), 1e-3)
+        except RuntimeError as err:  # a backend that refuses the case
+            failed[name] = str(err).splitlines()[0]
+    times = {name: [] for name in est}
+    for _ in range(rounds):
+        for name in est:
+            fn, ctx = impls[name]
+            reps = int(min(20, max(2, budget_ms / rounds / est[name])))
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+            with ctx():
+                for s, e in events:
+                    s.record()
+                    fn()
+                    e.record()
+            torch.cuda.synchronize()
+            times[name] += [s.elapsed_time(e) for s, e in events]
+    return {name: statistics.median(t) for name, t in times.items()}, failed
 
 
 def peak_extra_mb(fn, ctx):
@@ -162,14 +172,11 @@ def main():
         diff = (minillm.flash_attention(q, k, v, causal=causal).float() - o_ref.float()).abs().max().item()
         del o_ref
         flops = 4 * B * H * N * N * D * (0.5 if causal else 1.0)
-        ms, tflops, mem = {}, {}, {}
-        for name, (fn, ctx) in impls.items():
-            try:
-                ms[name] = time_fn(fn, args.budget_ms, ctx)
-                tflops[name] = flops / ms[name] / 1e9
-                mem[name] = peak_extra_mb(fn, ctx)
-            except RuntimeError as e:  # a backend that refuses the case
-                print(f"  {name} failed: {str(e).splitlines()[0]}", flush=True)
+        ms, failed = measure(impls, args.budget_ms)
+        for name, why in failed.items():
+            print(f"  {name} failed: {why}", flush=True)
+        tflops = {name: flops / t / 1e9 for name, t in ms.items()}
+        mem = {name: peak_extra_mb(*impls[name]) for name in ms}
         del sets
         r = dict(case=case, ms=ms, tflops=tflops, mem_mb=mem, max_abs_diff_vs_torch=diff)
         vs_f = ms.get("torch_sdpa_flash", float("nan")) / ms["minillm"]

@@ -82,6 +82,7 @@ struct TensorArg {
   int ndim = 0;
   int64_t shape[4] = {}, stride[4] = {};  // strides in elements
   void* data = nullptr;
+  nb::ndarray<> keep;  // DLPack path: keeps the producer's buffer alive for the call
   int64_t dim(int i) const { return shape[i]; }
 };
 
@@ -130,6 +131,7 @@ TensorArg import_tensor(nb::handle obj, const char* name, int ndim, bool torch) 
     t.stride[i] = a.stride(i);
   }
   t.data = static_cast<uint8_t*>(a.data_handle()) + a.byte_offset();
+  t.keep = std::move(a);
   return t;
 }
 
