@@ -42,7 +42,7 @@ std::vector<int32_t> ids_to_host(const nb::ndarray<nb::ro>& a, int& B, int& N, u
   std::vector<uint8_t> raw(n * es);
   // Copy respecting strides (element strides in units of elements).
   const int64_t s0 = a.stride(0), s1 = a.stride(1);
-  const bool contiguous = s1 == 1 && s0 == N;
+  const bool contiguous = (N <= 1 || s1 == 1) && (B <= 1 || s0 == N);  // strides of size-1 dims do not matter
   std::vector<uint8_t> dense;
   const uint8_t* src = static_cast<const uint8_t*>(a.data());
   if (a.device_type() == nb::device::cuda::value) {

@@ -161,6 +161,18 @@ TEST(EngineGpu, SmallGoldenConfigsMatchCpuAndGolden) {
   }
 }
 
+// A wide pre-norm model: hidden 2048 (the add_norm split across two warps per row), RMSNorm,
+// GQA 16/4 with head_dim 128, SwiGLU experts, tied embeddings.
+TEST(EngineGpu, SmallWidePreNormGqaMatchesCpu) {
+  const auto cfg = minillm::parse_config_json(R"({
+    "name": "wide", "vocab_size": 512, "hidden_size": 2048, "num_layers": 2, "num_heads": 16, "num_kv_heads": 4,
+    "head_dim": 128, "max_seq_len": 256, "norm": {"type": "rmsnorm", "eps": 1e-6, "placement": "pre"},
+    "position": {"type": "rope", "theta": 500000.0}, "causal": true,
+    "moe": {"num_experts": 4, "top_k": 2, "ffn_size": 128, "activation": "swiglu", "normalize_topk": true},
+    "tie_embeddings": true, "dtype": "bf16"})");
+  compare_with_cpu(cfg, WeightStore::random(cfg, 5, cfg.dtype), {{2, 24}, {1, 65}}, 2e-2, "wide pre-norm");
+}
+
 // The small preset (12 layers, hidden 768, 8 experts, vocab 32000); not under the sanitizer.
 TEST(EngineGpu, PresetSmallModelMatchesCpu) {
   const auto cfg = minillm::preset_config("small");
@@ -215,6 +227,7 @@ TEST(EngineGpu, SmallBadInputLeavesEngineUsable) {
   const auto ref = eng.forward(ids.data(), 2, 32);
   const auto ref_again = eng.forward(ids.data(), 2, 32);  // graph replay
   ASSERT_EQ(ref, ref_again);
+  const int32_t good = ids[37];
   ids[37] = 256;
   expect_error([&] { eng.forward(ids.data(), 2, 32); }, "token id 256 at position [1, 5] is out of range [0, 256)");
   ids[37] = -1;
@@ -225,7 +238,7 @@ TEST(EngineGpu, SmallBadInputLeavesEngineUsable) {
   MINILLM_CUDA_CHECK(cudaMemcpy(d_ids, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
   const Tensor bad(d_ids, DType::i32, minillm::Device::cuda, {2, 32});
   expect_error([&] { eng.forward_device(bad, 2, 32); }, "token id -1 at position [1, 5]");
-  ids[37] = 5;
+  ids[37] = good;
   expect_error([&] { eng.forward(ids.data(), 3, 8); }, "batch = 3 is outside [1, 2]");
   expect_error([&] { eng.forward(ids.data(), 1, 33); }, "seq_len = 33 exceeds the engine's max_seq = 32");
   expect_error([&] { eng.forward(ids.data(), 1, 0); }, "seq_len = 0 must be positive");

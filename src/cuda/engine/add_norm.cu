@@ -1,13 +1,16 @@
 // Fused residual add + LayerNorm / RMSNorm: one read of x and delta, one write of x and out.
 //
-// Algorithm: one block per row. Pass 1 reads x and delta (16-byte vectors when H % 8 == 0),
-// forms v = x + delta in fp32 and keeps the row in shared memory (H floats). LayerNorm: mean, then
-// the variance as the mean of (v - mean)^2 from shared memory (the stable two-pass form of the CPU
-// reference, in fp32 here); RMSNorm: the mean of v^2. Pass 2 writes x = v (rounded to bf16/fp16;
-// skipped when out aliases x) and out = (v - mean) * rstd * w + b. Block reductions in a fixed
-// order: bitwise reproducible.
-// Layout: x, delta, out [T, H] row-major bf16/fp16, w, b [H] fp32. Threads per block: H/8 rounded
-// up to a warp multiple, in [32, 512].
+// Algorithm (add_norm_rows_kernel, when H = 8 * kV * tpr with kV <= 4 and tpr a power of two):
+// a row is held in registers by `tpr` threads, kV 16-byte vectors of x and of delta each (coalesced:
+// vector j of lane l is vector j * tpr + l of the row), v = x + delta in fp32. LayerNorm: mean, then
+// the variance as the mean of (v - mean)^2 from the registers (the stable two-pass form of the CPU
+// reference, in fp32 here); RMSNorm: the mean of v^2. Reductions by warp shuffles (plus shared
+// memory across the warps of a row when tpr > 32), in a fixed order: bitwise reproducible. Then
+// x = v (rounded to bf16/fp16; skipped when out aliases x) and out = (v - mean) * rstd * w + b.
+// 256 threads per block, 256 / tpr rows per block: H = 768 -> tpr 32, kV 3; 1024 -> 32, 4;
+// 4096 -> 128, 4. Other H (not a multiple of 8, or no such split): add_norm_kernel, one block per
+// row with the row in shared memory.
+// Layout: x, delta, out [T, H] row-major bf16/fp16, w, b [H] fp32.
 // Cost: (2 reads + 2 writes) x T x H x 2 bytes (1 write when out aliases x): medium B8 N2048, post-
 // norm: 100 MB, ~0.04 ms at the copy peak; "add_norm" in `minillm bench --model medium --batch 8 --seq 2048`.
 #include <algorithm>
@@ -97,9 +100,107 @@ __global__ void add_norm_kernel(T* x, const T* __restrict__ delta, const float* 
   }
 }
 
+constexpr int kRowsThreads = 256;
+
+// Sum over the `tpr` threads of a row (all threads of the block call it; tpr a power of two).
+// red: [kRowsThreads / 32] floats of shared memory.
+__device__ __forceinline__ float row_sum(float v, int tpr, float* red) {
+  for (int o = (tpr < 32 ? tpr : 32) / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (tpr <= 32) return v;
+  const int warp = threadIdx.x >> 5, wpr = tpr >> 5, first = warp / wpr * wpr;
+  if ((threadIdx.x & 31) == 0) red[warp] = v;
+  __syncthreads();
+  float s = 0.f;
+  for (int i = 0; i < wpr; ++i) s += red[first + i];
+  __syncthreads();
+  return s;
+}
+
+template <typename T, int kV>
+__global__ void __launch_bounds__(kRowsThreads)
+    add_norm_rows_kernel(T* x, const T* __restrict__ delta, const float* __restrict__ w, const float* __restrict__ b,
+                         bool rmsnorm, float eps, T* out, int64_t rows, int64_t H, int tpr) {
+  __shared__ float red[kRowsThreads / 32];
+  const int lane = threadIdx.x & (tpr - 1);
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * (kRowsThreads / tpr) + threadIdx.x / tpr;
+  const bool active = r < rows;  // inactive threads still take part in the reductions
+  float v[kV][kVec];
+  float sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < kV; ++j) {
+    const int64_t i = (static_cast<int64_t>(j) * tpr + lane) * kVec;
+    uint4 xv = make_uint4(0, 0, 0, 0), dv = make_uint4(0, 0, 0, 0);
+    if (active) {
+      xv = *reinterpret_cast<const uint4*>(x + r * H + i);
+      if (delta) dv = *reinterpret_cast<const uint4*>(delta + r * H + i);
+    }
+    const T* xe = reinterpret_cast<const T*>(&xv);
+    const T* de = reinterpret_cast<const T*>(&dv);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      v[j][e] = to_f32(xe[e]) + (delta ? to_f32(de[e]) : 0.f);
+      sum += v[j][e];
+    }
+  }
+  const float inv_h = 1.f / static_cast<float>(H);
+  const float mean = rmsnorm ? 0.f : row_sum(sum, tpr, red) * inv_h;
+  float sq = 0.f;
+#pragma unroll
+  for (int j = 0; j < kV; ++j) {
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      const float d = v[j][e] - mean;
+      sq += d * d;
+    }
+  }
+  const float rstd = rsqrtf(row_sum(sq, tpr, red) * inv_h + eps);
+  if (!active) return;
+  const bool write_x = delta != nullptr && out != x;
+#pragma unroll
+  for (int j = 0; j < kV; ++j) {
+    const int64_t i = (static_cast<int64_t>(j) * tpr + lane) * kVec;
+    const float4 w0 = *reinterpret_cast<const float4*>(w + i), w1 = *reinterpret_cast<const float4*>(w + i + 4);
+    float4 b0 = make_float4(0.f, 0.f, 0.f, 0.f), b1 = b0;
+    if (b) b0 = *reinterpret_cast<const float4*>(b + i), b1 = *reinterpret_cast<const float4*>(b + i + 4);
+    const float wv[kVec] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+    const float bv[kVec] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+    uint4 ov, xv;
+    T* oe = reinterpret_cast<T*>(&ov);
+    T* xe = reinterpret_cast<T*>(&xv);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      xe[e] = from_f32<T>(v[j][e]);
+      oe[e] = from_f32<T>((v[j][e] - mean) * rstd * wv[e] + bv[e]);
+    }
+    if (write_x) *reinterpret_cast<uint4*>(x + r * H + i) = xv;
+    *reinterpret_cast<uint4*>(out + r * H + i) = ov;
+  }
+}
+
+template <typename T, int kV>
+void launch_rows(void* x, const void* delta, const float* w, const float* b, bool rmsnorm, float eps, void* out,
+                 int64_t rows, int64_t H, int tpr, cudaStream_t stream) {
+  const int64_t per_block = kRowsThreads / tpr;
+  add_norm_rows_kernel<T, kV><<<static_cast<unsigned>((rows + per_block - 1) / per_block), kRowsThreads, 0, stream>>>(
+      static_cast<T*>(x), static_cast<const T*>(delta), w, b, rmsnorm, eps, static_cast<T*>(out), rows, H, tpr);
+  MINILLM_CUDA_CHECK_LAUNCH();
+}
+
 template <typename T>
 void launch(void* x, const void* delta, const float* w, const float* b, bool rmsnorm, float eps, void* out, int64_t T_rows,
             int64_t H, cudaStream_t stream) {
+  if (H % kVec == 0) {  // registers: the row split as H = 8 * kV * tpr
+    const int64_t nv = H / kVec;
+    for (int tpr = 1; tpr <= kRowsThreads; tpr *= 2) {
+      if (nv % tpr != 0 || nv / tpr > 4) continue;
+      switch (nv / tpr) {
+        case 1: return launch_rows<T, 1>(x, delta, w, b, rmsnorm, eps, out, T_rows, H, tpr, stream);
+        case 2: return launch_rows<T, 2>(x, delta, w, b, rmsnorm, eps, out, T_rows, H, tpr, stream);
+        case 3: return launch_rows<T, 3>(x, delta, w, b, rmsnorm, eps, out, T_rows, H, tpr, stream);
+        default: return launch_rows<T, 4>(x, delta, w, b, rmsnorm, eps, out, T_rows, H, tpr, stream);
+      }
+    }
+  }
   const bool vec = H % kVec == 0;
   const int threads = static_cast<int>(std::clamp<int64_t>((H / kVec + 31) / 32 * 32, 32, 512));
   const size_t smem = static_cast<size_t>(H) * sizeof(float);
