@@ -107,11 +107,12 @@ def device_tag(name):
 
 
 def git_commit():
+    """The commit measured: git's HEAD, else $MINILLM_COMMIT (a copy of the tree without .git)."""
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
                                        stderr=subprocess.DEVNULL).strip()
     except Exception:
-        return "unknown"
+        return os.environ.get("MINILLM_COMMIT", "unknown")
 
 
 def main():

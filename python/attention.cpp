@@ -20,7 +20,7 @@
 #include <cstdint>
 #include <mutex>
 #include <optional>
-#include <sstream>
+#include <type_traits>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -34,11 +34,21 @@ namespace nb = nanobind;
 namespace minillm::py {
 namespace {
 
+// Error messages are built with std::string and std::to_string, not iostreams: formatting an
+// integer through std::ostream crashed inside this module once torch was loaded (GPU machine).
+inline void append(std::string& s, const char* x) { s += x; }
+inline void append(std::string& s, const std::string& x) { s += x; }
+template <typename T>
+  requires std::is_arithmetic_v<T>
+void append(std::string& s, T x) {
+  s += std::to_string(x);
+}
+
 template <typename... Args>
-[[noreturn]] void value_error(Args&&... args) {
-  std::ostringstream os;
-  (os << ... << args);
-  throw nb::value_error(os.str().c_str());
+[[noreturn]] void value_error(const Args&... args) {
+  std::string msg;
+  (append(msg, args), ...);
+  throw nb::value_error(msg.c_str());
 }
 
 bool is_torch_tensor(nb::handle h) {
@@ -196,7 +206,7 @@ cudaStream_t pick_stream(std::optional<uintptr_t> stream, bool torch, int device
 cudaMemPool_t pool_for(int device) {
   static std::mutex mu;
   static cudaMemPool_t pools[64] = {};
-  MINILLM_CHECK(device >= 0 && device < 64, "device " << device << " out of range");
+  if (device < 0 || device >= 64) value_error("CUDA device ", device, " out of range");
   std::lock_guard<std::mutex> lock(mu);
   if (pools[device] == nullptr) {
     cudaMemPoolProps props{};
