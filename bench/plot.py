@@ -1,0 +1,178 @@
+"""Figures for docs/REPORT.md from the benchmark JSON files (bench/results/<gpu>/*.json).
+
+    python3 bench/plot.py [--results bench/results/h100] [--out docs/figures]
+
+attention.png  TFLOP/s vs sequence length per implementation (median over the batch x heads grid),
+               one panel per head_dim x causal
+moe.png        MoE layer TFLOP/s vs tokens, per implementation, one panel per hidden size
+engine.png     engine time per forward, broken down by op (minillm), vs PyTorch eager
+roofline.png   the main kernels placed on the roofline of the measured matmul and copy peaks
+"""
+import argparse
+import collections
+import json
+import os
+import statistics
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"minillm": "tab:red", "torch_sdpa_flash": "tab:blue", "torch_sdpa_cudnn": "tab:green",
+          "cublas_dense": "tab:gray", "torch_grouped_mm": "tab:purple", "torch_eager": "tab:blue"}
+
+
+def load(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def ok(rows):
+    return [r for r in rows if "ms" in r and "skipped" not in r]
+
+
+def plot_attention(doc, out):
+    rows = ok(doc["results"])
+    panels = sorted({(r["case"]["head_dim"], r["case"]["causal"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (d, causal) in zip(axes[0], panels):
+        sel = [r for r in rows if r["case"]["head_dim"] == d and r["case"]["causal"] == causal]
+        impls = sorted({k for r in sel for k in r["tflops"]})
+        for impl in impls:
+            by_n = collections.defaultdict(list)
+            for r in sel:
+                if impl in r["tflops"]:
+                    by_n[r["case"]["seqlen"]].append(r["tflops"][impl])
+            ns = sorted(by_n)
+            ax.plot(ns, [statistics.median(by_n[n]) for n in ns], "o-", label=impl, color=COLORS.get(impl))
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"head_dim {d}, {'causal' if causal else 'full'}")
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel("TFLOP/s (median over batch x heads)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Attention forward, bf16 — {doc.get('device', '')}")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "attention.png"), dpi=110)
+    plt.close(fig)
+
+
+def plot_moe(doc, out):
+    rows = [r for r in ok(doc["results"]) if r["case"].get("tokens", 0) > 64]
+    hiddens = sorted({r["case"]["hidden"] for r in rows})
+    if not hiddens:
+        return
+    fig, axes = plt.subplots(1, len(hiddens), figsize=(4.2 * len(hiddens), 3.6), squeeze=False)
+    for ax, h in zip(axes[0], hiddens):
+        sel = [r for r in rows if r["case"]["hidden"] == h]
+        for impl in sorted({k for r in sel for k in r["tflops"]}):
+            by_t = collections.defaultdict(list)
+            for r in sel:
+                if impl in r["tflops"]:
+                    by_t[r["case"]["tokens"]].append(r["tflops"][impl])
+            ts = sorted(by_t)
+            ax.plot(ts, [statistics.median(by_t[t]) for t in ts], "o-", label=impl, color=COLORS.get(impl))
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"hidden {h} (median over experts x top-k)")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("TFLOP/s")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"MoE layer, bf16 SwiGLU — {doc.get('device', '')}")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "moe.png"), dpi=110)
+    plt.close(fig)
+
+
+def plot_engine(doc, out):
+    rows = [r for r in ok(doc["results"]) if "minillm_ops_ms" in r]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 4))
+    ops = sorted({k for r in rows for k in r["minillm_ops_ms"]})
+    cmap = plt.get_cmap("tab10")
+    labels = [f"{r['case']['model']}\nB{r['case']['batch']} N{r['case']['seqlen']}" for r in rows]
+    bottom = [0.0] * len(rows)
+    for i, op in enumerate(ops):
+        vals = [r["minillm_ops_ms"].get(op, 0.0) for r in rows]
+        ax.bar(range(len(rows)), vals, bottom=bottom, label=op, color=cmap(i % 10), width=0.6)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    eager = [r["ms"].get("torch_eager") for r in rows]
+    ax.plot(range(len(rows)), [e if e else float("nan") for e in eager], "k_", markersize=30, mew=2,
+            label="torch eager")
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("ms per forward")
+    ax.set_title(f"Engine forward, per-op time — {doc.get('device', '')}")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "engine.png"), dpi=110)
+    plt.close(fig)
+
+
+def plot_roofline(att, moe, eng, out, peak_tflops=761.0, copy_gbps=2929.0):
+    if moe and moe.get("copy_gbps"):
+        copy_gbps = moe["copy_gbps"]
+    pts = []
+    if att:
+        for r in ok(att["results"]):
+            c = r["case"]
+            if (c["batch"], c["heads"], c["seqlen"]) == (16, 16, 2048) and "minillm" in r["tflops"]:
+                flops = 4 * c["batch"] * c["heads"] * c["seqlen"] ** 2 * c["head_dim"] * (0.5 if c["causal"] else 1)
+                byts = 4 * c["batch"] * c["seqlen"] * c["heads"] * c["head_dim"] * 2
+                pts.append((f"attention D{c['head_dim']}{' causal' if c['causal'] else ''}", flops / byts,
+                            r["tflops"]["minillm"]))
+    if moe:
+        for r in ok(moe["results"]):
+            c = r["case"]
+            key = (c["tokens"], c["hidden"], c["experts"], c["top_k"])
+            if key in {(32768, 4096, 32, 2), (32768, 2048, 64, 8), (64, 4096, 8, 2)} and "minillm" in r["tflops"]:
+                flops = c["tokens"] * c["top_k"] * 6 * c["hidden"] * c["ffn"]
+                experts_read = min(c["experts"], c["tokens"] * c["top_k"])
+                byts = experts_read * 3 * c["hidden"] * c["ffn"] * 2 + 2 * c["tokens"] * c["hidden"] * 2
+                pts.append((f"MoE T{c['tokens']} H{c['hidden']} E{c['experts']} k{c['top_k']}", flops / byts,
+                            r["tflops"]["minillm"]))
+    if not pts:
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    xs = [10 ** (i / 20) for i in range(-20, 101)]
+    ax.plot(xs, [min(peak_tflops, x * copy_gbps / 1e3) for x in xs], "k-", lw=1,
+            label=f"roof: {peak_tflops:.0f} TFLOP/s, {copy_gbps:.0f} GB/s")
+    for name, ai, tf in pts:
+        ax.plot(ai, tf, "o")
+        ax.annotate(name, (ai, tf), fontsize=7, xytext=(4, -3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte of compulsory DRAM traffic)")
+    ax.set_ylabel("TFLOP/s")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title("Roofline (measured peaks)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "roofline.png"), dpi=110)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", default="bench/results/h100")
+    ap.add_argument("--out", default="docs/figures")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    att = load(os.path.join(args.results, "attention.json"))
+    moe = load(os.path.join(args.results, "moe.json"))
+    eng = load(os.path.join(args.results, "engine.json"))
+    if att:
+        plot_attention(att, args.out)
+    if moe:
+        plot_moe(moe, args.out)
+    if eng:
+        plot_engine(eng, args.out)
+    plot_roofline(att, moe, eng, args.out)
+    print("figures in", args.out, sorted(os.listdir(args.out)))
+
+
+if __name__ == "__main__":
+    main()
