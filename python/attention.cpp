@@ -34,8 +34,7 @@ namespace nb = nanobind;
 namespace minillm::py {
 namespace {
 
-// Error messages are built with std::string and std::to_string, not iostreams: formatting an
-// integer through std::ostream crashed inside this module once torch was loaded (GPU machine).
+// Error messages: std::string and std::to_string.
 inline void append(std::string& s, const char* x) { s += x; }
 inline void append(std::string& s, const std::string& x) { s += x; }
 template <typename T>
@@ -104,7 +103,10 @@ TensorArg import_tensor(nb::handle obj, const char* name, int ndim, bool torch) 
     nb::object dt = obj.attr("dtype");
     t.elem = dt.is(api.bf16) ? Elem::bf16 : dt.is(api.f16) ? Elem::f16 : dt.is(api.i32) ? Elem::i32 : Elem::other;
     if (t.elem == Elem::other) t.dtype_str = nb::str(dt).c_str();
-    if (!nb::cast<bool>(obj.attr("is_cuda"))) value_error(name, " must be on a CUDA device, got ", nb::str(obj.attr("device")).c_str());
+    if (!nb::cast<bool>(obj.attr("is_cuda"))) {
+      nb::object dev = obj.attr("device");  // nb::str(lvalue) converts; nb::str(temporary) would not
+      value_error(name, " must be on a CUDA device, got ", nb::str(dev).c_str());
+    }
     t.device = nb::cast<int>(obj.attr("get_device")());
     nb::tuple shape = nb::borrow<nb::tuple>(obj.attr("shape"));
     t.ndim = static_cast<int>(nb::len(shape));
