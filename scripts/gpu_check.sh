@@ -3,7 +3,7 @@
 # pytest (incl. the comparisons against torch), compute-sanitizer on small shapes, the main job,
 # and the benchmarks. Logs and result JSON go to $OUT (when set, else gpu_out/); a summary table
 # is printed last. The GPU machine has no network: carry .deps (scripts/setup.sh fills it here).
-#   STEPS="build cpu gpu pytest sanitize main bench" (default: all)   BENCH_ARGS="--quick"
+#   STEPS="build cpu gpu pytest sanitize main bench" (default; also: clibench ncu)   BENCH_ARGS="--quick"
 #   BENCHES="engine moe" runs only bench/bench_{engine,moe}.py (default: every bench/bench_*.py).
 #   Opt-in step "clibench": `minillm bench` on CLIBENCH_ARGS (default: medium, batch 8 x seq 2048).
 #   Prebuilt binaries: leave "build" out of STEPS and point BUILD_DIR at them. GTEST_FILTER and
@@ -49,6 +49,10 @@ step sanitize:racecheck racecheck.log compute-sanitizer --tool racecheck --error
 step main main.log "$BUILD_DIR/minillm" forward --model medium --batch 8 --seq 2048 --device cuda
 # shellcheck disable=SC2086
 step clibench clibench.log "$BUILD_DIR/minillm" bench $CLIBENCH_ARGS
+# Nsight Compute on the main kernels' headline shapes (not in the default STEPS: add "ncu").
+step ncu ncu.csv env PYTHONPATH=python ncu --clock-control none --target-processes all \
+  -k 'regex:flash_fwd|grouped_gemm|decode_gemm' --section SpeedOfLight --section Occupancy \
+  --section ComputeWorkloadAnalysis --csv --page details "$PY" bench/profile_kernels.py
 if [[ -n "${GOLDEN:-}" ]]; then
   step golden golden.log "$PY" tests/golden/make_golden.py && cp tests/golden/*_golden.safetensors "$OUT"/
 fi
