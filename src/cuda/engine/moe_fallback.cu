@@ -9,7 +9,8 @@
 // y = sum_j weight_j * (w2_{e_j} h_j), slots added in order j = 0..k-1, rounded once to bf16/fp16.
 // Layout: x, y [T, H]; router [E, H]; w1, w3 [E, F, H]; w2 [E, H, F]; scratch: ids [T, k] i32,
 // weights [T, k] f32, h [T, k, F] f32.
-// Cost: T * k * 3 * H * F multiply-adds as dot products, memory-bound; only used on tiny shapes.
+// Cost: T * k * 3 * H * F multiply-adds as dot products, memory-bound; only used on tiny shapes
+// (tests/cuda/test_engine_gpu.cu: tiny_pre_gqa); never on the presets, not benchmarked.
 #include <cmath>
 
 #include "cuda/engine/common.cuh"
