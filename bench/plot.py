@@ -91,7 +91,7 @@ def plot_engine(doc, out):
     rows = [r for r in ok(doc["results"]) if "minillm_ops_ms" in r]
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 4))
+    fig, ax = plt.subplots(figsize=(3.2 + 1.3 * len(rows), 4))
     ops = sorted({k for r in rows for k in r["minillm_ops_ms"]})
     cmap = plt.get_cmap("tab10")
     labels = [f"{r['case']['model']}\nB{r['case']['batch']} N{r['case']['seqlen']}" for r in rows]
@@ -106,7 +106,7 @@ def plot_engine(doc, out):
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
     ax.set_ylabel("ms per forward")
     ax.set_title(f"Engine forward, per-op time — {doc.get('device', '')}")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(os.path.join(out, "engine.png"), dpi=110)
     plt.close(fig)
