@@ -240,6 +240,7 @@ def main():
     g.add_argument("--quick", action="store_true", help="headline cases + a grid sample (default)")
     g.add_argument("--full", action="store_true", help="the whole grid")
     ap.add_argument("--out", help="result JSON path")
+    ap.add_argument("--only", help="comma list of: headline, olmoe, decode, grid (default: all)")
     args = ap.parse_args()
 
     dev = torch.cuda.get_device_name()
@@ -250,7 +251,12 @@ def main():
            f"{'minillm':>7} {'dense':>7} {'grp_mm':>7} TF/s | {'x dense':>7} {'x grp':>6} | {'routing':>7} | note")
     print(hdr)
     print("-" * len(hdr))
-    for T, H, E, k, F in (full_cases() if args.full else quick_cases()):
+    cases = full_cases() if args.full else quick_cases()
+    if args.only:
+        want = set(args.only.split(","))
+        cases = [c for c in cases if ("headline" in want and c == HEADLINE) or ("olmoe" in want and c == OLMOE)
+                 or ("decode" in want and c[0] <= 64) or ("grid" in want and c not in (HEADLINE, OLMOE) and c[0] > 64)]
+    for T, H, E, k, F in cases:
         try:
             r = run_case(T, H, E, k, F, copy_gbps)
         except torch.cuda.OutOfMemoryError:

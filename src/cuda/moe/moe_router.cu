@@ -15,8 +15,10 @@
 // (value, expert) with ties to the lower expert index. Renormalisation divides the k probabilities by
 // their fp32 sum taken in slot order.
 //
-// Cost: the GEMM reads x once (T*H*2 bytes) and is bandwidth-bound; both kernels are part of the
-// layer's routing share measured by bench/bench_moe.py (see bench/results/h100/moe.json).
+// Cost: the GEMM reads x once (T*H*2 bytes), bandwidth-bound.
+// Measured on the H100: router + permutation + gather + combine = 1.2% of the layer's GPU time at
+// T=32768 H4096 E32 top-2 F14336, 15.3% at the OLMoE shape T=32768 H2048 E64 top-8 F1024 (kernel
+// times from torch.profiler). Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3, commit bcd7bc4, bench/results/h100/moe.json).
 #include <cuda_runtime.h>
 
 #include <algorithm>
