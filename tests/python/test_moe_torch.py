@@ -126,29 +126,46 @@ def test_deterministic_and_empty():
     assert y0.shape == (0, H)
 
 
+_ERRORS_SCRIPT = r"""
+import re, torch, minillm
+
+def expect(fn, pattern):
+    try:
+        fn()
+    except ValueError as e:
+        assert re.search(pattern, str(e)), f"{pattern!r} not in {e}"
+        print("ok", pattern, flush=True)
+        return
+    raise AssertionError(f"no ValueError for {pattern!r}")
+
+expect(lambda: minillm.MoELayer(1000, 8, 2, 512), "hidden")
+expect(lambda: minillm.MoELayer(1024, 8, 9, 512), "top_k")
+expect(lambda: minillm.MoELayer(1024, 8, 2, 512, activation="relu"), "activation")
+H, E, k, F = 1024, 8, 2, 512
+moe = minillm.MoELayer(H, E, k, F)
+x = torch.randn(4, H, device="cuda").to(torch.bfloat16)
+expect(lambda: moe(x), "set_weights")
+w = [(torch.randn(*s, device="cuda") * 0.03).to(torch.bfloat16) for s in [(E, H), (E, F, H), (E, F, H), (E, H, F)]]
+router, w_gate, w_up, w_down = w
+expect(lambda: moe.set_weights(router, w_gate, w_up, w_gate), "w_down must have shape")
+expect(lambda: moe.set_weights(router, w_gate.float(), w_up, w_down), "w_gate must be bfloat16")
+expect(lambda: moe.set_weights(router.cpu(), w_gate, w_up, w_down), "router must be on a CUDA device")
+moe.set_weights(router, w_gate, w_up, w_down)
+expect(lambda: moe(x[:, :512]), "x must have shape")
+expect(lambda: moe(x.half()), "x must be bfloat16")
+expect(lambda: moe(torch.randn(H, 4, device="cuda").to(torch.bfloat16).T), "x must be contiguous")
+print("all ok", flush=True)
+"""
+
+
 def test_errors():
-    with pytest.raises(ValueError, match="hidden"):
-        minillm.MoELayer(1000, 8, 2, 512)
-    with pytest.raises(ValueError, match="top_k"):
-        minillm.MoELayer(1024, 8, 9, 512)
-    with pytest.raises(ValueError, match="activation"):
-        minillm.MoELayer(1024, 8, 2, 512, activation="relu")
-    H, E, k, F = 1024, 8, 2, 512
-    moe = minillm.MoELayer(H, E, k, F)
-    x = torch.randn(4, H, device="cuda").to(torch.bfloat16)
-    with pytest.raises(ValueError, match="set_weights"):
-        moe(x)
-    router, w_gate, w_up, w_down = make_weights(E, H, F, "swiglu")
-    with pytest.raises(ValueError, match="w_down must have shape"):
-        moe.set_weights(router, w_gate, w_up, w_gate)
-    with pytest.raises(ValueError, match="w_gate must be bfloat16"):
-        moe.set_weights(router, w_gate.float(), w_up, w_down)
-    with pytest.raises(ValueError, match="router must be on a CUDA device"):
-        moe.set_weights(router.cpu(), w_gate, w_up, w_down)
-    moe.set_weights(router, w_gate, w_up, w_down)
-    with pytest.raises(ValueError, match="x must have shape"):
-        moe(x[:, :512])
-    with pytest.raises(ValueError, match="x must be bfloat16"):
-        moe(x.half())
-    with pytest.raises(ValueError, match="x must be contiguous"):
-        moe(torch.randn(H, 4, device="cuda").to(torch.bfloat16).T)
+    # In a child process: raising from the binding has crashed the interpreter on the GPU machine
+    # (not reproduced elsewhere); isolated, a crash fails this test instead of the whole session.
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(minillm.__file__))] + sys.path)
+    r = subprocess.run([sys.executable, "-c", _ERRORS_SCRIPT], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "all ok" in r.stdout, f"rc={r.returncode}\n{r.stdout}\n{r.stderr[-2000:]}"
