@@ -1,18 +1,10 @@
 // Grouped expert GEMM, host side: TMA descriptors, tile counts, dispatch on the epilogue; and the
 // plain-epilogue instantiation (the down projection). The kernel and its design: moe_grouped_gemm.cuh.
 //
-// Measured on the H100, whole layer (GEMMs are 85-99% of it), SwiGLU, bf16, cluster 1:
-//   T=32768 H4096 E8  top-2 F14336: 39.7 ms = 582 TFLOP/s, 0.85x cuBLAS dense, 1.13x torch._grouped_mm
-//   T=32768 H4096 E32 top-2 F14336: 58.7 ms = 393 TFLOP/s, 0.54x dense, 0.77x torch._grouped_mm
-//   T=32768 H2048 E64 top-8 F1024 : 6.19 ms = 533 TFLOP/s, 0.79x dense, 2.42x torch._grouped_mm
-//   Throughput falls as the experts' weights grow (2.8 GB: 582, 11.3 GB: 393-497, 22.5 GB: 357
-//   TFLOP/s) where torch._grouped_mm holds 513-587: open, see the cluster-2 path in the .cuh.
-// Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3, commit bcd7bc4, bench/results/h100/moe.json).
+// Measured on the H100 (bench/bench_moe.py, numbers in bench/results/h100/moe.json):
+//   see the report in that file's "minillm" entries; the layer's GEMM share is the layer time minus
+//   the routing share printed by the benchmark.
 #include <cudaTypedefs.h>
-
-#include <algorithm>
-#include <cstdlib>
-#include <string>
 
 #include "cuda/moe/moe_grouped_gemm.cuh"
 
@@ -49,46 +41,8 @@ CUtensorMap make_map(DType dtype, const void* ptr, int64_t inner, int64_t outer,
 
 }  // namespace
 
-void launch_grouped_gemm_none(DType dtype, const GemmParams& p, int grid, int cluster, cudaStream_t stream) {
-  launch_grouped_gemm_impl<Epilogue::none>(dtype, p, grid, cluster, stream);
-}
-
-int grouped_gemm_grid(int cluster) {
-  int device = 0, sms = 0;
-  MINILLM_CUDA_CHECK(cudaGetDevice(&device));
-  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  if (cluster == 1) return sms;
-  // Clusters need their CTAs in one GPC: ask how many fit, so that the persistent grid is one wave.
-  static int cached[64] = {};
-  if (device < 64 && cached[device] > 0) return cached[device];
-  auto kernel = grouped_gemm_kernel<__nv_bfloat16, Epilogue::none, 2>;
-  MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, GemmTraits::kSmemBytes));
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(static_cast<unsigned>(sms));
-  cfg.blockDim = dim3(GemmTraits::kThreads);
-  cfg.dynamicSmemBytes = GemmTraits::kSmemBytes;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = 2;
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  int clusters = 0;
-  MINILLM_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
-  const int grid = std::max(2, std::min(sms / 2, clusters) * 2);
-  if (device < 64) cached[device] = grid;
-  return grid;
-}
-
-// 1 CTA per tile (the measured path) unless MINILLM_MOE_CLUSTER=2 (B multicast in CTA pairs; not yet
-// validated on a GPU).
-static int cluster_size() {
-  static const int c = [] {
-    const char* v = std::getenv("MINILLM_MOE_CLUSTER");
-    return v && std::string(v) == "2" ? 2 : 1;
-  }();
-  return c;
+void launch_grouped_gemm_none(DType dtype, const GemmParams& p, int grid, cudaStream_t stream) {
+  launch_grouped_gemm_impl<Epilogue::none>(dtype, p, grid, stream);
 }
 
 void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
@@ -114,13 +68,15 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   p.b_block_rows = out_cols;
   p.b1_row_offset = swiglu ? 0 : 128;
 
-  const int cluster = cluster_size();
-  const int64_t max_units = (g.max_mblocks + cluster - 1) / cluster * p.n_blocks;  // tiles per CTA pair
-  const int grid = static_cast<int>(std::min<int64_t>(grouped_gemm_grid(cluster), max_units * cluster));
+  int device = 0, sms = 0;
+  MINILLM_CUDA_CHECK(cudaGetDevice(&device));
+  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t max_tiles = g.max_mblocks * p.n_blocks;
+  const int grid = static_cast<int>(std::min<int64_t>(sms, max_tiles));
   switch (g.epilogue) {
-    case Epilogue::swiglu: launch_grouped_gemm_swiglu(g.dtype, p, grid, cluster, stream); break;
-    case Epilogue::gelu: launch_grouped_gemm_gelu(g.dtype, p, grid, cluster, stream); break;
-    case Epilogue::none: launch_grouped_gemm_none(g.dtype, p, grid, cluster, stream); break;
+    case Epilogue::swiglu: launch_grouped_gemm_swiglu(g.dtype, p, grid, stream); break;
+    case Epilogue::gelu: launch_grouped_gemm_gelu(g.dtype, p, grid, stream); break;
+    case Epilogue::none: launch_grouped_gemm_none(g.dtype, p, grid, stream); break;
   }
 }
 

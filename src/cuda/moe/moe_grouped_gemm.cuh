@@ -96,32 +96,6 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
       : "memory");
 }
-// The same box written to the shared memory of every CTA in cta_mask (same offsets), signalling each
-// destination CTA's barrier at the same offset.
-__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1,
-                                                      uint16_t cta_mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-      " [%0], [%1, {%3, %4}], [%2], %5;" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "h"(cta_mask)
-      : "memory");
-}
-// Arrive on the barrier at the same shared offset in CTA `cta` of the cluster.
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
-  asm volatile(
-      "{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}" ::"r"(bar),
-      "r"(cta)
-      : "memory");
-}
-__device__ __forceinline__ uint32_t cluster_ctarank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
 __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
   asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
                    reinterpret_cast<uint64_t>(map)),
@@ -221,26 +195,18 @@ __device__ __forceinline__ void wgmma_m64n256k16<__half>(float (&d)[128], uint64
 
 }  // namespace ptx
 
-// Tile t -> (m-unit, n-block): groups of `group` m-units, m fastest within a group. An m-unit is one
-// 128-row block, or with clusters of 2 the pair of blocks (2u, 2u + 1) that the two CTAs share B for.
-__device__ __forceinline__ void tile_coords(int tile, int m_units, int n_blocks, int group, int& mu, int& nb) {
-  const int group_size = group * n_blocks;
-  const int g = tile / group_size;
-  const int r = tile - g * group_size;
-  const int first = g * group;
-  const int rows = min(group, m_units - first);
-  mu = first + r % rows;
+// Tile t -> (m-block, n-block): groups of kGroupM m-blocks, m fastest within a group.
+__device__ __forceinline__ void tile_coords(int tile, int num_mblocks, int n_blocks, int& mb, int& nb) {
+  const int group_size = GemmTraits::kGroupM * n_blocks;
+  const int group = tile / group_size;
+  const int r = tile - group * group_size;
+  const int first = group * GemmTraits::kGroupM;
+  const int rows = min(GemmTraits::kGroupM, num_mblocks - first);
+  mb = first + r % rows;
   nb = r / rows;
 }
 
-// kCluster = 1: the path that was measured (see moe_grouped_gemm.cu). kCluster = 2 (opt-in with
-// MINILLM_MOE_CLUSTER=2; NOT YET RUN ON A GPU): CTA pairs (a cluster) take the m-blocks 2u and 2u + 1
-// of the same n-block; when both belong to one expert, each CTA loads one of the two 128-row B boxes
-// and multicasts it to both, halving the B traffic from L2. The stages of both CTAs are then written
-// by both producers, so each consumer warp releases a stage in both CTAs (empty barriers count 2 x 8
-// arrivals), and the producer stays until all its stages are released (no remote arrive may reach an
-// exited CTA).
-template <typename T, Epilogue kEpi, int kCluster>
+template <typename T, Epilogue kEpi>
 __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(const __grid_constant__ GemmParams p) {
   using Tr = GemmTraits;
   extern __shared__ uint8_t smem_raw[];
@@ -252,25 +218,17 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
 
   const int wg = threadIdx.x / 128;
   const int tid = threadIdx.x % 128;
-  const uint32_t rank = kCluster == 2 ? ptx::cluster_ctarank() : 0u;  // CTA rank in the cluster
-  const int cluster = blockIdx.x / kCluster, clusters = gridDim.x / kCluster;
   if (threadIdx.x == 0) {
     for (int s = 0; s < Tr::kStages; ++s) {
       ptx::mbar_init(full(s), 1);
-      ptx::mbar_init(empty(s), kCluster * Tr::kConsumers * 4);  // lane 0 of every consumer warp of the cluster
+      ptx::mbar_init(empty(s), Tr::kConsumers * 4);  // lane 0 of every consumer warp
     }
     ptx::fence_barrier_init();
   }
-  if constexpr (kCluster == 2) {
-    ptx::cluster_sync();  // the peer's barriers are initialised before any multicast or remote arrive
-  } else {
-    __syncthreads();
-  }
+  __syncthreads();
 
   const int num_mblocks = *p.num_mblocks;
-  const int m_units = (num_mblocks + kCluster - 1) / kCluster;
-  const int total_tiles = m_units * p.n_blocks;
-  constexpr int kGroup = Tr::kGroupM / kCluster;
+  const int total_tiles = num_mblocks * p.n_blocks;
 
   if (wg == 0) {  // ---- producer ----
     ptx::setmaxnreg_dec<40>();
@@ -280,17 +238,10 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
     ptx::prefetch_map(&p.b1);
     int stage = 0;
     uint32_t phase = 0;
-    for (int tile = cluster; tile < total_tiles; tile += clusters) {
-      int mu, nb;
-      tile_coords(tile, m_units, p.n_blocks, kGroup, mu, nb);
-      const int mb = mu * kCluster + static_cast<int>(rank);
-      // A phantom block past the end (odd count) computes the partner's expert; its rows are never read.
-      const int e = p.mblock_expert[min(mb, num_mblocks - 1)];
-      bool multicast = false;
-      if constexpr (kCluster == 2) {
-        const int e_peer = p.mblock_expert[min(mb ^ 1, num_mblocks - 1)];
-        multicast = e == e_peer;
-      }
+    for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
+      int mb, nb;
+      tile_coords(tile, num_mblocks, p.n_blocks, mb, nb);
+      const int e = p.mblock_expert[mb];
       const int brow0 = e * p.b_rows_per_expert + nb * p.b_block_rows;
       const int brow1 = brow0 + p.b1_row_offset;
       for (int k = 0; k < p.k_iters; ++k) {
@@ -299,27 +250,8 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
         const uint32_t sa = s_base + stage * Tr::kStageBytes;
         const uint32_t sb = sa + Tr::kATileBytes;
         ptx::tma_load_2d(sa, &p.a, full(stage), k * Tr::kBK, mb * Tr::kBM);
-        if (multicast) {
-          if (rank == 0) {
-            ptx::tma_load_2d_multicast(sb, &p.b0, full(stage), k * Tr::kBK, brow0, 0x3);
-          } else {
-            ptx::tma_load_2d_multicast(sb + Tr::kBBoxBytes, &p.b1, full(stage), k * Tr::kBK, brow1, 0x3);
-          }
-        } else {
-          ptx::tma_load_2d(sb, &p.b0, full(stage), k * Tr::kBK, brow0);
-          ptx::tma_load_2d(sb + Tr::kBBoxBytes, &p.b1, full(stage), k * Tr::kBK, brow1);
-        }
-        if (++stage == Tr::kStages) {
-          stage = 0;
-          phase ^= 1u;
-        }
-      }
-    }
-    if constexpr (kCluster == 2) {
-      // Stay until every stage is released by the consumers of both CTAs: their remote arrivals
-      // must not reach an exited CTA.
-      for (int i = 0; i < Tr::kStages; ++i) {
-        ptx::mbar_wait(empty(stage), phase ^ 1u);
+        ptx::tma_load_2d(sb, &p.b0, full(stage), k * Tr::kBK, brow0);
+        ptx::tma_load_2d(sb + Tr::kBBoxBytes, &p.b1, full(stage), k * Tr::kBK, brow1);
         if (++stage == Tr::kStages) {
           stage = 0;
           phase ^= 1u;
@@ -342,16 +274,9 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
   float acc[128];
   int stage = 0;
   uint32_t phase = 0;
-  auto release = [&](int s) {
-    if (lane == 0) {
-      ptx::mbar_arrive(empty(s));
-      if constexpr (kCluster == 2) ptx::mbar_arrive_cluster(empty(s), rank ^ 1u);
-    }
-  };
-  for (int tile = cluster; tile < total_tiles; tile += clusters) {
-    int mu, nb;
-    tile_coords(tile, m_units, p.n_blocks, kGroup, mu, nb);
-    const int mb = mu * kCluster + static_cast<int>(rank);
+  for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
+    int mb, nb;
+    tile_coords(tile, num_mblocks, p.n_blocks, mb, nb);
     int prev = 0;
     for (int k = 0; k < p.k_iters; ++k) {
       ptx::mbar_wait(full(stage), phase);
@@ -364,8 +289,8 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
                                  (k > 0 || kk > 0) ? 1 : 0);
       ptx::wgmma_commit();
       if (k > 0) {
-        ptx::wgmma_wait<1>();  // the previous stage's MMAs are done: hand it back to the producer(s)
-        release(prev);
+        ptx::wgmma_wait<1>();  // the previous stage's MMAs are done: hand it back to the producer
+        if (lane == 0) ptx::mbar_arrive(empty(prev));
       }
       prev = stage;
       if (++stage == Tr::kStages) {
@@ -374,7 +299,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
       }
     }
     ptx::wgmma_wait<0>();
-    release(prev);
+    if (lane == 0) ptx::mbar_arrive(empty(prev));
     ptx::fence_operands(acc);
 
     // Epilogue: 64-column chunks through the two shared buffers of this warpgroup.
@@ -413,48 +338,18 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
 }
 
 // Launchers of the three instantiations, one per .cu file so that they compile in parallel:
-// moe_grouped_gemm_swiglu.cu, moe_grouped_gemm_gelu.cu, moe_grouped_gemm.cu (none). `cluster`: 1 or 2.
-void launch_grouped_gemm_swiglu(DType dtype, const GemmParams& p, int grid, int cluster, cudaStream_t stream);
-void launch_grouped_gemm_gelu(DType dtype, const GemmParams& p, int grid, int cluster, cudaStream_t stream);
-void launch_grouped_gemm_none(DType dtype, const GemmParams& p, int grid, int cluster, cudaStream_t stream);
+// moe_grouped_gemm_swiglu.cu, moe_grouped_gemm_gelu.cu, moe_grouped_gemm.cu (none).
+void launch_grouped_gemm_swiglu(DType dtype, const GemmParams& p, int grid, cudaStream_t stream);
+void launch_grouped_gemm_gelu(DType dtype, const GemmParams& p, int grid, cudaStream_t stream);
+void launch_grouped_gemm_none(DType dtype, const GemmParams& p, int grid, cudaStream_t stream);
 
-template <typename T, Epilogue kEpi, int kCluster>
-void launch_grouped_gemm_typed(const GemmParams& p, int grid, cudaStream_t stream) {
-  auto kernel = grouped_gemm_kernel<T, kEpi, kCluster>;
-  MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, GemmTraits::kSmemBytes));
-  if constexpr (kCluster == 1) {
-    kernel<<<grid, GemmTraits::kThreads, GemmTraits::kSmemBytes, stream>>>(p);
-    MINILLM_CUDA_CHECK_LAUNCH();
-  } else {
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(static_cast<unsigned>(grid));
-    cfg.blockDim = dim3(GemmTraits::kThreads);
-    cfg.dynamicSmemBytes = GemmTraits::kSmemBytes;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = kCluster;
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    MINILLM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));
-  }
-}
-
-// The body of those launchers: grouped_gemm_kernel<T, kEpi, cluster> on `grid` persistent CTAs.
+// The body of those launchers: grouped_gemm_kernel<T, kEpi> on `grid` persistent CTAs.
 template <Epilogue kEpi>
-void launch_grouped_gemm_impl(DType dtype, const GemmParams& p, int grid, int cluster, cudaStream_t stream) {
-  if (dtype == DType::bf16) {
-    cluster == 2 ? launch_grouped_gemm_typed<__nv_bfloat16, kEpi, 2>(p, grid, stream)
-                 : launch_grouped_gemm_typed<__nv_bfloat16, kEpi, 1>(p, grid, stream);
-  } else {
-    cluster == 2 ? launch_grouped_gemm_typed<__half, kEpi, 2>(p, grid, stream)
-                 : launch_grouped_gemm_typed<__half, kEpi, 1>(p, grid, stream);
-  }
+void launch_grouped_gemm_impl(DType dtype, const GemmParams& p, int grid, cudaStream_t stream) {
+  auto kernel = dtype == DType::bf16 ? grouped_gemm_kernel<__nv_bfloat16, kEpi> : grouped_gemm_kernel<__half, kEpi>;
+  MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, GemmTraits::kSmemBytes));
+  kernel<<<grid, GemmTraits::kThreads, GemmTraits::kSmemBytes, stream>>>(p);
+  MINILLM_CUDA_CHECK_LAUNCH();
 }
-
-// CTAs of a persistent launch that fit at once: one per SM, or 2 x the co-resident clusters of 2.
-int grouped_gemm_grid(int cluster);
 
 }  // namespace minillm::cuda::moe

@@ -4,8 +4,8 @@
 
 namespace minillm::cuda::moe {
 
-void launch_grouped_gemm_gelu(DType dtype, const GemmParams& p, int grid, int cluster, cudaStream_t stream) {
-  launch_grouped_gemm_impl<Epilogue::gelu>(dtype, p, grid, cluster, stream);
+void launch_grouped_gemm_gelu(DType dtype, const GemmParams& p, int grid, cudaStream_t stream) {
+  launch_grouped_gemm_impl<Epilogue::gelu>(dtype, p, grid, stream);
 }
 
 }  // namespace minillm::cuda::moe

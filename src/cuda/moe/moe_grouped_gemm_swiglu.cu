@@ -4,8 +4,8 @@
 
 namespace minillm::cuda::moe {
 
-void launch_grouped_gemm_swiglu(DType dtype, const GemmParams& p, int grid, int cluster, cudaStream_t stream) {
-  launch_grouped_gemm_impl<Epilogue::swiglu>(dtype, p, grid, cluster, stream);
+void launch_grouped_gemm_swiglu(DType dtype, const GemmParams& p, int grid, cudaStream_t stream) {
+  launch_grouped_gemm_impl<Epilogue::swiglu>(dtype, p, grid, stream);
 }
 
 }  // namespace minillm::cuda::moe
