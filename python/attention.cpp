@@ -47,7 +47,7 @@ template <typename... Args>
 [[noreturn]] void value_error(const Args&... args) {
   std::string msg;
   (append(msg, args), ...);
-  throw nb::value_error(msg.c_str());
+  throw ::minillm::Error(msg);  // ValueError through the module's translator (python/engine.cpp)
 }
 
 bool is_torch_tensor(nb::handle h) {

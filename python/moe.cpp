@@ -43,7 +43,7 @@ template <typename... Args>
 [[noreturn]] void value_error(Args&&... args) {
   std::ostringstream os;
   (os << ... << args);
-  throw nb::value_error(os.str().c_str());
+  throw ::minillm::Error(os.str());  // ValueError through the module's translator (python/engine.cpp)
 }
 
 bool is_torch_tensor(nb::handle h) {
@@ -273,11 +273,7 @@ class PyMoELayer {
     } else {
       value_error("dtype = '", dtype, "' must be 'bf16' or 'fp16'");
     }
-    try {
-      cfg_.validate();
-    } catch (const Error& e) {
-      throw nb::value_error(e.what());
-    }
+    cfg_.validate();
   }
 
   void set_weights(nb::handle router, nb::handle w_gate, nb::handle w_up, nb::handle w_down) {
@@ -358,7 +354,7 @@ class PyMoELayer {
 
  private:
   void check_ready() const {
-    if (!layer_) throw nb::value_error("MoELayer: call set_weights(router, w_gate, w_up, w_down) first");
+    if (!layer_) throw ::minillm::Error("MoELayer: call set_weights(router, w_gate, w_up, w_down) first");
   }
   void check_tokens(int64_t T) const {
     if (T * cfg_.top_k >= (int64_t{1} << 30)) value_error("x has ", T, " tokens: tokens * top_k must be < 2^30");
