@@ -41,9 +41,9 @@ namespace {
 
 template <typename... Args>
 [[noreturn]] void value_error(Args&&... args) {
-  std::ostringstream os;
-  (os << ... << args);
-  throw ::minillm::Error(os.str());  // ValueError through the module's translator (python/engine.cpp)
+  ::minillm::detail::Message m;  // no iostreams: see core/check.h
+  (m << ... << args);
+  throw ::minillm::Error(m.str());  // ValueError through the module's translator (python/engine.cpp)
 }
 
 bool is_torch_tensor(nb::handle h) {
@@ -83,7 +83,7 @@ struct TensorArg {
 };
 
 std::string shape_str(const std::vector<int64_t>& shape) {
-  std::ostringstream os;
+  ::minillm::detail::Message os;  // no iostreams: see core/check.h
   os << "(";
   for (size_t i = 0; i < shape.size(); ++i) {
     os << (i ? ", " : "");

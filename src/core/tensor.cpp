@@ -41,11 +41,11 @@ bool Tensor::is_contiguous() const {
 }
 
 std::string Tensor::shape_str() const {
-  std::ostringstream os;
-  os << "[";
-  for (int i = 0; i < ndim; ++i) os << (i ? ", " : "") << shape[i];
-  os << "]";
-  return os.str();
+  detail::Message m;  // no iostreams: see check.h
+  m << "[";
+  for (int i = 0; i < ndim; ++i) m << (i ? ", " : "") << shape[i];
+  m << "]";
+  return m.str();
 }
 
 Tensor Tensor::view(std::initializer_list<int64_t> new_shape) const {
@@ -70,10 +70,10 @@ Buffer::Buffer(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   if (device == Device::cpu) {
     // Large buffers: 2 MiB aligned and backed by transparent huge pages (far fewer page faults
     // when multi-GB weights are first written).
-    const size_t align = bytes >= (8u << 20) ? (2u << 20) : 64;
+    const size_t align = bytes >= (8u << 20) ? (2u << 20) : 256;  // 256: as cudaMalloc, and as Workspace aligns
     data_ = std::aligned_alloc(align, (bytes + align - 1) / align * align);
     if (!data_) MINILLM_FAIL("out of host memory allocating " << bytes << " bytes");
-    if (align > 64) ::madvise(data_, (bytes + align - 1) / align * align, MADV_HUGEPAGE);
+    if (align > 256) ::madvise(data_, (bytes + align - 1) / align * align, MADV_HUGEPAGE);
   } else {
 #ifdef MINILLM_WITH_CUDA
     cudaError_t err = cudaMalloc(&data_, bytes);

@@ -45,7 +45,7 @@ void check_keys(const json& obj, const std::string& path, std::initializer_list<
   std::set<std::string> ok(allowed.begin(), allowed.end());
   for (auto it = obj.begin(); it != obj.end(); ++it) {
     if (!ok.count(it.key())) {
-      std::ostringstream os;
+      detail::Message os;
       for (const char* a : allowed) os << " " << a;
       MINILLM_FAIL("config: unknown key '" << path << it.key() << "' (allowed:" << os.str() << ")");
     }
@@ -56,7 +56,7 @@ E read_enum(const json& obj, const char* key, const std::string& path,
             std::initializer_list<std::pair<const char*, E>> options, E fallback) {
   if (!obj.contains(key)) return fallback;
   const std::string s = read_string(obj, key, path);
-  std::ostringstream names;
+  detail::Message names;
   for (auto& [n, e] : options) {
     if (s == n) return e;
     names << " " << n;

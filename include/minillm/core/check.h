@@ -1,9 +1,11 @@
 // Errors: one exception type, and CHECK macros that name the failing expression, file and line.
 // User input is validated once at the public boundary with messages that name the field and value.
 #pragma once
-#include <sstream>
+#include <charconv>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <type_traits>
 
 namespace minillm {
 
@@ -13,11 +15,41 @@ class Error : public std::runtime_error {
 };
 
 namespace detail {
+
+// Builds error messages without iostreams: numbers go through std::to_chars, which involves no
+// locale. In a process that holds a second copy of libstdc++'s locale machinery (a Python process
+// with torch loaded), formatting a number through std::ostream crashed inside our module.
+class Message {
+ public:
+  Message& operator<<(const std::string& s) { s_ += s; return *this; }
+  Message& operator<<(std::string_view s) { s_ += s; return *this; }
+  Message& operator<<(const char* s) { s_ += s ? s : "(null)"; return *this; }
+  Message& operator<<(char c) { s_ += c; return *this; }
+  Message& operator<<(bool b) { s_ += b ? "true" : "false"; return *this; }
+  template <typename T>
+    requires std::is_arithmetic_v<T>
+  Message& operator<<(T v) {
+    char buf[64];
+    const auto r = std::to_chars(buf, buf + sizeof buf, v);
+    s_.append(buf, r.ptr);
+    return *this;
+  }
+  template <typename T>
+    requires std::is_enum_v<T>
+  Message& operator<<(T v) {  // enums (status codes) print as their value
+    return *this << static_cast<std::underlying_type_t<T>>(v);
+  }
+  const std::string& str() const { return s_; }
+
+ private:
+  std::string s_;
+};
+
 [[noreturn]] inline void fail(const char* file, int line, const char* expr, const std::string& msg) {
-  std::ostringstream os;
-  os << msg;
-  if (expr) os << " [check '" << expr << "' failed at " << file << ":" << line << "]";
-  throw Error(os.str());
+  Message m;
+  m << msg;
+  if (expr) m << " [check '" << expr << "' failed at " << file << ":" << line << "]";
+  throw Error(m.str());
 }
 }  // namespace detail
 }  // namespace minillm
@@ -26,7 +58,7 @@ namespace detail {
 #define MINILLM_CHECK(cond, msg)                                          \
   do {                                                                    \
     if (!(cond)) {                                                        \
-      std::ostringstream minillm_os_;                                     \
+      ::minillm::detail::Message minillm_os_;                             \
       minillm_os_ << msg;                                                 \
       ::minillm::detail::fail(__FILE__, __LINE__, #cond, minillm_os_.str()); \
     }                                                                     \
@@ -35,7 +67,7 @@ namespace detail {
 // MINILLM_FAIL(msg) throws minillm::Error with the message alone (for user-facing input errors).
 #define MINILLM_FAIL(msg)                 \
   do {                                    \
-    std::ostringstream minillm_os_;       \
+    ::minillm::detail::Message minillm_os_; \
     minillm_os_ << msg;                   \
     throw ::minillm::Error(minillm_os_.str()); \
   } while (0)

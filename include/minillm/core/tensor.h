@@ -46,7 +46,7 @@ struct Tensor {
 // Throws a message naming `what` when the tensor's dtype or shape differ from the expectation.
 void check_tensor(const Tensor& t, const char* what, DType dtype, std::initializer_list<int64_t> shape);
 
-// Owning memory: host (64-byte aligned) or CUDA device. Move-only.
+// Owning memory: host (256-byte aligned; 2 MiB and huge pages from 8 MiB) or CUDA device. Move-only.
 class Buffer {
  public:
   Buffer() = default;
