@@ -11,9 +11,23 @@
 // Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3, commit bcd7bc4, bench/results/h100/moe.json).
 #include <cudaTypedefs.h>
 
+#include <cstdlib>
+
 #include "cuda/moe/moe_grouped_gemm.cuh"
 
 namespace minillm::cuda::moe {
+
+// m-blocks per raster group of the tile order. MINILLM_MOE_GROUP_M (1..1024) overrides the default,
+// read once, for tuning measurements.
+static int raster_group_m() {
+  static const int g = [] {
+    const char* s = std::getenv("MINILLM_MOE_GROUP_M");
+    const int v = s ? std::atoi(s) : 0;
+    return v >= 1 && v <= 1024 ? v : GemmTraits::kGroupM;
+  }();
+  return g;
+}
+
 namespace {
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -72,6 +86,7 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   p.b_rows_per_expert = static_cast<int>(g.N);
   p.b_block_rows = out_cols;
   p.b1_row_offset = swiglu ? 0 : 128;
+  p.group_m = raster_group_m();
 
   int device = 0, sms = 0;
   MINILLM_CUDA_CHECK(cudaGetDevice(&device));

@@ -46,7 +46,7 @@ struct GemmTraits {
   static constexpr int kEpiCols = 64;                        // columns per TMA store
   static constexpr int kEpiBufBytes = 64 * kEpiCols * 2;     // 64 rows x 64 cols
   static constexpr int kSmemBytes = kStages * kStageBytes + kConsumers * 2 * kEpiBufBytes + 2 * kStages * 8 + 1024;
-  static constexpr int kGroupM = 16;  // m-blocks per raster group
+  static constexpr int kGroupM = 16;  // m-blocks per raster group (default of GemmParams::group_m)
   static_assert(kBM == kGemmBlockM, "the tile height must be the permutation's row alignment");
 };
 
@@ -62,6 +62,7 @@ struct GemmParams {
   int b_rows_per_expert = 0;  // N
   int b_block_rows = 0;       // W rows per n-block: 128 (swiglu) or 256
   int b1_row_offset = 0;      // 0 (swiglu: b1 is the up matrix) or 128
+  int group_m = 16;           // m-blocks per raster group (tile order, see tile_coords)
 };
 
 namespace ptx {
@@ -195,13 +196,13 @@ __device__ __forceinline__ void wgmma_m64n256k16<__half>(float (&d)[128], uint64
 
 }  // namespace ptx
 
-// Tile t -> (m-block, n-block): groups of kGroupM m-blocks, m fastest within a group.
-__device__ __forceinline__ void tile_coords(int tile, int num_mblocks, int n_blocks, int& mb, int& nb) {
-  const int group_size = GemmTraits::kGroupM * n_blocks;
+// Tile t -> (m-block, n-block): groups of group_m m-blocks, m fastest within a group.
+__device__ __forceinline__ void tile_coords(int tile, int num_mblocks, int n_blocks, int group_m, int& mb, int& nb) {
+  const int group_size = group_m * n_blocks;
   const int group = tile / group_size;
   const int r = tile - group * group_size;
-  const int first = group * GemmTraits::kGroupM;
-  const int rows = min(GemmTraits::kGroupM, num_mblocks - first);
+  const int first = group * group_m;
+  const int rows = min(group_m, num_mblocks - first);
   mb = first + r % rows;
   nb = r / rows;
 }
@@ -240,7 +241,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
     uint32_t phase = 0;
     for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
       int mb, nb;
-      tile_coords(tile, num_mblocks, p.n_blocks, mb, nb);
+      tile_coords(tile, num_mblocks, p.n_blocks, p.group_m, mb, nb);
       const int e = p.mblock_expert[mb];
       const int brow0 = e * p.b_rows_per_expert + nb * p.b_block_rows;
       const int brow1 = brow0 + p.b1_row_offset;
@@ -276,7 +277,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
   uint32_t phase = 0;
   for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
     int mb, nb;
-    tile_coords(tile, num_mblocks, p.n_blocks, mb, nb);
+    tile_coords(tile, num_mblocks, p.n_blocks, p.group_m, mb, nb);
     int prev = 0;
     for (int k = 0; k < p.k_iters; ++k) {
       ptx::mbar_wait(full(stage), phase);
