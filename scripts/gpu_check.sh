@@ -3,7 +3,9 @@
 # pytest (incl. the comparisons against torch), compute-sanitizer on small shapes, the main job,
 # and the benchmarks. Logs and result JSON go to $OUT (when set, else gpu_out/); a summary table
 # is printed last. The GPU machine has no network: carry .deps (scripts/setup.sh fills it here).
-#   STEPS="build cpu gpu pytest sanitize main bench" (default; also: clibench ncu)   BENCH_ARGS="--quick"
+#   STEPS="build cpu gpu pytest sanitize main bench" (default; also: clibench ncu)
+#   The seed's full benchmark grids: STEPS=bench BENCH_ARGS_moe=--full scripts/gpu_check.sh
+#   (BENCH_ARGS goes to every bench script, BENCH_ARGS_<name> to bench/bench_<name>.py alone)   BENCH_ARGS="--quick"
 #   BENCHES="engine moe" runs only bench/bench_{engine,moe}.py (default: every bench/bench_*.py).
 #   Opt-in step "clibench": `minillm bench` on CLIBENCH_ARGS (default: medium, batch 8 x seq 2048).
 #   Prebuilt binaries: leave "build" out of STEPS and point BUILD_DIR at them. GTEST_FILTER and
@@ -62,7 +64,9 @@ for b in bench/bench_*.py; do
   [[ -f "$b" ]] || continue
   n=$(basename "$b" .py)
   [[ -z "$BENCHES" || " $BENCHES " == *" ${n#bench_} "* ]] || continue
-  step "bench:${n#bench_}" "$n.log" env PYTHONPATH=python "$PY" "$b" $BENCH_ARGS
+  extra_var="BENCH_ARGS_${n#bench_}"  # per-bench arguments, e.g. BENCH_ARGS_moe=--full
+  # shellcheck disable=SC2086
+  step "bench:${n#bench_}" "$n.log" env PYTHONPATH=python "$PY" "$b" $BENCH_ARGS ${!extra_var:-}
 done
 
 echo
