@@ -1,20 +1,15 @@
-// Device helpers shared by the engine's glue kernels: 16-bit element <-> fp32 conversion, and a
-// block-wide fp32 sum.
+// Device helpers shared by the engine's glue kernels: a block-wide fp32 sum (and the 16-bit <-> fp32
+// conversions of cuda/common.cuh).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "cuda/common.cuh"
+
 namespace minillm::cuda::engine {
 
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+using minillm::cuda::from_f32;
+using minillm::cuda::to_f32;
 
 // Sum of v over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
 // `red` is 32 floats of shared memory; the call ends with a barrier, so it can be reused at once.

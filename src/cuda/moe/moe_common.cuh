@@ -5,21 +5,12 @@
 
 #include <cstdint>
 
+#include "cuda/common.cuh"
+
 namespace minillm::cuda::moe {
 
-template <typename T>
-__device__ __forceinline__ float to_f32(T v);
-template <>
-__device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <>
-__device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+using minillm::cuda::from_f32;
+using minillm::cuda::to_f32;
 
 // Two fp32 -> one 32-bit word of two 16-bit floats (lo = a).
 template <typename T>
