@@ -35,25 +35,28 @@ def ok(rows):
     return [r for r in rows if "ms" in r and "skipped" not in r]
 
 
+def median_lines(ax, rows, xkey):
+    """One line per implementation: the median TFLOP/s of `rows` at each value of case[xkey]."""
+    for impl in sorted({k for r in rows for k in r["tflops"]}):
+        by_x = collections.defaultdict(list)
+        for r in rows:
+            if impl in r["tflops"]:
+                by_x[r["case"][xkey]].append(r["tflops"][impl])
+        xs = sorted(by_x)
+        ax.plot(xs, [statistics.median(by_x[x]) for x in xs], "o-", label=impl, color=COLORS.get(impl))
+    ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+
+
 def plot_attention(doc, out):
     rows = ok(doc["results"])
     panels = sorted({(r["case"]["head_dim"], r["case"]["causal"]) for r in rows})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (d, causal) in zip(axes[0], panels):
-        sel = [r for r in rows if r["case"]["head_dim"] == d and r["case"]["causal"] == causal]
-        impls = sorted({k for r in sel for k in r["tflops"]})
-        for impl in impls:
-            by_n = collections.defaultdict(list)
-            for r in sel:
-                if impl in r["tflops"]:
-                    by_n[r["case"]["seqlen"]].append(r["tflops"][impl])
-            ns = sorted(by_n)
-            ax.plot(ns, [statistics.median(by_n[n]) for n in ns], "o-", label=impl, color=COLORS.get(impl))
-        ax.set_xscale("log", base=2)
+        median_lines(ax, [r for r in rows if r["case"]["head_dim"] == d and r["case"]["causal"] == causal], "seqlen")
         ax.set_title(f"head_dim {d}, {'causal' if causal else 'full'}")
         ax.set_xlabel("sequence length")
         ax.set_ylabel("TFLOP/s (median over batch x heads)")
-        ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"Attention forward, bf16 — {doc.get('device', '')}")
     fig.tight_layout()
@@ -68,19 +71,10 @@ def plot_moe(doc, out):
         return
     fig, axes = plt.subplots(1, len(hiddens), figsize=(4.2 * len(hiddens), 3.6), squeeze=False)
     for ax, h in zip(axes[0], hiddens):
-        sel = [r for r in rows if r["case"]["hidden"] == h]
-        for impl in sorted({k for r in sel for k in r["tflops"]}):
-            by_t = collections.defaultdict(list)
-            for r in sel:
-                if impl in r["tflops"]:
-                    by_t[r["case"]["tokens"]].append(r["tflops"][impl])
-            ts = sorted(by_t)
-            ax.plot(ts, [statistics.median(by_t[t]) for t in ts], "o-", label=impl, color=COLORS.get(impl))
-        ax.set_xscale("log", base=2)
+        median_lines(ax, [r for r in rows if r["case"]["hidden"] == h], "tokens")
         ax.set_title(f"hidden {h} (median over experts x top-k)")
         ax.set_xlabel("tokens")
         ax.set_ylabel("TFLOP/s")
-        ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"MoE layer, bf16 SwiGLU — {doc.get('device', '')}")
     fig.tight_layout()
