@@ -16,12 +16,9 @@ Writes bench/results/<gpu>/attention.json, or $OUT/attention.json when OUT is se
 """
 import argparse
 import contextlib
-import datetime
-import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 
 import torch
@@ -29,6 +26,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import minillm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 
 L2_BYTES = 50 * 2**20
 
@@ -99,39 +99,17 @@ def peak_extra_mb(fn, ctx):
     return peak / 2**20
 
 
-def device_tag(name):
-    for tag in ("H200", "H100", "A100", "B200"):
-        if tag in name:
-            return tag.lower()
-    return "gpu"
-
-
-def git_commit():
-    """The commit measured: git's HEAD, else $MINILLM_COMMIT (a copy of the tree without .git)."""
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return os.environ.get("MINILLM_COMMIT", "unknown")
-
-
 def main():
     args = parse_args()
     dev = torch.cuda.get_device_name()
     torch.manual_seed(0)
     results, skipped = [], []
-    path = args.out
-    if path is None:
-        out_dir = os.environ.get("OUT") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                       device_tag(dev))
-        os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, "attention.json" if not args.quick else "attention_quick.json")
+    path = common.result_path(args.out, "attention.json" if not args.quick else "attention_quick.json", dev)
+    meta = common.metadata("attention", dev)
 
     def dump():  # after every case, so that an interrupted run keeps what it measured
-        doc = dict(bench="attention", device=dev, commit=git_commit(), date=datetime.date.today().isoformat(),
-                   torch=torch.__version__, quick=args.quick, skipped=skipped, results=results)
-        with open(path, "w") as f:
-            json.dump(doc, f, indent=1)
+        common.write_json(path, dict(**meta, torch=torch.__version__, quick=args.quick, skipped=skipped,
+                                     results=results))
 
     hdr = (f"{'B':>3} {'H':>3} {'N':>5} {'D':>4} {'mask':>6} | {'minillm':>8} {'flash':>8} {'cudnn':>8} ms | "
            f"{'minillm':>7} {'flash':>7} {'cudnn':>7} TFLOP/s | {'vs flash':>8} {'vs cudnn':>8} | mem MB m/f/c")

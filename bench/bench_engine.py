@@ -23,12 +23,9 @@ Run: PYTHONPATH=python python3 bench/bench_engine.py [--quick] [--sweep-models s
 Writes $OUT/engine.json when $OUT is set, else bench/results/<gpu>/engine.json.
 """
 import argparse
-import datetime
-import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -37,22 +34,8 @@ import torch.nn.functional as Fn
 
 import minillm
 
-
-def gpu_dir(name):
-    n = name.lower()
-    for key in ("h100", "h200", "a100", "b200", "l40"):
-        if key in n:
-            return key
-    return n.replace(" ", "_")
-
-
-def commit():
-    if os.environ.get("MINILLM_COMMIT"):
-        return os.environ["MINILLM_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 
 
 def time_ms(fn, iters, warmup=2):
@@ -332,17 +315,10 @@ def main():
         except Exception as exc:
             print(f"  sweep {model}: FAILED {exc}", flush=True)
             results.append({"case": {"model": model, "sweep": True}, "error": str(exc)[:300]})
-    doc = {"bench": "engine", "device": dev, "commit": commit(), "date": datetime.date.today().isoformat(),
+    doc = {**common.metadata("engine", dev),
            "peaks": {"matmul_bf16_8192_tflops": peak_tf, "copy_1gib_gbps": peak_bw}, "results": results}
-    if args.out:
-        path = args.out
-    elif os.environ.get("OUT"):
-        path = os.path.join(os.environ["OUT"], "engine.json")
-    else:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", gpu_dir(dev), "engine.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
+    path = common.result_path(args.out, "engine.json", dev)
+    common.write_json(path, doc)
     print(f"wrote {path}")
 
 

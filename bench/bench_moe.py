@@ -19,11 +19,8 @@ Run: PYTHONPATH=python python3 bench/bench_moe.py [--quick|--full] [--out FILE]
 Writes $OUT/moe.json when $OUT is set, else bench/results/<gpu>/moe.json.
 """
 import argparse
-import datetime
-import json
 import os
 import statistics
-import subprocess
 import sys
 
 import torch
@@ -31,22 +28,8 @@ import torch.nn.functional as Fn
 
 import minillm
 
-
-def gpu_dir(name):
-    n = name.lower()
-    for key in ("h100", "h200", "a100", "b200", "l40"):
-        if key in n:
-            return key
-    return n.replace(" ", "_")
-
-
-def commit():
-    if os.environ.get("MINILLM_COMMIT"):
-        return os.environ["MINILLM_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 
 
 def time_ms(fn, reps=7, inner=None, target_ms=40.0):
@@ -280,17 +263,9 @@ def main():
               f"{(gm / ms['minillm']) if gm else float('nan'):6.2f} | "
               f"{'' if share is None else f'{100 * share:6.1f}%':>7} | {note}", flush=True)
 
-    doc = {"bench": "moe", "device": dev, "commit": commit(), "date": datetime.date.today().isoformat(),
-           "copy_gbps": round(copy_gbps, 1), "results": results}
-    if args.out:
-        path = args.out
-    elif os.environ.get("OUT"):
-        path = os.path.join(os.environ["OUT"], "moe.json")
-    else:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", gpu_dir(dev), "moe.json")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
+    doc = {**common.metadata("moe", dev), "copy_gbps": round(copy_gbps, 1), "results": results}
+    path = common.result_path(args.out, "moe.json", dev)
+    common.write_json(path, doc)
     print(f"wrote {path}")
 
 
