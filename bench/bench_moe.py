@@ -94,8 +94,8 @@ def routing_share(fn):
 
 
 def fits(T, H, E, k, F, free_bytes):
-    w = E * 3 * H * F * 2
-    w13 = E * 2 * F * H * 2  # torch_grouped_mm's fused gate|up copy
+    w = E * 3 * H * F * 2 * 1.07  # padded rows: at most 1/16 more (H, F >= 1024)
+    w13 = E * 3 * F * H * 2  # torch_grouped_mm's fused gate|up copy and contiguous down copy
     rows = T * k + E * 127
     ours = rows * (H + F) * 2 + 2 * T * H * 2
     peer = T * k * (H + 2 * F + F + H) * 2 + T * k * H * 4
@@ -121,6 +121,12 @@ def torch_grouped_moe(x, router, w13t, wdt, k, normalize, F):
     return (ys.view(T, k, H).float() * w[..., None]).sum(1).to(x.dtype)
 
 
+def expert_weights(E, rows, cols, std):
+    """[E, rows, cols] normal(0, std) bf16, a view of storage with MoELayer.weight_row_stride(cols) columns."""
+    ld = minillm.MoELayer.weight_row_stride(cols)
+    return torch.empty(E, rows, ld, device="cuda", dtype=torch.bfloat16)[..., :cols].normal_(0, std)
+
+
 def run_case(T, H, E, k, F, copy_gbps, normalize=True):
     case = {"tokens": T, "hidden": H, "experts": E, "top_k": k, "ffn": F, "activation": "swiglu",
             "normalize_topk": normalize, "dtype": "bf16"}
@@ -132,9 +138,11 @@ def run_case(T, H, E, k, F, copy_gbps, normalize=True):
     torch.manual_seed(0)
     dt = torch.bfloat16
     router = (torch.randn(E, H, device="cuda") * H**-0.5).to(dt)
-    w_gate = torch.empty(E, F, H, device="cuda", dtype=dt).normal_(0, H**-0.5)
-    w_up = torch.empty(E, F, H, device="cuda", dtype=dt).normal_(0, H**-0.5)
-    w_down = torch.empty(E, H, F, device="cuda", dtype=dt).normal_(0, F**-0.5)
+    # The expert matrices in the layer's load layout (rows padded to MoELayer.weight_row_stride); the
+    # torch peers get their own contiguous copies.
+    w_gate = expert_weights(E, F, H, H**-0.5)
+    w_up = expert_weights(E, F, H, H**-0.5)
+    w_down = expert_weights(E, H, F, F**-0.5)
     x = torch.randn(T, H, device="cuda", dtype=dt)
 
     moe = minillm.MoELayer(H, E, k, F, normalize_topk=normalize)
@@ -148,19 +156,20 @@ def run_case(T, H, E, k, F, copy_gbps, normalize=True):
     a = torch.randn(T * k, H, device="cuda", dtype=dt)
     h = torch.randn(T * k, F, device="cuda", dtype=dt)
     w13_0 = torch.cat([w_gate[0], w_up[0]], dim=0)  # [2F, H]
+    w_down_0 = w_down[0].contiguous()  # [H, F]
     o1 = torch.empty(T * k, 2 * F, device="cuda", dtype=dt)
     o2 = torch.empty(T * k, H, device="cuda", dtype=dt)
 
     def dense():
         torch.matmul(a, w13_0.T, out=o1)
-        torch.matmul(h, w_down[0].T, out=o2)
+        torch.matmul(h, w_down_0.T, out=o2)
 
     ms["cublas_dense"] = time_ms(dense)
-    del a, h, o1, o2, w13_0
+    del a, h, o1, o2, w13_0, w_down_0
 
     # torch._grouped_mm layer with gate|up fused (the weights concatenated once, outside the timing).
     w13t = torch.cat([w_gate, w_up], dim=1).transpose(1, 2)  # [E, H, 2F], column-major per expert
-    wdt = w_down.transpose(1, 2)  # [E, F, H]
+    wdt = w_down.contiguous().transpose(1, 2)  # [E, F, H]
     try:
         y_ref = torch_grouped_moe(x, router, w13t, wdt, k, normalize, F)
         ms["torch_grouped_mm"] = time_ms(lambda: torch_grouped_moe(x, router, w13t, wdt, k, normalize, F))
@@ -170,7 +179,7 @@ def run_case(T, H, E, k, F, copy_gbps, normalize=True):
         res["check_max_abs_torch"] = scale
     except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
         res["torch_grouped_mm_error"] = str(exc).splitlines()[0][:200]
-    del w13t
+    del w13t, wdt
 
     res["ms"] = {key: round(v, 4) for key, v in ms.items()}
     res["tflops"] = {key: round(flops / v / 1e9, 1) for key, v in ms.items()}

@@ -144,7 +144,11 @@ class PyEngine {
     nb::dict d;
     for (const auto& [name, t] : engine_->weights()) {
       size_t shape[4];
-      for (int i = 0; i < t.ndim; ++i) shape[i] = static_cast<size_t>(t.shape[i]);
+      int64_t strides[4];  // the expert matrices may have padded rows
+      for (int i = 0; i < t.ndim; ++i) {
+        shape[i] = static_cast<size_t>(t.shape[i]);
+        strides[i] = t.stride[i];
+      }
       nb::dlpack::dtype dt = nb::dtype<float>();
       if (t.dtype == DType::bf16) dt = {static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
       if (t.dtype == DType::f16) dt = {static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
@@ -153,10 +157,10 @@ class PyEngine {
 #ifdef MINILLM_WITH_CUDA
         cudaGetDevice(&device_id);
 #endif
-        d[name.c_str()] = nb::cast(nb::ndarray<nb::pytorch>(t.data, static_cast<size_t>(t.ndim), shape, self, nullptr,
+        d[name.c_str()] = nb::cast(nb::ndarray<nb::pytorch>(t.data, static_cast<size_t>(t.ndim), shape, self, strides,
                                                             dt, nb::device::cuda::value, device_id));
       } else {
-        d[name.c_str()] = nb::cast(nb::ndarray<nb::numpy>(t.data, static_cast<size_t>(t.ndim), shape, self, nullptr, dt,
+        d[name.c_str()] = nb::cast(nb::ndarray<nb::numpy>(t.data, static_cast<size_t>(t.ndim), shape, self, strides, dt,
                                                           nb::device::cpu::value, 0));
       }
     }

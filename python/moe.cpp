@@ -6,8 +6,8 @@
 //   y = moe(x)                                      # (T, H) -> (T, H)
 //   ids, weights = moe.route(x)                     # (T, k) int32, (T, k) float32
 //
-// Tensors: torch CUDA tensors (read through their attributes) or any DLPack CUDA array; contiguous,
-// of the layer's dtype; validated here with ValueError messages that name the argument. The weights
+// Tensors: torch CUDA tensors (read through their attributes) or any DLPack CUDA array; contiguous
+// (expert weights: rows may be padded), of the layer's dtype; validated here with ValueError messages that name the argument. The weights
 // are borrowed: the layer keeps references to the Python objects so they stay alive.
 // Outputs and the per-call scratch: for torch inputs on torch's current stream, x.new_empty() (torch's
 // caching allocator); otherwise memory from minillm's stream-ordered pool (torch_interop.h), outputs
@@ -47,9 +47,11 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return os.str();
 }
 
-// A contiguous CUDA tensor argument of the layer's dtype with its shape checked (-1: any size), on
-// `device` unless that is -1.
-Tensor import_tensor(nb::handle obj, const char* name, DType dtype, const std::vector<int64_t>& want, int device) {
+// A CUDA tensor argument of the layer's dtype with its shape checked (-1: any size), on `device` unless
+// that is -1; contiguous, or (row_strided, expert matrices [E, rows, cols]) with padded rows: strides
+// (rows * ld, ld, 1), ld >= cols a multiple of 8.
+Tensor import_tensor(nb::handle obj, const char* name, DType dtype, const std::vector<int64_t>& want, int device,
+                     bool row_strided = false) {
   Tensor t = read_tensor(obj, name, is_torch_tensor(obj));
   if (device >= 0 && t.device != device)
     MINILLM_FAIL(name << " is on cuda:" << t.device << ", the layer's weights on cuda:" << device);
@@ -57,6 +59,15 @@ Tensor import_tensor(nb::handle obj, const char* name, DType dtype, const std::v
   bool shape_ok = t.shape.size() == want.size();
   for (size_t i = 0; shape_ok && i < want.size(); ++i) shape_ok = want[i] < 0 || t.shape[i] == want[i];
   if (!shape_ok) MINILLM_FAIL(name << " must have shape " << shape_str(want) << ", got " << shape_str(t.shape));
+  if (row_strided) {
+    const int64_t ld = t.stride[1];
+    if (!(t.stride[2] == 1 && ld >= t.shape[2] && ld % 8 == 0 && (t.shape[0] == 1 || t.stride[0] == t.shape[1] * ld)))
+      MINILLM_FAIL(name << " must have contiguous rows with a row stride (a multiple of 8) >= " << t.shape[2]
+                        << " and experts rows * stride apart; got strides (" << t.stride[0] << ", " << ld << ", "
+                        << t.stride[2] << ")");
+    if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) MINILLM_FAIL(name << " data pointer must be 16-byte aligned");
+    return t;
+  }
   int64_t expect = 1;
   for (size_t i = t.shape.size(); i-- > 0;) {
     if (t.shape[i] > 1 && t.stride[i] != expect) MINILLM_FAIL(name << " must be contiguous");
@@ -97,19 +108,21 @@ class PyMoELayer {
     const DType dt = cfg_.dtype;
     const Tensor r = import_tensor(router, "router", dt, {E, H}, -1);
     const int device = r.device;
-    const Tensor g = import_tensor(w_gate, "w_gate", dt, {E, F, H}, device);
+    const Tensor g = import_tensor(w_gate, "w_gate", dt, {E, F, H}, device, true);
     const bool swiglu = cfg_.activation == MoEActivation::swiglu;
     Tensor u;
     if (swiglu) {
-      u = import_tensor(w_up, "w_up", dt, {E, F, H}, device);
+      u = import_tensor(w_up, "w_up", dt, {E, F, H}, device, true);
+      if (u.stride[1] != g.stride[1])
+        MINILLM_FAIL("w_up's row stride " << u.stride[1] << " must equal w_gate's " << g.stride[1]);
     } else if (!w_up.is_none()) {
       MINILLM_FAIL("w_up must be None for activation 'gelu'");
     }
-    const Tensor d = import_tensor(w_down, "w_down", dt, {E, H, F}, device);
+    const Tensor d = import_tensor(w_down, "w_down", dt, {E, H, F}, device, true);
     DeviceGuard guard(device);
     if (!layer_ || device != device_) layer_ = std::make_unique<MoELayer>(cfg_);
     device_ = device;
-    layer_->set_weights(r.data, g.data, swiglu ? u.data : nullptr, d.data);
+    layer_->set_weights(r.data, g.data, swiglu ? u.data : nullptr, d.data, g.stride[1], d.stride[1]);
     refs_ = nb::make_tuple(nb::borrow(router), nb::borrow(w_gate), nb::borrow(w_up), nb::borrow(w_down));
   }
 
@@ -196,8 +209,12 @@ void bind_moe(nb::module_& m) {
            nb::arg("activation") = "swiglu", nb::arg("normalize_topk") = true, nb::arg("dtype") = "bf16")
       .def("set_weights", &PyMoELayer::set_weights, nb::arg("router").none(), nb::arg("w_gate").none(),
            nb::arg("w_up").none(), nb::arg("w_down").none(),
-           "router (E, H), w_gate (E, F, H), w_up (E, F, H) or None for gelu, w_down (E, H, F): contiguous CUDA\n"
-           "tensors of the layer's dtype in HF's [out, in] layout. Borrowed, not copied: keep them unchanged.")
+           "router (E, H), w_gate (E, F, H), w_up (E, F, H) or None for gelu, w_down (E, H, F): CUDA tensors of\n"
+           "the layer's dtype in HF's [out, in] layout. Borrowed, not copied: keep them unchanged. The expert\n"
+           "matrices may have padded rows (views [..., :cols] of storage with weight_row_stride(cols) columns),\n"
+           "which read faster.")
+      .def_static("weight_row_stride", &MoELayer::weight_row_stride, nb::arg("cols"),
+                  "The row stride (elements) at which expert matrices of `cols` columns read fastest.")
       .def("__call__", &PyMoELayer::forward, nb::arg("x").none(), nb::arg("out").none() = nb::none(), nb::arg("stream") = nb::none(),
            "y = moe(x): x (T, H) -> y (T, H). out: optional tensor to write y into. stream: cudaStream_t as int.")
       .def("forward", &PyMoELayer::forward, nb::arg("x").none(), nb::arg("out").none() = nb::none(), nb::arg("stream") = nb::none())

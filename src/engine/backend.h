@@ -42,10 +42,13 @@ class Backend {
   virtual DType act_dtype() const = 0;
 
   // Allocates a tensor of `shape` x `dtype` in backend memory (owned by `storage`) and fills it from
-  // fp32 values that `fill(float* dst)` writes (numel of them): directly into host fp32 memory,
-  // through a staging buffer otherwise.
+  // fp32 values that `fill(float* dst)` writes (numel of them, dense): directly into host fp32 memory,
+  // through a staging buffer otherwise. ld > 0 (16-bit dtypes only) stores the rows (last dim) with that
+  // row stride instead of densely.
   Tensor upload(std::initializer_list<int64_t> shape, DType dtype, std::vector<Buffer>& storage,
-                const std::function<void(float*)>& fill);
+                const std::function<void(float*)>& fill, int64_t ld = 0);
+  // The row stride at which this backend wants expert matrices of `cols` columns stored.
+  virtual int64_t expert_row_stride(int64_t cols) const { return cols; }
 
   // out[t] = table[ids[t]]. ids: [T] i32 on the backend's device.
   virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out) = 0;

@@ -10,11 +10,24 @@
 namespace minillm {
 
 Tensor Backend::upload(std::initializer_list<int64_t> shape, DType dtype, std::vector<Buffer>& storage,
-                       const std::function<void(float*)>& fill) {
+                       const std::function<void(float*)>& fill, int64_t ld) {
   Tensor t(nullptr, dtype, device(), shape);
-  storage.emplace_back(t.nbytes(), device());
-  t.data = storage.back().data();
   const int64_t n = t.numel();
+  const int64_t cols = t.ndim > 0 ? t.shape[t.ndim - 1] : 1;
+  if (ld == 0) ld = cols;
+  MINILLM_CHECK(ld >= cols && (ld == cols || dtype != DType::f32), "upload: row stride " << ld << " for " << cols
+                                                                                        << " columns of " << dtype_name(dtype));
+  if (ld != cols) {  // rows padded: strides (.., rows * ld, ld, 1)
+    int64_t st = ld;
+    for (int d = t.ndim - 2; d >= 0; --d) {
+      t.stride[d] = st;
+      st *= t.shape[d];
+    }
+  }
+  const int64_t rows = cols > 0 ? n / cols : 0;
+  const size_t bytes = static_cast<size_t>(rows * ld) * dtype_size(dtype);
+  storage.emplace_back(bytes, device());
+  t.data = storage.back().data();
   if (dtype == DType::f32 && device() == Device::cpu) {
     fill(t.ptr<float>());
     return t;
@@ -22,12 +35,16 @@ Tensor Backend::upload(std::initializer_list<int64_t> shape, DType dtype, std::v
   std::vector<float> f32(static_cast<size_t>(n));
   fill(f32.data());
   if (dtype == DType::f32) {
-    to_device(t.data, f32.data(), t.nbytes());
+    to_device(t.data, f32.data(), bytes);
   } else {
-    std::vector<uint16_t> h(static_cast<size_t>(n));
+    std::vector<uint16_t> h(static_cast<size_t>(rows * ld), 0);
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) h[i] = dtype == DType::bf16 ? f32_to_bf16(f32[i]) : f32_to_f16(f32[i]);
-    to_device(t.data, h.data(), t.nbytes());
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const float v = f32[r * cols + c];
+        h[r * ld + c] = dtype == DType::bf16 ? f32_to_bf16(v) : f32_to_f16(v);
+      }
+    to_device(t.data, h.data(), bytes);
   }
   return t;
 }
@@ -37,14 +54,18 @@ ModelWeights upload_weights(Backend& be, const ModelConfig& c, const WeightStore
   const DType dt = be.act_dtype();
   const int64_t H = c.hidden_size, V = c.vocab_size, E = c.moe.num_experts, F = c.moe.ffn_size;
   // Uploads the named host tensors concatenated along their first dimension as one tensor.
-  auto load = [&](const std::vector<std::string>& names, std::initializer_list<int64_t> shape, DType dtype) {
-    return be.upload(shape, dtype, mw.storage, [&](float* dst) {
-      for (const auto& name : names) {
-        const HostWeight& w = ws.get(name);
-        w.to_f32(dst);
-        dst += w.numel();
-      }
-    });
+  auto load = [&](const std::vector<std::string>& names, std::initializer_list<int64_t> shape, DType dtype,
+                  int64_t ld = 0) {
+    return be.upload(
+        shape, dtype, mw.storage,
+        [&](float* dst) {
+          for (const auto& name : names) {
+            const HostWeight& w = ws.get(name);
+            w.to_f32(dst);
+            dst += w.numel();
+          }
+        },
+        ld);
   };
   auto load_norm = [&](const std::string& prefix) {
     NormWeights n;
@@ -68,9 +89,10 @@ ModelWeights upload_weights(Backend& be, const ModelConfig& c, const WeightStore
       w3.push_back(expert_name(l, e, "w3"));
       w2.push_back(expert_name(l, e, "w2"));
     }
-    lw.w1 = load(w1, {E, F, H}, dt);
-    if (c.moe.activation == ExpertActivation::swiglu) lw.w3 = load(w3, {E, F, H}, dt);
-    lw.w2 = load(w2, {E, H, F}, dt);
+    // Expert matrices at the backend's preferred row stride (padded rows on CUDA, see MoELayer).
+    lw.w1 = load(w1, {E, F, H}, dt, be.expert_row_stride(H));
+    if (c.moe.activation == ExpertActivation::swiglu) lw.w3 = load(w3, {E, F, H}, dt, be.expert_row_stride(H));
+    lw.w2 = load(w2, {E, H, F}, dt, be.expert_row_stride(F));
     mw.layers.push_back(lw);
   }
   if (c.norm_placement == NormPlacement::pre) mw.final_norm = load_norm("model.norm");

@@ -126,6 +126,34 @@ def test_deterministic_and_empty():
     assert y0.shape == (0, H)
 
 
+@pytest.mark.parametrize("T", [48, 1500])
+def test_padded_weight_rows(T):
+    """Expert weights with padded rows (the layer's load layout) give bitwise the same output as
+    contiguous ones, on the decode (T <= 64) and the grouped-GEMM path; bad strides are rejected."""
+    H, E, k, F = 1024, 16, 2, 2048
+    router, w_gate, w_up, w_down = make_weights(E, H, F, "swiglu", seed=5)
+
+    def padded(w):
+        ld = minillm.MoELayer.weight_row_stride(w.shape[2])
+        assert ld > w.shape[2] and ld % 64 == 0 and (ld // 64) % 2 == 1
+        p = torch.full((w.shape[0], w.shape[1], ld), float("nan"), device="cuda", dtype=w.dtype)
+        p[..., : w.shape[2]] = w
+        return p[..., : w.shape[2]]
+
+    x = torch.randn(T, H, device="cuda").to(torch.bfloat16)
+    moe = minillm.MoELayer(H, E, k, F)
+    moe.set_weights(router, w_gate, w_up, w_down)
+    y_dense = moe(x)
+    moe.set_weights(router, padded(w_gate), padded(w_up), padded(w_down))
+    y_pad = moe(x)
+    assert torch.isfinite(y_pad.float()).all()
+    assert torch.equal(y_dense.view(torch.int16), y_pad.view(torch.int16))
+    with pytest.raises(ValueError, match="w_up's row stride"):
+        moe.set_weights(router, padded(w_gate), w_up, w_down)
+    with pytest.raises(ValueError, match="w_down must have contiguous rows"):
+        moe.set_weights(router, w_gate, w_up, w_down.transpose(1, 2).contiguous().transpose(1, 2))
+
+
 _ERRORS_SCRIPT = r"""
 import re, torch, minillm
 

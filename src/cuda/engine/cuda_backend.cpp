@@ -189,7 +189,7 @@ void CudaBackend::moe(const Tensor& x, const LayerWeights& w, int layer, const M
   void* scratch = ws.alloc_bytes(bytes);
   if (!impl_->moe.empty()) {
     MoELayer& m = impl_->moe.at(static_cast<size_t>(layer));
-    m.set_weights(w.router.data, w.w1.data, w.w3.data, w.w2.data);
+    m.set_weights(w.router.data, w.w1.data, w.w3.data, w.w2.data, w.w1.stride[1], w.w2.stride[1]);
     m.forward(x.data, y.data, T, scratch, bytes, stream_);
   } else {
     ke::moe_fallback(c.dtype, x.data, w.router.data, w.w1.data, w.w3.data, w.w2.data, T, c.hidden_size,
@@ -197,6 +197,11 @@ void CudaBackend::moe(const Tensor& x, const LayerWeights& w, int layer, const M
                      c.moe.activation == ExpertActivation::swiglu, y.data, scratch, stream_);
   }
   ws.rewind(mark);
+}
+
+int64_t CudaBackend::expert_row_stride(int64_t cols) const {
+  // Only MoELayer reads padded rows; the fallback path wants them dense.
+  return moe_layer_supports(config_) ? MoELayer::weight_row_stride(cols) : cols;
 }
 
 size_t CudaBackend::op_workspace_bytes(const ModelConfig& c, int64_t T) const {

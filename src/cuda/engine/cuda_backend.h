@@ -34,6 +34,7 @@ class CudaBackend final : public Backend {
   void add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) override;
   void moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y, Workspace& ws) override;
   size_t op_workspace_bytes(const ModelConfig& c, int64_t T) const override;
+  int64_t expert_row_stride(int64_t cols) const override;
   void to_device(void* dst, const void* src, size_t bytes) override;
   void to_host(void* dst, const void* src, size_t bytes) override;
   void synchronize() override;

@@ -12,7 +12,7 @@
 // thread; the 4 partial sums are reduced through shared memory in warp order (deterministic).
 // swiglu: the block reads 16 gate and 16 up rows and writes silu(gate) * up; gelu / none: 16 rows.
 // Layouts: A [rows, K] permuted tokens (expert e: rows row_offset[e] .. + counts[e]), W [E, N, K],
-// D [rows, N].
+// D [rows, N], each with its own row stride.
 // Measured on the H100 (whole layer; weights read = active experts x 3*H*F*2 bytes; copy = 3002 GB/s):
 //   H4096 E8 top-2 F14336: T=1 0.359 ms = 1962 GB/s (65% of copy), T=16 1.41 ms = 1996 GB/s (66%),
 //   T=64 1.79 ms = 1579 GB/s (53%: the tokens are re-read from L2 by every block of an expert);
@@ -56,9 +56,9 @@ __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], uint32_t a0, ui
 
 template <typename T, Epilogue kEpi>
 __global__ void __launch_bounds__(kThreads)
-    decode_gemm_kernel(const T* __restrict__ a, const T* __restrict__ w0, const T* __restrict__ w1, int64_t N,
-                       int64_t K, const int32_t* __restrict__ counts, const int32_t* __restrict__ row_offset,
-                       T* __restrict__ d) {
+    decode_gemm_kernel(const T* __restrict__ a, int64_t lda, const T* __restrict__ w0, const T* __restrict__ w1,
+                       int64_t ldw, int64_t N, int64_t K, const int32_t* __restrict__ counts,
+                       const int32_t* __restrict__ row_offset, T* __restrict__ d, int64_t ldd) {
   constexpr int kMats = kEpi == Epilogue::swiglu ? 2 : 1;
   constexpr int kUnroll = 8 / kMats;  // K chunks per step: 16 loads of 16 bytes in flight per thread
   __shared__ float red[kWarps][kMats][kMaxTiles][4][32];
@@ -75,15 +75,15 @@ __global__ void __launch_bounds__(kThreads)
   const T* wrow[kMats][2];
 #pragma unroll
   for (int m = 0; m < kMats; ++m) {
-    const T* w = (m == 0 ? w0 : w1) + (static_cast<int64_t>(e) * N + f0) * K + 8 * q;
-    wrow[m][0] = w + g * K;
-    wrow[m][1] = w + (g + 8) * K;
+    const T* w = (m == 0 ? w0 : w1) + (static_cast<int64_t>(e) * N + f0) * ldw + 8 * q;
+    wrow[m][0] = w + g * ldw;
+    wrow[m][1] = w + (g + 8) * ldw;
   }
   const T* xrow[kMaxTiles];
 #pragma unroll
   for (int t = 0; t < kMaxTiles; ++t) {
     const int tok = min(t * 8 + g, n_tok - 1);  // clamped: the extra columns are never written
-    xrow[t] = a + (row0 + tok) * K + 8 * q;
+    xrow[t] = a + (row0 + tok) * lda + 8 * q;
   }
 
   float acc[kMats][kMaxTiles][4] = {};
@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(kThreads)
       } else {
         out = v[0];
       }
-      if (tok < n_tok) d[(row0 + tok) * N + f] = from_f32<T>(out);
+      if (tok < n_tok) d[(row0 + tok) * ldd + f] = from_f32<T>(out);
     }
   }
 }
@@ -158,8 +158,8 @@ template <typename T, Epilogue kEpi>
 void launch(const DecodeGemmArgs& g, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(g.N / kRows), static_cast<unsigned>(g.E));
   decode_gemm_kernel<T, kEpi><<<grid, kThreads, 0, stream>>>(
-      static_cast<const T*>(g.a), static_cast<const T*>(g.w0), static_cast<const T*>(g.w1 ? g.w1 : g.w0), g.N, g.K,
-      g.counts, g.row_offset, static_cast<T*>(g.d));
+      static_cast<const T*>(g.a), g.lda, static_cast<const T*>(g.w0), static_cast<const T*>(g.w1 ? g.w1 : g.w0), g.ldw,
+      g.N, g.K, g.counts, g.row_offset, static_cast<T*>(g.d), g.ldd);
 }
 
 template <typename T>
@@ -178,6 +178,9 @@ void decode_gemm(const DecodeGemmArgs& g, cudaStream_t stream) {
                 "decode_gemm: K = " << g.K << " (multiple of 32), N = " << g.N << " (multiple of 16)");
   MINILLM_CHECK(g.epilogue != Epilogue::swiglu || g.w1, "decode_gemm: swiglu needs the up matrix");
   MINILLM_CHECK(g.E >= 1 && g.E <= 65535, "decode_gemm: E = " << g.E);
+  MINILLM_CHECK(g.lda >= g.K && g.ldw >= g.K && g.ldd >= g.N && g.lda % 8 == 0 && g.ldw % 8 == 0 && g.ldd % 8 == 0,
+                "decode_gemm: row strides lda = " << g.lda << ", ldw = " << g.ldw << ", ldd = " << g.ldd
+                                                  << " (K = " << g.K << ", N = " << g.N << ")");
   if (g.dtype == DType::bf16) {
     launch_typed<__nv_bfloat16>(g, stream);
   } else if (g.dtype == DType::f16) {

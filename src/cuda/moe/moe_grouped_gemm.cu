@@ -41,12 +41,12 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// A 2-D row-major [outer, inner] tensor of 16-bit elements, 128-byte swizzled boxes {box_inner, box_outer}.
-CUtensorMap make_map(DType dtype, const void* ptr, int64_t inner, int64_t outer, uint32_t box_inner,
+// A 2-D [outer, inner] tensor of 16-bit elements with row stride ld, 128-byte swizzled boxes {box_inner, box_outer}.
+CUtensorMap make_map(DType dtype, const void* ptr, int64_t inner, int64_t outer, int64_t ld, uint32_t box_inner,
                      uint32_t box_outer) {
   CUtensorMap m{};
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(outer)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(inner) * 2};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld) * 2};
   const cuuint32_t box[2] = {box_inner, box_outer};
   const cuuint32_t elem_strides[2] = {1, 1};
   const CUresult r = tensor_map_encoder()(
@@ -70,15 +70,18 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   MINILLM_CHECK(g.K % 8 == 0 && g.N % 8 == 0 && g.K > 0 && g.N > 0, "grouped_gemm: K = " << g.K << ", N = " << g.N);
   MINILLM_CHECK(g.epilogue != Epilogue::swiglu || g.w1, "grouped_gemm: swiglu needs the up matrix");
   MINILLM_CHECK(g.E * g.N < (int64_t{1} << 31) && g.rows < (int64_t{1} << 31), "grouped_gemm: sizes exceed int32");
+  MINILLM_CHECK(g.lda >= g.K && g.ldw >= g.K && g.ldd >= g.N && g.lda % 8 == 0 && g.ldw % 8 == 0 && g.ldd % 8 == 0,
+                "grouped_gemm: row strides lda = " << g.lda << ", ldw = " << g.ldw << ", ldd = " << g.ldd
+                                                   << " (K = " << g.K << ", N = " << g.N << ")");
   using Tr = GemmTraits;
   const bool swiglu = g.epilogue == Epilogue::swiglu;
   const int out_cols = swiglu ? Tr::kBN / 2 : Tr::kBN;
 
   GemmParams p;
-  p.a = make_map(g.dtype, g.a, g.K, g.rows, Tr::kBK, 128);
-  p.b0 = make_map(g.dtype, g.w0, g.K, g.E * g.N, Tr::kBK, 128);
-  p.b1 = make_map(g.dtype, swiglu ? g.w1 : g.w0, g.K, g.E * g.N, Tr::kBK, 128);
-  p.d = make_map(g.dtype, g.d, g.N, g.rows, Tr::kEpiCols, 64);
+  p.a = make_map(g.dtype, g.a, g.K, g.rows, g.lda, Tr::kBK, 128);
+  p.b0 = make_map(g.dtype, g.w0, g.K, g.E * g.N, g.ldw, Tr::kBK, 128);
+  p.b1 = make_map(g.dtype, swiglu ? g.w1 : g.w0, g.K, g.E * g.N, g.ldw, Tr::kBK, 128);
+  p.d = make_map(g.dtype, g.d, g.N, g.rows, g.ldd, Tr::kEpiCols, 64);
   p.num_mblocks = g.num_mblocks;
   p.mblock_expert = g.mblock_expert;
   p.n_blocks = static_cast<int>((g.N + out_cols - 1) / out_cols);

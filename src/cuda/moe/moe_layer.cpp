@@ -3,6 +3,7 @@
 //   x [T, H] --router_logits--> logits [T, E] fp32 --router_topk--> ids, weights [T, k]
 //     --permute--> dest [T*k], counts/row_offset [E], mblock_expert --gather_rows--> x_perm [rows, H]
 //     --grouped_gemm swiglu|gelu (decode_gemm when T <= 64)--> h [rows, F]
+// The expert weights may have padded rows (MoELayer::weight_row_stride); x_perm and h are dense.
 //     --grouped_gemm none (decode_gemm)--> y_perm [rows, H] (reuses x_perm's memory)
 //     --combine--> y [T, H]
 //
@@ -66,12 +67,21 @@ Plan make_plan(const MoEConfig& c, int64_t T) {
   return p;
 }
 
-void check_device_tensor(const Tensor& t, const char* what, DType dtype, std::initializer_list<int64_t> shape) {
+void check_device_tensor(const Tensor& t, const char* what, DType dtype, std::initializer_list<int64_t> shape,
+                         bool row_strided = false) {
   MINILLM_CHECK(t.device == Device::cuda, what << ": expected a cuda tensor, got a " << device_name(t.device)
                                                << " tensor");
   check_tensor(t, what, dtype, shape);
-  MINILLM_CHECK(t.is_contiguous(), what << ": expected a contiguous tensor");
   MINILLM_CHECK(t.data != nullptr || t.numel() == 0, what << ": null data pointer");
+  if (!row_strided) {
+    MINILLM_CHECK(t.is_contiguous(), what << ": expected a contiguous tensor");
+    return;
+  }
+  // [E, rows, cols]: contiguous rows, a row stride >= cols (multiple of 8), experts rows * stride apart.
+  const int64_t ld = t.stride[1];
+  MINILLM_CHECK(t.stride[2] == 1 && ld >= t.shape[2] && ld % 8 == 0 && t.stride[0] == t.shape[1] * ld,
+                what << ": strides (" << t.stride[0] << ", " << ld << ", " << t.stride[2]
+                     << ") must be (rows * ld, ld, 1) with ld >= " << t.shape[2] << " a multiple of 8");
 }
 
 }  // namespace
@@ -96,6 +106,8 @@ struct MoELayer::Impl {
   const void* w_gate = nullptr;
   const void* w_up = nullptr;
   const void* w_down = nullptr;
+  int64_t ld_in = 0;   // row stride of w_gate / w_up (>= hidden)
+  int64_t ld_ffn = 0;  // row stride of w_down (>= ffn)
   Buffer workspace;
   int64_t reserved = 0;
 
@@ -121,18 +133,35 @@ const MoEConfig& MoELayer::config() const { return impl_->cfg; }
 void MoELayer::set_weights(const Tensor& router, const Tensor& w_gate, const Tensor& w_up, const Tensor& w_down) {
   const MoEConfig& c = impl_->cfg;
   check_device_tensor(router, "MoELayer.set_weights: router", c.dtype, {c.num_experts, c.hidden});
-  check_device_tensor(w_gate, "MoELayer.set_weights: w_gate", c.dtype, {c.num_experts, c.ffn, c.hidden});
+  check_device_tensor(w_gate, "MoELayer.set_weights: w_gate", c.dtype, {c.num_experts, c.ffn, c.hidden}, true);
   if (c.activation == MoEActivation::swiglu) {
-    check_device_tensor(w_up, "MoELayer.set_weights: w_up", c.dtype, {c.num_experts, c.ffn, c.hidden});
+    check_device_tensor(w_up, "MoELayer.set_weights: w_up", c.dtype, {c.num_experts, c.ffn, c.hidden}, true);
+    MINILLM_CHECK(w_up.stride[1] == w_gate.stride[1], "MoELayer.set_weights: w_up's row stride "
+                                                          << w_up.stride[1] << " differs from w_gate's "
+                                                          << w_gate.stride[1]);
   } else if (w_up.data != nullptr || w_up.ndim != 0) {
     MINILLM_FAIL("MoELayer.set_weights: w_up must be empty for activation gelu, got " << w_up.shape_str());
   }
-  check_device_tensor(w_down, "MoELayer.set_weights: w_down", c.dtype, {c.num_experts, c.hidden, c.ffn});
-  set_weights(router.data, w_gate.data, w_up.data, w_down.data);
+  check_device_tensor(w_down, "MoELayer.set_weights: w_down", c.dtype, {c.num_experts, c.hidden, c.ffn}, true);
+  set_weights(router.data, w_gate.data, w_up.data, w_down.data, w_gate.stride[1], w_down.stride[1]);
 }
 
-void MoELayer::set_weights(const void* router, const void* w_gate, const void* w_up, const void* w_down) {
-  const bool swiglu = impl_->cfg.activation == MoEActivation::swiglu;
+int64_t MoELayer::weight_row_stride(int64_t cols) {
+  MINILLM_CHECK(cols > 0 && cols % 64 == 0, "MoELayer.weight_row_stride: cols = " << cols
+                                                                                  << " must be a positive multiple of 64");
+  return km::fast_row_stride(cols);
+}
+
+void MoELayer::set_weights(const void* router, const void* w_gate, const void* w_up, const void* w_down,
+                           int64_t ld_in, int64_t ld_ffn) {
+  const MoEConfig& c = impl_->cfg;
+  const bool swiglu = c.activation == MoEActivation::swiglu;
+  if (ld_in == 0) ld_in = c.hidden;
+  if (ld_ffn == 0) ld_ffn = c.ffn;
+  MINILLM_CHECK(ld_in >= c.hidden && ld_in % 8 == 0, "MoELayer.set_weights: ld_in = "
+                                                         << ld_in << " must be a multiple of 8 >= hidden = " << c.hidden);
+  MINILLM_CHECK(ld_ffn >= c.ffn && ld_ffn % 8 == 0, "MoELayer.set_weights: ld_ffn = "
+                                                        << ld_ffn << " must be a multiple of 8 >= ffn = " << c.ffn);
   MINILLM_CHECK(router && w_gate && w_down, "MoELayer.set_weights: null weight pointer");
   MINILLM_CHECK(!swiglu || w_up, "MoELayer.set_weights: w_up is required for activation swiglu");
   for (const void* p : {router, w_gate, w_up, w_down}) {
@@ -143,6 +172,8 @@ void MoELayer::set_weights(const void* router, const void* w_gate, const void* w
   impl_->w_gate = w_gate;
   impl_->w_up = swiglu ? w_up : nullptr;
   impl_->w_down = w_down;
+  impl_->ld_in = ld_in;
+  impl_->ld_ffn = ld_ffn;
 }
 
 size_t MoELayer::workspace_bytes(const MoEConfig& cfg, int64_t max_tokens) {
@@ -228,19 +259,25 @@ void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t 
     g.row_offset = r.row_offset;
     g.epilogue = swiglu ? km::Epilogue::swiglu : km::Epilogue::gelu;
     g.a = x_perm;
+    g.lda = c.hidden;
     g.K = c.hidden;
     g.w0 = m.w_gate;
     g.w1 = m.w_up;
+    g.ldw = m.ld_in;
     g.N = c.ffn;
     g.d = h;
+    g.ldd = c.ffn;
     km::decode_gemm(g, stream);
     g.epilogue = km::Epilogue::none;
     g.a = h;
+    g.lda = c.ffn;
     g.K = c.ffn;
     g.w0 = m.w_down;
     g.w1 = nullptr;
+    g.ldw = m.ld_ffn;
     g.N = c.hidden;
     g.d = x_perm;  // y_perm
+    g.ldd = c.hidden;
     km::decode_gemm(g, stream);
   } else {
     km::GroupedGemmArgs g;
@@ -252,19 +289,25 @@ void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t 
     g.max_mblocks = p.mblocks;
     g.epilogue = swiglu ? km::Epilogue::swiglu : km::Epilogue::gelu;
     g.a = x_perm;
+    g.lda = c.hidden;
     g.K = c.hidden;
     g.w0 = m.w_gate;
     g.w1 = m.w_up;
+    g.ldw = m.ld_in;
     g.N = c.ffn;
     g.d = h;
+    g.ldd = c.ffn;
     km::grouped_gemm(g, stream);
     g.epilogue = km::Epilogue::none;
     g.a = h;
+    g.lda = c.ffn;
     g.K = c.ffn;
     g.w0 = m.w_down;
     g.w1 = nullptr;
+    g.ldw = m.ld_ffn;
     g.N = c.hidden;
     g.d = x_perm;  // y_perm
+    g.ldd = c.hidden;
     km::grouped_gemm(g, stream);
   }
   km::combine(c.dtype, x_perm, r.dest, weights, T, k, c.hidden, y, stream);
