@@ -19,9 +19,12 @@ def moe_layer(T, H, E, k, F):
     def rnd(*shape, scale):
         return (torch.rand(*shape, device="cuda", generator=g, dtype=torch.float32) * 2 - 1).mul_(scale).to(torch.bfloat16)
 
+    def expert(rows, cols, scale):  # the layer's load layout: rows padded to weight_row_stride(cols)
+        ld = minillm.MoELayer.weight_row_stride(cols)
+        return rnd(E, rows, ld, scale=scale)[..., :cols]
+
     moe = minillm.MoELayer(H, E, k, F)
-    w = (rnd(E, H, scale=H ** -0.5), rnd(E, F, H, scale=H ** -0.5), rnd(E, F, H, scale=H ** -0.5),
-         rnd(E, H, F, scale=F ** -0.5))
+    w = (rnd(E, H, scale=H ** -0.5), expert(F, H, H ** -0.5), expert(F, H, H ** -0.5), expert(H, F, F ** -0.5))
     moe.set_weights(*w)
     x = rnd(T, H, scale=1.0)
     return moe, w, x

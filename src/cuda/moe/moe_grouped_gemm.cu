@@ -1,14 +1,16 @@
 // Grouped expert GEMM, host side: TMA descriptors, tile counts, dispatch on the epilogue; and the
 // plain-epilogue instantiation (the down projection). The kernel and its design: moe_grouped_gemm.cuh.
 //
-// Measured on the H100, whole layer (the GEMMs are 85-99% of it), SwiGLU, bf16:
-//   T=32768 H4096 E8  top-2 F14336: 39.7 ms = 582 TFLOP/s, 0.85x cuBLAS dense, 1.13x torch._grouped_mm
-//   T=32768 H4096 E32 top-2 F14336: 58.7 ms = 393 TFLOP/s, 0.54x dense, 0.77x torch._grouped_mm
-//   T=32768 H2048 E64 top-8 F1024 : 6.19 ms = 533 TFLOP/s, 0.79x dense, 2.42x torch._grouped_mm
-//   Throughput falls as the experts' weights grow (2.8 GB: 582, 11.3 GB: 393-497, 22.5 GB: 357
-//   TFLOP/s) where torch._grouped_mm holds 513-587: open. An untested 2-CTA B-multicast variant is
-//   in commit 367e7a0 (reverted until it can be measured).
-// Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3, commit bcd7bc4, bench/results/h100/moe.json).
+// Measured on the H100, whole layer (the GEMMs are 85-99% of it), SwiGLU, bf16, weights in the layer's
+// padded-row layout (MoELayer::weight_row_stride):
+//   T=32768 H4096 E32 top-2 F14336: 37.0 ms = 624 TFLOP/s, 0.85x cuBLAS dense, 1.18x torch._grouped_mm
+//   T=32768 H4096 E8  top-2 F14336: 37.3 ms = 618 TFLOP/s, 0.94x dense, 1.18x torch._grouped_mm
+//   T=32768 H2048 E64 top-8 F1024 :  6.4 ms = 512 TFLOP/s, 0.73x dense, 2.32x torch._grouped_mm
+// What moved the E32 headline from 58.7 ms: padded weight rows (L2 set conflicts, moe_ops.h: -> ~50 ms)
+// and raster groups that never straddle two experts (tile_coords: -> 37-40 ms). Group size (most
+// m-blocks per group; bench/tune_moe_raster.py) at E32 / E8: 8: 45.1 / 39.5 ms, 16: 40.1 / 37.8,
+// 24: 41.4 / 37.5, 32: 41.9 / 40.6. A 2-CTA B-multicast variant (commit 367e7a0) measured slower.
+// Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3, bench/results/h100/moe.json).
 #include <cudaTypedefs.h>
 
 #include <cstdlib>
@@ -84,6 +86,8 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   p.d = make_map(g.dtype, g.d, g.N, g.rows, g.ldd, Tr::kEpiCols, 64);
   p.num_mblocks = g.num_mblocks;
   p.mblock_expert = g.mblock_expert;
+  p.counts = g.counts;
+  p.row_offset = g.row_offset;
   p.n_blocks = static_cast<int>((g.N + out_cols - 1) / out_cols);
   p.k_iters = static_cast<int>((g.K + Tr::kBK - 1) / Tr::kBK);
   p.b_rows_per_expert = static_cast<int>(g.N);

@@ -18,7 +18,8 @@
 // owning 64 rows of the tile with one m64n256k16 wgmma per 16 of K (128 fp32 accumulators/thread).
 // Epilogue: registers -> activation -> 16-bit -> swizzled shared chunks of 64x64 (double-buffered per
 // consumer) -> TMA store (asynchronous, so the next tile's MMAs start at once). Persistent grid of one
-// CTA per SM, tiles in groups of 16 m-blocks (m fastest) so that concurrent tiles share A and B in L2.
+// CTA per SM, tiles in groups of at most group_m m-blocks of one expert (m fastest, see tile_coords) so
+// that concurrent tiles share A and B in L2.
 // Out-of-range rows/columns: TMA zero-fills loads past K / past the tensors, and clips stores at N and
 // at the row count; garbage in the alignment rows of an expert is computed but never read.
 //
@@ -57,12 +58,14 @@ struct GemmParams {
   CUtensorMap d;   // D [rows, N], box {64, 64}
   const int32_t* num_mblocks = nullptr;
   const int32_t* mblock_expert = nullptr;
+  const int32_t* counts = nullptr;      // [E] rows of expert e
+  const int32_t* row_offset = nullptr;  // [E] first row of expert e (a multiple of 128)
   int n_blocks = 0;           // ceil(N / output columns per tile)
   int k_iters = 0;            // ceil(K / 64)
   int b_rows_per_expert = 0;  // N
   int b_block_rows = 0;       // W rows per n-block: 128 (swiglu) or 256
   int b1_row_offset = 0;      // 0 (swiglu: b1 is the up matrix) or 128
-  int group_m = 16;           // m-blocks per raster group (tile order, see tile_coords)
+  int group_m = 16;           // most m-blocks per raster group (tile order, see tile_coords)
 };
 
 namespace ptx {
@@ -196,13 +199,29 @@ __device__ __forceinline__ void wgmma_m64n256k16<__half>(float (&d)[128], uint64
 
 }  // namespace ptx
 
-// Tile t -> (m-block, n-block): groups of group_m m-blocks, m fastest within a group.
-__device__ __forceinline__ void tile_coords(int tile, int num_mblocks, int n_blocks, int group_m, int& mb, int& nb) {
-  const int group_size = group_m * n_blocks;
-  const int group = tile / group_size;
-  const int r = tile - group * group_size;
-  const int first = group * group_m;
-  const int rows = min(group_m, num_mblocks - first);
+// Tile t -> (m-block, n-block). Raster groups never straddle two experts: each expert's m-blocks are
+// split into ceil(n / group_m) groups of balanced size, and the tiles of a group run m fastest, so the
+// CTAs in flight together share the same few weight tiles (B) and the group's rows of A in L2. A group
+// of `rows` m-blocks starting at m-block `first` owns tiles [first * n_blocks, (first + rows) * n_blocks),
+// so q = t / n_blocks is one of its m-blocks: its expert gives the group without a table.
+__device__ __forceinline__ void tile_coords(const GemmParams& p, int tile, int& mb, int& nb) {
+  const int q = tile / p.n_blocks;
+  const int e = p.mblock_expert[q];
+  const int e_first = p.row_offset[e] / kGemmBlockM;
+  const int n = (p.counts[e] + kGemmBlockM - 1) / kGemmBlockM;  // m-blocks of expert e
+  const int groups = (n + p.group_m - 1) / p.group_m;
+  const int base = n / groups, extra = n % groups;  // `extra` groups of base + 1 m-blocks, then groups of base
+  const int j = q - e_first;
+  int first, rows;
+  if (j < extra * (base + 1)) {
+    rows = base + 1;
+    first = j / rows * rows;
+  } else {
+    rows = base;
+    first = extra * (base + 1) + (j - extra * (base + 1)) / base * base;
+  }
+  first += e_first;
+  const int r = tile - first * p.n_blocks;
   mb = first + r % rows;
   nb = r / rows;
 }
@@ -241,7 +260,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
     uint32_t phase = 0;
     for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
       int mb, nb;
-      tile_coords(tile, num_mblocks, p.n_blocks, p.group_m, mb, nb);
+      tile_coords(p, tile, mb, nb);
       const int e = p.mblock_expert[mb];
       const int brow0 = e * p.b_rows_per_expert + nb * p.b_block_rows;
       const int brow1 = brow0 + p.b1_row_offset;
@@ -277,7 +296,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
   uint32_t phase = 0;
   for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
     int mb, nb;
-    tile_coords(tile, num_mblocks, p.n_blocks, p.group_m, mb, nb);
+    tile_coords(p, tile, mb, nb);
     int prev = 0;
     for (int k = 0; k < p.k_iters; ++k) {
       ptx::mbar_wait(full(stage), phase);

@@ -286,6 +286,8 @@ void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t 
     g.rows = p.rows;
     g.num_mblocks = r.num_mblocks;
     g.mblock_expert = r.mblock_expert;
+    g.counts = r.counts;
+    g.row_offset = r.row_offset;
     g.max_mblocks = p.mblocks;
     g.epilogue = swiglu ? km::Epilogue::swiglu : km::Epilogue::gelu;
     g.a = x_perm;

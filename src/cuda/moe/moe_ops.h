@@ -97,6 +97,8 @@ struct GroupedGemmArgs {
   int64_t ldd = 0;
   const int32_t* num_mblocks = nullptr;     // [1] (device)
   const int32_t* mblock_expert = nullptr;   // [max_mblocks] (device)
+  const int32_t* counts = nullptr;          // [E] rows per expert (device)
+  const int32_t* row_offset = nullptr;      // [E] first row per expert, multiples of 128 (device)
   int64_t max_mblocks = 0;                  // host bound on *num_mblocks
 };
 void grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream);
