@@ -13,6 +13,9 @@
 //    (tests/python/test_attention_torch.py applies the stricter "<= 2x torch's own bf16 error" rule.)
 //  - lse: |lse - ref| <= 1e-3 * max(1, |ref|) (fp32 math on exact products of the rounded inputs).
 // Test names with "Small" are the ones scripts/gpu_check.sh runs under compute-sanitizer.
+// On an H100 (sm_90) head dims 64 and 128 run the Hopper kernel (flash_fwd_sm90.cuh) and the others
+// FlashAttention-2; the FlashAttentionSm90 tests check the wgmma descriptors of that kernel on one tile
+// and run FlashAttention-2 on 64 / 128 as well (forced in-process).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -26,6 +29,8 @@
 #include <vector>
 
 #include "cpu/ops.h"
+#include "cuda/attention/flash_fwd_sm90.h"
+#include "cuda/sm90.cuh"
 #include "minillm/attention.h"
 #include "minillm/core/cuda_check.h"
 #include "minillm/core/dtype.h"
@@ -471,6 +476,138 @@ TEST(FlashAttention, VarlenRandom) {
     EXPECT_EQ(e.bad, 0) << "case " << i;
     EXPECT_LE(e.rel_l2, tolerance(t)) << "case " << i;
     EXPECT_LE(e.lse_err, 1e-3) << "case " << i;
+  }
+}
+
+// ---- Hopper kernel: wgmma shared-memory descriptors on one tile, FlashAttention-2 forced ----
+
+bool is_sm90() {
+  if (!have_gpu()) return false;
+  cudaDeviceProp prop{};
+  MINILLM_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  return prop.major == 9 && prop.minor == 0;
+}
+
+// One warpgroup: S = Q K^T (wgmma, A and B K-major) and O = P V (wgmma, A = P from registers, B = V
+// MN-major), Q [64][128], K, V [128][128], P [64][128] bf16 row-major in global memory; the tiles are
+// written into shared memory in the layout a 128-byte-swizzled TMA load of boxes {64, rows} produces.
+__global__ void wgmma_tile_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* pm,
+                                  const __nv_bfloat16* v, float* s_out, float* o_out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace minillm::cuda::sm90;
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sq = base, sk = base + 64 * 256, sv = sk + 128 * 256;
+  const int tid = threadIdx.x;
+  auto put = [&](uint32_t tile, int rows, const __nv_bfloat16* src) {  // src [rows][128]
+    for (int i = tid; i < rows * 128; i += 128) {
+      const int r = i / 128, col = i % 128;
+      const uint32_t addr = tile + (col / 64) * rows * 128 + r * 128 + ((((col % 64) / 8) ^ (r % 8)) << 4) + (col % 8) * 2;
+      const uint16_t bits = *reinterpret_cast<const uint16_t*>(src + i);
+      asm volatile("st.shared.u16 [%0], %1;" ::"r"(addr), "h"(bits) : "memory");
+    }
+  };
+  put(sq, 64, q);
+  put(sk, 128, k);
+  put(sv, 128, v);
+  fence_proxy_async();
+  __syncthreads();
+  const int warp = tid / 32, lane = tid % 32, r0 = 16 * warp + lane / 4, c0 = 2 * (lane % 4);
+  float s[64], o[64];
+  wgmma_fence();
+  for (int kk = 0; kk < 8; ++kk)
+    wgmma_ss<128, __nv_bfloat16>(s, desc_k_sw128(sq + (kk / 4) * 64 * 128 + (kk % 4) * 32),
+                                 desc_k_sw128(sk + (kk / 4) * 128 * 128 + (kk % 4) * 32), kk > 0);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(s);
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  auto pw = [&](int r, int col) {  // two bf16 of P at (r, col), (r, col + 1)
+    return *reinterpret_cast<const uint32_t*>(pm + r * 128 + col);
+  };
+  wgmma_fence();
+  for (int kk = 0; kk < 8; ++kk) {
+    const uint32_t a[4] = {pw(r0, 16 * kk + c0), pw(r0 + 8, 16 * kk + c0), pw(r0, 16 * kk + 8 + c0),
+                           pw(r0 + 8, 16 * kk + 8 + c0)};
+    wgmma_rs<128, __nv_bfloat16>(o, a, desc_mn_sw128(sv + kk * 16 * 128, 128 * 128), 1);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(o);
+  for (int j = 0; j < 16; ++j)
+    for (int e = 0; e < 4; ++e) {
+      const int r = r0 + 8 * (e / 2), col = 8 * j + c0 + e % 2;
+      s_out[r * 128 + col] = s[4 * j + e];
+      o_out[r * 128 + col] = o[4 * j + e];
+    }
+#endif
+}
+
+TEST(FlashAttentionSm90, SmallWgmmaTiles) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  const DType t = DType::bf16;
+  const std::vector<float> q = random_rounded(t, 64 * 128, 11, 1.f), k = random_rounded(t, 128 * 128, 12, 1.f),
+                           pm = random_rounded(t, 64 * 128, 13, 1.f), v = random_rounded(t, 128 * 128, 14, 1.f);
+  Dev16 dq(q.size(), 0), dk(k.size(), 0), dp(pm.size(), 0), dv(v.size(), 0);
+  for (size_t i = 0; i < q.size(); ++i) dq.host[i] = to_bits(t, q[i]), dp.host[i] = to_bits(t, pm[i]);
+  for (size_t i = 0; i < k.size(); ++i) dk.host[i] = to_bits(t, k[i]), dv.host[i] = to_bits(t, v[i]);
+  dq.upload(), dk.upload(), dp.upload(), dv.upload();
+  DevF32 ds(64 * 128, std::numeric_limits<float>::quiet_NaN()), dout(64 * 128, std::numeric_limits<float>::quiet_NaN());
+  ds.upload(), dout.upload();
+  const int smem = 64 * 256 + 2 * 128 * 256 + 1024;
+  MINILLM_CUDA_CHECK(cudaFuncSetAttribute(wgmma_tile_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  wgmma_tile_kernel<<<1, 128, smem>>>(static_cast<const __nv_bfloat16*>(dq.ptr()),
+                                      static_cast<const __nv_bfloat16*>(dk.ptr()),
+                                      static_cast<const __nv_bfloat16*>(dp.ptr()),
+                                      static_cast<const __nv_bfloat16*>(dv.ptr()), ds.ptr(), dout.ptr());
+  MINILLM_CUDA_CHECK(cudaGetLastError());
+  MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
+  ds.download(), dout.download();
+  double s_err = 0.0, o_err = 0.0;
+  for (int r = 0; r < 64; ++r)
+    for (int col = 0; col < 128; ++col) {
+      double sref = 0.0, oref = 0.0;
+      for (int i = 0; i < 128; ++i) {
+        sref += double(q[r * 128 + i]) * k[col * 128 + i];
+        oref += double(pm[r * 128 + i]) * v[i * 128 + col];
+      }
+      s_err = std::max(s_err, std::abs(ds.host[r * 128 + col] - sref));
+      o_err = std::max(o_err, std::abs(dout.host[r * 128 + col] - oref));
+      if (!std::isfinite(ds.host[r * 128 + col]) || !std::isfinite(dout.host[r * 128 + col])) s_err = 1e9;
+    }
+  EXPECT_LE(s_err, 1e-3) << "S = Q K^T (K-major descriptors)";
+  EXPECT_LE(o_err, 1e-3) << "O = P V (MN-major descriptor of V)";
+}
+
+// Restores the automatic kernel choice when a test ends.
+struct KernelOverrideGuard {
+  explicit KernelOverrideGuard(minillm::cuda::attn::KernelOverride k) { minillm::cuda::attn::set_kernel_override(k); }
+  ~KernelOverrideGuard() { minillm::cuda::attn::set_kernel_override(minillm::cuda::attn::KernelOverride::kNone); }
+};
+
+// The FlashAttention-2 kernel on the head dims that the Hopper kernel takes over on sm_90, and the
+// Hopper kernel on cases the other tests do not reach (several tiles per CTA, long causal rows).
+TEST(FlashAttentionSm90, SmallBothKernels) {
+  REQUIRE_GPU();
+  using minillm::cuda::attn::KernelOverride;
+  for (KernelOverride kernel : {KernelOverride::kFa2, KernelOverride::kSm90}) {
+    const KernelOverrideGuard guard(kernel);
+    std::vector<Case> cases;
+    uint32_t seed = 1000;
+    for (DType t : {DType::bf16, DType::f16})
+      for (int D : {64, 128})
+        for (bool causal : {false, true}) {
+          cases.push_back({t, 2, 257, 257, 4, 2, D, causal, 0.f, 1.f, false, seed++});
+          cases.push_back({t, 1, 100, 700, 3, 1, D, causal, 0.f, 1.f, true, seed++});
+          cases.push_back({t, 1, 700, 100, 2, 2, D, causal, 0.f, 1.f, false, seed++});
+        }
+    check_cases(cases);
+    for (bool causal : {false, true}) {
+      const Errors e = run_varlen(DType::bf16, {5, 300, 1, 190}, {7, 290, 0, 400}, 4, 2, 128, causal, seed++);
+      EXPECT_EQ(e.bad, 0);
+      EXPECT_LE(e.rel_l2, tolerance(DType::bf16));
+      EXPECT_LE(e.lse_err, 1e-3);
+    }
   }
 }
 

@@ -11,9 +11,14 @@
 // FlashAttention-2: 297), 0.487 ms = 282 TFLOP/s causal (259); D128: 375 / 307 TFLOP/s (348 / 282).
 // Grid of 288 cases: median 1.11x FlashAttention-2, 0.71x cuDNN. Reproduce with
 // `PYTHONPATH=python python bench/bench_attention.py` (results in bench/results/h100/attention.json).
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda/attention/flash_fwd_kernel.cuh"
+#include "cuda/attention/flash_fwd_sm90.h"
 #include "minillm/core/check.h"
 
 namespace minillm {
@@ -46,6 +51,63 @@ void check_pointer(const void* ptr, const char* name) {
 void check_stride(int64_t stride, const char* name) {
   MINILLM_CHECK(stride % 8 == 0, "flash_attention_forward: " << name << " = " << stride
                                                              << " must be a multiple of 8 elements (16 bytes)");
+}
+
+// Environment, read once: MINILLM_ATTENTION_KERNEL=fa2 forces the FlashAttention-2 kernel (for
+// comparisons); MINILLM_SM90_VARIANT, MINILLM_SM90_BLOCK_M=128|192, MINILLM_SM90_PERSISTENT=0 and
+// MINILLM_SM90_HEAD_GROUP=<n> select the sm90 kernel's variants and schedule (docs/HOPPER_ATTENTION.md).
+struct KernelChoice {
+  bool force_fa2 = false;
+  cuda::attn::Sm90Options sm90;
+};
+
+const KernelChoice& kernel_choice() {
+  static const KernelChoice choice = [] {
+    KernelChoice c;
+    const char* k = std::getenv("MINILLM_ATTENTION_KERNEL");
+    c.force_fa2 = k == nullptr || std::strcmp(k, "sm90") != 0;  // TEMPORARY: opt-in until validated on the H100
+    using cuda::attn::Sm90Variant;
+    if (const char* v = std::getenv("MINILLM_SM90_VARIANT")) {
+      if (std::strcmp(v, "serial") == 0) c.sm90.variant = Sm90Variant::kSerial;
+      if (std::strcmp(v, "nopingpong") == 0) c.sm90.variant = Sm90Variant::kNoPingPong;
+      if (std::strcmp(v, "serial_nopingpong") == 0) c.sm90.variant = Sm90Variant::kSerialNoPingPong;
+    }
+    if (const char* v = std::getenv("MINILLM_SM90_BLOCK_M")) c.sm90.block_m = std::atoi(v);
+    if (const char* v = std::getenv("MINILLM_SM90_PERSISTENT")) c.sm90.persistent = std::strcmp(v, "0") != 0;
+    if (const char* v = std::getenv("MINILLM_SM90_HEAD_GROUP")) c.sm90.head_group = std::max(0, std::atoi(v));
+    return c;
+  }();
+  return choice;
+}
+
+std::atomic<int> g_override{0};  // cuda::attn::KernelOverride, set by tests
+
+// Compute capability 9.0 (Hopper), cached per device.
+bool is_sm90_device() {
+  static std::atomic<int8_t> cached[64] = {};  // 0: unknown, 1: sm90, 2: other
+  int dev = 0;
+  MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 64 && cached[dev].load(std::memory_order_relaxed) != 0) return cached[dev].load() == 1;
+  int major = 0, minor = 0;
+  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  const bool sm90 = major == 9 && minor == 0;
+  if (dev < 64) cached[dev].store(sm90 ? 1 : 2);
+  return sm90;
+}
+
+// The Hopper kernel for head dims 64 and 128 on sm_90; false when it did not run.
+bool try_sm90(const cuda::attn::FlashFwdArgs& args, cudaStream_t stream) {
+  using cuda::attn::KernelOverride;
+  const auto ov = static_cast<KernelOverride>(g_override.load(std::memory_order_relaxed));
+  const KernelChoice& choice = kernel_choice();
+  if (ov == KernelOverride::kFa2 || (ov == KernelOverride::kNone && choice.force_fa2)) return false;
+  if ((args.p.head_dim != 64 && args.p.head_dim != 128) || !is_sm90_device()) return false;
+  const bool ran = args.p.head_dim == 64 ? cuda::attn::run_flash_fwd_sm90_hdim64(args, choice.sm90, stream)
+                                         : cuda::attn::run_flash_fwd_sm90_hdim128(args, choice.sm90, stream);
+  MINILLM_CHECK(ran || ov != KernelOverride::kSm90,
+                "flash_attention_forward: the sm90 kernel cannot describe this layout with TMA descriptors");
+  return ran;
 }
 
 template <typename T>
@@ -113,11 +175,16 @@ void flash_attention_forward(const FlashAttentionParams& p, cudaStream_t stream)
   args.scale = p.softmax_scale > 0.f ? p.softmax_scale : 1.f / std::sqrt(static_cast<float>(p.head_dim));
   args.scale_log2 = args.scale * 1.4426950408889634f;
   args.kv_group = p.num_heads / p.num_kv_heads;
+  if (try_sm90(args, stream)) return;
   if (p.dtype == DType::bf16) {
     dispatch_head_dim<__nv_bfloat16>(args, stream);
   } else {
     dispatch_head_dim<__half>(args, stream);
   }
 }
+
+namespace cuda::attn {
+void set_kernel_override(KernelOverride k) { g_override.store(static_cast<int>(k)); }
+}  // namespace cuda::attn
 
 }  // namespace minillm

@@ -1,0 +1,627 @@
+// FlashAttention forward for Hopper (sm_90a): TMA + wgmma + warp specialisation, persistent.
+//
+// Algorithm (FlashAttention-3 style; Shah et al. 2024): one CTA owns kBlockM = 64 * kConsumers query
+// rows of one (batch, head) at a time and streams the K/V tiles of kBlockN keys, last tile first
+// (the masked tiles, sequence tail and causal diagonal, come first):
+//   producer warpgroup (setmaxnreg.dec): one warp; lane 0 issues the TMA loads: the Q tile once per
+//     work tile, then K_j and V_j into a kStages-deep shared-memory ring, with full/empty mbarriers.
+//   consumer warpgroups (setmaxnreg.inc), 64 query rows each:
+//     S = Q K_j^T           wgmma m64n{kBlockN}k16, A = Q and B = K from shared memory (K-major)
+//     online softmax        fp32 registers, exp2 with scale * log2(e) folded in, row max / sum over
+//                           the 4 threads of a quad (the accumulator layout is FlashAttention-2's)
+//     O += P_j V_j          wgmma m64n{D}k16 with A = P from registers (bf16/fp16, converted from the
+//                           S accumulators in place) and B = V from shared memory, MN-major (tnspB)
+//   Overlap: within a warpgroup, S_{j+1} = Q K_{j+1}^T and O += P_j V_j are issued back to back and
+//   the softmax of S_{j+1} runs while O += P_j V_j is still on the tensor cores (kOverlap); between
+//   warpgroups, a named-barrier token makes them issue their GEMMs in turn, so one warpgroup's
+//   softmax runs under the other's GEMMs (kPingPong).
+// Epilogue: O / l -> 16-bit -> shared memory (16-byte chunks XOR-swizzled by row) -> 16-byte stores of
+// the rows that exist; lse = m * scale + ln(l). A row that sees no key has m = -inf, l = 0: o = 0 and
+// lse = -inf (the FlashAttention-2 kernel's semantics, flash_fwd_kernel.cuh).
+//
+// Layouts (include/minillm/attention.h): one 4-D TMA tensor per input, {D, rows, heads, batch}
+// (innermost first) with the caller's strides in bytes, boxes {64, tile rows, 1, 1} with 128-byte
+// swizzle; D = 128 is two boxes side by side. Padded layout: rows = N and TMA zero-fills rows past N.
+// Varlen: batch = 1 and a sequence's rows start at cu_seqlens[b]; rows past a sequence's end are
+// other sequences' tokens: keys are masked, query rows are not stored. The total row count is only
+// known on the device (cu_seqlens[B]), so the tensor maps are declared with 2^31 - 1 rows and the
+// one tile that would cross the end of the tensor is copied by the producer warp with plain loads.
+// Shared memory: Q [kBlockM x D] | K ring | V ring | O staging [kBlockM x D] | mbarriers.
+//
+// Schedule: grid = number of SMs, static round-robin over tiles ordered (group of (batch, head)
+// pairs, m-block from the last, (batch, head)): the groups are sized so that their K/V stay in L2,
+// and within a group the longest causal rows come first.
+//
+// Measured: see docs/HOPPER_ATTENTION.md and the header of flash_fwd.cu.
+#pragma once
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <atomic>
+#include <climits>
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/attention/flash_fwd_kernel.cuh"
+#include "cuda/attention/flash_fwd_sm90.h"
+#include "cuda/sm90.cuh"
+#include "minillm/core/check.h"
+#include "minillm/core/cuda_check.h"
+
+namespace minillm::cuda::attn {
+
+// Tile shape and pipeline of one kernel instantiation.
+template <int kHeadDim_, int kConsumers_, int kBlockN_, int kStages_, bool kOverlap_, bool kPingPong_>
+struct Sm90FwdTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kConsumers = kConsumers_;  // consumer warpgroups of 64 query rows
+  static constexpr int kBlockM = 64 * kConsumers;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStages = kStages_;
+  static constexpr bool kOverlap = kOverlap_;
+  static constexpr bool kPingPong = kPingPong_;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kBoxes = kHeadDim / 64;  // 64-column (128-byte) TMA boxes per row
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;
+  static constexpr int kKVBytes = kBlockN * kHeadDim * 2;  // one K (or V) stage
+  // Two Q buffers when they fit: the next tile's Q loads while this one runs.
+  static constexpr int kQStages = 3 * kQBytes + 2 * kStages * kKVBytes + 8 * (4 + 4 * kStages) + 1024 <= 227 * 1024 ? 2 : 1;
+  static constexpr int kOffK = kQStages * kQBytes;
+  static constexpr int kOffV = kOffK + kStages * kKVBytes;
+  static constexpr int kOffO = kOffV + kStages * kKVBytes;
+  static constexpr int kOffBar = kOffO + kQBytes;
+  static constexpr int kNumBars = 2 * kQStages + 4 * kStages;  // q full/empty, k full/empty, v full/empty
+  static constexpr int kSmemBytes = kOffBar + 8 * kNumBars + 1024;  // + slack to align the base to 1024
+  // The CTA's 64K registers: the producer gives back what the consumers take (setmaxnreg), with the
+  // launch cap 65536 / kThreads per thread in between: 56 + 2 x 224 = 3 x 168, 32 + 3 x 160 = 4 x 128.
+  static constexpr int kProducerRegs = kConsumers == 2 ? 56 : 32;
+  static constexpr int kConsumerRegs = kConsumers == 2 ? 224 : 160;
+  // Named barriers (0 is __syncthreads): the ping-pong tokens, then one per consumer for the epilogue.
+  static constexpr int kSchedBar = 1;
+  static constexpr int kEpiBar = 1 + kConsumers;
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head dims 64 and 128");
+  static_assert(kConsumers == 2 || kConsumers == 3, "2 or 3 consumer warpgroups");
+  static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "kBlockN: k16 steps of O += P V, one TMA box");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA");
+  static_assert(kProducerRegs + kConsumers * kConsumerRegs <= (65536 / kThreads) * (1 + kConsumers), "registers");
+};
+
+// Kernel arguments. The tensor maps live in the kernel's parameter space (__grid_constant__).
+struct Sm90FwdParams {
+  CUtensorMap q, k, v;  // {D, rows, heads, batch}, boxes {64, kBlockM (q) or kBlockN (k, v), 1, 1}
+  FlashFwdArgs args;
+  int num_m_blocks;  // ceil(seqlen_q / kBlockM)
+  int num_bh;        // batch * num_heads
+  int group_bh;      // (batch, head) pairs per tile group
+  int num_tiles;     // num_m_blocks * num_bh
+};
+
+namespace sm90_detail {
+
+// One work tile: m-block, head and batch, its sequence, and the number of K/V tiles it reads.
+struct Tile {
+  int m_block, head, batch;
+  int seqlen_q, seqlen_k;
+  int q_tok0, k_tok0;  // first token of the sequence in the varlen layout (else 0)
+  int n_blocks;
+};
+
+// Tile t of the schedule: groups of group_bh (batch, head) pairs; within a group the m-blocks from
+// the last (longest under causal masking) to the first, and the (batch, head) pairs fastest.
+template <int kBlockM, int kBlockN>
+__device__ __forceinline__ Tile get_tile(const Sm90FwdParams& P, int t) {
+  const FlashAttentionParams& p = P.args.p;
+  const int group_tiles = P.group_bh * P.num_m_blocks;
+  const int group = t / group_tiles;
+  const int r = t - group * group_tiles;
+  const int first = group * P.group_bh;
+  const int size = min(P.group_bh, P.num_bh - first);
+  const int mi = r / size;
+  const int bh = first + (r - mi * size);
+  Tile ti;
+  ti.m_block = P.num_m_blocks - 1 - mi;
+  ti.batch = bh / p.num_heads;
+  ti.head = bh - ti.batch * p.num_heads;
+  ti.seqlen_q = p.seqlen_q;
+  ti.seqlen_k = p.seqlen_k;
+  ti.q_tok0 = ti.k_tok0 = 0;
+  if (p.cu_seqlens_q != nullptr) {
+    ti.q_tok0 = p.cu_seqlens_q[ti.batch];
+    ti.seqlen_q = p.cu_seqlens_q[ti.batch + 1] - ti.q_tok0;
+    ti.k_tok0 = p.cu_seqlens_k[ti.batch];
+    ti.seqlen_k = p.cu_seqlens_k[ti.batch + 1] - ti.k_tok0;
+  }
+  // Keys the tile's rows can see: all, or (causal) up to the diagonal of its last existing row.
+  int n_end = ti.seqlen_k;
+  if (p.causal) {
+    const int last_row_end = min((ti.m_block + 1) * kBlockM, ti.seqlen_q);
+    n_end = max(0, min(ti.seqlen_k, last_row_end + ti.seqlen_k - ti.seqlen_q));
+  }
+  ti.n_blocks = (n_end + kBlockN - 1) / kBlockN;
+  return ti;
+}
+
+// The tile a CTA takes in round `round`: round-robin over the CTAs, in reverse order every other round
+// (CTA b takes tiles b, 2 grid - 1 - b, 2 grid + b, ...), so that along the longest-first order each
+// CTA's sum of tile costs comes out even (plain round-robin gives CTA 0 the longest tile of every round).
+__device__ __forceinline__ int tile_of(const Sm90FwdParams& P, int round) {
+  const int b = (round & 1) ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
+  return round * int(gridDim.x) + b;
+}
+
+// Loads rows [row0, row0 + kRows) of one head, all kBoxes x 64 columns, into kBoxes 128-byte-swizzled
+// boxes at dst, completing on `bar` (expected arrivals: 1). TMA zero-fills rows past the tensor map's
+// extent. rows_total < INT_MAX (varlen) is the real row count: a tile crossing it is copied by the
+// warp with 16-byte loads instead (rows past it zero-filled), since the map does not know the end.
+// `src` points at row 0 of this head. Called by all 32 lanes of the producer warp.
+template <int kRows, int kBoxes, typename T>
+__device__ __forceinline__ void load_rows(uint32_t dst, const CUtensorMap* map, uint32_t bar, int row0, int head,
+                                          int batch, int rows_total, const T* src, int64_t row_stride, int lane) {
+  using namespace sm90;
+  if (row0 + kRows <= rows_total) {
+    if (lane == 0) {
+      mbar_arrive_expect_tx(bar, kRows * kBoxes * 128);
+#pragma unroll
+      for (int b = 0; b < kBoxes; ++b) tma_load_4d(dst + b * kRows * 128, map, bar, b * 64, row0, head, batch);
+    }
+    return;
+  }
+  constexpr int kChunks = kBoxes * 8;  // 16-byte chunks per row
+  for (int i = lane; i < kRows * kChunks; i += 32) {
+    const int r = i / kChunks, c = i % kChunks;
+    uint4 val = make_uint4(0u, 0u, 0u, 0u);
+    if (row0 + r < rows_total) val = *reinterpret_cast<const uint4*>(src + int64_t(row0 + r) * row_stride + c * 8);
+    const uint32_t addr = dst + (c / 8) * kRows * 128 + r * 128 + (((c % 8) ^ (r % 8)) << 4);
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(val.x), "r"(val.y), "r"(val.z),
+                 "r"(val.w)
+                 : "memory");
+  }
+  fence_proxy_async();  // the wgmma reads of these rows go through the async proxy
+  __syncwarp();
+  if (lane == 0) mbar_arrive(bar);
+}
+
+}  // namespace sm90_detail
+
+// grid: persistent CTAs (or one per tile); block: Kt::kThreads; dynamic smem: Kt::kSmemBytes.
+template <typename Kt, typename T>
+__global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const __grid_constant__ Sm90FwdParams P) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace sm90;
+  using namespace sm90_detail;
+  constexpr int D = Kt::kHeadDim, BM = Kt::kBlockM, BN = Kt::kBlockN, kStages = Kt::kStages;
+  constexpr int kConsumers = Kt::kConsumers;
+  const FlashAttentionParams& p = P.args.p;
+  const bool varlen = p.cu_seqlens_q != nullptr;
+
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;  // 128-byte swizzle atoms: 1024-aligned
+  auto sQ = [&](int s) { return base + s * Kt::kQBytes; };
+  const uint32_t sO = base + Kt::kOffO;
+  auto sK = [&](int s) { return base + Kt::kOffK + s * Kt::kKVBytes; };
+  auto sV = [&](int s) { return base + Kt::kOffV + s * Kt::kKVBytes; };
+  const uint32_t bars = base + Kt::kOffBar;
+  constexpr int kQStages = Kt::kQStages;
+  auto q_full = [&](int s) { return bars + 8 * s; };
+  auto q_empty = [&](int s) { return bars + 8 * (kQStages + s); };
+  const uint32_t kv_bars = bars + 16 * kQStages;
+  auto k_full = [&](int s) { return kv_bars + 8 * s; };
+  auto k_empty = [&](int s) { return kv_bars + 8 * (kStages + s); };
+  auto v_full = [&](int s) { return kv_bars + 8 * (2 * kStages + s); };
+  auto v_empty = [&](int s) { return kv_bars + 8 * (3 * kStages + s); };
+
+  const int wg = threadIdx.x / 128;
+  const int tid = threadIdx.x % 128;
+  if (threadIdx.x == 0) {
+    // "full": the producer's arrive (with the TMA bytes); "empty": lane 0 of every consumer warp.
+    for (int s = 0; s < kQStages; ++s) {
+      mbar_init(q_full(s), 1);
+      mbar_init(q_empty(s), 4 * kConsumers);
+    }
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(k_full(s), 1);
+      mbar_init(v_full(s), 1);
+      mbar_init(k_empty(s), 4 * kConsumers);
+      mbar_init(v_empty(s), 4 * kConsumers);
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // ---------------- producer: warp 0 (lane 0 issues the TMA loads) ----------------
+    setmaxnreg_dec<Kt::kProducerRegs>();
+    if (tid >= 32) return;
+    const int lane = tid;
+    if (lane == 0) {
+      prefetch_tensor_map(&P.q);
+      if (varlen || p.seqlen_k > 0) {  // else the K/V maps were not encoded (no key is ever loaded)
+        prefetch_tensor_map(&P.k);
+        prefetch_tensor_map(&P.v);
+      }
+    }
+    const int total_q = varlen ? p.cu_seqlens_q[p.batch] : INT_MAX;
+    const int total_k = varlen ? p.cu_seqlens_k[p.batch] : INT_MAX;
+    const int kv_group = P.args.kv_group;
+    int stage = 0, q_count = 0;
+    uint32_t phase = 0;
+    for (int round = 0; round * int(gridDim.x) < P.num_tiles; ++round) {
+      const int t = tile_of(P, round);
+      if (t >= P.num_tiles) continue;
+      const Tile ti = get_tile<BM, BN>(P, t);
+      const int m0 = ti.m_block * BM;
+      if (m0 >= ti.seqlen_q) continue;
+      const int kv_head = ti.head / kv_group;
+      const int tma_batch = varlen ? 0 : ti.batch;
+      const int qs = q_count % kQStages;
+      const uint32_t q_phase = (q_count / kQStages) & 1u;
+      ++q_count;
+      mbar_wait(q_empty(qs), q_phase ^ 1u);  // the consumers are done with the Q this buffer held
+      load_rows<BM, Kt::kBoxes>(sQ(qs), &P.q, q_full(qs), ti.q_tok0 + m0, ti.head, tma_batch, total_q,
+                                static_cast<const T*>(p.q) + ti.head * p.q_head_stride, p.q_row_stride, lane);
+      const T* k_src = static_cast<const T*>(p.k) + kv_head * p.k_head_stride;
+      const T* v_src = static_cast<const T*>(p.v) + kv_head * p.v_head_stride;
+      for (int n = ti.n_blocks - 1; n >= 0; --n) {
+        const int row = ti.k_tok0 + n * BN;
+        mbar_wait(k_empty(stage), phase ^ 1u);
+        load_rows<BN, Kt::kBoxes>(sK(stage), &P.k, k_full(stage), row, kv_head, tma_batch, total_k, k_src,
+                                  p.k_row_stride, lane);
+        mbar_wait(v_empty(stage), phase ^ 1u);
+        load_rows<BN, Kt::kBoxes>(sV(stage), &P.v, v_full(stage), row, kv_head, tma_batch, total_k, v_src,
+                                  p.v_row_stride, lane);
+        if (++stage == kStages) {
+          stage = 0;
+          phase ^= 1u;
+        }
+      }
+    }
+  } else {
+    // ---------------- consumers: warpgroup c owns rows [64 c, 64 c + 64) of the tile ----------------
+    setmaxnreg_inc<Kt::kConsumerRegs>();
+    const int c = wg - 1;
+    const int warp = tid / 32, lane = tid % 32;
+    const int quad_row = lane / 4, quad_col = lane % 4;  // accumulator rows 16 warp + quad_row (+ 8)
+    const float scale_log2 = P.args.scale_log2;
+
+    // Ping-pong token: consumer c issues its GEMMs after consumer c - 1 (mod kConsumers) issued its own.
+    auto sched_wait = [&] {
+      if constexpr (Kt::kPingPong) named_bar_sync(Kt::kSchedBar + c, 256);
+    };
+    auto sched_pass = [&] {
+      if constexpr (Kt::kPingPong) named_bar_arrive(Kt::kSchedBar + (c + 1) % kConsumers, 256);
+    };
+    if constexpr (Kt::kPingPong) {
+      if (c == kConsumers - 1) named_bar_arrive(Kt::kSchedBar, 256);  // consumer 0 goes first
+    }
+
+    float s[BN / 2];         // S tile (64 x BN per warpgroup), then P in fp32
+    float o[D / 2];          // O accumulator (64 x D per warpgroup)
+    uint32_t pa[BN / 16][4]; // P as the A operand of the k16 steps of O += P V
+    float row_max[2], row_sum[2];
+
+    uint64_t desc_q0 = 0;  // this warpgroup's rows of the current Q buffer
+    auto issue_qk = [&](int st) {
+      const uint64_t desc_k0 = desc_k_sw128(sK(st));
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t q_off = (kk / 4) * BM * 128 + (kk % 4) * 32;
+        const uint32_t k_off = (kk / 4) * BN * 128 + (kk % 4) * 32;
+        wgmma_ss<BN, T>(s, desc_add(desc_q0, q_off), desc_add(desc_k0, k_off), kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+    };
+    auto issue_pv = [&](int st) {
+      const uint64_t desc_v0 = desc_mn_sw128(sV(st), BN * 128);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D, T>(o, pa[kk], desc_add(desc_v0, kk * 16 * 128), 1);
+      wgmma_commit();
+    };
+    auto convert_p = [&] {
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        pa[kk][0] = detail::pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+        pa[kk][1] = detail::pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = detail::pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = detail::pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+      }
+    };
+    auto rescale_o = [&](const float (&corr)[2]) {
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[4 * j + e] *= corr[e >> 1];
+    };
+
+    int stage = 0, q_count = 0;
+    uint32_t phase = 0;
+    for (int round = 0; round * int(gridDim.x) < P.num_tiles; ++round) {
+      const int t = tile_of(P, round);
+      if (t >= P.num_tiles) continue;
+      const Tile ti = get_tile<BM, BN>(P, t);
+      const int m0 = ti.m_block * BM;
+      if (m0 >= ti.seqlen_q) continue;
+      const int qs = q_count % kQStages;
+      const uint32_t q_phase = (q_count / kQStages) & 1u;
+      ++q_count;
+      desc_q0 = desc_k_sw128(sQ(qs) + c * 64 * 128);
+      const int row0 = m0 + 64 * c;  // this warpgroup's first row (within the sequence)
+      const int diag = ti.seqlen_k - ti.seqlen_q;  // query i sees keys j <= i + diag (causal)
+      // Keys visible to every row of this warpgroup: tiles ending beyond need the mask.
+      const int n_unmasked_end = p.causal ? min(ti.seqlen_k, row0 + diag + 1) : ti.seqlen_k;
+      int key_limit[2];  // keys < key_limit[h] are visible to this thread's row h
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = row0 + 16 * warp + quad_row + 8 * h;
+        key_limit[h] = p.causal ? min(ti.seqlen_k, row + diag + 1) : ti.seqlen_k;
+      }
+
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        row_max[h] = -INFINITY;
+        row_sum[h] = 0.f;
+      }
+
+      // Masks (kMask) and exponentiates the S tile of block n in place, updates the row statistics
+      // and returns the factor by which O must be rescaled.
+      auto softmax = [&](auto mask_tag, int n, float (&corr)[2]) {
+        constexpr bool kMask = decltype(mask_tag)::value;
+        if constexpr (kMask) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int limit = key_limit[h] - n * BN - 2 * quad_col;  // column 8 j + e visible iff < limit
+#pragma unroll
+            for (int j = 0; j < BN / 8; ++j)
+#pragma unroll
+              for (int e = 0; e < 2; ++e)
+                if (8 * j + e >= limit) s[4 * j + 2 * h + e] = -INFINITY;
+          }
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float mx = row_max[h];
+#pragma unroll
+          for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]));
+          mx = detail::quad_max(mx);
+          // A row that has seen no key yet keeps mx = -inf: subtract 0 so that exp2 gives 0, not NaN.
+          const float mx_scaled = (kMask && mx == -INFINITY) ? 0.f : mx * scale_log2;
+          corr[h] = detail::fast_exp2(row_max[h] * scale_log2 - mx_scaled);  // 0 while row_max is -inf
+          row_max[h] = mx;
+          float sum = 0.f;
+#pragma unroll
+          for (int j = 0; j < BN / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float pe = detail::fast_exp2(fmaf(s[4 * j + 2 * h + e], scale_log2, -mx_scaled));
+              s[4 * j + 2 * h + e] = pe;
+              sum += pe;
+            }
+          row_sum[h] = row_sum[h] * corr[h] + sum;
+        }
+      };
+      auto softmax_block = [&](int n, float (&corr)[2]) {
+        if ((n + 1) * BN > n_unmasked_end) {
+          softmax(std::true_type{}, n, corr);
+        } else {
+          softmax(std::false_type{}, n, corr);
+        }
+      };
+      auto advance = [&] {
+        if (++stage == kStages) {
+          stage = 0;
+          phase ^= 1u;
+        }
+      };
+
+      mbar_wait(q_full(qs), q_phase);
+      if (ti.n_blocks > 0) {
+        float corr[2];
+        if constexpr (Kt::kOverlap) {
+          // Block n_blocks - 1 alone: S, softmax, P.
+          int n = ti.n_blocks - 1;
+          mbar_wait(k_full(stage), phase);
+          sched_wait();
+          issue_qk(stage);
+          sched_pass();
+          wgmma_wait<0>();
+          fence_regs(s);
+          if (lane == 0) mbar_arrive(k_empty(stage));
+          softmax_block(n, corr);
+          convert_p();
+          int v_stage = stage;
+          uint32_t v_phase = phase;
+          advance();
+          // Then S_n = Q K_n^T and O += P_{n+1} V_{n+1} in flight together; softmax of S_n under the PV GEMM.
+          for (n = ti.n_blocks - 2; n >= 0; --n) {
+            mbar_wait(k_full(stage), phase);
+            sched_wait();
+            issue_qk(stage);
+            mbar_wait(v_full(v_stage), v_phase);
+            issue_pv(v_stage);
+            sched_pass();
+            wgmma_wait<1>();  // S done (O += P V may still run)
+            fence_regs(s);
+            if (lane == 0) mbar_arrive(k_empty(stage));
+            softmax_block(n, corr);
+            wgmma_wait<0>();  // O += P V done: P's registers and V's stage are free
+            fence_regs(o);
+            if (lane == 0) mbar_arrive(v_empty(v_stage));
+            rescale_o(corr);
+            convert_p();
+            v_stage = stage;
+            v_phase = phase;
+            advance();
+          }
+          if (lane == 0) mbar_arrive(q_empty(qs));  // the last S GEMM of this tile is complete
+          mbar_wait(v_full(v_stage), v_phase);
+          issue_pv(v_stage);
+          wgmma_wait<0>();
+          fence_regs(o);
+          if (lane == 0) mbar_arrive(v_empty(v_stage));
+        } else {
+          for (int n = ti.n_blocks - 1; n >= 0; --n) {
+            mbar_wait(k_full(stage), phase);
+            sched_wait();
+            issue_qk(stage);
+            sched_pass();
+            wgmma_wait<0>();
+            fence_regs(s);
+            if (lane == 0) mbar_arrive(k_empty(stage));
+            softmax_block(n, corr);
+            rescale_o(corr);
+            convert_p();
+            mbar_wait(v_full(stage), phase);
+            sched_wait();
+            issue_pv(stage);
+            sched_pass();
+            wgmma_wait<0>();
+            fence_regs(o);
+            if (lane == 0) mbar_arrive(v_empty(stage));
+            advance();
+          }
+          if (lane == 0) mbar_arrive(q_empty(qs));
+        }
+      } else {
+        if (lane == 0) mbar_arrive(q_empty(qs));  // no key: o = 0, lse = -inf
+      }
+
+      // ---- epilogue: o / l through this warpgroup's staging tile sO_c [64][D] (chunks ^ row % 8) ----
+      const uint32_t sOc = sO + c * 64 * D * 2;
+      named_bar_sync(Kt::kEpiBar + c, 128);  // the previous tile's reads of sO_c are done
+      const int64_t lse_off = varlen ? int64_t(ti.q_tok0) : int64_t(ti.batch) * p.lse_batch_stride;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float l = detail::quad_sum(row_sum[h]);
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        const int r = 16 * warp + quad_row + 8 * h;
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          const uint32_t addr = sOc + r * D * 2 + ((j ^ (r & 7)) << 4) + quad_col * 4;
+          const uint32_t v2 = detail::pack2<T>(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+          asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v2) : "memory");
+        }
+        if (p.lse != nullptr && quad_col == 0 && row0 + r < ti.seqlen_q) {
+          const float lse = l > 0.f ? row_max[h] * P.args.scale + logf(l) : -INFINITY;
+          p.lse[lse_off + int64_t(ti.head) * p.lse_head_stride + row0 + r] = lse;
+        }
+      }
+      named_bar_sync(Kt::kEpiBar + c, 128);
+      const int rows_valid = ti.seqlen_q - row0;
+      const int64_t o_batch = varlen ? 0 : int64_t(ti.batch) * p.o_batch_stride;
+      T* out = static_cast<T*>(p.o) + o_batch + (int64_t(ti.q_tok0) + row0) * p.o_row_stride +
+               int64_t(ti.head) * p.o_head_stride;
+      constexpr int kChunks = D / 8;
+#pragma unroll
+      for (int i = 0; i < 64 * kChunks / 128; ++i) {
+        const int idx = i * 128 + tid;
+        const int r = idx / kChunks, ch = idx % kChunks;
+        if (r < rows_valid) {
+          uint4 val;
+          const uint32_t addr = sOc + r * D * 2 + ((ch ^ (r & 7)) << 4);
+          asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];"
+                       : "=r"(val.x), "=r"(val.y), "=r"(val.z), "=r"(val.w)
+                       : "r"(addr));
+          *reinterpret_cast<uint4*>(out + int64_t(r) * p.o_row_stride + ch * 8) = val;
+        }
+      }
+    }
+    if constexpr (Kt::kPingPong) {
+      if (c == 0) named_bar_sync(Kt::kSchedBar, 256);  // the last token passed to consumer 0
+    }
+  }
+#else
+  (void)P;
+  __trap();  // built without sm_90a: flash_attention_forward never selects this kernel there
+#endif
+}
+
+// ---- host side ----
+
+namespace sm90_detail {
+
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    MINILLM_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
+    MINILLM_CHECK(q == cudaDriverEntryPointSuccess && f != nullptr, "cuTensorMapEncodeTiled is not available");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// One of q, k, v as a 4-D tensor {D, rows, heads, batch} (strides in elements) with 128-byte-swizzled
+// boxes {64, box_rows, 1, 1}. Returns false when the driver rejects the layout.
+inline bool encode_map(CUtensorMap* map, DType dtype, const void* ptr, int head_dim, int64_t rows,
+                       int64_t row_stride, int heads, int64_t head_stride, int batch, int64_t batch_stride,
+                       int box_rows) {
+  cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(rows), cuuint64_t(heads), cuuint64_t(batch)};
+  cuuint64_t strides[3] = {cuuint64_t(row_stride) * 2, cuuint64_t(head_stride) * 2, cuuint64_t(batch_stride) * 2};
+  for (int i = 0; i < 3; ++i)  // a dim of extent 1 is never stepped: any legal stride will do
+    if (dims[i + 1] == 1 && strides[i] == 0) strides[i] = 16;
+  const cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  const CUresult r = tensor_map_encoder()(
+      map, dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
+      const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
+}  // namespace sm90_detail
+
+// Encodes the tensor maps and launches flash_fwd_sm90_kernel<Kt, T>. Returns false, launching nothing,
+// when a map cannot be encoded (e.g. a zero stride of a dim longer than 1).
+template <typename Kt, typename T>
+bool launch_flash_fwd_sm90(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
+  using namespace sm90_detail;
+  const FlashAttentionParams& p = args.p;
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  Sm90FwdParams P{};
+  P.args = args;
+  // Varlen: the maps cannot know the total row count (see the header); 2^31 - 1 rows.
+  const int64_t q_rows = varlen ? INT_MAX : p.seqlen_q;
+  const int64_t k_rows = varlen ? INT_MAX : p.seqlen_k;
+  const int tma_batch = varlen ? 1 : p.batch;
+  if (!encode_map(&P.q, p.dtype, p.q, Kt::kHeadDim, q_rows, p.q_row_stride, p.num_heads, p.q_head_stride, tma_batch,
+                  p.q_batch_stride, Kt::kBlockM))
+    return false;
+  if (varlen || p.seqlen_k > 0) {  // otherwise no K/V tile is ever loaded (and k, v may be null)
+    if (p.k == nullptr || p.v == nullptr) return false;
+    if (!encode_map(&P.k, p.dtype, p.k, Kt::kHeadDim, k_rows, p.k_row_stride, p.num_kv_heads, p.k_head_stride,
+                    tma_batch, p.k_batch_stride, Kt::kBlockN) ||
+        !encode_map(&P.v, p.dtype, p.v, Kt::kHeadDim, k_rows, p.v_row_stride, p.num_kv_heads, p.v_head_stride,
+                    tma_batch, p.v_batch_stride, Kt::kBlockN))
+      return false;
+  }
+  const int64_t num_m_blocks = (int64_t(p.seqlen_q) + Kt::kBlockM - 1) / Kt::kBlockM;
+  const int64_t num_bh = int64_t(p.batch) * p.num_heads;
+  if (num_m_blocks * num_bh >= INT_MAX) return false;
+  P.num_m_blocks = static_cast<int>(num_m_blocks);
+  P.num_bh = static_cast<int>(num_bh);
+  P.num_tiles = static_cast<int>(num_m_blocks * num_bh);
+  // Tile groups: as many (batch, head) pairs as keep their K/V within ~24 MB of the 50 MB L2.
+  const int64_t kv_bytes = std::max<int64_t>(1, 4 * int64_t(std::max(p.seqlen_k, 1)) * Kt::kHeadDim / args.kv_group);
+  const int64_t group = opt.head_group > 0 ? opt.head_group : std::max<int64_t>(1, (int64_t{24} << 20) / kv_bytes);
+  P.group_bh = static_cast<int>(std::min<int64_t>(group, num_bh));
+
+  int dev = 0, sms = 0;
+  MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
+  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  auto kernel = flash_fwd_sm90_kernel<Kt, T>;
+  static std::atomic<uint64_t> configured{0};  // bit d: device d has the shared-memory limit raised
+  const uint64_t bit = dev < 64 ? (uint64_t{1} << dev) : 0;
+  if (bit == 0 || !(configured.load(std::memory_order_relaxed) & bit)) {
+    MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Kt::kSmemBytes));
+    configured.fetch_or(bit, std::memory_order_relaxed);
+  }
+  const int grid = opt.persistent ? std::min(P.num_tiles, sms) : P.num_tiles;
+  kernel<<<grid, Kt::kThreads, Kt::kSmemBytes, stream>>>(P);
+  MINILLM_CUDA_CHECK_LAUNCH();
+  return true;
+}
+
+}  // namespace minillm::cuda::attn

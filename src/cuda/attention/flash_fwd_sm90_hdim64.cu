@@ -1,0 +1,32 @@
+// Hopper FlashAttention forward, head dim 64 (bf16 and fp16). Kernel and design: flash_fwd_sm90.cuh.
+// Tiling: 2 or 3 consumer warpgroups = 128 or 192 query rows x 128 keys per tile (see pick_block_m),
+// 2-stage K/V ring, intra-warpgroup overlap and ping-pong between the consumers.
+// Measured: docs/HOPPER_ATTENTION.md.
+#include "cuda/attention/flash_fwd_sm90.cuh"
+
+namespace minillm::cuda::attn {
+
+using Sm90Hdim64M128 = Sm90FwdTraits<64, 2, 128, 2, true, true>;
+using Sm90Hdim64M192 = Sm90FwdTraits<64, 3, 128, 2, true, true>;
+
+namespace {
+
+// 192 rows per tile when the work is long full rows; 128 for causal masking (192-row tiles would
+// compute more masked blocks) and short sequences (fewer rows past the end, more tiles to spread).
+int pick_block_m(const FlashAttentionParams& p) { return !p.causal && p.seqlen_q >= 1024 ? 192 : 128; }
+
+template <typename Kt>
+bool launch(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
+  return args.p.dtype == DType::bf16 ? launch_flash_fwd_sm90<Kt, __nv_bfloat16>(args, opt, stream)
+                                     : launch_flash_fwd_sm90<Kt, __half>(args, opt, stream);
+}
+
+}  // namespace
+
+bool run_flash_fwd_sm90_hdim64(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
+  if (opt.variant != Sm90Variant::kDefault) return run_flash_fwd_sm90_ablation(args, opt, stream);
+  const int block_m = opt.block_m > 0 ? opt.block_m : pick_block_m(args.p);
+  return block_m == 192 ? launch<Sm90Hdim64M192>(args, opt, stream) : launch<Sm90Hdim64M128>(args, opt, stream);
+}
+
+}  // namespace minillm::cuda::attn
