@@ -13,11 +13,12 @@
 // swiglu: the block reads 16 gate and 16 up rows and writes silu(gate) * up; gelu / none: 16 rows.
 // Layouts: A [rows, K] permuted tokens (expert e: rows row_offset[e] .. + counts[e]), W [E, N, K],
 // D [rows, N], each with its own row stride.
-// Measured on the H100 (whole layer; weights read = active experts x 3*H*F*2 bytes; copy = 3002 GB/s):
-//   H4096 E8 top-2 F14336: T=1 0.359 ms = 1962 GB/s (65% of copy), T=16 1.41 ms = 1996 GB/s (66%),
-//   T=64 1.79 ms = 1579 GB/s (53%: the tokens are re-read from L2 by every block of an expert);
-//   H2048 E64 top-8 F1024: T=64 0.446 ms = 1806 GB/s (60%), T=1 0.101 ms (33%, launch-bound).
-// Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3, commit bcd7bc4, bench/results/h100/moe.json).
+// Measured on the H100 (whole layer; weights read = active experts x 3*H*F*2 bytes; copy = 2999 GB/s):
+//   H4096 E8 top-2 F14336: T=1 0.284 ms = 2479 GB/s (83% of copy), T=16 1.03 ms = 2744 GB/s (92%),
+//   T=64 1.17 ms = 2416 GB/s (81%); H2048 E64 top-8 F1024: T=64 0.336 ms = 2397 GB/s (80%), T=1 0.086 ms
+//   (39%, launch-bound). Compiling the tile count into the block (decode_block) moved T=64 from 53%: the
+//   activation loads of a step are issued before its MMAs, and no register is spent on absent tiles.
+// Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3, bench/results/h100/moe.json).
 #include <cuda_runtime.h>
 
 #include "cuda/moe/moe_common.cuh"
@@ -54,20 +55,18 @@ __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], uint32_t a0, ui
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-template <typename T, Epilogue kEpi>
-__global__ void __launch_bounds__(kThreads)
-    decode_gemm_kernel(const T* __restrict__ a, int64_t lda, const T* __restrict__ w0, const T* __restrict__ w1,
-                       int64_t ldw, int64_t N, int64_t K, const int32_t* __restrict__ counts,
-                       const int32_t* __restrict__ row_offset, T* __restrict__ d, int64_t ldd) {
+// One block's work with kTiles 8-token tiles (the expert's token count rounded up to 1, 2, 4 or 8 tiles;
+// the extra tiles of a rounded count read clamped tokens and are not written). A compile-time tile
+// count lets every activation load of a step be issued before its MMAs.
+template <typename T, Epilogue kEpi, int kTiles>
+__device__ __forceinline__ void decode_block(const T* __restrict__ a, int64_t lda, const T* __restrict__ w0,
+                                             const T* __restrict__ w1, int64_t ldw, int64_t N, int64_t K, int e,
+                                             int n_tok, int64_t row0, T* __restrict__ d, int64_t ldd,
+                                             float (&red)[kWarps][kEpi == Epilogue::swiglu ? 2 : 1][kMaxTiles][4][32]) {
   constexpr int kMats = kEpi == Epilogue::swiglu ? 2 : 1;
-  constexpr int kUnroll = 8 / kMats;  // K chunks per step: 16 loads of 16 bytes in flight per thread
-  __shared__ float red[kWarps][kMats][kMaxTiles][4][32];
-
-  const int e = blockIdx.y;
-  const int n_tok = counts[e];
-  if (n_tok == 0) return;
-  const int tiles = (n_tok + 7) / 8;
-  const int64_t row0 = row_offset[e];
+  // K chunks per step: up to 16 weight loads of 16 bytes in flight per thread, fewer as the tiles' activation
+  // registers grow (the kernel's register count is that of its largest instantiation).
+  constexpr int kUnroll = kTiles == 1 ? 8 / kMats : kTiles == 2 ? 4 : kTiles == 4 ? 2 : 1;
   const int64_t f0 = static_cast<int64_t>(blockIdx.x) * kRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, q = lane % 4;
@@ -79,14 +78,14 @@ __global__ void __launch_bounds__(kThreads)
     wrow[m][0] = w + g * ldw;
     wrow[m][1] = w + (g + 8) * ldw;
   }
-  const T* xrow[kMaxTiles];
+  const T* xrow[kTiles];
 #pragma unroll
-  for (int t = 0; t < kMaxTiles; ++t) {
+  for (int t = 0; t < kTiles; ++t) {
     const int tok = min(t * 8 + g, n_tok - 1);  // clamped: the extra columns are never written
     xrow[t] = a + (row0 + tok) * lda + 8 * q;
   }
 
-  float acc[kMats][kMaxTiles][4] = {};
+  float acc[kMats][kTiles][4] = {};
   const int64_t chunks = K / 32;
   for (int64_t base = static_cast<int64_t>(warp) * kUnroll; base < chunks; base += kWarps * kUnroll) {
     uint4 wv[kUnroll][kMats][2];
@@ -98,20 +97,24 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int r = 0; r < 2; ++r) wv[u][m][r] = base + u < chunks ? ld_stream(wrow[m][r] + k) : make_uint4(0, 0, 0, 0);
     }
+    uint4 xv[kUnroll][kTiles];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int t = 0; t < kTiles; ++t)
+        xv[u][t] = base + u < chunks ? __ldg(reinterpret_cast<const uint4*>(xrow[t] + (base + u) * 32))
+                                     : make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       if (base + u >= chunks) continue;
-      const int64_t k = (base + u) * 32;
 #pragma unroll
-      for (int t = 0; t < kMaxTiles; ++t) {
-        if (t >= tiles) continue;
-        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(xrow[t] + k));
+      for (int t = 0; t < kTiles; ++t) {
 #pragma unroll
         for (int m = 0; m < kMats; ++m) {
           const uint4& lo = wv[u][m][0];
           const uint4& hi = wv[u][m][1];
-          mma_16816<T>(acc[m][t], lo.x, hi.x, lo.y, hi.y, xv.x, xv.y);
-          mma_16816<T>(acc[m][t], lo.z, hi.z, lo.w, hi.w, xv.z, xv.w);
+          mma_16816<T>(acc[m][t], lo.x, hi.x, lo.y, hi.y, xv[u][t].x, xv[u][t].y);
+          mma_16816<T>(acc[m][t], lo.z, hi.z, lo.w, hi.w, xv[u][t].z, xv[u][t].w);
         }
       }
     }
@@ -120,15 +123,13 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int m = 0; m < kMats; ++m)
 #pragma unroll
-    for (int t = 0; t < kMaxTiles; ++t)
-      if (t < tiles)
+    for (int t = 0; t < kTiles; ++t)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) red[warp][m][t][i][lane] = acc[m][t][i];
+      for (int i = 0; i < 4; ++i) red[warp][m][t][i][lane] = acc[m][t][i];
   __syncthreads();
   if (warp != 0) return;
 #pragma unroll
-  for (int t = 0; t < kMaxTiles; ++t) {
-    if (t >= tiles) continue;
+  for (int t = 0; t < kTiles; ++t) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       // C fragment: i = 0, 1 -> row g, tokens 2q, 2q+1; i = 2, 3 -> row g + 8.
@@ -151,6 +152,28 @@ __global__ void __launch_bounds__(kThreads)
       }
       if (tok < n_tok) d[(row0 + tok) * ldd + f] = from_f32<T>(out);
     }
+  }
+}
+
+template <typename T, Epilogue kEpi>
+__global__ void __launch_bounds__(kThreads)
+    decode_gemm_kernel(const T* __restrict__ a, int64_t lda, const T* __restrict__ w0, const T* __restrict__ w1,
+                       int64_t ldw, int64_t N, int64_t K, const int32_t* __restrict__ counts,
+                       const int32_t* __restrict__ row_offset, T* __restrict__ d, int64_t ldd) {
+  __shared__ float red[kWarps][kEpi == Epilogue::swiglu ? 2 : 1][kMaxTiles][4][32];
+  const int e = blockIdx.y;
+  const int n_tok = counts[e];
+  if (n_tok == 0) return;
+  const int tiles = (n_tok + 7) / 8;
+  const int64_t row0 = row_offset[e];
+  if (tiles == 1) {
+    decode_block<T, kEpi, 1>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, red);
+  } else if (tiles == 2) {
+    decode_block<T, kEpi, 2>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, red);
+  } else if (tiles <= 4) {
+    decode_block<T, kEpi, 4>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, red);
+  } else {
+    decode_block<T, kEpi, 8>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, red);
   }
 }
 
