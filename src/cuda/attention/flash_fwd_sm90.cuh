@@ -92,8 +92,9 @@ struct Sm90FwdParams {
   FlashFwdArgs args;
   int num_m_blocks;  // ceil(seqlen_q / kBlockM)
   int num_bh;        // batch * num_heads
-  int group_bh;      // (batch, head) pairs per tile group
-  int num_tiles;     // num_m_blocks * num_bh
+  int units_per_bh;  // work units per (batch, head): causal: pairs of m-blocks, else single m-blocks
+  int group_bh;      // (batch, head) pairs per unit group
+  int num_units;     // units_per_bh * num_bh
 };
 
 namespace sm90_detail {
@@ -106,20 +107,10 @@ struct Tile {
   int n_blocks;
 };
 
-// Tile t of the schedule: groups of group_bh (batch, head) pairs; within a group the m-blocks from
-// the last (longest under causal masking) to the first, and the (batch, head) pairs fastest.
 template <int kBlockM, int kBlockN>
-__device__ __forceinline__ Tile get_tile(const Sm90FwdParams& P, int t) {
-  const FlashAttentionParams& p = P.args.p;
-  const int group_tiles = P.group_bh * P.num_m_blocks;
-  const int group = t / group_tiles;
-  const int r = t - group * group_tiles;
-  const int first = group * P.group_bh;
-  const int size = min(P.group_bh, P.num_bh - first);
-  const int mi = r / size;
-  const int bh = first + (r - mi * size);
+__device__ __forceinline__ Tile make_tile(const FlashAttentionParams& p, int bh, int m_block) {
   Tile ti;
-  ti.m_block = P.num_m_blocks - 1 - mi;
+  ti.m_block = m_block;
   ti.batch = bh / p.num_heads;
   ti.head = bh - ti.batch * p.num_heads;
   ti.seqlen_q = p.seqlen_q;
@@ -134,19 +125,39 @@ __device__ __forceinline__ Tile get_tile(const Sm90FwdParams& P, int t) {
   // Keys the tile's rows can see: all, or (causal) up to the diagonal of its last existing row.
   int n_end = ti.seqlen_k;
   if (p.causal) {
-    const int last_row_end = min((ti.m_block + 1) * kBlockM, ti.seqlen_q);
+    const int last_row_end = min((m_block + 1) * kBlockM, ti.seqlen_q);
     n_end = max(0, min(ti.seqlen_k, last_row_end + ti.seqlen_k - ti.seqlen_q));
   }
   ti.n_blocks = (n_end + kBlockN - 1) / kBlockN;
   return ti;
 }
 
-// The tile a CTA takes in round `round`: round-robin over the CTAs, in reverse order every other round
-// (CTA b takes tiles b, 2 grid - 1 - b, 2 grid + b, ...), so that along the longest-first order each
-// CTA's sum of tile costs comes out even (plain round-robin gives CTA 0 the longest tile of every round).
-__device__ __forceinline__ int tile_of(const Sm90FwdParams& P, int round) {
-  const int b = (round & 1) ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
-  return round * int(gridDim.x) + b;
+// Calls f(tile) for every tile of this CTA, in order (the producer and the consumers walk the same
+// sequence). Work units: under causal masking the pair of m-blocks (last - i, i), whose key counts
+// add up to the same total for every i, so that units cost the same; otherwise one m-block. Units are
+// ordered (group of group_bh (batch, head) pairs, i, pair in the group): the CTAs running at the same
+// time share the K/V of one group, sized to stay in L2. CTA b takes units b, 2 grid - 1 - b, 2 grid
+// + b, ... (round-robin, reversed every other round). Tiles past a varlen sequence's end are skipped.
+template <int kBlockM, int kBlockN, typename F>
+__device__ __forceinline__ void for_each_tile(const Sm90FwdParams& P, F&& f) {
+  const FlashAttentionParams& p = P.args.p;
+  const int grid = int(gridDim.x);
+  for (int round = 0; round * grid < P.num_units; ++round) {
+    const int u = round * grid + ((round & 1) ? grid - 1 - int(blockIdx.x) : int(blockIdx.x));
+    if (u >= P.num_units) continue;
+    const int group_units = P.group_bh * P.units_per_bh;
+    const int group = u / group_units;
+    const int r = u - group * group_units;
+    const int first = group * P.group_bh;
+    const int size = min(P.group_bh, P.num_bh - first);
+    const int i = r / size;
+    const int bh = first + (r - i * size);
+    const int m_hi = P.num_m_blocks - 1 - i;
+    for (int j = 0; j < (p.causal && i != m_hi ? 2 : 1); ++j) {
+      const Tile ti = make_tile<kBlockM, kBlockN>(p, bh, j == 0 ? m_hi : i);
+      if (ti.m_block * kBlockM < ti.seqlen_q) f(ti);
+    }
+  }
 }
 
 // Loads rows [row0, row0 + kRows) of one head, all kBoxes x 64 columns, into kBoxes 128-byte-swizzled
@@ -183,7 +194,7 @@ __device__ __forceinline__ void load_rows(uint32_t dst, const CUtensorMap* map, 
 
 }  // namespace sm90_detail
 
-// grid: persistent CTAs (or one per tile); block: Kt::kThreads; dynamic smem: Kt::kSmemBytes.
+// grid: persistent CTAs (or one per work unit); block: Kt::kThreads; dynamic smem: Kt::kSmemBytes.
 template <typename Kt, typename T>
 __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const __grid_constant__ Sm90FwdParams P) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -245,12 +256,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
     const int kv_group = P.args.kv_group;
     int stage = 0, q_count = 0;
     uint32_t phase = 0;
-    for (int round = 0; round * int(gridDim.x) < P.num_tiles; ++round) {
-      const int t = tile_of(P, round);
-      if (t >= P.num_tiles) continue;
-      const Tile ti = get_tile<BM, BN>(P, t);
+    for_each_tile<BM, BN>(P, [&](const Tile& ti) {
       const int m0 = ti.m_block * BM;
-      if (m0 >= ti.seqlen_q) continue;
       const int kv_head = ti.head / kv_group;
       const int tma_batch = varlen ? 0 : ti.batch;
       const int qs = q_count % kQStages;
@@ -274,7 +281,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
           phase ^= 1u;
         }
       }
-    }
+    });
   } else {
     // ---------------- consumers: warpgroup c owns rows [64 c, 64 c + 64) of the tile ----------------
     setmaxnreg_inc<Kt::kConsumerRegs>();
@@ -336,12 +343,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
 
     int stage = 0, q_count = 0;
     uint32_t phase = 0;
-    for (int round = 0; round * int(gridDim.x) < P.num_tiles; ++round) {
-      const int t = tile_of(P, round);
-      if (t >= P.num_tiles) continue;
-      const Tile ti = get_tile<BM, BN>(P, t);
+    for_each_tile<BM, BN>(P, [&](const Tile& ti) {
       const int m0 = ti.m_block * BM;
-      if (m0 >= ti.seqlen_q) continue;
       const int qs = q_count % kQStages;
       const uint32_t q_phase = (q_count / kQStages) & 1u;
       ++q_count;
@@ -417,11 +420,32 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
       };
 
       mbar_wait(q_full(qs), q_phase);
-      if (ti.n_blocks > 0) {
+      // Causal: the first blocks (highest keys) may be beyond every row of this warpgroup (192-row
+      // tiles, or rows past the sequence's end): release them without computing. n_top: the highest
+      // block this warpgroup computes.
+      int n_top = ti.n_blocks - 1;
+      if (p.causal) {
+        const int last_row = min(row0 + 63, ti.seqlen_q - 1);
+        const int key_end = last_row < row0 ? 0 : min(ti.seqlen_k, last_row + diag + 1);
+        n_top = min(n_top, (key_end + BN - 1) / BN - 1);
+      }
+      for (int n = ti.n_blocks - 1; n > n_top; --n) {
+        mbar_wait(k_full(stage), phase);
+        if (lane == 0) mbar_arrive(k_empty(stage));
+        mbar_wait(v_full(stage), phase);
+        if (lane == 0) mbar_arrive(v_empty(stage));
+#pragma unroll
+        for (int k = 0; k < (Kt::kOverlap ? 1 : 2); ++k) {  // pass the ping-pong token as a computed block would
+          sched_wait();
+          sched_pass();
+        }
+        advance();
+      }
+      if (n_top >= 0) {
         float corr[2];
         if constexpr (Kt::kOverlap) {
-          // Block n_blocks - 1 alone: S, softmax, P.
-          int n = ti.n_blocks - 1;
+          // Block n_top alone: S, softmax, P.
+          int n = n_top;
           mbar_wait(k_full(stage), phase);
           sched_wait();
           issue_qk(stage);
@@ -435,7 +459,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
           uint32_t v_phase = phase;
           advance();
           // Then S_n = Q K_n^T and O += P_{n+1} V_{n+1} in flight together; softmax of S_n under the PV GEMM.
-          for (n = ti.n_blocks - 2; n >= 0; --n) {
+          for (n = n_top - 1; n >= 0; --n) {
             mbar_wait(k_full(stage), phase);
             sched_wait();
             issue_qk(stage);
@@ -462,7 +486,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
           fence_regs(o);
           if (lane == 0) mbar_arrive(v_empty(v_stage));
         } else {
-          for (int n = ti.n_blocks - 1; n >= 0; --n) {
+          for (int n = n_top; n >= 0; --n) {
             mbar_wait(k_full(stage), phase);
             sched_wait();
             issue_qk(stage);
@@ -527,7 +551,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
           *reinterpret_cast<uint4*>(out + int64_t(r) * p.o_row_stride + ch * 8) = val;
         }
       }
-    }
+    });
     if constexpr (Kt::kPingPong) {
       if (c == 0) named_bar_sync(Kt::kSchedBar, 256);  // the last token passed to consumer 0
     }
@@ -599,14 +623,18 @@ bool launch_flash_fwd_sm90(const FlashFwdArgs& args, const Sm90Options& opt, cud
   }
   const int64_t num_m_blocks = (int64_t(p.seqlen_q) + Kt::kBlockM - 1) / Kt::kBlockM;
   const int64_t num_bh = int64_t(p.batch) * p.num_heads;
+  const int64_t units_per_bh = p.causal ? (num_m_blocks + 1) / 2 : num_m_blocks;
   if (num_m_blocks * num_bh >= INT_MAX) return false;
   P.num_m_blocks = static_cast<int>(num_m_blocks);
   P.num_bh = static_cast<int>(num_bh);
-  P.num_tiles = static_cast<int>(num_m_blocks * num_bh);
-  // Tile groups: as many (batch, head) pairs as keep their K/V within ~24 MB of the 50 MB L2.
+  P.units_per_bh = static_cast<int>(units_per_bh);
+  P.num_units = static_cast<int>(units_per_bh * num_bh);
+  // Unit groups: as many (batch, head) pairs as keep their K/V within ~24 MB of the 50 MB L2, in
+  // groups of equal size (a small last group would leave its long causal rows to the end).
   const int64_t kv_bytes = std::max<int64_t>(1, 4 * int64_t(std::max(p.seqlen_k, 1)) * Kt::kHeadDim / args.kv_group);
-  const int64_t group = opt.head_group > 0 ? opt.head_group : std::max<int64_t>(1, (int64_t{24} << 20) / kv_bytes);
-  P.group_bh = static_cast<int>(std::min<int64_t>(group, num_bh));
+  const int64_t max_group = opt.head_group > 0 ? opt.head_group : std::max<int64_t>(1, (int64_t{24} << 20) / kv_bytes);
+  const int64_t num_groups = (num_bh + max_group - 1) / max_group;
+  P.group_bh = static_cast<int>((num_bh + num_groups - 1) / num_groups);
 
   int dev = 0, sms = 0;
   MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
@@ -618,7 +646,7 @@ bool launch_flash_fwd_sm90(const FlashFwdArgs& args, const Sm90Options& opt, cud
     MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Kt::kSmemBytes));
     configured.fetch_or(bit, std::memory_order_relaxed);
   }
-  const int grid = opt.persistent ? std::min(P.num_tiles, sms) : P.num_tiles;
+  const int grid = opt.persistent ? std::min(P.num_units, sms) : P.num_units;
   kernel<<<grid, Kt::kThreads, Kt::kSmemBytes, stream>>>(P);
   MINILLM_CUDA_CHECK_LAUNCH();
   return true;

@@ -1,6 +1,6 @@
 // Ablation variants of the Hopper FlashAttention forward kernel (bf16 only), for the measurements in
 // docs/HOPPER_ATTENTION.md: built only with -DMINILLM_ATTN_ABLATION (e.g. CMAKE_CUDA_FLAGS), selected
-// with MINILLM_SM90_VARIANT=serial|nopingpong|serial_nopingpong (head dim 64: 128 query rows per tile).
+// with MINILLM_SM90_VARIANT=serial|nopingpong|serial_nopingpong (head dim 64: 192-row tiles).
 #include "cuda/attention/flash_fwd_sm90.cuh"
 
 namespace minillm::cuda::attn {
@@ -8,16 +8,16 @@ namespace minillm::cuda::attn {
 #ifdef MINILLM_ATTN_ABLATION
 namespace {
 
-template <int D, int kConsumers>
+template <int D, int kConsumers, int kStages>
 bool run_variant(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
   MINILLM_CHECK(args.p.dtype == DType::bf16, "MINILLM_SM90_VARIANT: the ablation variants are built for bf16 only");
   switch (opt.variant) {
     case Sm90Variant::kSerial:
-      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, 2, false, true>, __nv_bfloat16>(args, opt, stream);
+      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, false, true>, __nv_bfloat16>(args, opt, stream);
     case Sm90Variant::kNoPingPong:
-      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, 2, true, false>, __nv_bfloat16>(args, opt, stream);
+      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, true, false>, __nv_bfloat16>(args, opt, stream);
     case Sm90Variant::kSerialNoPingPong:
-      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, 2, false, false>, __nv_bfloat16>(args, opt,
+      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, false, false>, __nv_bfloat16>(args, opt,
                                                                                                       stream);
     default:
       break;
@@ -29,7 +29,7 @@ bool run_variant(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t 
 }  // namespace
 
 bool run_flash_fwd_sm90_ablation(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
-  return args.p.head_dim == 64 ? run_variant<64, 2>(args, opt, stream) : run_variant<128, 2>(args, opt, stream);
+  return args.p.head_dim == 64 ? run_variant<64, 3, 3>(args, opt, stream) : run_variant<128, 2, 2>(args, opt, stream);
 }
 #else
 bool run_flash_fwd_sm90_ablation(const FlashFwdArgs&, const Sm90Options&, cudaStream_t) {

@@ -1,19 +1,27 @@
 // Hopper FlashAttention forward, head dim 64 (bf16 and fp16). Kernel and design: flash_fwd_sm90.cuh.
 // Tiling: 2 or 3 consumer warpgroups = 128 or 192 query rows x 128 keys per tile (see pick_block_m),
-// 2-stage K/V ring, intra-warpgroup overlap and ping-pong between the consumers.
+// 3-stage K/V ring, intra-warpgroup overlap and ping-pong between the consumers.
 // Measured: docs/HOPPER_ATTENTION.md.
 #include "cuda/attention/flash_fwd_sm90.cuh"
 
 namespace minillm::cuda::attn {
 
-using Sm90Hdim64M128 = Sm90FwdTraits<64, 2, 128, 2, true, true>;
-using Sm90Hdim64M192 = Sm90FwdTraits<64, 3, 128, 2, true, true>;
+// 3 K/V stages: a 128-key block of head dim 64 is consumed in ~0.6 us, less than a load's latency.
+using Sm90Hdim64M128 = Sm90FwdTraits<64, 2, 128, 3, true, true>;
+using Sm90Hdim64M192 = Sm90FwdTraits<64, 3, 128, 3, true, true>;
 
 namespace {
 
-// 192 rows per tile when the work is long full rows; 128 for causal masking (192-row tiles would
-// compute more masked blocks) and short sequences (fewer rows past the end, more tiles to spread).
-int pick_block_m(const FlashAttentionParams& p) { return !p.causal && p.seqlen_q >= 1024 ? 192 : 128; }
+// 192 rows per tile (3 consumers: more softmax in flight under the other warpgroups' GEMMs) when
+// there are tiles for several waves; 128 for fewer tiles (wave quantization) and for short causal
+// sequences (192-row tiles cover more masked keys).
+int pick_block_m(const FlashAttentionParams& p) {
+  int dev = 0, sms = 0;
+  MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
+  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int64_t tiles = (int64_t(p.seqlen_q) + 191) / 192 * p.batch * p.num_heads;
+  return tiles >= 4 * int64_t(sms) && (!p.causal || p.seqlen_q >= 1024) ? 192 : 128;
+}
 
 template <typename Kt>
 bool launch(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
