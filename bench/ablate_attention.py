@@ -26,6 +26,7 @@ VARIANTS = {
     "serial_nopingpong": {"MINILLM_SM90_VARIANT": "serial_nopingpong"},
     "nonpersistent": {"MINILLM_SM90_PERSISTENT": "0"},
     "onegroup": {"MINILLM_SM90_HEAD_GROUP": "1000000"},
+    "group48": {"MINILLM_SM90_HEAD_GROUP": "48"},
 }
 
 CASES = [(b, 16, n, d, c) for (b, n) in ((16, 2048), (1, 2048), (16, 512), (1, 8192))

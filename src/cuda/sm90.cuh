@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <type_traits>
 
 namespace minillm::cuda::sm90 {
@@ -44,9 +45,35 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t byt
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
 }
+__device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n"
+      "}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
 // Waits until the phase of parity `parity` has completed. A fresh barrier is in phase 0, so waiting
-// for parity 1 returns at once (the producer's first pass over "empty" barriers).
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+// for parity 1 returns at once (the producer's first pass over "empty" barriers). Built with
+// -DMINILLM_SM90_WATCHDOG, a wait longer than ~4 s prints the barrier and `tag` and traps (debugging).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity, int tag = 0) {
+#ifdef MINILLM_SM90_WATCHDOG
+  const long long t0 = clock64();
+  while (!mbar_try_wait(bar, parity)) {
+    if (clock64() - t0 > (1ll << 33)) {
+      if (threadIdx.x % 32 == 0)
+        printf("mbar_wait stuck: block %d thread %d barrier 0x%x parity %u tag %d\n", int(blockIdx.x),
+               int(threadIdx.x), bar, parity, tag);
+      __trap();
+    }
+  }
+#else
+  (void)tag;
   asm volatile(
       "{\n"
       ".reg .pred p;\n"
@@ -56,6 +83,7 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "}\n" ::"r"(bar),
       "r"(parity)
       : "memory");
+#endif
 }
 
 // ---- TMA ----

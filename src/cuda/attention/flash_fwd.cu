@@ -65,7 +65,7 @@ const KernelChoice& kernel_choice() {
   static const KernelChoice choice = [] {
     KernelChoice c;
     const char* k = std::getenv("MINILLM_ATTENTION_KERNEL");
-    c.force_fa2 = k == nullptr || std::strcmp(k, "sm90") != 0;  // TEMPORARY: opt-in until validated on the H100
+    c.force_fa2 = k != nullptr && std::strcmp(k, "fa2") == 0;
     using cuda::attn::Sm90Variant;
     if (const char* v = std::getenv("MINILLM_SM90_VARIANT")) {
       if (std::strcmp(v, "serial") == 0) c.sm90.variant = Sm90Variant::kSerial;

@@ -223,6 +223,11 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
 
   const int wg = threadIdx.x / 128;
   const int tid = threadIdx.x % 128;
+#ifdef MINILLM_SM90_WATCHDOG
+  if (blockIdx.x == 0 && threadIdx.x == 0)
+    printf("sm90 kernel: grid %d smem base 0x%x barriers at 0x%x (q full/empty %d stages, then k full, k empty, "
+           "v full, v empty x %d)\n", int(gridDim.x), base, base + Kt::kOffBar, kQStages, kStages);
+#endif
   if (threadIdx.x == 0) {
     // "full": the producer's arrive (with the TMA bytes); "empty": lane 0 of every consumer warp.
     for (int s = 0; s < kQStages; ++s) {
@@ -263,17 +268,17 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
       const int qs = q_count % kQStages;
       const uint32_t q_phase = (q_count / kQStages) & 1u;
       ++q_count;
-      mbar_wait(q_empty(qs), q_phase ^ 1u);  // the consumers are done with the Q this buffer held
+      mbar_wait(q_empty(qs), q_phase ^ 1u, 1);  // the consumers are done with the Q this buffer held
       load_rows<BM, Kt::kBoxes>(sQ(qs), &P.q, q_full(qs), ti.q_tok0 + m0, ti.head, tma_batch, total_q,
                                 static_cast<const T*>(p.q) + ti.head * p.q_head_stride, p.q_row_stride, lane);
       const T* k_src = static_cast<const T*>(p.k) + kv_head * p.k_head_stride;
       const T* v_src = static_cast<const T*>(p.v) + kv_head * p.v_head_stride;
       for (int n = ti.n_blocks - 1; n >= 0; --n) {
         const int row = ti.k_tok0 + n * BN;
-        mbar_wait(k_empty(stage), phase ^ 1u);
+        mbar_wait(k_empty(stage), phase ^ 1u, 2);
         load_rows<BN, Kt::kBoxes>(sK(stage), &P.k, k_full(stage), row, kv_head, tma_batch, total_k, k_src,
                                   p.k_row_stride, lane);
-        mbar_wait(v_empty(stage), phase ^ 1u);
+        mbar_wait(v_empty(stage), phase ^ 1u, 3);
         load_rows<BN, Kt::kBoxes>(sV(stage), &P.v, v_full(stage), row, kv_head, tma_batch, total_k, v_src,
                                   p.v_row_stride, lane);
         if (++stage == kStages) {
@@ -419,7 +424,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
         }
       };
 
-      mbar_wait(q_full(qs), q_phase);
+      mbar_wait(q_full(qs), q_phase, 11);
       // Causal: the first blocks (highest keys) may be beyond every row of this warpgroup (192-row
       // tiles, or rows past the sequence's end): release them without computing. n_top: the highest
       // block this warpgroup computes.
@@ -427,12 +432,12 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
       if (p.causal) {
         const int last_row = min(row0 + 63, ti.seqlen_q - 1);
         const int key_end = last_row < row0 ? 0 : min(ti.seqlen_k, last_row + diag + 1);
-        n_top = min(n_top, (key_end + BN - 1) / BN - 1);
+        n_top = min(n_top, key_end > 0 ? (key_end + BN - 1) / BN - 1 : -1);  // (no negative division)
       }
       for (int n = ti.n_blocks - 1; n > n_top; --n) {
-        mbar_wait(k_full(stage), phase);
+        mbar_wait(k_full(stage), phase, 16);
         if (lane == 0) mbar_arrive(k_empty(stage));
-        mbar_wait(v_full(stage), phase);
+        mbar_wait(v_full(stage), phase, 17);
         if (lane == 0) mbar_arrive(v_empty(stage));
 #pragma unroll
         for (int k = 0; k < (Kt::kOverlap ? 1 : 2); ++k) {  // pass the ping-pong token as a computed block would
@@ -446,7 +451,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
         if constexpr (Kt::kOverlap) {
           // Block n_top alone: S, softmax, P.
           int n = n_top;
-          mbar_wait(k_full(stage), phase);
+          mbar_wait(k_full(stage), phase, 12);
           sched_wait();
           issue_qk(stage);
           sched_pass();
@@ -460,10 +465,10 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
           advance();
           // Then S_n = Q K_n^T and O += P_{n+1} V_{n+1} in flight together; softmax of S_n under the PV GEMM.
           for (n = n_top - 1; n >= 0; --n) {
-            mbar_wait(k_full(stage), phase);
+            mbar_wait(k_full(stage), phase, 13);
             sched_wait();
             issue_qk(stage);
-            mbar_wait(v_full(v_stage), v_phase);
+            mbar_wait(v_full(v_stage), v_phase, 14);
             issue_pv(v_stage);
             sched_pass();
             wgmma_wait<1>();  // S done (O += P V may still run)
@@ -480,7 +485,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
             advance();
           }
           if (lane == 0) mbar_arrive(q_empty(qs));  // the last S GEMM of this tile is complete
-          mbar_wait(v_full(v_stage), v_phase);
+          mbar_wait(v_full(v_stage), v_phase, 15);
           issue_pv(v_stage);
           wgmma_wait<0>();
           fence_regs(o);
@@ -577,6 +582,18 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
+// Multiprocessor count of the current device (cached per device).
+inline int sm_count() {
+  static std::atomic<int> cached[64] = {};
+  int dev = 0;
+  MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 64 && cached[dev].load(std::memory_order_relaxed) > 0) return cached[dev].load(std::memory_order_relaxed);
+  int sms = 0;
+  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  if (dev < 64) cached[dev].store(sms, std::memory_order_relaxed);
+  return sms;
+}
+
 // One of q, k, v as a 4-D tensor {D, rows, heads, batch} (strides in elements) with 128-byte-swizzled
 // boxes {64, box_rows, 1, 1}. Returns false when the driver rejects the layout.
 inline bool encode_map(CUtensorMap* map, DType dtype, const void* ptr, int head_dim, int64_t rows,
@@ -632,13 +649,16 @@ bool launch_flash_fwd_sm90(const FlashFwdArgs& args, const Sm90Options& opt, cud
   // Unit groups: as many (batch, head) pairs as keep their K/V within ~24 MB of the 50 MB L2, in
   // groups of equal size (a small last group would leave its long causal rows to the end).
   const int64_t kv_bytes = std::max<int64_t>(1, 4 * int64_t(std::max(p.seqlen_k, 1)) * Kt::kHeadDim / args.kv_group);
-  const int64_t max_group = opt.head_group > 0 ? opt.head_group : std::max<int64_t>(1, (int64_t{24} << 20) / kv_bytes);
+  int64_t max_group = opt.head_group > 0 ? opt.head_group : std::max<int64_t>(1, (int64_t{24} << 20) / kv_bytes);
+  // Head dim 64, causal, long rows: one group measured faster (docs/HOPPER_ATTENTION.md); K/V of head
+  // dim 64 are read at half the bytes per FLOP of 128, where grouping is what keeps DRAM from binding.
+  if (opt.head_group == 0 && Kt::kHeadDim == 64 && p.causal && p.seqlen_k >= 1024) max_group = num_bh;
   const int64_t num_groups = (num_bh + max_group - 1) / max_group;
   P.group_bh = static_cast<int>((num_bh + num_groups - 1) / num_groups);
 
-  int dev = 0, sms = 0;
+  int dev = 0;
   MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
-  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int sms = sm_count();
   auto kernel = flash_fwd_sm90_kernel<Kt, T>;
   static std::atomic<uint64_t> configured{0};  // bit d: device d has the shared-memory limit raised
   const uint64_t bit = dev < 64 ? (uint64_t{1} << dev) : 0;

@@ -16,11 +16,8 @@ namespace {
 // there are tiles for several waves; 128 for fewer tiles (wave quantization) and for short causal
 // sequences (192-row tiles cover more masked keys).
 int pick_block_m(const FlashAttentionParams& p) {
-  int dev = 0, sms = 0;
-  MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
-  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const int64_t tiles = (int64_t(p.seqlen_q) + 191) / 192 * p.batch * p.num_heads;
-  return tiles >= 4 * int64_t(sms) && (!p.causal || p.seqlen_q >= 1024) ? 192 : 128;
+  return tiles >= 4 * int64_t(sm90_detail::sm_count()) && (!p.causal || p.seqlen_q >= 1024) ? 192 : 128;
 }
 
 template <typename Kt>
