@@ -27,6 +27,9 @@ VARIANTS = {
     "nonpersistent": {"MINILLM_SM90_PERSISTENT": "0"},
     "onegroup": {"MINILLM_SM90_HEAD_GROUP": "1000000"},
     "group48": {"MINILLM_SM90_HEAD_GROUP": "48"},
+    "exp2_mufu": {"MINILLM_SM90_VARIANT": "exp2_mufu"},
+    "exp2_third": {"MINILLM_SM90_VARIANT": "exp2_third"},
+    "exp2_half": {"MINILLM_SM90_VARIANT": "exp2_half"},
 }
 
 CASES = [(b, 16, n, d, c) for (b, n) in ((16, 2048), (1, 2048), (16, 512), (1, 8192))

@@ -71,6 +71,9 @@ const KernelChoice& kernel_choice() {
       if (std::strcmp(v, "serial") == 0) c.sm90.variant = Sm90Variant::kSerial;
       if (std::strcmp(v, "nopingpong") == 0) c.sm90.variant = Sm90Variant::kNoPingPong;
       if (std::strcmp(v, "serial_nopingpong") == 0) c.sm90.variant = Sm90Variant::kSerialNoPingPong;
+      if (std::strcmp(v, "exp2_mufu") == 0) c.sm90.variant = Sm90Variant::kExp2Mufu;
+      if (std::strcmp(v, "exp2_third") == 0) c.sm90.variant = Sm90Variant::kExp2Third;
+      if (std::strcmp(v, "exp2_half") == 0) c.sm90.variant = Sm90Variant::kExp2Half;
     }
     if (const char* v = std::getenv("MINILLM_SM90_BLOCK_M")) c.sm90.block_m = std::atoi(v);
     if (const char* v = std::getenv("MINILLM_SM90_PERSISTENT")) c.sm90.persistent = std::strcmp(v, "0") != 0;

@@ -51,7 +51,8 @@
 namespace minillm::cuda::attn {
 
 // Tile shape and pipeline of one kernel instantiation.
-template <int kHeadDim_, int kConsumers_, int kBlockN_, int kStages_, bool kOverlap_, bool kPingPong_>
+template <int kHeadDim_, int kConsumers_, int kBlockN_, int kStages_, bool kOverlap_, bool kPingPong_,
+          int kExp2Poly_ = 0>
 struct Sm90FwdTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kConsumers = kConsumers_;  // consumer warpgroups of 64 query rows
@@ -60,6 +61,10 @@ struct Sm90FwdTraits {
   static constexpr int kStages = kStages_;
   static constexpr bool kOverlap = kOverlap_;
   static constexpr bool kPingPong = kPingPong_;
+  // exp2 of every kExp2Poly-th column pair of an unmasked S tile runs on the FMA pipe (exp2_poly)
+  // instead of the MUFU (0: never). Head dim 64 does as many exponentials per tensor-core FLOP as the
+  // MUFU (16/clk/SM) can serve at the tensor cores' peak rate; moving some to the FMA pipe unloads it.
+  static constexpr int kExp2Poly = kExp2Poly_;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kBoxes = kHeadDim / 64;  // 64-column (128-byte) TMA boxes per row
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;
@@ -130,6 +135,19 @@ __device__ __forceinline__ Tile make_tile(const FlashAttentionParams& p, int bh,
   }
   ti.n_blocks = (n_end + kBlockN - 1) / kBlockN;
   return ti;
+}
+
+// 2^x for finite x <= 0 on the FMA pipe (no MUFU): x = j + f with j = round(x) and f in [-0.5, 0.5];
+// 2^f by a degree-3 polynomial (max relative error 7.5e-5, below half an fp16 ulp), 2^j added to the
+// exponent bits. x is clamped at -126 (2^-126 instead of ~0: only for unmasked scores, never -inf).
+__device__ __forceinline__ float exp2_poly(float x) {
+  x = fmaxf(x, -126.f);
+  const float t = x + 12582912.f;  // 1.5 * 2^23: round(x) lands in the low mantissa bits of t
+  const float f = x - (t - 12582912.f);
+  float p = fmaf(0.05517100170254707f, f, 0.24260950088500977f);
+  p = fmaf(p, f, 0.6932609677314758f);
+  p = fmaf(p, f, 0.9999281764030457f);
+  return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));  // t's high bits shift out
 }
 
 // Calls f(tile) for every tile of this CTA, in order (the producer and the consumers walk the same
@@ -403,7 +421,9 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
           for (int j = 0; j < BN / 8; ++j)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-              const float pe = detail::fast_exp2(fmaf(s[4 * j + 2 * h + e], scale_log2, -mx_scaled));
+              const float x = fmaf(s[4 * j + 2 * h + e], scale_log2, -mx_scaled);
+              const bool poly = !kMask && Kt::kExp2Poly > 0 && j % max(Kt::kExp2Poly, 1) == Kt::kExp2Poly - 1;
+              const float pe = poly ? exp2_poly(x) : detail::fast_exp2(x);  // (j is unrolled: folded)
               s[4 * j + 2 * h + e] = pe;
               sum += pe;
             }

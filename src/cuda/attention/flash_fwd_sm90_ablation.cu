@@ -1,6 +1,7 @@
 // Ablation variants of the Hopper FlashAttention forward kernel (bf16 only), for the measurements in
 // docs/HOPPER_ATTENTION.md: built only with -DMINILLM_ATTN_ABLATION (e.g. CMAKE_CUDA_FLAGS), selected
-// with MINILLM_SM90_VARIANT=serial|nopingpong|serial_nopingpong (head dim 64: 192-row tiles).
+// with MINILLM_SM90_VARIANT=serial|nopingpong|serial_nopingpong|exp2_mufu|exp2_third|exp2_half
+// (head dim 64: 192-row tiles).
 #include "cuda/attention/flash_fwd_sm90.cuh"
 
 namespace minillm::cuda::attn {
@@ -8,28 +9,46 @@ namespace minillm::cuda::attn {
 #ifdef MINILLM_ATTN_ABLATION
 namespace {
 
-template <int D, int kConsumers, int kStages>
+template <int D, int kConsumers, int kStages, int kExp2Poly>
 bool run_variant(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
-  MINILLM_CHECK(args.p.dtype == DType::bf16, "MINILLM_SM90_VARIANT: the ablation variants are built for bf16 only");
+  using T = __nv_bfloat16;
   switch (opt.variant) {
     case Sm90Variant::kSerial:
-      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, false, true>, __nv_bfloat16>(args, opt, stream);
+      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, false, true, kExp2Poly>, T>(args, opt,
+                                                                                                           stream);
     case Sm90Variant::kNoPingPong:
-      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, true, false>, __nv_bfloat16>(args, opt, stream);
+      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, true, false, kExp2Poly>, T>(args, opt,
+                                                                                                           stream);
     case Sm90Variant::kSerialNoPingPong:
-      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, false, false>, __nv_bfloat16>(args, opt,
-                                                                                                      stream);
+      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, false, false, kExp2Poly>, T>(args, opt,
+                                                                                                            stream);
     default:
       break;
   }
-  MINILLM_CHECK(false, "unknown sm90 variant");
-  return false;
+  if constexpr (D == 64) {
+    switch (opt.variant) {
+      case Sm90Variant::kExp2Mufu:
+        return launch_flash_fwd_sm90<Sm90FwdTraits<64, 3, 128, 3, true, true, 0>, T>(args, opt, stream);
+      case Sm90Variant::kExp2Third:
+        return launch_flash_fwd_sm90<Sm90FwdTraits<64, 3, 128, 3, true, true, 3>, T>(args, opt, stream);
+      case Sm90Variant::kExp2Half:
+        return launch_flash_fwd_sm90<Sm90FwdTraits<64, 3, 128, 3, true, true, 2>, T>(args, opt, stream);
+      default:
+        break;
+    }
+    MINILLM_CHECK(false, "unknown sm90 variant");
+    return false;
+  } else {  // the exponential variants are head dim 64's: 128 runs its default kernel
+    return launch_flash_fwd_sm90<Sm90FwdTraits<128, 2, 128, 2, true, true>, T>(args, opt, stream);
+  }
 }
 
 }  // namespace
 
 bool run_flash_fwd_sm90_ablation(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
-  return args.p.head_dim == 64 ? run_variant<64, 3, 3>(args, opt, stream) : run_variant<128, 2, 2>(args, opt, stream);
+  MINILLM_CHECK(args.p.dtype == DType::bf16, "MINILLM_SM90_VARIANT: the ablation variants are built for bf16 only");
+  return args.p.head_dim == 64 ? run_variant<64, 3, 3, 4>(args, opt, stream)
+                               : run_variant<128, 2, 2, 0>(args, opt, stream);
 }
 #else
 bool run_flash_fwd_sm90_ablation(const FlashFwdArgs&, const Sm90Options&, cudaStream_t) {
