@@ -27,7 +27,7 @@ VARIANTS = {
     "nonpersistent": {"MINILLM_SM90_PERSISTENT": "0"},
     "onegroup": {"MINILLM_SM90_HEAD_GROUP": "1000000"},
     "group48": {"MINILLM_SM90_HEAD_GROUP": "48"},
-    "exp2_mufu": {"MINILLM_SM90_VARIANT": "exp2_mufu"},
+    "exp2_quarter": {"MINILLM_SM90_VARIANT": "exp2_quarter"},
     "exp2_third": {"MINILLM_SM90_VARIANT": "exp2_third"},
     "exp2_half": {"MINILLM_SM90_VARIANT": "exp2_half"},
 }

@@ -71,7 +71,7 @@ const KernelChoice& kernel_choice() {
       if (std::strcmp(v, "serial") == 0) c.sm90.variant = Sm90Variant::kSerial;
       if (std::strcmp(v, "nopingpong") == 0) c.sm90.variant = Sm90Variant::kNoPingPong;
       if (std::strcmp(v, "serial_nopingpong") == 0) c.sm90.variant = Sm90Variant::kSerialNoPingPong;
-      if (std::strcmp(v, "exp2_mufu") == 0) c.sm90.variant = Sm90Variant::kExp2Mufu;
+      if (std::strcmp(v, "exp2_quarter") == 0) c.sm90.variant = Sm90Variant::kExp2Quarter;
       if (std::strcmp(v, "exp2_third") == 0) c.sm90.variant = Sm90Variant::kExp2Third;
       if (std::strcmp(v, "exp2_half") == 0) c.sm90.variant = Sm90Variant::kExp2Half;
     }

@@ -1,6 +1,6 @@
 // Ablation variants of the Hopper FlashAttention forward kernel (bf16 only), for the measurements in
 // docs/HOPPER_ATTENTION.md: built only with -DMINILLM_ATTN_ABLATION (e.g. CMAKE_CUDA_FLAGS), selected
-// with MINILLM_SM90_VARIANT=serial|nopingpong|serial_nopingpong|exp2_mufu|exp2_third|exp2_half
+// with MINILLM_SM90_VARIANT=serial|nopingpong|serial_nopingpong|exp2_quarter|exp2_third|exp2_half
 // (head dim 64: 192-row tiles).
 #include "cuda/attention/flash_fwd_sm90.cuh"
 
@@ -27,8 +27,8 @@ bool run_variant(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t 
   }
   if constexpr (D == 64) {
     switch (opt.variant) {
-      case Sm90Variant::kExp2Mufu:
-        return launch_flash_fwd_sm90<Sm90FwdTraits<64, 3, 128, 3, true, true, 0>, T>(args, opt, stream);
+      case Sm90Variant::kExp2Quarter:
+        return launch_flash_fwd_sm90<Sm90FwdTraits<64, 3, 128, 3, true, true, 4>, T>(args, opt, stream);
       case Sm90Variant::kExp2Third:
         return launch_flash_fwd_sm90<Sm90FwdTraits<64, 3, 128, 3, true, true, 3>, T>(args, opt, stream);
       case Sm90Variant::kExp2Half:
@@ -47,7 +47,7 @@ bool run_variant(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t 
 
 bool run_flash_fwd_sm90_ablation(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
   MINILLM_CHECK(args.p.dtype == DType::bf16, "MINILLM_SM90_VARIANT: the ablation variants are built for bf16 only");
-  return args.p.head_dim == 64 ? run_variant<64, 3, 3, 4>(args, opt, stream)
+  return args.p.head_dim == 64 ? run_variant<64, 3, 3, 0>(args, opt, stream)
                                : run_variant<128, 2, 2, 0>(args, opt, stream);
 }
 #else

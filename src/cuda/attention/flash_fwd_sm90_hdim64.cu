@@ -1,16 +1,16 @@
 // Hopper FlashAttention forward, head dim 64 (bf16 and fp16). Kernel and design: flash_fwd_sm90.cuh.
 // Tiling: 2 or 3 consumer warpgroups = 128 or 192 query rows x 128 keys per tile (see pick_block_m),
-// 3-stage K/V ring, intra-warpgroup overlap and ping-pong between the consumers, 1/4 of the
-// exponentials on the FMA pipe.
+// 3-stage K/V ring, intra-warpgroup overlap and ping-pong between the consumers.
 // Measured: docs/HOPPER_ATTENTION.md.
 #include "cuda/attention/flash_fwd_sm90.cuh"
 
 namespace minillm::cuda::attn {
 
 // 3 K/V stages: a 128-key block of head dim 64 is consumed in ~0.6 us, less than a load's latency.
-// One exponential in four on the FMA pipe (kExp2Poly = 4): see Sm90FwdTraits.
-using Sm90Hdim64M128 = Sm90FwdTraits<64, 2, 128, 3, true, true, 4>;
-using Sm90Hdim64M192 = Sm90FwdTraits<64, 3, 128, 3, true, true, 4>;
+// All exponentials on the MUFU: moving 1/4, 1/3 or 1/2 of them to the FMA pipe (kExp2Poly 4, 3, 2)
+// measured 7%, 9% and 16% slower (docs/HOPPER_ATTENTION.md).
+using Sm90Hdim64M128 = Sm90FwdTraits<64, 2, 128, 3, true, true>;
+using Sm90Hdim64M192 = Sm90FwdTraits<64, 3, 128, 3, true, true>;
 
 namespace {
 
