@@ -29,6 +29,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/moe/moe_common.cuh"
+#include "cuda/sm90.cuh"
 #include "cuda/moe/moe_ops.h"
 #include "minillm/core/cuda_check.h"
 
@@ -68,31 +69,9 @@ struct GemmParams {
   int group_m = 16;           // most m-blocks per raster group (tile order, see tile_coords)
 };
 
+// PTX wrappers only this kernel uses (the shared ones are in cuda/sm90.cuh).
 namespace ptx {
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count));
-}
-__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "LAB_WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@!p bra LAB_WAIT;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1) {
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
@@ -112,45 +91,9 @@ __device__ __forceinline__ void bulk_wait_read() {
   asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
 }
 __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
-__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
-__device__ __forceinline__ void fence_barrier_init() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
-__device__ __forceinline__ void prefetch_map(const CUtensorMap* map) {
-  asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
-}
-__device__ __forceinline__ void named_barrier(int id, int threads) {
-  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
 __device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
   asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
 }
-template <int N>
-__device__ __forceinline__ void setmaxnreg_inc() {
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N));
-}
-template <int N>
-__device__ __forceinline__ void setmaxnreg_dec() {
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
-}
-
-// wgmma shared-memory descriptor of a K-major tile with 128-byte swizzle: rows of 128 bytes, 8-row
-// groups 1024 bytes apart (SBO); the leading offset is unused for this layout. Tiles are 1024-aligned,
-// and the 16-wide K slices of a 64-wide row are addressed by adding 32 bytes to the start address.
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
-         (uint64_t{1} << 62);
-}
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
-}
-// Keeps the compiler from moving accumulator accesses across the asynchronous MMAs.
-__device__ __forceinline__ void fence_operands(float (&d)[128]) {
-#pragma unroll
-  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
 #define MINILLM_WGMMA_M64N256K16(TYPE)                                                          \
   asm volatile(                                                                                  \
       "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"                                              \
@@ -230,7 +173,7 @@ template <typename T, Epilogue kEpi>
 __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(const __grid_constant__ GemmParams p) {
   using Tr = GemmTraits;
   extern __shared__ uint8_t smem_raw[];
-  const uint32_t s_base = (ptx::smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t s_base = (sm90::smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t s_epi = s_base + Tr::kStages * Tr::kStageBytes;
   const uint32_t s_bar = s_epi + Tr::kConsumers * 2 * Tr::kEpiBufBytes;
   auto full = [&](int s) { return s_bar + 8u * s; };
@@ -240,10 +183,10 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
   const int tid = threadIdx.x % 128;
   if (threadIdx.x == 0) {
     for (int s = 0; s < Tr::kStages; ++s) {
-      ptx::mbar_init(full(s), 1);
-      ptx::mbar_init(empty(s), Tr::kConsumers * 4);  // lane 0 of every consumer warp
+      sm90::mbar_init(full(s), 1);
+      sm90::mbar_init(empty(s), Tr::kConsumers * 4);  // lane 0 of every consumer warp
     }
-    ptx::fence_barrier_init();
+    sm90::fence_barrier_init();
   }
   __syncthreads();
 
@@ -251,11 +194,11 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
   const int total_tiles = num_mblocks * p.n_blocks;
 
   if (wg == 0) {  // ---- producer ----
-    ptx::setmaxnreg_dec<40>();
+    sm90::setmaxnreg_dec<40>();
     if (tid != 0) return;
-    ptx::prefetch_map(&p.a);
-    ptx::prefetch_map(&p.b0);
-    ptx::prefetch_map(&p.b1);
+    sm90::prefetch_tensor_map(&p.a);
+    sm90::prefetch_tensor_map(&p.b0);
+    sm90::prefetch_tensor_map(&p.b1);
     int stage = 0;
     uint32_t phase = 0;
     for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
@@ -265,8 +208,8 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
       const int brow0 = e * p.b_rows_per_expert + nb * p.b_block_rows;
       const int brow1 = brow0 + p.b1_row_offset;
       for (int k = 0; k < p.k_iters; ++k) {
-        ptx::mbar_wait(empty(stage), phase ^ 1u);
-        ptx::mbar_expect_tx(full(stage), Tr::kStageBytes);
+        sm90::mbar_wait(empty(stage), phase ^ 1u);
+        sm90::mbar_arrive_expect_tx(full(stage), Tr::kStageBytes);
         const uint32_t sa = s_base + stage * Tr::kStageBytes;
         const uint32_t sb = sa + Tr::kATileBytes;
         ptx::tma_load_2d(sa, &p.a, full(stage), k * Tr::kBK, mb * Tr::kBM);
@@ -282,7 +225,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
   }
 
   // ---- consumers: warpgroup c owns rows [64c, 64c + 64) of the tile ----
-  ptx::setmaxnreg_inc<232>();
+  sm90::setmaxnreg_inc<232>();
   const int c = wg - 1;
   const int warp = tid / 32, lane = tid % 32;
   const int r0 = warp * 16 + lane / 4;  // accumulator rows r0 and r0 + 8 of the 64-row slab
@@ -299,18 +242,18 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
     tile_coords(p, tile, mb, nb);
     int prev = 0;
     for (int k = 0; k < p.k_iters; ++k) {
-      ptx::mbar_wait(full(stage), phase);
+      sm90::mbar_wait(full(stage), phase);
       const uint32_t sa = s_base + stage * Tr::kStageBytes + c * (64 * 128);
       const uint32_t sb = s_base + stage * Tr::kStageBytes + Tr::kATileBytes;
-      ptx::wgmma_fence();
+      sm90::wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < Tr::kBK / 16; ++kk)
-        ptx::wgmma_m64n256k16<T>(acc, ptx::desc_sw128(sa + 32 * kk), ptx::desc_sw128(sb + 32 * kk),
+        ptx::wgmma_m64n256k16<T>(acc, sm90::desc_k_sw128(sa + 32 * kk), sm90::desc_k_sw128(sb + 32 * kk),
                                  (k > 0 || kk > 0) ? 1 : 0);
-      ptx::wgmma_commit();
+      sm90::wgmma_commit();
       if (k > 0) {
-        ptx::wgmma_wait<1>();  // the previous stage's MMAs are done: hand it back to the producer
-        if (lane == 0) ptx::mbar_arrive(empty(prev));
+        sm90::wgmma_wait<1>();  // the previous stage's MMAs are done: hand it back to the producer
+        if (lane == 0) sm90::mbar_arrive(empty(prev));
       }
       prev = stage;
       if (++stage == Tr::kStages) {
@@ -318,16 +261,16 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
         phase ^= 1u;
       }
     }
-    ptx::wgmma_wait<0>();
-    if (lane == 0) ptx::mbar_arrive(empty(prev));
-    ptx::fence_operands(acc);
+    sm90::wgmma_wait<0>();
+    if (lane == 0) sm90::mbar_arrive(empty(prev));
+    sm90::fence_regs(acc);
 
     // Epilogue: 64-column chunks through the two shared buffers of this warpgroup.
 #pragma unroll
     for (int ch = 0; ch < kChunks; ++ch) {
       const uint32_t buf = s_epi + (c * 2 + (ch & 1)) * Tr::kEpiBufBytes;
       if (tid == 0) ptx::bulk_wait_read<1>();  // the store that last read `buf` is done reading
-      ptx::named_barrier(1 + c, 128);
+      sm90::named_bar_sync(1 + c, 128);
 #pragma unroll
       for (int jj = 0; jj < 8; ++jj) {
         const int j = ch * 8 + jj;  // 8-column block of the output
@@ -346,8 +289,8 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
         ptx::st_shared_u32(buf + r0 * 128 + swz, pack2<T>(v[0], v[1]));
         ptx::st_shared_u32(buf + (r0 + 8) * 128 + swz, pack2<T>(v[2], v[3]));
       }
-      ptx::fence_async_smem();
-      ptx::named_barrier(1 + c, 128);
+      sm90::fence_proxy_async();
+      sm90::named_bar_sync(1 + c, 128);
       if (tid == 0) {
         ptx::tma_store_2d(&p.d, buf, nb * kOutCols + ch * Tr::kEpiCols, mb * Tr::kBM + c * 64);
         ptx::bulk_commit();
