@@ -1,16 +1,19 @@
-// FlashAttention forward: parameter validation and dispatch on (dtype, head dim) to the
-// FlashAttention-2 kernels of flash_fwd_kernel.cuh (instantiated in flash_fwd_hdim{32,64,128,256}.cu).
+// FlashAttention forward: parameter validation and dispatch. On compute capability 9.0, head dims 64
+// and 128 run the Hopper kernel (TMA + wgmma + warp specialisation, flash_fwd_sm90.cuh); everything
+// else runs the FlashAttention-2 kernels of flash_fwd_kernel.cuh (instantiated in
+// flash_fwd_hdim{32,64,128,256}.cu). MINILLM_ATTENTION_KERNEL=fa2 (read once) forces FlashAttention-2.
 //
 // Layouts: padded q/o [B, Nq, H, D], k/v [B, Nk, Hkv, D] with strides in elements, or varlen
-// [total, H, D] with cu_seqlens (include/minillm/attention.h). head_dim runs in the smallest kernel
-// of 32, 64, 128 or 256 that holds it (zero-padded columns when smaller).
-// Tiling per head dim (rows per block x keys per tile): 32: 128x128 and 64: 128x64, Q in registers;
-// 128: 128x64; 256: 128x64 with 8 warps (FlashFwdConfig in flash_fwd_kernel.cuh says why).
+// [total, H, D] with cu_seqlens (include/minillm/attention.h). FlashAttention-2: head_dim runs in the
+// smallest kernel of 32, 64, 128 or 256 that holds it (zero-padded columns when smaller); tiling per
+// head dim (rows per block x keys per tile): 32: 128x128 and 64: 128x64, Q in registers; 128: 128x64;
+// 256: 128x64 with 8 warps (FlashFwdConfig in flash_fwd_kernel.cuh says why).
 //
-// Measured on H100 80GB HBM3, bf16, B16 H16 N2048 D64: 0.836 ms = 329 TFLOP/s full (torch SDPA
-// FlashAttention-2: 297), 0.487 ms = 282 TFLOP/s causal (259); D128: 375 / 307 TFLOP/s (348 / 282).
-// Grid of 288 cases: median 1.11x FlashAttention-2, 0.71x cuDNN. Reproduce with
-// `PYTHONPATH=python python bench/bench_attention.py` (results in bench/results/h100/attention.json).
+// Measured on H100 80GB HBM3, bf16, B16 H16 N2048, TFLOP/s (torch 2.11 SDPA FLASH / cuDNN):
+//   Hopper kernel:      D64 461 full, 384 causal (288 / 451, 259 / 394); D128 581 / 512 (314 / 617, 275 / 509)
+//   FlashAttention-2:   D64 329 full, 282 causal; D128 375 / 307
+// Grid of 288 cases: median 1.62x FLASH, 1.04x cuDNN (FlashAttention-2 alone: 1.11x, 0.71x). Reproduce
+// with `PYTHONPATH=python python bench/bench_attention.py` (bench/results/h100/attention.json).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
