@@ -452,6 +452,17 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
           phase ^= 1u;
         }
       };
+      // S = Q K^T of the block in `stage` with nothing else in flight: wait for K, take the ping-pong
+      // turn for the GEMM, wait for it and give K's stage back.
+      auto qk_alone = [&](int tag) {
+        mbar_wait(k_full(stage), phase, tag);
+        sched_wait();
+        issue_qk(stage);
+        sched_pass();
+        wgmma_wait<0>();
+        fence_regs(s);
+        if (lane == 0) mbar_arrive(k_empty(stage));
+      };
 
       mbar_wait(q_full(qs), q_phase, 11);
       // Causal: the first blocks (highest keys) may be beyond every row of this warpgroup (192-row
@@ -480,13 +491,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
         if constexpr (Kt::kOverlap) {
           // Block n_top alone: S, softmax, P.
           int n = n_top;
-          mbar_wait(k_full(stage), phase, 12);
-          sched_wait();
-          issue_qk(stage);
-          sched_pass();
-          wgmma_wait<0>();
-          fence_regs(s);
-          if (lane == 0) mbar_arrive(k_empty(stage));
+          qk_alone(12);
           softmax_block(n, corr);
           convert_p();
           int v_stage = stage;
@@ -521,13 +526,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
           if (lane == 0) mbar_arrive(v_empty(v_stage));
         } else {
           for (int n = n_top; n >= 0; --n) {
-            mbar_wait(k_full(stage), phase);
-            sched_wait();
-            issue_qk(stage);
-            sched_pass();
-            wgmma_wait<0>();
-            fence_regs(s);
-            if (lane == 0) mbar_arrive(k_empty(stage));
+            qk_alone(0);
             softmax_block(n, corr);
             rescale_o(corr);
             convert_p();
