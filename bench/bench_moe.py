@@ -244,6 +244,13 @@ def main():
     print(hdr)
     print("-" * len(hdr))
     cases = full_cases() if args.full else quick_cases()
+    path = common.result_path(args.out, "moe.json", dev)
+
+    def save(complete):  # after every case, so that an interrupted grid keeps what it measured
+        doc = {**common.metadata("moe", dev), "copy_gbps": round(copy_gbps, 1), "grid": "full" if args.full else "quick",
+               "complete": complete, "results": results}
+        common.write_json(path, doc)
+
     if args.only:
         want = set(args.only.split(","))
         cases = [c for c in cases if ("headline" in want and c == HEADLINE) or ("olmoe" in want and c == OLMOE)
@@ -255,6 +262,7 @@ def main():
             torch.cuda.empty_cache()
             r = {"case": {"tokens": T, "hidden": H, "experts": E, "top_k": k, "ffn": F}, "skipped": "out of memory"}
         results.append(r)
+        save(False)
         if "skipped" in r:
             print(f"{T:>6} {H:>5} {E:>3} {k:>2} {F:>6} | skipped: {r['skipped']}", flush=True)
             continue
@@ -272,9 +280,7 @@ def main():
               f"{(gm / ms['minillm']) if gm else float('nan'):6.2f} | "
               f"{'' if share is None else f'{100 * share:6.1f}%':>7} | {note}", flush=True)
 
-    doc = {**common.metadata("moe", dev), "copy_gbps": round(copy_gbps, 1), "results": results}
-    path = common.result_path(args.out, "moe.json", dev)
-    common.write_json(path, doc)
+    save(True)
     print(f"wrote {path}")
 
 
