@@ -3,9 +3,11 @@
 //
 // Measured on the H100, whole layer (the GEMMs are 85-99% of it), SwiGLU, bf16, weights in the layer's
 // padded-row layout (MoELayer::weight_row_stride):
-//   T=32768 H4096 E32 top-2 F14336: 37.0 ms = 624 TFLOP/s, 0.85x cuBLAS dense, 1.18x torch._grouped_mm
-//   T=32768 H4096 E8  top-2 F14336: 37.3 ms = 618 TFLOP/s, 0.94x dense, 1.18x torch._grouped_mm
-//   T=32768 H2048 E64 top-8 F1024 :  6.4 ms = 512 TFLOP/s, 0.73x dense, 2.32x torch._grouped_mm
+//   T=32768 H4096 E32 top-2 F14336: 36.9-37.8 ms = 610-626 TFLOP/s, 0.84-0.85x cuBLAS dense, 1.18-1.21x
+//                                   torch._grouped_mm (two runs)
+//   T=32768 H4096 E8  top-2 F14336: 37.3-37.8 ms = 610-618 TFLOP/s, 0.86-0.94x dense, 1.18x torch._grouped_mm
+//   T=32768 H2048 E64 top-8 F1024 :  6.4 ms = 512-515 TFLOP/s, 0.73-0.75x dense, 2.32-2.34x torch._grouped_mm
+//   The seed's grid (108 prefill cases): median 0.74x dense, 1.17x torch._grouped_mm.
 // What moved the E32 headline from 58.7 ms: padded weight rows (L2 set conflicts, moe_ops.h: -> ~50 ms)
 // and raster groups that never straddle two experts (tile_coords: -> 37-40 ms). Group size (most
 // m-blocks per group; bench/tune_moe_raster.py) at E32 / E8: 8: 45.1 / 39.5 ms, 16: 40.1 / 37.8,
