@@ -31,6 +31,7 @@
 #include "cuda/moe/moe_common.cuh"
 #include "cuda/sm90.cuh"
 #include "cuda/moe/moe_ops.h"
+#include "cuda/moe/moe_raster.h"
 #include "minillm/core/cuda_check.h"
 
 namespace minillm::cuda::moe {
@@ -49,7 +50,7 @@ struct GemmTraits {
   static constexpr int kEpiBufBytes = 64 * kEpiCols * 2;     // 64 rows x 64 cols
   static constexpr int kSmemBytes = kStages * kStageBytes + kConsumers * 2 * kEpiBufBytes + 2 * kStages * 8 + 1024;
   static constexpr int kGroupM = 16;  // m-blocks per raster group (default of GemmParams::group_m)
-  static_assert(kBM == kGemmBlockM, "the tile height must be the permutation's row alignment");
+  static_assert(kBM == kGemmBlockM && kBM == kRasterBlockM, "the tile height must be the permutation's row alignment");
 };
 
 struct GemmParams {
@@ -97,31 +98,9 @@ __device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
 
 }  // namespace ptx
 
-// Tile t -> (m-block, n-block). Raster groups never straddle two experts: each expert's m-blocks are
-// split into ceil(n / group_m) groups of balanced size, and the tiles of a group run m fastest, so the
-// CTAs in flight together share the same few weight tiles (B) and the group's rows of A in L2. A group
-// of `rows` m-blocks starting at m-block `first` owns tiles [first * n_blocks, (first + rows) * n_blocks),
-// so q = t / n_blocks is one of its m-blocks: its expert gives the group without a table.
+// Tile t -> (m-block, n-block): raster groups inside one expert (moe_raster.h).
 __device__ __forceinline__ void tile_coords(const GemmParams& p, int tile, int& mb, int& nb) {
-  const int q = tile / p.n_blocks;
-  const int e = p.mblock_expert[q];
-  const int e_first = p.row_offset[e] / kGemmBlockM;
-  const int n = (p.counts[e] + kGemmBlockM - 1) / kGemmBlockM;  // m-blocks of expert e
-  const int groups = (n + p.group_m - 1) / p.group_m;
-  const int base = n / groups, extra = n % groups;  // `extra` groups of base + 1 m-blocks, then groups of base
-  const int j = q - e_first;
-  int first, rows;
-  if (j < extra * (base + 1)) {
-    rows = base + 1;
-    first = j / rows * rows;
-  } else {
-    rows = base;
-    first = extra * (base + 1) + (j - extra * (base + 1)) / base * base;
-  }
-  first += e_first;
-  const int r = tile - first * p.n_blocks;
-  mb = first + r % rows;
-  nb = r / rows;
+  raster_tile(tile, p.n_blocks, p.group_m, p.mblock_expert, p.counts, p.row_offset, mb, nb);
 }
 
 template <typename T, Epilogue kEpi>
