@@ -11,6 +11,8 @@
 #   Prebuilt binaries: leave "build" out of STEPS and point BUILD_DIR at them. GTEST_FILTER and
 #   PYTEST_ADDOPTS (read by gtest and pytest) narrow the gpu and pytest steps.
 #   GOLDEN=1 also regenerates tests/golden/*_golden.safetensors with torch (copied to $OUT).
+#   MINILLM_COMMIT=<sha> is recorded in the result JSON instead of git's HEAD: set it when the tree
+#   was copied to the GPU machine with git metadata that may not match the files.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-$PWD/gpu_out}
