@@ -251,8 +251,9 @@ void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t 
   void* h = at(p.h);
   km::gather_rows(x, T, k, c.hidden, r.dest, x_perm, stream);
 
-  if (p.decode) {
-    km::DecodeGemmArgs g;
+  // The two expert projections, h = act(x_perm W_gate^T [, W_up]) and y_perm = h W_down^T, through
+  // `gemm` (the decode or the grouped kernel) with `g` holding that path's routing fields.
+  auto projections = [&](auto& g, auto gemm) {
     g.dtype = c.dtype;
     g.E = E;
     g.counts = r.counts;
@@ -267,7 +268,7 @@ void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t 
     g.N = c.ffn;
     g.d = h;
     g.ldd = c.ffn;
-    km::decode_gemm(g, stream);
+    gemm(g, stream);
     g.epilogue = km::Epilogue::none;
     g.a = h;
     g.lda = c.ffn;
@@ -278,39 +279,18 @@ void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t 
     g.N = c.hidden;
     g.d = x_perm;  // y_perm
     g.ldd = c.hidden;
-    km::decode_gemm(g, stream);
+    gemm(g, stream);
+  };
+  if (p.decode) {
+    km::DecodeGemmArgs g;
+    projections(g, km::decode_gemm);
   } else {
     km::GroupedGemmArgs g;
-    g.dtype = c.dtype;
-    g.E = E;
     g.rows = p.rows;
     g.num_mblocks = r.num_mblocks;
     g.mblock_expert = r.mblock_expert;
-    g.counts = r.counts;
-    g.row_offset = r.row_offset;
     g.max_mblocks = p.mblocks;
-    g.epilogue = swiglu ? km::Epilogue::swiglu : km::Epilogue::gelu;
-    g.a = x_perm;
-    g.lda = c.hidden;
-    g.K = c.hidden;
-    g.w0 = m.w_gate;
-    g.w1 = m.w_up;
-    g.ldw = m.ld_in;
-    g.N = c.ffn;
-    g.d = h;
-    g.ldd = c.ffn;
-    km::grouped_gemm(g, stream);
-    g.epilogue = km::Epilogue::none;
-    g.a = h;
-    g.lda = c.ffn;
-    g.K = c.ffn;
-    g.w0 = m.w_down;
-    g.w1 = nullptr;
-    g.ldw = m.ld_ffn;
-    g.N = c.hidden;
-    g.d = x_perm;  // y_perm
-    g.ldd = c.hidden;
-    km::grouped_gemm(g, stream);
+    projections(g, km::grouped_gemm);
   }
   km::combine(c.dtype, x_perm, r.dest, weights, T, k, c.hidden, y, stream);
 }
