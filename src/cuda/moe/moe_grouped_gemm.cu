@@ -96,6 +96,8 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   p.b_block_rows = out_cols;
   p.b1_row_offset = swiglu ? 0 : 128;
   p.group_m = raster_group_m();
+  MINILLM_CHECK(g.tile_counter, "grouped_gemm: no tile counter");
+  p.tile_counter = g.tile_counter;
 
   int device = 0, sms = 0;
   MINILLM_CUDA_CHECK(cudaGetDevice(&device));

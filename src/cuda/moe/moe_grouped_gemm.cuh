@@ -19,7 +19,9 @@
 // Epilogue: registers -> activation -> 16-bit -> swizzled shared chunks of 64x64 (double-buffered per
 // consumer) -> TMA store (asynchronous, so the next tile's MMAs start at once). Persistent grid of one
 // CTA per SM, tiles in groups of at most group_m m-blocks of one expert (m fastest, see tile_coords) so
-// that concurrent tiles share A and B in L2.
+// that concurrent tiles share A and B in L2. Tiles are handed out dynamically (sm90::TileRing, a global
+// counter): with a static round-robin the SMs that wait longer on L2 finished the gate/up GEMM's 434
+// tile rounds late while the others idled (ncu: SM active 84% of the elapsed cycles).
 // Out-of-range rows/columns: TMA zero-fills loads past K / past the tensors, and clips stores at N and
 // at the row count; garbage in the alignment rows of an expert is computed but never read.
 //
@@ -48,7 +50,8 @@ struct GemmTraits {
   static constexpr int kStageBytes = kATileBytes + 2 * kBBoxBytes;
   static constexpr int kEpiCols = 64;                        // columns per TMA store
   static constexpr int kEpiBufBytes = 64 * kEpiCols * 2;     // 64 rows x 64 cols
-  static constexpr int kSmemBytes = kStages * kStageBytes + kConsumers * 2 * kEpiBufBytes + 2 * kStages * 8 + 1024;
+  static constexpr int kSmemBytes =
+      kStages * kStageBytes + kConsumers * 2 * kEpiBufBytes + 2 * kStages * 8 + sm90::kTileRingBytes + 1024;
   static constexpr int kGroupM = 16;  // m-blocks per raster group (default of GemmParams::group_m)
   static_assert(kBM == kGemmBlockM && kBM == kRasterBlockM, "the tile height must be the permutation's row alignment");
 };
@@ -68,6 +71,7 @@ struct GemmParams {
   int b_block_rows = 0;       // W rows per n-block: 128 (swiglu) or 256
   int b1_row_offset = 0;      // 0 (swiglu: b1 is the up matrix) or 128
   int group_m = 16;           // most m-blocks per raster group (tile order, see tile_coords)
+  int32_t* tile_counter = nullptr;  // [1] zero at launch: tiles taken beyond the first gridDim.x
 };
 
 // PTX wrappers only this kernel uses (the shared ones are in cuda/sm90.cuh).
@@ -112,6 +116,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
   const uint32_t s_bar = s_epi + Tr::kConsumers * 2 * Tr::kEpiBufBytes;
   auto full = [&](int s) { return s_bar + 8u * s; };
   auto empty = [&](int s) { return s_bar + 8u * (Tr::kStages + s); };
+  sm90::TileRing ring{s_bar + 16u * Tr::kStages};
 
   const int wg = threadIdx.x / 128;
   const int tid = threadIdx.x % 128;
@@ -120,6 +125,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
       sm90::mbar_init(full(s), 1);
       sm90::mbar_init(empty(s), Tr::kConsumers * 4);  // lane 0 of every consumer warp
     }
+    ring.init(Tr::kConsumers * 128);
     sm90::fence_barrier_init();
   }
   __syncthreads();
@@ -135,7 +141,10 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
     sm90::prefetch_tensor_map(&p.b1);
     int stage = 0;
     uint32_t phase = 0;
-    for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
+    for (int tile = blockIdx.x;;) {
+      ring.publish(tile);
+      if (tile >= total_tiles) break;
+      const int next = int(gridDim.x) + atomicAdd(p.tile_counter, 1);  // latency hidden by the loads below
       int mb, nb;
       tile_coords(p, tile, mb, nb);
       const int e = p.mblock_expert[mb];
@@ -154,6 +163,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
           phase ^= 1u;
         }
       }
+      tile = next;
     }
     return;
   }
@@ -171,7 +181,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
   float acc[128];
   int stage = 0;
   uint32_t phase = 0;
-  for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
+  for (int tile = ring.next(); tile < total_tiles; tile = ring.next()) {
     int mb, nb;
     tile_coords(p, tile, mb, nb);
     int prev = 0;

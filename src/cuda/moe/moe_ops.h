@@ -60,6 +60,7 @@ struct Routing {
   int32_t* num_mblocks = nullptr;    // [1] 128-row blocks of the permuted rows (row_align 128)
   int32_t* mblock_expert = nullptr;  // [permuted_rows / 128] expert of each 128-row block
   int32_t* dest = nullptr;           // [T * k] permuted row of pair (t, j)
+  int32_t* tile_counters = nullptr;  // [2] zeroed by permute: the grouped GEMMs' tile counters (row_align 128)
 };
 
 // Counting sort of the pairs by expert: fills every field of `r` from ids [T, k].
@@ -100,6 +101,7 @@ struct GroupedGemmArgs {
   const int32_t* counts = nullptr;          // [E] rows per expert (device)
   const int32_t* row_offset = nullptr;      // [E] first row per expert, multiples of 128 (device)
   int64_t max_mblocks = 0;                  // host bound on *num_mblocks
+  int32_t* tile_counter = nullptr;          // [1] (device) zero at launch (Routing::tile_counters)
 };
 void grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream);
 
