@@ -25,6 +25,7 @@ VARIANTS = {
     "nopingpong": {"MINILLM_SM90_VARIANT": "nopingpong"},
     "serial_nopingpong": {"MINILLM_SM90_VARIANT": "serial_nopingpong"},
     "nonpersistent": {"MINILLM_SM90_PERSISTENT": "0"},
+    "static": {"MINILLM_SM90_SCHEDULE": "static"},
     "onegroup": {"MINILLM_SM90_HEAD_GROUP": "1000000"},
     "group48": {"MINILLM_SM90_HEAD_GROUP": "48"},
     "exp2_quarter": {"MINILLM_SM90_VARIANT": "exp2_quarter"},

@@ -57,8 +57,9 @@ void check_stride(int64_t stride, const char* name) {
 }
 
 // Environment, read once: MINILLM_ATTENTION_KERNEL=fa2 forces the FlashAttention-2 kernel (for
-// comparisons); MINILLM_SM90_VARIANT, MINILLM_SM90_BLOCK_M=128|192, MINILLM_SM90_PERSISTENT=0 and
-// MINILLM_SM90_HEAD_GROUP=<n> select the sm90 kernel's variants and schedule (docs/HOPPER_ATTENTION.md).
+// comparisons); MINILLM_SM90_VARIANT, MINILLM_SM90_BLOCK_M=128|192, MINILLM_SM90_PERSISTENT=0,
+// MINILLM_SM90_HEAD_GROUP=<n> and MINILLM_SM90_SCHEDULE=static select the sm90 kernel's variants and
+// schedule (docs/HOPPER_ATTENTION.md).
 struct KernelChoice {
   bool force_fa2 = false;
   cuda::attn::Sm90Options sm90;
@@ -81,6 +82,7 @@ const KernelChoice& kernel_choice() {
     if (const char* v = std::getenv("MINILLM_SM90_BLOCK_M")) c.sm90.block_m = std::atoi(v);
     if (const char* v = std::getenv("MINILLM_SM90_PERSISTENT")) c.sm90.persistent = std::strcmp(v, "0") != 0;
     if (const char* v = std::getenv("MINILLM_SM90_HEAD_GROUP")) c.sm90.head_group = std::max(0, std::atoi(v));
+    if (const char* v = std::getenv("MINILLM_SM90_SCHEDULE")) c.sm90.dynamic = std::strcmp(v, "static") != 0;
     return c;
   }();
   return choice;

@@ -79,13 +79,15 @@ struct Sm90FwdTraits {
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;
   static constexpr int kKVBytes = kBlockN * kHeadDim * 2;  // one K (or V) stage
   // Two Q buffers when they fit: the next tile's Q loads while this one runs.
-  static constexpr int kQStages = 3 * kQBytes + 2 * kStages * kKVBytes + 8 * (4 + 4 * kStages) + 1024 <= 227 * 1024 ? 2 : 1;
+  static constexpr int kQStages =
+      3 * kQBytes + 2 * kStages * kKVBytes + 8 * (4 + 4 * kStages) + sm90::kTileRingBytes + 1024 <= 227 * 1024 ? 2 : 1;
   static constexpr int kOffK = kQStages * kQBytes;
   static constexpr int kOffV = kOffK + kStages * kKVBytes;
   static constexpr int kOffO = kOffV + kStages * kKVBytes;
   static constexpr int kOffBar = kOffO + kQBytes;
   static constexpr int kNumBars = 2 * kQStages + 4 * kStages;  // q full/empty, k full/empty, v full/empty
-  static constexpr int kSmemBytes = kOffBar + 8 * kNumBars + 1024;  // + slack to align the base to 1024
+  static constexpr int kOffRing = kOffBar + 8 * kNumBars;  // the work-unit ring (sm90::TileRing)
+  static constexpr int kSmemBytes = kOffRing + sm90::kTileRingBytes + 1024;  // + slack to align the base to 1024
   // The CTA's 64K registers: the producer gives back what the consumers take (setmaxnreg), with the
   // launch cap 65536 / kThreads per thread in between: 56 + 2 x 224 = 3 x 168, 32 + 3 x 160 = 4 x 128.
   static constexpr int kProducerRegs = kConsumers == 2 ? 56 : 32;
@@ -109,7 +111,13 @@ struct Sm90FwdParams {
   int units_per_bh;  // work units per (batch, head): causal: pairs of m-blocks, else single m-blocks
   int group_bh;      // (batch, head) pairs per unit group
   int num_units;     // units_per_bh * num_bh
+  unsigned* unit_counter;  // dynamic schedule: units taken beyond the first gridDim.x (nullptr: static)
 };
+
+// The dynamic schedule's counters, one per launch in turn (so that launches on different streams do
+// not share one). atomicInc wraps a counter back to 0 on the launch's last fetch: zero between launches.
+constexpr int kUnitCounters = 64;
+__device__ unsigned g_unit_counters[kUnitCounters];
 
 namespace sm90_detail {
 
@@ -159,19 +167,16 @@ __device__ __forceinline__ float exp2_poly(float x) {
   return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));  // t's high bits shift out
 }
 
-// Calls f(tile) for every tile of this CTA, in order (the producer and the consumers walk the same
-// sequence). Work units: under causal masking the pair of m-blocks (last - i, i), whose key counts
-// add up to the same total for every i, so that units cost the same; otherwise one m-block. Units are
-// ordered (group of group_bh (batch, head) pairs, i, pair in the group): the CTAs running at the same
-// time share the K/V of one group, sized to stay in L2. CTA b takes units b, 2 grid - 1 - b, 2 grid
-// + b, ... (round-robin, reversed every other round). Tiles past a varlen sequence's end are skipped.
-template <int kBlockM, int kBlockN, typename F>
-__device__ __forceinline__ void for_each_tile(const Sm90FwdParams& P, F&& f) {
+// Calls f(tile) for every tile of the work units that next_unit() returns, in order, until it returns
+// a unit >= P.num_units (the producer and the consumers walk the same sequence). Work units: under
+// causal masking the pair of m-blocks (last - i, i), whose key counts add up to the same total for
+// every i, so that units cost the same; otherwise one m-block. Units are ordered (group of group_bh
+// (batch, head) pairs, i, pair in the group): the CTAs running at the same time share the K/V of one
+// group, sized to stay in L2. Tiles past a varlen sequence's end are skipped.
+template <int kBlockM, int kBlockN, typename N, typename F>
+__device__ __forceinline__ void for_each_tile(const Sm90FwdParams& P, N&& next_unit, F&& f) {
   const FlashAttentionParams& p = P.args.p;
-  const int grid = int(gridDim.x);
-  for (int round = 0; round * grid < P.num_units; ++round) {
-    const int u = round * grid + ((round & 1) ? grid - 1 - int(blockIdx.x) : int(blockIdx.x));
-    if (u >= P.num_units) continue;
+  for (int u = next_unit(); u < P.num_units; u = next_unit()) {
     const int group_units = P.group_bh * P.units_per_bh;
     const int group = u / group_units;
     const int r = u - group * group_units;
@@ -269,6 +274,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
     }
     fence_barrier_init();
   }
+  TileRing ring{base + Kt::kOffRing};
+  if (threadIdx.x == 0) ring.init(128 * kConsumers);
   __syncthreads();
 
   if (wg == 0) {
@@ -286,9 +293,22 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
     const int total_q = varlen ? p.cu_seqlens_q[p.batch] : INT_MAX;
     const int total_k = varlen ? p.cu_seqlens_k[p.batch] : INT_MAX;
     const int kv_group = P.args.kv_group;
+    // Work units: dynamic, lane 0 fetches the unit after the one it hands out (the atomic's latency
+    // hides behind that unit's loads); static (P.unit_counter == nullptr, for comparison): CTA b takes
+    // units b, b + grid, b + 2 grid, ...
+    int pending = int(blockIdx.x);
+    auto next_unit = [&] {
+      const int u = __shfl_sync(0xffffffffu, pending, 0);
+      if (lane == 0) {
+        if (u < P.num_units)
+          pending = int(gridDim.x) + (P.unit_counter ? int(atomicInc(P.unit_counter, unsigned(P.num_units - 1))) : u);
+        ring.publish(u);
+      }
+      return u;
+    };
     int stage = 0, q_count = 0;
     uint32_t phase = 0;
-    for_each_tile<BM, BN>(P, [&](const Tile& ti) {
+    for_each_tile<BM, BN>(P, next_unit, [&](const Tile& ti) {
       const int m0 = ti.m_block * BM;
       const int kv_head = ti.head / kv_group;
       const int tma_batch = varlen ? 0 : ti.batch;
@@ -375,7 +395,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
 
     int stage = 0, q_count = 0;
     uint32_t phase = 0;
-    for_each_tile<BM, BN>(P, [&](const Tile& ti) {
+    for_each_tile<BM, BN>(P, [&] { return ring.next(); }, [&](const Tile& ti) {
       const int m0 = ti.m_block * BM;
       const int qs = q_count % kQStages;
       const uint32_t q_phase = (q_count / kQStages) & 1u;
@@ -695,6 +715,13 @@ bool launch_flash_fwd_sm90(const FlashFwdArgs& args, const Sm90Options& opt, cud
     configured.fetch_or(bit, std::memory_order_relaxed);
   }
   const int grid = opt.persistent ? std::min(P.num_units, sms) : P.num_units;
+  P.unit_counter = nullptr;
+  if (opt.dynamic) {
+    static std::atomic<unsigned> launches{0};
+    unsigned* counters = nullptr;
+    MINILLM_CUDA_CHECK(cudaGetSymbolAddress(reinterpret_cast<void**>(&counters), g_unit_counters));
+    P.unit_counter = counters + launches.fetch_add(1, std::memory_order_relaxed) % kUnitCounters;
+  }
   kernel<<<grid, Kt::kThreads, Kt::kSmemBytes, stream>>>(P);
   MINILLM_CUDA_CHECK_LAUNCH();
   return true;

@@ -25,6 +25,7 @@ struct Sm90Options {
   int block_m = 0;         // head dim 64: 128 or 192 query rows per tile (2 or 3 consumers); 0: heuristic
   bool persistent = true;  // grid = number of SMs (false: one CTA per tile)
   int head_group = 0;      // (batch, head) pairs per tile group; 0: from the L2 budget
+  bool dynamic = true;     // work units from a global counter (false: static round-robin)
 };
 
 // Launch the kernel for args.p.head_dim == 64 / 128. Return false without launching when the layout
