@@ -7,7 +7,8 @@ Implementations (keys of the JSON):
                     fused), silu*up, torch._grouped_mm (down), un-permute, weighted sum
   cublas_dense      only the two dense cuBLAS GEMMs of the same FLOPs (tokens*k rows, same N and K)
 FLOPs (SwiGLU) = T*k*2*3*hidden*ffn. "routing" = the share of the layer's GPU time outside the expert
-GEMM kernels (router GEMM + top-k + permutation + gather + combine), from torch.profiler kernel times.
+GEMM kernels (router GEMM + top-k + permutation + gather + combine), from torch.profiler kernel times
+(each kernel's ms per layer call: key kernels_ms).
 Decode cases (T <= 64) also report the bandwidth on the expert weights read (distinct experts routed
 to x 3*H*F*2 bytes per layer call) against a measured device-to-device copy (read + write bytes).
 
@@ -15,11 +16,12 @@ Default (--quick): the headline cases of the issue and a sample of the grid. --f
 experts 8/16/32/64 x top-k 2/4/8 x hidden 2048/4096/8192 x batch 1/4/16/32 of 2048 tokens (ffn =
 3.5 x hidden); cases that do not fit in GPU memory are listed as skipped.
 
-Run: PYTHONPATH=python python3 bench/bench_moe.py [--quick|--full] [--out FILE]
+Run: PYTHONPATH=python python3 bench/bench_moe.py [--quick|--full|--cases T,H,E,k,F;...] [--out FILE]
 Writes $OUT/moe.json when $OUT is set, else bench/results/<gpu>/moe.json.
 """
 import argparse
 import os
+import re
 import statistics
 import sys
 
@@ -67,7 +69,8 @@ def copy_bandwidth_gbps():
 
 
 def routing_share(fn):
-    """Share of GPU kernel time outside the expert GEMM kernels, from torch.profiler."""
+    """Share of GPU kernel time outside the expert GEMM kernels, and each kernel's ms per call, from
+    torch.profiler."""
     try:
         from torch.profiler import ProfilerActivity, profile
 
@@ -78,6 +81,7 @@ def routing_share(fn):
                 fn()
             torch.cuda.synchronize()
         total = gemm = 0.0
+        kernels = {}
         for ev in prof.key_averages():
             t = getattr(ev, "device_time_total", None)
             if t is None:
@@ -85,12 +89,14 @@ def routing_share(fn):
             if ev.key.startswith("cuda") or "Memcpy" in ev.key or "Memset" in ev.key or t <= 0:
                 continue
             total += t
+            name = re.sub(r"\([^()]*\)$", "", re.sub(r"(\w+::)+", "", ev.key)).replace("void ", "")
+            kernels[name] = kernels.get(name, 0.0) + t / 3 / 1000  # us over 3 calls -> ms per call
             if "grouped_gemm_kernel" in ev.key or "decode_gemm_kernel" in ev.key:
                 gemm += t
-        return (1.0 - gemm / total) if total > 0 else None
+        return ((1.0 - gemm / total) if total > 0 else None), {n: round(v, 4) for n, v in kernels.items()}
     except Exception as exc:  # profiler unavailable: report no number rather than a guess
         print(f"  (routing share unavailable: {exc})", file=sys.stderr)
-        return None
+        return None, None
 
 
 def fits(T, H, E, k, F, free_bytes):
@@ -149,7 +155,7 @@ def run_case(T, H, E, k, F, copy_gbps, normalize=True):
     moe.set_weights(router, w_gate, w_up, w_down)
     ms, res = {}, {"case": case}
     ms["minillm"] = time_ms(lambda: moe(x))
-    res["routing_share"] = routing_share(lambda: moe(x))
+    res["routing_share"], res["kernels_ms"] = routing_share(lambda: moe(x))
     y = moe(x)
 
     # cuBLAS dense GEMMs of equal FLOPs: [T*k, H] x [H, 2F] and [T*k, F] x [F, H].
@@ -231,6 +237,7 @@ def main():
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="headline cases + a grid sample (default)")
     g.add_argument("--full", action="store_true", help="the whole grid")
+    g.add_argument("--cases", help="these cases only: T,H,E,k,F;T,H,E,k,F;...")
     ap.add_argument("--out", help="result JSON path")
     ap.add_argument("--only", help="comma list of: headline, olmoe, decode, grid (default: all)")
     args = ap.parse_args()
@@ -244,10 +251,13 @@ def main():
     print(hdr)
     print("-" * len(hdr))
     cases = full_cases() if args.full else quick_cases()
+    if args.cases:
+        cases = [tuple(int(v) for v in c.split(",")) for c in args.cases.split(";")]
     path = common.result_path(args.out, "moe.json", dev)
 
     def save(complete):  # after every case, so that an interrupted grid keeps what it measured
-        doc = {**common.metadata("moe", dev), "copy_gbps": round(copy_gbps, 1), "grid": "full" if args.full else "quick",
+        grid = "full" if args.full else "cases" if args.cases else "quick"
+        doc = {**common.metadata("moe", dev), "copy_gbps": round(copy_gbps, 1), "grid": grid,
                "complete": complete, "results": results}
         common.write_json(path, doc)
 
