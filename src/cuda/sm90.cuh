@@ -116,16 +116,17 @@ __device__ __forceinline__ void named_bar_arrive(int id, int threads) {
 //
 // The producer thread takes work tiles from a global counter (its first tile is blockIdx.x, the next
 // ones gridDim.x + atomicAdd(counter, 1)), so that SMs that run faster take more tiles, and publishes
-// each tile id through a two-slot shared ring that every consumer thread reads. A tile id >= the tile
-// count ends the loop of both sides. Shared memory: kTileRingBytes at an 8-byte aligned address.
-constexpr int kTileRingBytes = 4 * 8 + 2 * 4;  // mbarriers full[2], empty[2], then int tile[2]
+// each tile through a two-slot shared ring that every consumer thread reads: two ints, the tile id or
+// what the producer already derived from it (so that the consumers do not repeat dependent global
+// loads at the start of every tile). Shared memory: kTileRingBytes at an 8-byte aligned address.
+constexpr int kTileRingBytes = 4 * 8 + 2 * 8;  // mbarriers full[2], empty[2], then int2 tile[2]
 
 struct TileRing {
   uint32_t base;   // shared address of the ring
   uint32_t n = 0;  // tiles passed so far: slot n % 2, phase parity (n / 2) % 2
   __device__ uint32_t full(uint32_t s) const { return base + 8u * s; }
   __device__ uint32_t empty(uint32_t s) const { return base + 16u + 8u * s; }
-  __device__ uint32_t tile(uint32_t s) const { return base + 32u + 4u * s; }
+  __device__ uint32_t tile(uint32_t s) const { return base + 32u + 8u * s; }
   // One thread, before the CTA's first barrier sync; `readers`: consumer threads that call next().
   __device__ void init(int readers) const {
     for (uint32_t s = 0; s < 2; ++s) {
@@ -133,20 +134,20 @@ struct TileRing {
       mbar_init(empty(s), readers);
     }
   }
-  // Producer: hands tile id t to the consumers once they have read the slot's previous id.
-  __device__ void publish(int t) {
+  // Producer: hands tile (x, y) to the consumers once they have read the slot's previous one.
+  __device__ void publish(int x, int y = 0) {
     const uint32_t s = n & 1u;
     mbar_wait(empty(s), ((n >> 1) & 1u) ^ 1u);
-    asm volatile("st.shared.b32 [%0], %1;" ::"r"(tile(s)), "r"(t) : "memory");
+    asm volatile("st.shared.v2.b32 [%0], {%1, %2};" ::"r"(tile(s)), "r"(x), "r"(y) : "memory");
     mbar_arrive(full(s));
     ++n;
   }
-  // Every consumer thread: the next tile id.
-  __device__ int next() {
+  // Every consumer thread: the next tile.
+  __device__ int2 next() {
     const uint32_t s = n & 1u;
     mbar_wait(full(s), (n >> 1) & 1u);
-    int t;
-    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(t) : "r"(tile(s)) : "memory");
+    int2 t;
+    asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];" : "=r"(t.x), "=r"(t.y) : "r"(tile(s)) : "memory");
     mbar_arrive(empty(s));
     ++n;
     return t;

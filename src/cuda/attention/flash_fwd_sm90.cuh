@@ -395,7 +395,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
 
     int stage = 0, q_count = 0;
     uint32_t phase = 0;
-    for_each_tile<BM, BN>(P, [&] { return ring.next(); }, [&](const Tile& ti) {
+    for_each_tile<BM, BN>(P, [&] { return ring.next().x; }, [&](const Tile& ti) {
       const int m0 = ti.m_block * BM;
       const int qs = q_count % kQStages;
       const uint32_t q_phase = (q_count / kQStages) & 1u;

@@ -130,23 +130,24 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
   }
   __syncthreads();
 
-  const int num_mblocks = *p.num_mblocks;
-  const int total_tiles = num_mblocks * p.n_blocks;
-
   if (wg == 0) {  // ---- producer ----
     sm90::setmaxnreg_dec<40>();
     if (tid != 0) return;
+    const int total_tiles = *p.num_mblocks * p.n_blocks;
     sm90::prefetch_tensor_map(&p.a);
     sm90::prefetch_tensor_map(&p.b0);
     sm90::prefetch_tensor_map(&p.b1);
     int stage = 0;
     uint32_t phase = 0;
     for (int tile = blockIdx.x;;) {
-      ring.publish(tile);
-      if (tile >= total_tiles) break;
+      if (tile >= total_tiles) {
+        ring.publish(-1, 0);
+        break;
+      }
       const int next = int(gridDim.x) + atomicAdd(p.tile_counter, 1);  // latency hidden by the loads below
       int mb, nb;
       tile_coords(p, tile, mb, nb);
+      ring.publish(mb, nb);
       const int e = p.mblock_expert[mb];
       const int brow0 = e * p.b_rows_per_expert + nb * p.b_block_rows;
       const int brow1 = brow0 + p.b1_row_offset;
@@ -181,9 +182,8 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
   float acc[128];
   int stage = 0;
   uint32_t phase = 0;
-  for (int tile = ring.next(); tile < total_tiles; tile = ring.next()) {
-    int mb, nb;
-    tile_coords(p, tile, mb, nb);
+  for (int2 t = ring.next(); t.x >= 0; t = ring.next()) {
+    const int mb = t.x, nb = t.y;  // the tile's m-block and n-block (tile_coords, by the producer)
     int prev = 0;
     for (int k = 0; k < p.k_iters; ++k) {
       sm90::mbar_wait(full(stage), phase);
