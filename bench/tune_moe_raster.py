@@ -1,5 +1,6 @@
 """Sweeps the grouped GEMM's raster group (MINILLM_MOE_GROUP_M: m-blocks per group of the tile
-order) on the MoE headline shapes; one subprocess per value, since the value is read once.
+order) on the MoE headline shapes; one subprocess per value, since the value is read once. Prints
+the gate/up and the down GEMM kernel's time per layer call (torch.profiler).
 
     PYTHONPATH=python python3 bench/tune_moe_raster.py [16 8 4 ...]
 """
@@ -7,12 +8,15 @@ import os
 import subprocess
 import sys
 
-SHAPES = [(32768, 4096, 32, 2, 14336), (32768, 4096, 8, 2, 14336), (32768, 2048, 64, 8, 1024),
-          (16384, 1024, 8, 2, 4096)]
+# The seed's headline, OLMoE, a grid case, and the MoE layers of the small / medium / large engine presets
+# at batch 8 x 2048 tokens.
+SHAPES = [(32768, 4096, 32, 2, 14336), (32768, 2048, 64, 8, 1024), (32768, 2048, 16, 4, 7168),
+          (16384, 768, 8, 2, 3072), (16384, 1024, 8, 2, 4096), (16384, 4096, 8, 2, 3584)]
 
 
 def child():
     import torch
+    from torch.profiler import ProfilerActivity, profile
 
     sys.path.insert(0, os.path.dirname(__file__))
     from profile_kernels import moe_layer
@@ -22,16 +26,17 @@ def child():
         moe, w, x = moe_layer(T, H, E, k, F)
         for _ in range(3):
             moe(x)
-        times = []
-        for _ in range(10):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            moe(x)
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        ms = sorted(times)[len(times) // 2]
-        out.append(f"T{T} H{H} E{E} k{k} F{F}: {ms:7.2f} ms {T * k * 6 * H * F / ms / 1e9:6.0f} TFLOP/s")
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                moe(x)
+            torch.cuda.synchronize()
+        gemm = {}  # epilogue id -> ms per call: 0 swiglu (gate/up), 2 none (down)
+        for ev in prof.key_averages():
+            if "grouped_gemm_kernel" in ev.key:
+                epi = "gate_up" if "Epilogue)0" in ev.key else "down"
+                gemm[epi] = gemm.get(epi, 0.0) + ev.device_time_total / 10 / 1000
+        out.append(f"T{T} H{H} E{E} k{k} F{F}: gate/up {gemm.get('gate_up', 0):6.3f} down {gemm.get('down', 0):6.3f} ms")
         del moe, w, x
         torch.cuda.empty_cache()
     print(" | ".join(out), flush=True)
