@@ -56,6 +56,11 @@ class Backend {
   virtual void linear(const Tensor& x, const Tensor& w, Tensor& y) = 0;
   // In place on qkv [B*N, qkv_dim]: RoPE on the q and k parts, position of token b*N+n is n.
   virtual void rope(Tensor& qkv, int B, int N, const ModelConfig& c) = 0;
+  // qkv [B*N, qkv_dim] = x [B*N, H] @ wqkv^T, then RoPE when the config has it. Backends may fuse the two.
+  virtual void qkv(const Tensor& x, const Tensor& wqkv, Tensor& qkv, int B, int N, const ModelConfig& c) {
+    linear(x, wqkv, qkv);
+    if (c.position == PositionType::rope) rope(qkv, B, N, c);
+  }
   // out [B*N, q_dim] = attention over q, k, v inside qkv [B*N, qkv_dim].
   virtual void attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) = 0;
   // x = x + delta (when delta is given); out = norm(x). out may alias x.

@@ -127,8 +127,7 @@ void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& 
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w.layers[l];
     if (pre) be.add_norm(x, pending, lw.norm1, c, h);  // x += moe_prev; h = N1(x)
-    be.linear(pre ? h : x, lw.wqkv, qkv);
-    if (c.position == PositionType::rope) be.rope(qkv, B, N, c);
+    be.qkv(pre ? h : x, lw.wqkv, qkv, B, N, c);
     be.attention(qkv, attn, B, N, c);
     be.linear(attn, lw.wo, delta);
     if (pre) {

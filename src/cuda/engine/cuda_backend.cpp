@@ -8,9 +8,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda/engine/gemm.h"
 #include "cuda/engine/ops.h"
+#include "cuda/moe/moe_ops.h"
 #include "minillm/attention.h"
 #include "minillm/core/cuda_check.h"
 #include "minillm/moe.h"
@@ -19,6 +22,21 @@ namespace minillm {
 namespace {
 
 namespace ke = cuda::engine;
+namespace km = cuda::moe;
+
+// The QKV projection with RoPE fused into its epilogue (the grouped GEMM kernel, sm_90a only): on
+// compute capability 9.0, head dim 64 or 128, hidden and qkv_dim multiples of 8. MINILLM_FUSED_QKV=0
+// (read per engine) runs cuBLASLt and the rope kernel instead, for comparisons.
+bool fused_qkv_supported(const ModelConfig& c) {
+  if (const char* v = std::getenv("MINILLM_FUSED_QKV"); v && std::strcmp(v, "0") == 0) return false;
+  if (c.position != PositionType::rope || (c.head_dim != 64 && c.head_dim != 128)) return false;
+  if (c.hidden_size % 8 != 0 || c.qkv_dim() % 8 != 0) return false;
+  int dev = 0, major = 0, minor = 0;
+  MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
+  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  return major == 9 && minor == 0;
+}
 
 // The MoE config of the model, and whether minillm::MoELayer takes it.
 MoEConfig moe_config(const ModelConfig& c) {
@@ -49,6 +67,8 @@ struct CudaBackend::Impl {
   std::vector<MoELayer> moe;  // one per layer (empty: the fallback path)
   Buffer rope_table;          // [max_pos, D/2] float2
   int rope_max_pos = 0;
+  bool fused_qkv = false;     // qkv(): one GEMM with the RoPE epilogue
+  Buffer tile_counter;        // [1] int32, zero between launches of that GEMM
   // Profiling state: events in pairs, the op kind of each pair.
   bool profiling = false;
   std::vector<cudaEvent_t> events;
@@ -109,6 +129,11 @@ CudaBackend::CudaBackend(const ModelConfig& c, int64_t max_tokens) : config_(c),
       ke::rope_table(table.data(), impl_->rope_max_pos, c.head_dim, c.rope_theta);
       impl_->rope_table = Buffer(table.size() * sizeof(float2), Device::cuda);
       to_device(impl_->rope_table.data(), table.data(), table.size() * sizeof(float2));
+      impl_->fused_qkv = fused_qkv_supported(c);
+      if (impl_->fused_qkv) {
+        impl_->tile_counter = Buffer(sizeof(int32_t), Device::cuda);
+        MINILLM_CUDA_CHECK(cudaMemset(impl_->tile_counter.data(), 0, sizeof(int32_t)));
+      }
     }
   } catch (...) {
     impl_.reset();
@@ -146,6 +171,37 @@ void CudaBackend::rope(Tensor& qkv, int B, int N, const ModelConfig& c) {
   MINILLM_CHECK(N <= impl_->rope_max_pos, "rope: seq_len = " << N << " exceeds the planned " << impl_->rope_max_pos);
   ke::rope(c.dtype, qkv.data, static_cast<int64_t>(B) * N, N, c.num_heads + c.num_kv_heads, c.head_dim, c.qkv_dim(),
            static_cast<const float2*>(impl_->rope_table.data()), stream_);
+}
+
+void CudaBackend::qkv(const Tensor& x, const Tensor& w, Tensor& y, int B, int N, const ModelConfig& c) {
+  if (!impl_->fused_qkv) {
+    Backend::qkv(x, w, y, B, N, c);
+    return;
+  }
+  const int64_t T = static_cast<int64_t>(B) * N, H = c.hidden_size;
+  MINILLM_CHECK(x.size(0) == T && x.size(1) == H && w.size(0) == c.qkv_dim() && w.size(1) == H &&
+                    y.size(0) == T && y.size(1) == c.qkv_dim() && x.dtype == c.dtype && w.dtype == c.dtype,
+                "qkv: x " << x.shape_str() << ", w " << w.shape_str() << ", y " << y.shape_str() << " do not match");
+  MINILLM_CHECK(N <= impl_->rope_max_pos, "qkv: seq_len = " << N << " exceeds the planned " << impl_->rope_max_pos);
+  OpScope s(*this, "qkv");
+  km::GroupedGemmArgs g;
+  g.dtype = c.dtype;
+  g.epilogue = c.head_dim == 64 ? km::Epilogue::rope64 : km::Epilogue::rope128;
+  g.a = x.data;
+  g.lda = H;
+  g.rows = T;
+  g.K = H;
+  g.w0 = w.data;
+  g.ldw = H;
+  g.N = c.qkv_dim();
+  g.E = 1;
+  g.d = y.data;
+  g.ldd = c.qkv_dim();
+  g.tile_counter = static_cast<int32_t*>(impl_->tile_counter.data());
+  g.rope_table = impl_->rope_table.data();
+  g.rope_cols = static_cast<int64_t>(c.num_heads + c.num_kv_heads) * c.head_dim;
+  g.rope_seq = N;
+  km::grouped_gemm(g, stream_);
 }
 
 void CudaBackend::attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) {

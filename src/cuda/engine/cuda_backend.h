@@ -2,6 +2,8 @@
 // owns, bf16 or fp16 activations and weights (the config's dtype), fp32 accumulation and norm math.
 //   embedding, rope, add_norm: the kernels of src/cuda/engine/*.cu
 //   linear: cuBLASLt (gemm.h); attention: minillm::flash_attention_forward on strided views of qkv
+//   qkv: on Hopper, head dim 64 / 128, the QKV projection with RoPE in its epilogue (one kernel: the
+//        MoE grouped GEMM as a dense GEMM, cuda/moe/moe_ops.h); else linear, then rope
 //   moe: one minillm::MoELayer per layer (weights borrowed, scratch from the engine's workspace), or
 //        a plain fallback for shapes MoELayer does not take
 // Beyond the interface, the engine uses: the stream, CUDA-graph replay per (B, N) shape, and a
@@ -30,6 +32,7 @@ class CudaBackend final : public Backend {
   void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override;
   void linear(const Tensor& x, const Tensor& w, Tensor& y) override;
   void rope(Tensor& qkv, int B, int N, const ModelConfig& c) override;
+  void qkv(const Tensor& x, const Tensor& wqkv, Tensor& qkv, int B, int N, const ModelConfig& c) override;
   void attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) override;
   void add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) override;
   void moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y, Workspace& ws) override;

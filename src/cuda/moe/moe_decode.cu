@@ -191,6 +191,8 @@ void launch_typed(const DecodeGemmArgs& g, cudaStream_t stream) {
     case Epilogue::swiglu: launch<T, Epilogue::swiglu>(g, stream); break;
     case Epilogue::gelu: launch<T, Epilogue::gelu>(g, stream); break;
     case Epilogue::none: launch<T, Epilogue::none>(g, stream); break;
+    case Epilogue::rope64:
+    case Epilogue::rope128: break;  // rejected by decode_gemm
   }
 }
 
@@ -199,6 +201,8 @@ void launch_typed(const DecodeGemmArgs& g, cudaStream_t stream) {
 void decode_gemm(const DecodeGemmArgs& g, cudaStream_t stream) {
   MINILLM_CHECK(g.K % 32 == 0 && g.N % kRows == 0 && g.K > 0 && g.N > 0,
                 "decode_gemm: K = " << g.K << " (multiple of 32), N = " << g.N << " (multiple of 16)");
+  MINILLM_CHECK(g.epilogue == Epilogue::swiglu || g.epilogue == Epilogue::gelu || g.epilogue == Epilogue::none,
+                "decode_gemm: epilogue " << static_cast<int>(g.epilogue) << " is not swiglu, gelu or none");
   MINILLM_CHECK(g.epilogue != Epilogue::swiglu || g.w1, "decode_gemm: swiglu needs the up matrix");
   MINILLM_CHECK(g.E >= 1 && g.E <= 65535, "decode_gemm: E = " << g.E);
   MINILLM_CHECK(g.lda >= g.K && g.ldw >= g.K && g.ldd >= g.N && g.lda % 8 == 0 && g.ldw % 8 == 0 && g.ldd % 8 == 0,

@@ -69,11 +69,19 @@ void launch_grouped_gemm_none(DType dtype, const GemmParams& p, int grid, cudaSt
 }
 
 void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
-  if (g.rows == 0 || g.max_mblocks == 0) return;
+  const bool dense = g.mblock_expert == nullptr;
+  if (g.rows == 0 || (!dense && g.max_mblocks == 0)) return;
   MINILLM_CHECK(g.dtype == DType::bf16 || g.dtype == DType::f16, "grouped_gemm: dtype " << dtype_name(g.dtype));
   MINILLM_CHECK(g.K % 8 == 0 && g.N % 8 == 0 && g.K > 0 && g.N > 0, "grouped_gemm: K = " << g.K << ", N = " << g.N);
   MINILLM_CHECK(g.epilogue != Epilogue::swiglu || g.w1, "grouped_gemm: swiglu needs the up matrix");
   MINILLM_CHECK(g.E * g.N < (int64_t{1} << 31) && g.rows < (int64_t{1} << 31), "grouped_gemm: sizes exceed int32");
+  MINILLM_CHECK(!dense || g.E == 1, "grouped_gemm: a dense GEMM (no mblock_expert) has E = 1, got " << g.E);
+  const bool rope = g.epilogue == Epilogue::rope64 || g.epilogue == Epilogue::rope128;
+  const int rope_dim = g.epilogue == Epilogue::rope64 ? 64 : 128;
+  MINILLM_CHECK(!rope || (g.rope_table && g.rope_seq >= 1 && g.rope_cols >= 0 && g.rope_cols % rope_dim == 0 &&
+                          g.rope_cols <= g.N),
+                "grouped_gemm: rope_cols = " << g.rope_cols << " (head dim " << rope_dim << ", N = " << g.N
+                                             << "), rope_seq = " << g.rope_seq);
   MINILLM_CHECK(g.lda >= g.K && g.ldw >= g.K && g.ldd >= g.N && g.lda % 8 == 0 && g.ldw % 8 == 0 && g.ldd % 8 == 0,
                 "grouped_gemm: row strides lda = " << g.lda << ", ldw = " << g.ldw << ", ldd = " << g.ldd
                                                    << " (K = " << g.K << ", N = " << g.N << ")");
@@ -96,18 +104,24 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   p.b_block_rows = out_cols;
   p.b1_row_offset = swiglu ? 0 : 128;
   p.group_m = raster_group_m();
+  p.dense_mblocks = dense ? static_cast<int>((g.rows + Tr::kBM - 1) / Tr::kBM) : 0;
+  p.rope = static_cast<const float2*>(g.rope_table);
+  p.rope_cols = static_cast<int>(g.rope_cols);
+  p.rope_seq = g.rope_seq;
   MINILLM_CHECK(g.tile_counter, "grouped_gemm: no tile counter");
   p.tile_counter = g.tile_counter;
 
   int device = 0, sms = 0;
   MINILLM_CUDA_CHECK(cudaGetDevice(&device));
   MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int64_t max_tiles = g.max_mblocks * p.n_blocks;
+  const int64_t max_tiles = (dense ? p.dense_mblocks : g.max_mblocks) * p.n_blocks;
   const int grid = static_cast<int>(std::min<int64_t>(sms, max_tiles));
   switch (g.epilogue) {
     case Epilogue::swiglu: launch_grouped_gemm_swiglu(g.dtype, p, grid, stream); break;
     case Epilogue::gelu: launch_grouped_gemm_gelu(g.dtype, p, grid, stream); break;
     case Epilogue::none: launch_grouped_gemm_none(g.dtype, p, grid, stream); break;
+    case Epilogue::rope64:
+    case Epilogue::rope128: launch_grouped_gemm_rope(g.dtype, p, rope_dim, grid, stream); break;
   }
 }
 

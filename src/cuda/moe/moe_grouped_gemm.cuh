@@ -71,7 +71,11 @@ struct GemmParams {
   int b_block_rows = 0;       // W rows per n-block: 128 (swiglu) or 256
   int b1_row_offset = 0;      // 0 (swiglu: b1 is the up matrix) or 128
   int group_m = 16;           // most m-blocks per raster group (tile order, see tile_coords)
+  int dense_mblocks = 0;      // mblock_expert == nullptr: a dense GEMM over this many m-blocks (expert 0)
   int32_t* tile_counter = nullptr;  // [1] zero at launch: tiles taken beyond the first gridDim.x
+  const float2* rope = nullptr;     // rope epilogues: [positions, D / 2] (cos, sin)
+  int rope_cols = 0;                // columns [0, rope_cols) are rotated
+  int rope_seq = 1;                 // row r is at position r % rope_seq
 };
 
 // PTX wrappers only this kernel uses (the shared ones are in cuda/sm90.cuh).
@@ -102,9 +106,13 @@ __device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
 
 }  // namespace ptx
 
-// Tile t -> (m-block, n-block): raster groups inside one expert (moe_raster.h).
+// Tile t -> (m-block, n-block): raster groups inside one expert (moe_raster.h), or over all m-blocks
+// of a dense GEMM.
 __device__ __forceinline__ void tile_coords(const GemmParams& p, int tile, int& mb, int& nb) {
-  raster_tile(tile, p.n_blocks, p.group_m, p.mblock_expert, p.counts, p.row_offset, mb, nb);
+  if (p.mblock_expert == nullptr)
+    raster_run(tile, p.n_blocks, p.group_m, 0, p.dense_mblocks, mb, nb);
+  else
+    raster_tile(tile, p.n_blocks, p.group_m, p.mblock_expert, p.counts, p.row_offset, mb, nb);
 }
 
 template <typename T, Epilogue kEpi>
@@ -133,7 +141,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
   if (wg == 0) {  // ---- producer ----
     sm90::setmaxnreg_dec<40>();
     if (tid != 0) return;
-    const int total_tiles = *p.num_mblocks * p.n_blocks;
+    const int total_tiles = (p.mblock_expert ? *p.num_mblocks : p.dense_mblocks) * p.n_blocks;
     sm90::prefetch_tensor_map(&p.a);
     sm90::prefetch_tensor_map(&p.b0);
     sm90::prefetch_tensor_map(&p.b1);
@@ -144,11 +152,12 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
         ring.publish(-1, 0);
         break;
       }
-      const int next = int(gridDim.x) + atomicAdd(p.tile_counter, 1);  // latency hidden by the loads below
+      // The next tile (latency hidden by the loads below); the last fetch wraps the counter back to 0.
+      const int next = int(gridDim.x) + int(atomicInc(reinterpret_cast<unsigned*>(p.tile_counter), total_tiles - 1));
       int mb, nb;
       tile_coords(p, tile, mb, nb);
       ring.publish(mb, nb);
-      const int e = p.mblock_expert[mb];
+      const int e = p.mblock_expert ? p.mblock_expert[mb] : 0;
       const int brow0 = e * p.b_rows_per_expert + nb * p.b_block_rows;
       const int brow1 = brow0 + p.b1_row_offset;
       for (int k = 0; k < p.k_iters; ++k) {
@@ -178,6 +187,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
   constexpr int kOutCols = kEpi == Epilogue::swiglu ? Tr::kBN / 2 : Tr::kBN;
   constexpr int kChunks = kOutCols / Tr::kEpiCols;
   static_assert(kChunks % 2 == 0, "the epilogue buffers alternate");
+  constexpr int kRopeDim = kEpi == Epilogue::rope64 ? 64 : kEpi == Epilogue::rope128 ? 128 : 0;
 
   float acc[128];
   int stage = 0;
@@ -208,6 +218,12 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
     sm90::wgmma_wait<0>();
     if (lane == 0) sm90::mbar_arrive(empty(prev));
     sm90::fence_regs(acc);
+    int rope_pos[2] = {0, 0};  // positions of this thread's rows r0 and r0 + 8
+    if constexpr (kRopeDim > 0) {
+      const int row = mb * Tr::kBM + c * 64 + r0;
+      rope_pos[0] = row % p.rope_seq;
+      rope_pos[1] = (row + 8) % p.rope_seq;
+    }
 
     // Epilogue: 64-column chunks through the two shared buffers of this warpgroup.
 #pragma unroll
@@ -229,6 +245,25 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
             v[i] = acc[4 * j + i];
           }
         }
+        if constexpr (kRopeDim > 0) {
+          // Column pair (2q, 2q + 1) of block j is the head's frequency pair f, f + 1; its rotate_half
+          // partner is D/2 columns (D/16 blocks) away, in the same thread.
+          const bool first_half = (8 * j) % kRopeDim < kRopeDim / 2;
+          const int pj = first_half ? j + kRopeDim / 16 : j - kRopeDim / 16;
+          const int f = (8 * j) % (kRopeDim / 2) + 2 * q;
+          if (nb * Tr::kBN + 8 * j < p.rope_cols) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const float4 cs = *reinterpret_cast<const float4*>(p.rope + rope_pos[h] * (kRopeDim / 2) + f);
+#pragma unroll
+              for (int b = 0; b < 2; ++b) {
+                const float co = b ? cs.z : cs.x, si = b ? cs.w : cs.y;
+                const float x = acc[4 * j + 2 * h + b], y = acc[4 * pj + 2 * h + b];
+                v[2 * h + b] = first_half ? x * co - y * si : x * co + y * si;
+              }
+            }
+          }
+        }
         const uint32_t swz = static_cast<uint32_t>((jj ^ (r0 & 7)) << 4) + 4u * q;  // 128-byte swizzle
         ptx::st_shared_u32(buf + r0 * 128 + swz, pack2<T>(v[0], v[1]));
         ptx::st_shared_u32(buf + (r0 + 8) * 128 + swz, pack2<T>(v[2], v[3]));
@@ -244,11 +279,13 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
   if (tid == 0) ptx::bulk_wait_all();
 }
 
-// Launchers of the three instantiations, one per .cu file so that they compile in parallel:
-// moe_grouped_gemm_swiglu.cu, moe_grouped_gemm_gelu.cu, moe_grouped_gemm.cu (none).
+// Launchers of the instantiations, one per .cu file so that they compile in parallel:
+// moe_grouped_gemm_swiglu.cu, moe_grouped_gemm_gelu.cu, moe_grouped_gemm.cu (none),
+// moe_grouped_gemm_rope.cu (rope64 and rope128).
 void launch_grouped_gemm_swiglu(DType dtype, const GemmParams& p, int grid, cudaStream_t stream);
 void launch_grouped_gemm_gelu(DType dtype, const GemmParams& p, int grid, cudaStream_t stream);
 void launch_grouped_gemm_none(DType dtype, const GemmParams& p, int grid, cudaStream_t stream);
+void launch_grouped_gemm_rope(DType dtype, const GemmParams& p, int head_dim, int grid, cudaStream_t stream);
 
 // The body of those launchers: grouped_gemm_kernel<T, kEpi> on `grid` persistent CTAs.
 template <Epilogue kEpi>

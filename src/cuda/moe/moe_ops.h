@@ -76,12 +76,16 @@ void combine(DType dtype, const void* y_perm, const int32_t* dest, const float* 
              int64_t H, void* y, cudaStream_t stream);
 
 // ---- moe_grouped_gemm*.cu ----
-enum class Epilogue { swiglu, gelu, none };
+enum class Epilogue { swiglu, gelu, none, rope64, rope128 };
 
 // For every 128-row block m of A (expert e = mblock_expert[m]):
 //   swiglu: D[m rows, f] = silu(A . w0[e, f]) * (A . w1[e, f])   (w0 = gate, w1 = up: [E, N, K]; D: [rows, N])
 //   gelu:   D[m rows, n] = gelu(A . w0[e, n])                     (w0: [E, N, K])
 //   none:   D[m rows, n] = A . w0[e, n]                           (w0: [E, N, K]; e.g. the down projection)
+//   rope64 / rope128: none, then RoPE (HF rotate_half, head dim 64 / 128) on columns [0, rope_cols) of
+//           row r at position r % rope_seq: the fused QKV projection of the engine (dense, E = 1).
+// Dense GEMM: mblock_expert == nullptr and E == 1; every row of A is expert 0's (num_mblocks, counts
+// and row_offset are not read).
 struct GroupedGemmArgs {
   DType dtype = DType::bf16;
   Epilogue epilogue = Epilogue::none;
@@ -101,7 +105,10 @@ struct GroupedGemmArgs {
   const int32_t* counts = nullptr;          // [E] rows per expert (device)
   const int32_t* row_offset = nullptr;      // [E] first row per expert, multiples of 128 (device)
   int64_t max_mblocks = 0;                  // host bound on *num_mblocks
-  int32_t* tile_counter = nullptr;          // [1] (device) zero at launch (Routing::tile_counters)
+  int32_t* tile_counter = nullptr;          // [1] (device) zero at launch; the GEMM leaves it zero
+  const void* rope_table = nullptr;         // rope*: [positions, head dim / 2] float2 (cos, sin)
+  int64_t rope_cols = 0;                    // rope*: rotated columns (q and k heads; a multiple of the head dim)
+  int rope_seq = 1;                         // rope*: row r is at position r % rope_seq (< positions)
 };
 void grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream);
 

@@ -21,14 +21,11 @@ namespace minillm::cuda::moe {
 
 constexpr int kRasterBlockM = 128;  // rows per m-block (= kGemmBlockM; row_offset[e] is a multiple of it)
 
-// mblock_expert: [m-blocks] expert of each m-block; counts / row_offset: [E] rows and first row of each
-// expert (experts in order, row_offset[e] a multiple of 128). tile < (total m-blocks) * n_blocks.
-MINILLM_MOE_HD void raster_tile(int tile, int n_blocks, int group_m, const int32_t* mblock_expert,
-                                const int32_t* counts, const int32_t* row_offset, int& mb, int& nb) {
+// The tile order inside one run of n consecutive m-blocks starting at m-block `e_first` (one expert's,
+// or all of a dense GEMM's): ceil(n / group_m) groups of balanced size, m fastest inside a group.
+// tile's m-block q = tile / n_blocks lies in the run.
+MINILLM_MOE_HD void raster_run(int tile, int n_blocks, int group_m, int e_first, int n, int& mb, int& nb) {
   const int q = tile / n_blocks;
-  const int e = mblock_expert[q];
-  const int e_first = row_offset[e] / kRasterBlockM;
-  const int n = (counts[e] + kRasterBlockM - 1) / kRasterBlockM;  // m-blocks of expert e
   const int groups = (n + group_m - 1) / group_m;
   const int base = n / groups, extra = n % groups;  // `extra` groups of base + 1 m-blocks, then groups of base
   const int j = q - e_first;
@@ -44,6 +41,15 @@ MINILLM_MOE_HD void raster_tile(int tile, int n_blocks, int group_m, const int32
   const int r = tile - first * n_blocks;
   mb = first + r % rows;
   nb = r / rows;
+}
+
+// mblock_expert: [m-blocks] expert of each m-block; counts / row_offset: [E] rows and first row of each
+// expert (experts in order, row_offset[e] a multiple of 128). tile < (total m-blocks) * n_blocks.
+MINILLM_MOE_HD void raster_tile(int tile, int n_blocks, int group_m, const int32_t* mblock_expert,
+                                const int32_t* counts, const int32_t* row_offset, int& mb, int& nb) {
+  const int e = mblock_expert[tile / n_blocks];
+  const int n = (counts[e] + kRasterBlockM - 1) / kRasterBlockM;  // m-blocks of expert e
+  raster_run(tile, n_blocks, group_m, row_offset[e] / kRasterBlockM, n, mb, nb);
 }
 
 }  // namespace minillm::cuda::moe
