@@ -194,6 +194,21 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
   uint32_t phase = 0;
   for (int2 t = ring.next(); t.x >= 0; t = ring.next()) {
     const int mb = t.x, nb = t.y;  // the tile's m-block and n-block (tile_coords, by the producer)
+    // RoPE: the (cos, sin) of frequencies 8 jf + 2q, 8 jf + 2q + 1 (jf < D/16) at the positions of this
+    // thread's two rows; loaded now so that their latency passes under the main loop.
+    float4 rope_cs[2][kRopeDim > 0 ? kRopeDim / 16 : 1];
+    if constexpr (kRopeDim > 0) {
+      if (nb * Tr::kBN < p.rope_cols) {
+        const int row = mb * Tr::kBM + c * 64 + r0;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int pos = (row + 8 * h) % p.rope_seq;
+          const float4* src = reinterpret_cast<const float4*>(p.rope + pos * (kRopeDim / 2) + 2 * q);
+#pragma unroll
+          for (int jf = 0; jf < kRopeDim / 16; ++jf) rope_cs[h][jf] = src[4 * jf];
+        }
+      }
+    }
     int prev = 0;
     for (int k = 0; k < p.k_iters; ++k) {
       sm90::mbar_wait(full(stage), phase);
@@ -218,12 +233,6 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
     sm90::wgmma_wait<0>();
     if (lane == 0) sm90::mbar_arrive(empty(prev));
     sm90::fence_regs(acc);
-    int rope_pos[2] = {0, 0};  // positions of this thread's rows r0 and r0 + 8
-    if constexpr (kRopeDim > 0) {
-      const int row = mb * Tr::kBM + c * 64 + r0;
-      rope_pos[0] = row % p.rope_seq;
-      rope_pos[1] = (row + 8) % p.rope_seq;
-    }
 
     // Epilogue: 64-column chunks through the two shared buffers of this warpgroup.
 #pragma unroll
@@ -250,11 +259,10 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
           // partner is D/2 columns (D/16 blocks) away, in the same thread.
           const bool first_half = (8 * j) % kRopeDim < kRopeDim / 2;
           const int pj = first_half ? j + kRopeDim / 16 : j - kRopeDim / 16;
-          const int f = (8 * j) % (kRopeDim / 2) + 2 * q;
           if (nb * Tr::kBN + 8 * j < p.rope_cols) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-              const float4 cs = *reinterpret_cast<const float4*>(p.rope + rope_pos[h] * (kRopeDim / 2) + f);
+              const float4 cs = rope_cs[h][(j % (kRopeDim / 8)) % (kRopeDim / 16)];
 #pragma unroll
               for (int b = 0; b < 2; ++b) {
                 const float co = b ? cs.z : cs.x, si = b ? cs.w : cs.y;
