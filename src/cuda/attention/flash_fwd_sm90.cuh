@@ -32,10 +32,11 @@
 // one tile that would cross the end of the tensor is copied by the producer warp with plain loads.
 // Shared memory: Q [kBlockM x D] | K ring | V ring | O staging [kBlockM x D] | mbarriers.
 //
-// Schedule (for_each_tile): grid = number of SMs, static round-robin (reversed every other round) over
-// work units ordered (group of (batch, head) pairs, unit, pair). Groups are sized so that their K/V
-// stay in L2 (head dim 64 causal: one group, measured faster). Causal units are the pairs of m-blocks
-// (last - i, i), whose key counts add up to the same total, so that the units cost the same.
+// Schedule (for_each_tile): grid = number of SMs; the producer takes work units from a global counter
+// (dynamic: SMs that run faster take more units; sm90::TileRing hands each unit to the consumers), in
+// the order (group of (batch, head) pairs, unit, pair). Groups are sized so that their K/V stay in L2.
+// Causal units are the pairs of m-blocks (last - i, i), whose key counts add up to the same total, so
+// that the units cost the same. MINILLM_SM90_SCHEDULE=static: CTA b takes units b, b + grid, ...
 //
 // Measured on H100 80GB HBM3, bf16, B16 H16 N2048 (TFLOP/s; torch 2.11 SDPA cuDNN in the same process):
 //   D64 full 461 (cuDNN 451, 1.02x), D64 causal 384 (394, 0.98x), D128 full 581 (617, 0.94x),
@@ -697,10 +698,7 @@ bool launch_flash_fwd_sm90(const FlashFwdArgs& args, const Sm90Options& opt, cud
   // Unit groups: as many (batch, head) pairs as keep their K/V within ~24 MB of the 50 MB L2, in
   // groups of equal size (a small last group would leave its long causal rows to the end).
   const int64_t kv_bytes = std::max<int64_t>(1, 4 * int64_t(std::max(p.seqlen_k, 1)) * Kt::kHeadDim / args.kv_group);
-  int64_t max_group = opt.head_group > 0 ? opt.head_group : std::max<int64_t>(1, (int64_t{24} << 20) / kv_bytes);
-  // Head dim 64, causal, long rows: one group measured faster (docs/HOPPER_ATTENTION.md); K/V of head
-  // dim 64 are read at half the bytes per FLOP of 128, where grouping is what keeps DRAM from binding.
-  if (opt.head_group == 0 && Kt::kHeadDim == 64 && p.causal && p.seqlen_k >= 1024) max_group = num_bh;
+  const int64_t max_group = opt.head_group > 0 ? opt.head_group : std::max<int64_t>(1, (int64_t{24} << 20) / kv_bytes);
   const int64_t num_groups = (num_bh + max_group - 1) / max_group;
   P.group_bh = static_cast<int>((num_bh + num_groups - 1) / num_groups);
 
