@@ -3,16 +3,21 @@
 //
 // Measured on the H100, whole layer (the GEMMs are 85-99% of it), SwiGLU, bf16, weights in the layer's
 // padded-row layout (MoELayer::weight_row_stride):
-//   T=32768 H4096 E32 top-2 F14336: 36.9-37.8 ms = 610-626 TFLOP/s, 0.84-0.85x cuBLAS dense, 1.18-1.21x
+//   T=32768 H4096 E32 top-2 F14336: 33.6-34.4 ms = 670-687 TFLOP/s, 0.94x cuBLAS dense, 1.31-1.32x
 //                                   torch._grouped_mm (two runs)
-//   T=32768 H4096 E8  top-2 F14336: 37.3-37.8 ms = 610-618 TFLOP/s, 0.86-0.94x dense, 1.18x torch._grouped_mm
-//   T=32768 H2048 E64 top-8 F1024 :  6.4 ms = 512-515 TFLOP/s, 0.73-0.75x dense, 2.32-2.34x torch._grouped_mm
-//   The seed's grid (108 prefill cases): median 0.74x dense, 1.17x torch._grouped_mm.
+//   T=32768 H4096 E8  top-2 F14336: 33.7 ms = 685 TFLOP/s, 0.98x dense, 1.33x torch._grouped_mm
+//   T=32768 H2048 E64 top-8 F1024 :  5.8-6.0 ms = 548-570 TFLOP/s, 0.78-0.86x dense, 2.46-2.53x torch._grouped_mm
+//   The seed's grid (108 prefill cases, before the dynamic tile order): median 0.74x dense, 1.17x
+//   torch._grouped_mm.
 // What moved the E32 headline from 58.7 ms: padded weight rows (L2 set conflicts, moe_ops.h: -> ~50 ms)
-// and raster groups that never straddle two experts (tile_coords: -> 37-40 ms). Group size (most
-// m-blocks per group; bench/tune_moe_raster.py) at E32 / E8: 8: 45.1 / 39.5 ms, 16: 40.1 / 37.8,
-// 24: 41.4 / 37.5, 32: 41.9 / 40.6. A 2-CTA B-multicast variant (commit 367e7a0) measured slower.
-// Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3, bench/results/h100/moe.json).
+// and raster groups that never straddle two experts (tile_coords: -> 37-40 ms); tiles from a global
+// counter (-> 35.9 ms), SiLU's approximate division (-> 34.1 ms), the tile's coordinates passed to
+// the consumers by the producer (medium engine shape's gate/up GEMM: 0.97 -> 0.74 ms). Group size (most
+// m-blocks per group; bench/tune_moe_raster.py), static order, layer at E32 / E8: 8: 45.1 / 39.5 ms,
+// 16: 40.1 / 37.8, 24: 41.4 / 37.5, 32: 41.9 / 40.6; with the dynamic order, 4-24 are within 3% of
+// each other on six shapes (E32 headline gate/up 20.9-22.5 ms). A 2-CTA B-multicast variant (commit
+// 367e7a0) measured slower. Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3,
+// bench/results/h100/moe_quick.json).
 #include <cudaTypedefs.h>
 
 #include <cstdlib>
