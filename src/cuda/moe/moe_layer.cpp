@@ -32,7 +32,7 @@ struct Plan {
   int64_t pairs = 0, rows = 0, mblocks = 0, nchunks = 0;
   int splits = 1;  // of the router GEMM
   size_t logits = 0, ids = 0, weights = 0, chunk_counts = 0, counts = 0, row_offset = 0, num_mblocks = 0,
-         mblock_expert = 0, tile_counters = 0, dest = 0, x_perm = 0, h = 0, total = 0;
+         mblock_expert = 0, tile_counter = 0, dest = 0, x_perm = 0, h = 0, total = 0;
 };
 
 Plan make_plan(const MoEConfig& c, int64_t T) {
@@ -60,7 +60,7 @@ Plan make_plan(const MoEConfig& c, int64_t T) {
   p.row_offset = take(sizeof(int32_t) * c.num_experts);
   p.num_mblocks = take(sizeof(int32_t));
   p.mblock_expert = take(sizeof(int32_t) * p.mblocks);
-  p.tile_counters = take(sizeof(int32_t) * 2);
+  p.tile_counter = take(sizeof(int32_t));
   p.dest = take(sizeof(int32_t) * p.pairs);
   p.x_perm = take(es * p.rows * c.hidden);  // also y_perm
   p.h = take(es * p.rows * c.ffn);
@@ -247,7 +247,7 @@ void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t 
   r.num_mblocks = static_cast<int32_t*>(at(p.num_mblocks));
   r.mblock_expert = static_cast<int32_t*>(at(p.mblock_expert));
   r.dest = static_cast<int32_t*>(at(p.dest));
-  r.tile_counters = static_cast<int32_t*>(at(p.tile_counters));
+  r.tile_counter = static_cast<int32_t*>(at(p.tile_counter));
   km::permute(ids, T, k, E, p.row_align, r, stream);
   void* x_perm = at(p.x_perm);
   void* h = at(p.h);
@@ -292,11 +292,8 @@ void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t 
     g.num_mblocks = r.num_mblocks;
     g.mblock_expert = r.mblock_expert;
     g.max_mblocks = p.mblocks;
-    int launch = 0;  // each of the two GEMMs takes its own zeroed tile counter
-    projections(g, [&](km::GroupedGemmArgs& args, cudaStream_t st) {
-      args.tile_counter = r.tile_counters + launch++;
-      km::grouped_gemm(args, st);
-    });
+    g.tile_counter = r.tile_counter;  // each GEMM leaves it at zero for the next
+    projections(g, km::grouped_gemm);
   }
   km::combine(c.dtype, x_perm, r.dest, weights, T, k, c.hidden, y, stream);
 }

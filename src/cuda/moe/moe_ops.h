@@ -60,7 +60,7 @@ struct Routing {
   int32_t* num_mblocks = nullptr;    // [1] 128-row blocks of the permuted rows (row_align 128)
   int32_t* mblock_expert = nullptr;  // [permuted_rows / 128] expert of each 128-row block
   int32_t* dest = nullptr;           // [T * k] permuted row of pair (t, j)
-  int32_t* tile_counters = nullptr;  // [2] zeroed by permute: the grouped GEMMs' tile counters (row_align 128)
+  int32_t* tile_counter = nullptr;   // [1] zeroed by permute (row_align 128): the grouped GEMMs' tile counter
 };
 
 // Counting sort of the pairs by expert: fills every field of `r` from ids [T, k].

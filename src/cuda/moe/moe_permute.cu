@@ -8,7 +8,7 @@
 //   2. offsets_kernel    (one block): per expert, an exclusive warp scan over the chunks turns
 //      chunk_counts into each chunk's base within the expert; a scan over the experts of the counts
 //      rounded up to row_align gives row_offset[e]; then num_mblocks and mblock_expert[] for the
-//      grouped GEMM's tile order, and its two tile counters zeroed.
+//      grouped GEMM's tile order, and its tile counter zeroed.
 //   3. scatter_kernel    (one block per chunk): stable ranks. Rounds of 256 pairs in order; in a
 //      warp, __match_any_sync groups equal experts and the rank is the popcount of the lower lanes;
 //      warps are ordered through a [8][E] shared table. dest[p] = row_offset + chunk base + rank.
@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kOffsetThreads)
     offsets_kernel(int32_t* __restrict__ chunk_counts, int E, int nchunks, int row_align,
                    int32_t* __restrict__ counts, int32_t* __restrict__ row_offset,
                    int32_t* __restrict__ num_mblocks, int32_t* __restrict__ mblock_expert,
-                   int32_t* __restrict__ tile_counters) {
+                   int32_t* __restrict__ tile_counter) {
   __shared__ int s_count[kThreads];
   __shared__ int s_offset[kThreads + 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -98,9 +98,9 @@ __global__ void __launch_bounds__(kOffsetThreads)
     counts[e] = s_count[e];
     row_offset[e] = s_offset[e];
   }
-  // 3. The expert of each 128-row block and zeroed GEMM tile counters (only with row_align == 128).
+  // 3. The expert of each 128-row block and the zeroed GEMM tile counter (only with row_align == 128).
   if (row_align == kGemmBlockM) {
-    if (threadIdx.x < 2) tile_counters[threadIdx.x] = 0;
+    if (threadIdx.x == 0) *tile_counter = 0;
     for (int e = warp; e < E; e += kOffsetThreads / 32) {
       const int b0 = s_offset[e] / kGemmBlockM, b1 = s_offset[e + 1] / kGemmBlockM;
       for (int b = b0 + lane; b < b1; b += 32) mblock_expert[b] = e;
@@ -179,7 +179,7 @@ void permute(const int32_t* ids, int64_t T, int k, int E, int row_align, const R
   histogram_kernel<<<nchunks, kThreads, 0, stream>>>(ids, pairs, E, nchunks, r.chunk_counts);
   MINILLM_CUDA_CHECK_LAUNCH();
   offsets_kernel<<<1, kOffsetThreads, 0, stream>>>(r.chunk_counts, E, nchunks, row_align, r.counts, r.row_offset,
-                                                   r.num_mblocks, r.mblock_expert, r.tile_counters);
+                                                   r.num_mblocks, r.mblock_expert, r.tile_counter);
   MINILLM_CUDA_CHECK_LAUNCH();
   scatter_kernel<<<nchunks, kThreads, 0, stream>>>(ids, pairs, E, nchunks, r.chunk_counts, r.row_offset, r.dest);
   MINILLM_CUDA_CHECK_LAUNCH();
