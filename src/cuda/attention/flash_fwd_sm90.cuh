@@ -17,13 +17,11 @@
 //   warpgroups, a named-barrier token makes them issue their GEMMs in turn, so one warpgroup's
 //   softmax runs under the other's GEMMs (kPingPong). Causal: a warpgroup skips the key blocks that
 //   none of its rows sees (it still releases their stages and passes the token).
-// Tiling (the traits in flash_fwd_sm90_hdim*.cu): D128: 128 x 128, 2 consumers, 3 stages, one Q buffer;
-// D64: 192 x 128 (3 consumers) or 128 x 128 (2) by the number of tiles, 3 stages, two Q buffers.
-// Epilogue: O / l -> 16-bit, then 16-byte stores of the rows that exist, either through shared memory
-// (16-byte chunks XOR-swizzled by row; D64) or from registers after a 4 x 4 transpose within each quad
-// (kStageO = false; D128: its 32 KB of staging buys the third K/V stage); lse = m * scale + ln(l). A row
-// that sees no key has m = -inf, l = 0: o = 0 and lse = -inf (the FlashAttention-2 kernel's semantics,
-// flash_fwd_kernel.cuh).
+// Tiling (the traits in flash_fwd_sm90_hdim*.cu): D128: 128 x 128, 2 consumers, 2 stages; D64: 192 x
+// 128 (3 consumers) or 128 x 128 (2) by the number of tiles, 3 stages.
+// Epilogue: O / l -> 16-bit -> shared memory (16-byte chunks XOR-swizzled by row) -> 16-byte stores of
+// the rows that exist; lse = m * scale + ln(l). A row that sees no key has m = -inf, l = 0: o = 0 and
+// lse = -inf (the FlashAttention-2 kernel's semantics, flash_fwd_kernel.cuh).
 //
 // Layouts (include/minillm/attention.h): one 4-D TMA tensor per input, {D, rows, heads, batch}
 // (innermost first) with the caller's strides in bytes, boxes {64, tile rows, 1, 1} with 128-byte
@@ -32,7 +30,7 @@
 // other sequences' tokens: keys are masked, query rows are not stored. The total row count is only
 // known on the device (cu_seqlens[B]), so the tensor maps are declared with 2^31 - 1 rows and the
 // one tile that would cross the end of the tensor is copied by the producer warp with plain loads.
-// Shared memory: Q [kQStages][kBlockM x D] | K ring | V ring | O staging [kBlockM x D] (kStageO) | mbarriers.
+// Shared memory: Q [kBlockM x D] | K ring | V ring | O staging [kBlockM x D] | mbarriers.
 //
 // Schedule (for_each_tile): grid = number of SMs; the producer takes work units from a global counter
 // (dynamic: SMs that run faster take more units; sm90::TileRing hands each unit to the consumers), in
@@ -64,7 +62,7 @@ namespace minillm::cuda::attn {
 
 // Tile shape and pipeline of one kernel instantiation.
 template <int kHeadDim_, int kConsumers_, int kBlockN_, int kStages_, bool kOverlap_, bool kPingPong_,
-          int kExp2Poly_ = 0, bool kStageO_ = true>
+          int kExp2Poly_ = 0>
 struct Sm90FwdTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kConsumers = kConsumers_;  // consumer warpgroups of 64 query rows
@@ -77,21 +75,17 @@ struct Sm90FwdTraits {
   // instead of the MUFU (0: never). Head dim 64 does as many exponentials per tensor-core FLOP as the
   // MUFU (16/clk/SM) can serve at the tensor cores' peak rate; moving some to the FMA pipe unloads it.
   static constexpr int kExp2Poly = kExp2Poly_;
-  // The epilogue writes O through a shared-memory staging tile (16-byte row chunks, the tile's rows
-  // in turn) or straight from registers (a 4 x 4 transpose within each quad, then 16-byte stores).
-  static constexpr bool kStageO = kStageO_;
-  static constexpr int kOBytes = kStageO ? 64 * kConsumers * kHeadDim * 2 : 0;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kBoxes = kHeadDim / 64;  // 64-column (128-byte) TMA boxes per row
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;
   static constexpr int kKVBytes = kBlockN * kHeadDim * 2;  // one K (or V) stage
   // Two Q buffers when they fit: the next tile's Q loads while this one runs.
   static constexpr int kQStages =
-      2 * kQBytes + kOBytes + 2 * kStages * kKVBytes + 8 * (4 + 4 * kStages) + sm90::kTileRingBytes + 1024 <= 227 * 1024 ? 2 : 1;
+      3 * kQBytes + 2 * kStages * kKVBytes + 8 * (4 + 4 * kStages) + sm90::kTileRingBytes + 1024 <= 227 * 1024 ? 2 : 1;
   static constexpr int kOffK = kQStages * kQBytes;
   static constexpr int kOffV = kOffK + kStages * kKVBytes;
   static constexpr int kOffO = kOffV + kStages * kKVBytes;
-  static constexpr int kOffBar = kOffO + kOBytes;
+  static constexpr int kOffBar = kOffO + kQBytes;
   static constexpr int kNumBars = 2 * kQStages + 4 * kStages;  // q full/empty, k full/empty, v full/empty
   static constexpr int kOffRing = kOffBar + 8 * kNumBars;  // the work-unit ring (sm90::TileRing)
   static constexpr int kSmemBytes = kOffRing + sm90::kTileRingBytes + 1024;  // + slack to align the base to 1024
@@ -572,66 +566,31 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
         if (lane == 0) mbar_arrive(q_empty(qs));  // no key: o = 0, lse = -inf
       }
 
-      // ---- epilogue: o / l, lse ----
+      // ---- epilogue: o / l through this warpgroup's staging tile sO_c [64][D] (chunks ^ row % 8) ----
+      const uint32_t sOc = sO + c * 64 * D * 2;
+      named_bar_sync(Kt::kEpiBar + c, 128);  // the previous tile's reads of sO_c are done
       const int64_t lse_off = varlen ? int64_t(ti.q_tok0) : int64_t(ti.batch) * p.lse_batch_stride;
-      const int rows_valid = ti.seqlen_q - row0;
-      const int64_t o_batch = varlen ? 0 : int64_t(ti.batch) * p.o_batch_stride;
-      T* out = static_cast<T*>(p.o) + o_batch + (int64_t(ti.q_tok0) + row0) * p.o_row_stride +
-               int64_t(ti.head) * p.o_head_stride;
-      float inv[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const float l = detail::quad_sum(row_sum[h]);
-        inv[h] = l > 0.f ? 1.f / l : 0.f;
-        const int r = 16 * warp + quad_row + 8 * h;
-        if (p.lse != nullptr && quad_col == 0 && r < rows_valid) {
-          const float lse = l > 0.f ? row_max[h] * P.args.scale + logf(l) : -INFINITY;
-          p.lse[lse_off + int64_t(ti.head) * p.lse_head_stride + row0 + r] = lse;
-        }
-      }
-      if constexpr (!Kt::kStageO) {
-        // Thread q of a quad holds columns 8 j + 2 q + {0, 1} of its two rows; a 4 x 4 transpose of
-        // 32-bit pairs over the quad (xor 2, then xor 1) gives it columns 8 (4 g + q) + [0, 8).
-        const bool b1 = (quad_col & 2) != 0, b0 = (quad_col & 1) != 0;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int r = 16 * warp + quad_row + 8 * h;
-#pragma unroll
-          for (int g = 0; g < D / 32; ++g) {
-            uint32_t x[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-              x[i] = detail::pack2<T>(o[4 * (4 * g + i) + 2 * h] * inv[h], o[4 * (4 * g + i) + 2 * h + 1] * inv[h]);
-            uint32_t s0 = b1 ? x[0] : x[2], s1 = b1 ? x[1] : x[3];
-            s0 = __shfl_xor_sync(0xffffffffu, s0, 2);
-            s1 = __shfl_xor_sync(0xffffffffu, s1, 2);
-            if (b1) { x[0] = s0; x[1] = s1; } else { x[2] = s0; x[3] = s1; }
-            s0 = b0 ? x[0] : x[1];
-            s1 = b0 ? x[2] : x[3];
-            s0 = __shfl_xor_sync(0xffffffffu, s0, 1);
-            s1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-            if (b0) { x[0] = s0; x[2] = s1; } else { x[1] = s0; x[3] = s1; }
-            if (r < rows_valid)
-              *reinterpret_cast<uint4*>(out + int64_t(r) * p.o_row_stride + 8 * (4 * g + quad_col)) =
-                  make_uint4(x[0], x[1], x[2], x[3]);
-          }
-        }
-        return;
-      }
-      // Through this warpgroup's staging tile sO_c [64][D] (16-byte chunks ^ row % 8).
-      const uint32_t sOc = sO + c * 64 * D * 2;
-      named_bar_sync(Kt::kEpiBar + c, 128);  // the previous tile's reads of sO_c are done
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
+        const float inv = l > 0.f ? 1.f / l : 0.f;
         const int r = 16 * warp + quad_row + 8 * h;
 #pragma unroll
         for (int j = 0; j < D / 8; ++j) {
           const uint32_t addr = sOc + r * D * 2 + ((j ^ (r & 7)) << 4) + quad_col * 4;
-          const uint32_t v2 = detail::pack2<T>(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
+          const uint32_t v2 = detail::pack2<T>(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
           asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v2) : "memory");
+        }
+        if (p.lse != nullptr && quad_col == 0 && row0 + r < ti.seqlen_q) {
+          const float lse = l > 0.f ? row_max[h] * P.args.scale + logf(l) : -INFINITY;
+          p.lse[lse_off + int64_t(ti.head) * p.lse_head_stride + row0 + r] = lse;
         }
       }
       named_bar_sync(Kt::kEpiBar + c, 128);
+      const int rows_valid = ti.seqlen_q - row0;
+      const int64_t o_batch = varlen ? 0 : int64_t(ti.batch) * p.o_batch_stride;
+      T* out = static_cast<T*>(p.o) + o_batch + (int64_t(ti.q_tok0) + row0) * p.o_row_stride +
+               int64_t(ti.head) * p.o_head_stride;
       constexpr int kChunks = D / 8;
 #pragma unroll
       for (int i = 0; i < 64 * kChunks / 128; ++i) {

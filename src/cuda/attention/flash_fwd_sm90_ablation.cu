@@ -9,18 +9,18 @@ namespace minillm::cuda::attn {
 #ifdef MINILLM_ATTN_ABLATION
 namespace {
 
-template <int D, int kConsumers, int kStages, int kExp2Poly, bool kStageO>
+template <int D, int kConsumers, int kStages, int kExp2Poly>
 bool run_variant(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
   using T = __nv_bfloat16;
   switch (opt.variant) {
     case Sm90Variant::kSerial:
-      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, false, true, kExp2Poly, kStageO>, T>(args, opt,
+      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, false, true, kExp2Poly>, T>(args, opt,
                                                                                                            stream);
     case Sm90Variant::kNoPingPong:
-      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, true, false, kExp2Poly, kStageO>, T>(args, opt,
+      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, true, false, kExp2Poly>, T>(args, opt,
                                                                                                            stream);
     case Sm90Variant::kSerialNoPingPong:
-      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, false, false, kExp2Poly, kStageO>, T>(args, opt,
+      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kConsumers, 128, kStages, false, false, kExp2Poly>, T>(args, opt,
                                                                                                             stream);
     default:
       break;
@@ -39,7 +39,7 @@ bool run_variant(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t 
     MINILLM_CHECK(false, "unknown sm90 variant");
     return false;
   } else {  // the exponential variants are head dim 64's: 128 runs its default kernel
-    return launch_flash_fwd_sm90<Sm90FwdTraits<128, 2, 128, 3, true, true, 0, false>, T>(args, opt, stream);
+    return launch_flash_fwd_sm90<Sm90FwdTraits<128, 2, 128, 2, true, true>, T>(args, opt, stream);
   }
 }
 
@@ -47,8 +47,8 @@ bool run_variant(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t 
 
 bool run_flash_fwd_sm90_ablation(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
   MINILLM_CHECK(args.p.dtype == DType::bf16, "MINILLM_SM90_VARIANT: the ablation variants are built for bf16 only");
-  return args.p.head_dim == 64 ? run_variant<64, 3, 3, 0, true>(args, opt, stream)
-                               : run_variant<128, 2, 3, 0, false>(args, opt, stream);
+  return args.p.head_dim == 64 ? run_variant<64, 3, 3, 0>(args, opt, stream)
+                               : run_variant<128, 2, 2, 0>(args, opt, stream);
 }
 #else
 bool run_flash_fwd_sm90_ablation(const FlashFwdArgs&, const Sm90Options&, cudaStream_t) {

@@ -7,7 +7,7 @@
 
 namespace minillm::cuda::attn {
 
-using Sm90Hdim128 = Sm90FwdTraits<128, 2, 128, 3, true, true, 0, false>;
+using Sm90Hdim128 = Sm90FwdTraits<128, 2, 128, 2, true, true>;
 
 bool run_flash_fwd_sm90_hdim128(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
   if (opt.variant != Sm90Variant::kDefault) return run_flash_fwd_sm90_ablation(args, opt, stream);
