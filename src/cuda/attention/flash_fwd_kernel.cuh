@@ -204,6 +204,13 @@ __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
+// quad_max of two values, their shuffles issued together.
+__device__ __forceinline__ void quad_max2(float& a, float& b) {
+  a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 1));
+  b = fmaxf(b, __shfl_xor_sync(0xffffffffu, b, 1));
+  a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 2));
+  b = fmaxf(b, __shfl_xor_sync(0xffffffffu, b, 2));
+}
 __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   return x + __shfl_xor_sync(0xffffffffu, x, 2);

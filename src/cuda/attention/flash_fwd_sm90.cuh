@@ -422,9 +422,13 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
       }
 
       // Masks (kMask) and exponentiates the S tile of block n in place, updates the row statistics
-      // and returns the factor by which O must be rescaled.
-      auto softmax = [&](auto mask_tag, int n, float (&corr)[2]) {
+      // and returns the factor by which O must be rescaled. kFuse (no GEMM in flight): also rescales O
+      // and converts P here, in one basic block, so that the scheduler fills the MUFU's issue gaps
+      // with those multiplies. Row maxima and sums are trees (4 and 2 partials per row), both rows
+      // interleaved: a serial chain of 32 dependent max/add per row left the warp waiting on latency.
+      auto softmax = [&](auto mask_tag, auto fuse_tag, int n, float (&corr)[2]) {
         constexpr bool kMask = decltype(mask_tag)::value;
+        constexpr bool kFuse = decltype(fuse_tag)::value;
         if constexpr (kMask) {
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
@@ -436,35 +440,53 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
                 if (8 * j + e >= limit) s[4 * j + 2 * h + e] = -INFINITY;
           }
         }
+        float part[2][4];
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int t = 0; t < 4; ++t) part[h][t] = fmaxf(s[4 * t + 2 * h], s[4 * t + 2 * h + 1]);
+#pragma unroll
+        for (int j = 4; j < BN / 8; ++j)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            part[h][j % 4] = fmaxf(part[h][j % 4], fmaxf(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]));
+        float mx[2], mx_scaled[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          mx[h] = fmaxf(fmaxf(fmaxf(part[h][0], part[h][1]), fmaxf(part[h][2], part[h][3])), row_max[h]);
+        detail::quad_max2(mx[0], mx[1]);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          float mx = row_max[h];
-#pragma unroll
-          for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]));
-          mx = detail::quad_max(mx);
           // A row that has seen no key yet keeps mx = -inf: subtract 0 so that exp2 gives 0, not NaN.
-          const float mx_scaled = (kMask && mx == -INFINITY) ? 0.f : mx * scale_log2;
-          corr[h] = detail::fast_exp2(row_max[h] * scale_log2 - mx_scaled);  // 0 while row_max is -inf
-          row_max[h] = mx;
-          float sum = 0.f;
+          mx_scaled[h] = (kMask && mx[h] == -INFINITY) ? 0.f : mx[h] * scale_log2;
+          corr[h] = detail::fast_exp2(row_max[h] * scale_log2 - mx_scaled[h]);  // 0 while row_max is -inf
+          row_max[h] = mx[h];
+        }
+        float sum[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
 #pragma unroll
-          for (int j = 0; j < BN / 8; ++j)
+        for (int j = 0; j < BN / 8; ++j)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-              const float x = fmaf(s[4 * j + 2 * h + e], scale_log2, -mx_scaled);
+              const float x = fmaf(s[4 * j + 2 * h + e], scale_log2, -mx_scaled[h]);
               const bool poly = !kMask && Kt::kExp2Poly > 0 && j % max(Kt::kExp2Poly, 1) == Kt::kExp2Poly - 1;
               const float pe = poly ? exp2_poly(x) : detail::fast_exp2(x);  // (j is unrolled: folded)
               s[4 * j + 2 * h + e] = pe;
-              sum += pe;
+              sum[h][j % 2] += pe;
             }
-          row_sum[h] = row_sum[h] * corr[h] + sum;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) row_sum[h] = row_sum[h] * corr[h] + (sum[h][0] + sum[h][1]);
+        if constexpr (kFuse) {
+          rescale_o(corr);
+          convert_p();
         }
       };
-      auto softmax_block = [&](int n, float (&corr)[2]) {
+      auto softmax_block = [&](auto fuse_tag, int n, float (&corr)[2]) {
         if ((n + 1) * BN > n_unmasked_end) {
-          softmax(std::true_type{}, n, corr);
+          softmax(std::true_type{}, fuse_tag, n, corr);
         } else {
-          softmax(std::false_type{}, n, corr);
+          softmax(std::false_type{}, fuse_tag, n, corr);
         }
       };
       auto advance = [&] {
@@ -500,11 +522,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
         if (lane == 0) mbar_arrive(k_empty(stage));
         mbar_wait(v_full(stage), phase, 17);
         if (lane == 0) mbar_arrive(v_empty(stage));
-#pragma unroll
-        for (int k = 0; k < (Kt::kOverlap ? 1 : 2); ++k) {  // pass the ping-pong token as a computed block would
-          sched_wait();
-          sched_pass();
-        }
+        sched_wait();  // pass the ping-pong token as a computed block would
+        sched_pass();
         advance();
       }
       if (n_top >= 0) {
@@ -513,7 +532,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
           // Block n_top alone: S, softmax, P.
           int n = n_top;
           qk_alone(12);
-          softmax_block(n, corr);
+          softmax_block(std::false_type{}, n, corr);
           convert_p();
           int v_stage = stage;
           uint32_t v_phase = phase;
@@ -529,7 +548,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
             wgmma_wait<1>();  // S done (O += P V may still run)
             fence_regs(s);
             if (lane == 0) mbar_arrive(k_empty(stage));
-            softmax_block(n, corr);
+            softmax_block(std::false_type{}, n, corr);
             wgmma_wait<0>();  // O += P V done: P's registers and V's stage are free
             fence_regs(o);
             if (lane == 0) mbar_arrive(v_empty(v_stage));
@@ -546,15 +565,19 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
           fence_regs(o);
           if (lane == 0) mbar_arrive(v_empty(v_stage));
         } else {
+          // Without overlap the ping-pong token guards the softmax instead of the GEMMs: one
+          // warpgroup exponentiates (the MUFU-bound phase) while the other's GEMMs run.
           for (int n = n_top; n >= 0; --n) {
-            qk_alone(0);
-            softmax_block(n, corr);
-            rescale_o(corr);
-            convert_p();
-            mbar_wait(v_full(stage), phase);
+            mbar_wait(k_full(stage), phase);
+            issue_qk(stage);
+            wgmma_wait<0>();
+            fence_regs(s);
+            if (lane == 0) mbar_arrive(k_empty(stage));
             sched_wait();
-            issue_pv(stage);
+            softmax_block(std::true_type{}, n, corr);
             sched_pass();
+            mbar_wait(v_full(stage), phase);
+            issue_pv(stage);
             wgmma_wait<0>();
             fence_regs(o);
             if (lane == 0) mbar_arrive(v_empty(stage));
