@@ -39,8 +39,8 @@
 // that the units cost the same. MINILLM_SM90_SCHEDULE=static: CTA b takes units b, b + grid, ...
 //
 // Measured on H100 80GB HBM3, bf16, B16 H16 N2048 (TFLOP/s; torch 2.11 SDPA cuDNN in the same process):
-//   D64 full 463 (cuDNN 463, 1.00x), D64 causal 396 (388, 1.02x), D128 full 570 (615, 0.93x),
-//   D128 causal 508 (496, 1.02x); over the 288-case grid: median 1.60x SDPA FLASH, 1.03x cuDNN.
+//   D64 full 484 (cuDNN 467, 1.04x), D64 causal 411 (387, 1.06x), D128 full 557 (601, 0.93x),
+//   D128 causal 515 (501, 1.03x); over the 288-case grid: median 1.62x SDPA FLASH, 1.06x cuDNN.
 // Command: PYTHONPATH=python python3 bench/bench_attention.py (bench/results/h100/attention.json);
 // ablations of each technique: docs/HOPPER_ATTENTION.md.
 #pragma once
