@@ -98,7 +98,8 @@ struct Sm90FwdTraits {
   static constexpr int kEpiBar = 1 + kConsumers;
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head dims 64 and 128");
   static_assert(kConsumers == 2 || kConsumers == 3, "2 or 3 consumer warpgroups");
-  static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "kBlockN: k16 steps of O += P V, one TMA box");
+  static_assert(kBlockN % 16 == 0 && kBlockN >= 32 && kBlockN <= 256,
+                "kBlockN: k16 steps of O += P V, one TMA box, 4 partial row maxima");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA");
   static_assert(kProducerRegs + kConsumers * kConsumerRegs <= (65536 / kThreads) * (1 + kConsumers), "registers");
 };
