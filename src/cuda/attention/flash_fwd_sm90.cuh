@@ -497,15 +497,25 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
         }
       };
       // S = Q K^T of the block in `stage` with nothing else in flight: wait for K, take the ping-pong
-      // turn for the GEMM, wait for it and give K's stage back.
-      auto qk_alone = [&](int tag) {
+      // turn for the GEMM (turn_tag true; the serial loop takes its turn around the softmax instead),
+      // wait for it and give K's stage back.
+      auto qk_alone = [&](int tag, auto turn_tag) {
         mbar_wait(k_full(stage), phase, tag);
-        sched_wait();
+        if constexpr (decltype(turn_tag)::value) sched_wait();
         issue_qk(stage);
-        sched_pass();
+        if constexpr (decltype(turn_tag)::value) sched_pass();
         wgmma_wait<0>();
         fence_regs(s);
         if (lane == 0) mbar_arrive(k_empty(stage));
+      };
+      // O += P V of the block in stage st with nothing else in flight: wait for V, run the GEMM, give
+      // V's stage back.
+      auto pv_alone = [&](int st, uint32_t ph, int tag) {
+        mbar_wait(v_full(st), ph, tag);
+        issue_pv(st);
+        wgmma_wait<0>();
+        fence_regs(o);
+        if (lane == 0) mbar_arrive(v_empty(st));
       };
 
       mbar_wait(q_full(qs), q_phase, 11);
@@ -532,7 +542,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
         if constexpr (Kt::kOverlap) {
           // Block n_top alone: S, softmax, P.
           int n = n_top;
-          qk_alone(12);
+          qk_alone(12, std::true_type{});
           softmax_block(std::false_type{}, n, corr);
           convert_p();
           int v_stage = stage;
@@ -560,28 +570,16 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
             advance();
           }
           if (lane == 0) mbar_arrive(q_empty(qs));  // the last S GEMM of this tile is complete
-          mbar_wait(v_full(v_stage), v_phase, 15);
-          issue_pv(v_stage);
-          wgmma_wait<0>();
-          fence_regs(o);
-          if (lane == 0) mbar_arrive(v_empty(v_stage));
+          pv_alone(v_stage, v_phase, 15);
         } else {
           // Without overlap the ping-pong token guards the softmax instead of the GEMMs: one
           // warpgroup exponentiates (the MUFU-bound phase) while the other's GEMMs run.
           for (int n = n_top; n >= 0; --n) {
-            mbar_wait(k_full(stage), phase);
-            issue_qk(stage);
-            wgmma_wait<0>();
-            fence_regs(s);
-            if (lane == 0) mbar_arrive(k_empty(stage));
+            qk_alone(0, std::false_type{});
             sched_wait();
             softmax_block(std::true_type{}, n, corr);
             sched_pass();
-            mbar_wait(v_full(stage), phase);
-            issue_pv(stage);
-            wgmma_wait<0>();
-            fence_regs(o);
-            if (lane == 0) mbar_arrive(v_empty(stage));
+            pv_alone(stage, phase, 0);
             advance();
           }
           if (lane == 0) mbar_arrive(q_empty(qs));
