@@ -127,6 +127,28 @@ def test_softmax_scale_and_lse():
         check_against_torch(q, k, v, causal, scale=0.3)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("growth", [20.0, 300.0])
+def test_growing_row_maximum(dtype, D, growth):
+    # Scores rise linearly towards key 0, which the kernels visit last, so every key block raises each
+    # row's maximum: by ~2.5 per 128 keys (growth 20: below the conditional-rescaling threshold, the
+    # stale maximum stays in use) or by ~40 (growth 300: O is rescaled at every block).
+    dt = getattr(torch, dtype)
+    N = 1024
+    u = make((1, 1, 2, D), torch.float32, seed=20)
+    u = u / u.norm(dim=-1, keepdim=True)
+    ramp = torch.linspace(growth, 0.0, N, device="cuda").view(1, N, 1, 1)
+    k = (u * ramp + 0.05 * make((1, N, 2, D), torch.float32, seed=21)).to(dt)
+    q = (u.expand(1, N, 2, D) + 0.05 * make((1, N, 2, D), torch.float32, seed=22)).to(dt)
+    v = make((1, N, 2, D), dt, seed=23)
+    for causal in (False, True):
+        check_against_torch(q, k, v, causal, scale=1.0)
+        _, lse = minillm.flash_attention(q, k, v, causal=causal, softmax_scale=1.0, return_lse=True)
+        _, ref_lse = ref_attention(q, k, v, causal, 1.0)
+        assert torch.allclose(lse, ref_lse, atol=1e-3, rtol=1e-4)
+
+
 def test_keyless_rows_lse():
     q = make((1, 50, 2, 64), torch.float16, seed=7)
     k = make((1, 20, 2, 64), torch.float16, seed=8)

@@ -25,22 +25,19 @@ bool run_variant(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t 
     default:
       break;
   }
-  if constexpr (D == 64) {
-    switch (opt.variant) {
-      case Sm90Variant::kExp2Quarter:
-        return launch_flash_fwd_sm90<Sm90FwdTraits<64, 3, 128, 3, true, true, 4>, T>(args, opt, stream);
-      case Sm90Variant::kExp2Third:
-        return launch_flash_fwd_sm90<Sm90FwdTraits<64, 3, 128, 3, true, true, 3>, T>(args, opt, stream);
-      case Sm90Variant::kExp2Half:
-        return launch_flash_fwd_sm90<Sm90FwdTraits<64, 3, 128, 3, true, true, 2>, T>(args, opt, stream);
-      default:
-        break;
-    }
-    MINILLM_CHECK(false, "unknown sm90 variant");
-    return false;
-  } else {  // the exponential variants are head dim 64's: 128 runs its default kernel
-    return launch_flash_fwd_sm90<Sm90FwdTraits<128, 2, 128, 2, true, true>, T>(args, opt, stream);
+  constexpr int kC = D == 64 ? 3 : 2;  // the default kernels' tiles: 192 x 128 (D64), 128 x 128 (D128)
+  switch (opt.variant) {
+    case Sm90Variant::kExp2Quarter:
+      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kC, 128, kStages, true, true, 4>, T>(args, opt, stream);
+    case Sm90Variant::kExp2Third:
+      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kC, 128, kStages, true, true, 3>, T>(args, opt, stream);
+    case Sm90Variant::kExp2Half:
+      return launch_flash_fwd_sm90<Sm90FwdTraits<D, kC, 128, kStages, true, true, 2>, T>(args, opt, stream);
+    default:
+      break;
   }
+  MINILLM_CHECK(false, "unknown sm90 variant");
+  return false;
 }
 
 }  // namespace
