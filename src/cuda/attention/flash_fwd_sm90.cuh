@@ -39,8 +39,8 @@
 // that the units cost the same. MINILLM_SM90_SCHEDULE=static: CTA b takes units b, b + grid, ...
 //
 // Measured on H100 80GB HBM3, bf16, B16 H16 N2048 (TFLOP/s; torch 2.11 SDPA cuDNN in the same process):
-//   D64 full 484 (cuDNN 467, 1.04x), D64 causal 411 (387, 1.06x), D128 full 557 (601, 0.93x),
-//   D128 causal 515 (501, 1.03x); over the 288-case grid: median 1.62x SDPA FLASH, 1.06x cuDNN.
+//   D64 full 487 (cuDNN 447, 1.09x), D64 causal 403 (385, 1.05x), D128 full 591 (623, 0.95x),
+//   D128 causal 527 (529, 1.00x); over the 288-case grid: median 1.63x SDPA FLASH, 1.06x cuDNN.
 // Command: PYTHONPATH=python python3 bench/bench_attention.py (bench/results/h100/attention.json);
 // ablations of each technique: docs/HOPPER_ATTENTION.md.
 #pragma once
@@ -728,7 +728,7 @@ bool launch_flash_fwd_sm90(const FlashFwdArgs& args, const Sm90Options& opt, cud
   P.num_units = static_cast<int>(units_per_bh * num_bh);
   // Unit groups: as many (batch, head) pairs as keep their K/V within 8 MB of the 50 MB L2, in groups
   // of equal size (a small last group would leave its long causal rows to the end). 24 MB groups read
-  // 2.5x the DRAM bytes (B16 H16 N2048 D128: 1.01 vs 0.40 GB), which costs clock speed under the
+  // 2.3x the DRAM bytes (B16 H16 N2048 D128: 1.01 vs 0.44 GB), which costs clock speed under the
   // power limit and time at N <= 1024.
   const int64_t kv_bytes = std::max<int64_t>(1, 4 * int64_t(std::max(p.seqlen_k, 1)) * Kt::kHeadDim / args.kv_group);
   const int64_t max_group = opt.head_group > 0 ? opt.head_group : std::max<int64_t>(1, (int64_t{8} << 20) / kv_bytes);

@@ -15,9 +15,9 @@ enum class Sm90Variant {
   kSerial,            // no intra-warpgroup overlap: S = Q K^T, softmax, O += P V strictly in turn
   kNoPingPong,        // no scheduling barrier between the consumer warpgroups
   kSerialNoPingPong,  // neither
-  kExp2Quarter,       // head dim 64: one exponential in four on the FMA pipe
-  kExp2Third,         // head dim 64: one exponential in three on the FMA pipe
-  kExp2Half,          // head dim 64: one exponential in two on the FMA pipe
+  kExp2Quarter,       // one exponential in four on the FMA pipe
+  kExp2Third,         // one exponential in three on the FMA pipe
+  kExp2Half,          // one exponential in two on the FMA pipe
 };
 
 struct Sm90Options {
