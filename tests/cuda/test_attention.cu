@@ -291,6 +291,7 @@ TEST(FlashAttention, LargeMagnitudeScores) {
     for (bool causal : {false, true}) {
       cases.push_back({t, 1, 300, 300, 2, 1, 64, causal, 1.f, 60.f, false, 300u + causal});
       cases.push_back({t, 1, 129, 257, 2, 2, 128, causal, 1.f, 40.f, false, 310u + causal});
+      cases.push_back({t, 1, 129, 2100, 2, 2, 128, causal, 1.f, 40.f, false, 320u + causal});  // >= 2048 keys
     }
   check_cases(cases);
 }

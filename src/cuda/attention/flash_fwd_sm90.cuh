@@ -62,7 +62,7 @@ namespace minillm::cuda::attn {
 
 // Tile shape and pipeline of one kernel instantiation.
 template <int kHeadDim_, int kConsumers_, int kBlockN_, int kStages_, bool kOverlap_, bool kPingPong_,
-          int kExp2Poly_ = 0>
+          int kExp2Poly_ = 0, bool kDoubleP_ = false>
 struct Sm90FwdTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kConsumers = kConsumers_;  // consumer warpgroups of 64 query rows
@@ -75,6 +75,10 @@ struct Sm90FwdTraits {
   // instead of the MUFU (0: never). Head dim 64 does as many exponentials per tensor-core FLOP as the
   // MUFU (16/clk/SM) can serve at the tensor cores' peak rate; moving some to the FMA pipe unloads it.
   static constexpr int kExp2Poly = kExp2Poly_;
+  // Two P buffers (overlap, 2 consumers): the softmax of S_n packs P_n into one while O += P_{n+1}
+  // V_{n+1} still reads the other, so that the packing leaves the warpgroup's critical chain. Needs
+  // ~238 registers per consumer thread (232 granted: a few reloads from L1 per key block).
+  static constexpr bool kDoubleP = kDoubleP_ && kOverlap_ && kConsumers_ == 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kBoxes = kHeadDim / 64;  // 64-column (128-byte) TMA boxes per row
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;
@@ -90,9 +94,10 @@ struct Sm90FwdTraits {
   static constexpr int kOffRing = kOffBar + 8 * kNumBars;  // the work-unit ring (sm90::TileRing)
   static constexpr int kSmemBytes = kOffRing + sm90::kTileRingBytes + 1024;  // + slack to align the base to 1024
   // The CTA's 64K registers: the producer gives back what the consumers take (setmaxnreg), with the
-  // launch cap 65536 / kThreads per thread in between: 56 + 2 x 224 = 3 x 168, 32 + 3 x 160 = 4 x 128.
-  static constexpr int kProducerRegs = kConsumers == 2 ? 56 : 32;
-  static constexpr int kConsumerRegs = kConsumers == 2 ? 224 : 160;
+  // launch cap (65536 / kThreads, rounded down to 8) in between: 56 + 2 x 224 = 40 + 2 x 232 = 3 x 168,
+  // 32 + 3 x 160 = 4 x 128. The producer spills a little at 40.
+  static constexpr int kProducerRegs = kConsumers == 2 ? (kDoubleP ? 40 : 56) : 32;
+  static constexpr int kConsumerRegs = kConsumers == 2 ? (kDoubleP ? 232 : 224) : 160;
   // Named barriers (0 is __syncthreads): the ping-pong tokens, then one per consumer for the epilogue.
   static constexpr int kSchedBar = 1;
   static constexpr int kEpiBar = 1 + kConsumers;
@@ -358,7 +363,9 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
 
     float s[BN / 2];         // S tile (64 x BN per warpgroup), then P in fp32
     float o[D / 2];          // O accumulator (64 x D per warpgroup)
-    uint32_t pa[BN / 16][4]; // P as the A operand of the k16 steps of O += P V
+    // P as the A operand of the k16 steps of O += P V (Kt::kDoubleP: two buffers).
+    constexpr int kPBufs = Kt::kDoubleP ? 2 : 1;
+    uint32_t pa[kPBufs][BN / 16][4];
     float row_max[2], row_sum[2];
 
     uint64_t desc_q0 = 0;  // this warpgroup's rows of the current Q buffer
@@ -373,20 +380,20 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
       }
       wgmma_commit();
     };
-    auto issue_pv = [&](int st) {
+    auto issue_pv = [&](int st, auto buf) {  // buf: std::integral_constant, P's buffer
       const uint64_t desc_v0 = desc_mn_sw128(sV(st), BN * 128);
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D, T>(o, pa[kk], desc_add(desc_v0, kk * 16 * 128), 1);
+      for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<D, T>(o, pa[buf][kk], desc_add(desc_v0, kk * 16 * 128), 1);
       wgmma_commit();
     };
-    auto convert_p = [&] {
+    auto convert_p = [&] {  // P (fp32, in s) -> pa[0]
 #pragma unroll
       for (int kk = 0; kk < BN / 16; ++kk) {
-        pa[kk][0] = detail::pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
-        pa[kk][1] = detail::pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-        pa[kk][2] = detail::pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-        pa[kk][3] = detail::pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+        pa[0][kk][0] = detail::pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+        pa[0][kk][1] = detail::pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[0][kk][2] = detail::pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[0][kk][3] = detail::pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
       }
     };
     auto rescale_o = [&](const float (&corr)[2]) {
@@ -423,14 +430,16 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
         row_sum[h] = 0.f;
       }
 
-      // Masks (kMask) and exponentiates the S tile of block n in place, updates the row statistics
-      // and returns the factor by which O must be rescaled. kFuse (no GEMM in flight): also rescales O
-      // and converts P here, in one basic block, so that the scheduler fills the MUFU's issue gaps
-      // with those multiplies. Row maxima and sums are trees (4 and 2 partials per row), both rows
-      // interleaved: a serial chain of 32 dependent max/add per row left the warp waiting on latency.
-      auto softmax = [&](auto mask_tag, auto fuse_tag, int n, float (&corr)[2]) {
+      // Masks (kMask) and exponentiates the S tile of block n, updates the row statistics and returns
+      // the factor by which O must be rescaled. P goes to pa[buf] as it is computed (kPack: the
+      // conversions fill the MUFU's issue gaps), else back into s for convert_p. kFuse (no GEMM in
+      // flight): also rescales O here, in the same basic block. Row maxima and sums are trees (4 and
+      // 2 partials per row), both rows interleaved: a serial chain of 32 dependent max/add per row
+      // left the warp waiting on latency.
+      auto softmax = [&](auto mask_tag, auto fuse_tag, int n, float (&corr)[2], auto buf, auto pack_tag) {
         constexpr bool kMask = decltype(mask_tag)::value;
         constexpr bool kFuse = decltype(fuse_tag)::value;
+        constexpr bool kPack = decltype(pack_tag)::value;
         if constexpr (kMask) {
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
@@ -476,27 +485,28 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
 #pragma unroll
         for (int j = 0; j < BN / 8; ++j)
 #pragma unroll
-          for (int h = 0; h < 2; ++h)
+          for (int h = 0; h < 2; ++h) {
+            float pe[2];
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const float x = fmaf(s[4 * j + 2 * h + e], scale_log2, -mx_scaled[h]);
               const bool poly = !kMask && Kt::kExp2Poly > 0 && j % max(Kt::kExp2Poly, 1) == Kt::kExp2Poly - 1;
-              const float pe = poly ? exp2_poly(x) : detail::fast_exp2(x);  // (j is unrolled: folded)
-              s[4 * j + 2 * h + e] = pe;
-              sum[h][j % 2] += pe;
+              pe[e] = poly ? exp2_poly(x) : detail::fast_exp2(x);  // (j is unrolled: folded)
+              sum[h][j % 2] += pe[e];
+              if constexpr (!kPack) s[4 * j + 2 * h + e] = pe[e];
             }
+            // (row h, columns 8 j + 2 quad_col + {0, 1}): A-fragment register 2 (j % 2) + h of k16 step j / 2
+            if constexpr (kPack) pa[buf][j / 2][2 * (j % 2) + h] = detail::pack2<T>(pe[0], pe[1]);
+          }
 #pragma unroll
         for (int h = 0; h < 2; ++h) row_sum[h] = row_sum[h] * corr[h] + (sum[h][0] + sum[h][1]);
-        if constexpr (kFuse) {
-          rescale_o(corr);
-          convert_p();
-        }
+        if constexpr (kFuse) rescale_o(corr);
       };
-      auto softmax_block = [&](auto fuse_tag, int n, float (&corr)[2]) {
+      auto softmax_block = [&](auto fuse_tag, int n, float (&corr)[2], auto buf, auto pack_tag) {
         if ((n + 1) * BN > n_unmasked_end) {
-          softmax(std::true_type{}, fuse_tag, n, corr);
+          softmax(std::true_type{}, fuse_tag, n, corr, buf, pack_tag);
         } else {
-          softmax(std::false_type{}, fuse_tag, n, corr);
+          softmax(std::false_type{}, fuse_tag, n, corr, buf, pack_tag);
         }
       };
       auto advance = [&] {
@@ -519,9 +529,9 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
       };
       // O += P V of the block in stage st with nothing else in flight: wait for V, run the GEMM, give
       // V's stage back.
-      auto pv_alone = [&](int st, uint32_t ph, int tag) {
+      auto pv_alone = [&](int st, uint32_t ph, int tag, auto buf) {
         mbar_wait(v_full(st), ph, tag);
-        issue_pv(st);
+        issue_pv(st, buf);
         wgmma_wait<0>();
         fence_regs(o);
         if (lane == 0) mbar_arrive(v_empty(st));
@@ -549,46 +559,67 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
       if (n_top >= 0) {
         float corr[2];
         if constexpr (Kt::kOverlap) {
-          // Block n_top alone: S, softmax, P.
-          int n = n_top;
+          using B0 = std::integral_constant<int, 0>;
+          using B1 = std::integral_constant<int, kPBufs - 1>;
+          // Block n_top alone: S, softmax, P into buffer 0.
           qk_alone(12, std::true_type{});
-          softmax_block(std::false_type{}, n, corr);
-          convert_p();
+          softmax_block(std::false_type{}, n_top, corr, B0{}, std::true_type{});
           int v_stage = stage;
           uint32_t v_phase = phase;
           advance();
-          // Then S_n = Q K_n^T and O += P_{n+1} V_{n+1} in flight together; softmax of S_n under the PV GEMM.
-          for (n = n_top - 1; n >= 0; --n) {
+          // Then S_n = Q K_n^T and O += P_{n+1} V_{n+1} (P in buffer `cur`) in flight together; the
+          // softmax of S_n runs under the PV GEMM and writes P_n into the other buffer (one buffer:
+          // into s, converted once the PV GEMM is done).
+          auto step = [&](int n, auto cur) {
+            constexpr int kNext = (decltype(cur)::value + 1) % kPBufs;
             mbar_wait(k_full(stage), phase, 13);
             sched_wait();
             issue_qk(stage);
             mbar_wait(v_full(v_stage), v_phase, 14);
-            issue_pv(v_stage);
+            issue_pv(v_stage, cur);
             sched_pass();
             wgmma_wait<1>();  // S done (O += P V may still run)
             fence_regs(s);
             if (lane == 0) mbar_arrive(k_empty(stage));
-            softmax_block(std::false_type{}, n, corr);
-            wgmma_wait<0>();  // O += P V done: P's registers and V's stage are free
+            softmax_block(std::false_type{}, n, corr, std::integral_constant<int, kNext>{},
+                          std::bool_constant<kPBufs == 2>{});
+            wgmma_wait<0>();  // O += P V done: its P buffer and V's stage are free
             fence_regs(o);
             if (lane == 0) mbar_arrive(v_empty(v_stage));
             if (__any_sync(0xffffffffu, corr[0] != 1.f || corr[1] != 1.f)) rescale_o(corr);  // rarely
-            convert_p();
+            if constexpr (kPBufs == 1) convert_p();
             v_stage = stage;
             v_phase = phase;
             advance();
+          };
+          if constexpr (kPBufs == 2) {
+            int n = n_top - 1;
+            for (; n >= 1; n -= 2) {  // two blocks per trip: the buffers trade places
+              step(n, B0{});
+              step(n - 1, B1{});
+            }
+            const bool last = n == 0;  // one block left: its P ends in buffer 1
+            if (last) step(0, B0{});
+            if (lane == 0) mbar_arrive(q_empty(qs));  // the last S GEMM of this tile is complete
+            if (last) {
+              pv_alone(v_stage, v_phase, 15, B1{});
+            } else {
+              pv_alone(v_stage, v_phase, 15, B0{});
+            }
+          } else {
+            for (int n = n_top - 1; n >= 0; --n) step(n, B0{});
+            if (lane == 0) mbar_arrive(q_empty(qs));  // the last S GEMM of this tile is complete
+            pv_alone(v_stage, v_phase, 15, B0{});
           }
-          if (lane == 0) mbar_arrive(q_empty(qs));  // the last S GEMM of this tile is complete
-          pv_alone(v_stage, v_phase, 15);
         } else {
           // Without overlap the ping-pong token guards the softmax instead of the GEMMs: one
           // warpgroup exponentiates (the MUFU-bound phase) while the other's GEMMs run.
           for (int n = n_top; n >= 0; --n) {
             qk_alone(0, std::false_type{});
             sched_wait();
-            softmax_block(std::true_type{}, n, corr);
+            softmax_block(std::true_type{}, n, corr, std::integral_constant<int, 0>{}, std::true_type{});
             sched_pass();
-            pv_alone(stage, phase, 0);
+            pv_alone(stage, phase, 0, std::integral_constant<int, 0>{});
             advance();
           }
           if (lane == 0) mbar_arrive(q_empty(qs));
