@@ -15,8 +15,11 @@
 //   Overlap: within a warpgroup, S_{j+1} = Q K_{j+1}^T and O += P_j V_j are issued back to back and
 //   the softmax of S_{j+1} runs while O += P_j V_j is still on the tensor cores (kOverlap); between
 //   warpgroups, a named-barrier token makes them issue their GEMMs in turn, so one warpgroup's
-//   softmax runs under the other's GEMMs (kPingPong). Causal: a warpgroup skips the key blocks that
-//   none of its rows sees (it still releases their stages and passes the token).
+//   softmax runs under the other's GEMMs (kPingPong). Head dim 128 from 2048 keys: two P buffers
+//   (kDoubleP), so the softmax packs P_{j+1} while O += P_j V_j still reads the other one. The row
+//   maximum in use moves only when it grows by more than 2^8 (conditional rescaling: O is rarely
+//   rescaled). Causal: a warpgroup skips the key blocks that none of its rows sees (it still
+//   releases their stages and passes the token).
 // Tiling (the traits in flash_fwd_sm90_hdim*.cu): D128: 128 x 128, 2 consumers, 2 stages; D64: 192 x
 // 128 (3 consumers) or 128 x 128 (2) by the number of tiles, 3 stages.
 // Epilogue: O / l -> 16-bit -> shared memory (16-byte chunks XOR-swizzled by row) -> 16-byte stores of
@@ -39,8 +42,8 @@
 // that the units cost the same. MINILLM_SM90_SCHEDULE=static: CTA b takes units b, b + grid, ...
 //
 // Measured on H100 80GB HBM3, bf16, B16 H16 N2048 (TFLOP/s; torch 2.11 SDPA cuDNN in the same process):
-//   D64 full 487 (cuDNN 447, 1.09x), D64 causal 403 (385, 1.05x), D128 full 591 (623, 0.95x),
-//   D128 causal 527 (529, 1.00x); over the 288-case grid: median 1.63x SDPA FLASH, 1.06x cuDNN.
+//   D64 full 487 (cuDNN 449, 1.09x), D64 causal 404 (399, 1.01x), D128 full 610 (629, 0.97x),
+//   D128 causal 526 (539, 0.98x); over the 288-case grid: median 1.66x SDPA FLASH, 1.08x cuDNN.
 // Command: PYTHONPATH=python python3 bench/bench_attention.py (bench/results/h100/attention.json);
 // ablations of each technique: docs/HOPPER_ATTENTION.md.
 #pragma once
