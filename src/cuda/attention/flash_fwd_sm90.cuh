@@ -42,8 +42,8 @@
 // that the units cost the same. MINILLM_SM90_SCHEDULE=static: CTA b takes units b, b + grid, ...
 //
 // Measured on H100 80GB HBM3, bf16, B16 H16 N2048 (TFLOP/s; torch 2.11 SDPA cuDNN in the same process):
-//   D64 full 487 (cuDNN 449, 1.09x), D64 causal 404 (399, 1.01x), D128 full 610 (629, 0.97x),
-//   D128 causal 526 (539, 0.98x); over the 288-case grid: median 1.66x SDPA FLASH, 1.08x cuDNN.
+//   D64 full 486 (cuDNN 464, 1.05x), D64 causal 412 (392, 1.05x), D128 full 622 (633, 0.98x),
+//   D128 causal 525 (506, 1.04x); over the 288-case grid: median 1.66x SDPA FLASH, 1.08x cuDNN.
 // Command: PYTHONPATH=python python3 bench/bench_attention.py (bench/results/h100/attention.json);
 // ablations of each technique: docs/HOPPER_ATTENTION.md.
 #pragma once

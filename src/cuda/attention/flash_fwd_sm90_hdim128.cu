@@ -1,7 +1,7 @@
 // Hopper FlashAttention forward, head dim 128 (bf16 and fp16). Kernel and design: flash_fwd_sm90.cuh.
 // Tiling: 2 consumer warpgroups = 128 query rows x 128 keys per tile, 2-stage K/V ring, intra-warpgroup
-// overlap and ping-pong between the consumers. H100, bf16, B16 H16 N2048: 610 TFLOP/s full, 526
-// causal (SDPA cuDNN 629 / 539); measured with PYTHONPATH=python python3 bench/bench_attention.py
+// overlap and ping-pong between the consumers. H100, bf16, B16 H16 N2048: 622 TFLOP/s full, 525
+// causal (SDPA cuDNN 633 / 506); measured with PYTHONPATH=python python3 bench/bench_attention.py
 // (more in docs/HOPPER_ATTENTION.md).
 #include "cuda/attention/flash_fwd_sm90.cuh"
 

@@ -1,7 +1,7 @@
 // Hopper FlashAttention forward, head dim 64 (bf16 and fp16). Kernel and design: flash_fwd_sm90.cuh.
 // Tiling: 2 or 3 consumer warpgroups = 128 or 192 query rows x 128 keys per tile (see pick_block_m),
 // 3-stage K/V ring, intra-warpgroup overlap and ping-pong between the consumers.
-// H100, bf16, B16 H16 N2048: 487 TFLOP/s full, 404 causal (SDPA cuDNN 449 / 399); measured with
+// H100, bf16, B16 H16 N2048: 486 TFLOP/s full, 412 causal (SDPA cuDNN 464 / 392); measured with
 // PYTHONPATH=python python3 bench/bench_attention.py (more in docs/HOPPER_ATTENTION.md).
 #include "cuda/attention/flash_fwd_sm90.cuh"
 
