@@ -794,4 +794,11 @@ bool launch_flash_fwd_sm90(const FlashFwdArgs& args, const Sm90Options& opt, cud
   return true;
 }
 
+// launch_flash_fwd_sm90<Kt, T> with T picked from the arguments' dtype (bf16 or fp16).
+template <typename Kt>
+bool launch_flash_fwd_sm90_any(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
+  return args.p.dtype == DType::bf16 ? launch_flash_fwd_sm90<Kt, __nv_bfloat16>(args, opt, stream)
+                                     : launch_flash_fwd_sm90<Kt, __half>(args, opt, stream);
+}
+
 }  // namespace minillm::cuda::attn

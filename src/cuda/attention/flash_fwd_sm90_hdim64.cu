@@ -23,18 +23,13 @@ int pick_block_m(const FlashAttentionParams& p) {
   return tiles >= 4 * int64_t(sm90_detail::sm_count()) && (!p.causal || p.seqlen_q >= 1024) ? 192 : 128;
 }
 
-template <typename Kt>
-bool launch(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
-  return args.p.dtype == DType::bf16 ? launch_flash_fwd_sm90<Kt, __nv_bfloat16>(args, opt, stream)
-                                     : launch_flash_fwd_sm90<Kt, __half>(args, opt, stream);
-}
-
 }  // namespace
 
 bool run_flash_fwd_sm90_hdim64(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
   if (opt.variant != Sm90Variant::kDefault) return run_flash_fwd_sm90_ablation(args, opt, stream);
   const int block_m = opt.block_m > 0 ? opt.block_m : pick_block_m(args.p);
-  return block_m == 192 ? launch<Sm90Hdim64M192>(args, opt, stream) : launch<Sm90Hdim64M128>(args, opt, stream);
+  return block_m == 192 ? launch_flash_fwd_sm90_any<Sm90Hdim64M192>(args, opt, stream)
+                        : launch_flash_fwd_sm90_any<Sm90Hdim64M128>(args, opt, stream);
 }
 
 }  // namespace minillm::cuda::attn
