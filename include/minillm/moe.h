@@ -74,12 +74,18 @@ class MoELayer {
   // Raw form for the engine: x, y device pointers [T, H]; scratch of scratch_bytes >= workspace_bytes(T),
   // 256-byte aligned.
   void forward(const void* x, void* y, int64_t T, void* scratch, size_t scratch_bytes, cudaStream_t stream);
+  // The same without the final sum over the k slots: y_pairs [T, k, H] holds w[t, j] * expert_j(x[t])
+  // (rounded to cfg.dtype), so that y[t] = sum_j y_pairs[t, j]. Lets the caller fuse that sum into its
+  // next pass over the rows (the engine's residual add + norm) instead of a separate combine.
+  void forward_pairs(const void* x, void* y_pairs, int64_t T, void* scratch, size_t scratch_bytes,
+                     cudaStream_t stream);
 
   // The routing alone (for tests): ids [T, k] int32 (descending weight), weights [T, k] fp32.
   void route(const void* x, int64_t T, int32_t* ids, float* weights, void* scratch, size_t scratch_bytes,
              cudaStream_t stream);
 
  private:
+  void run(const void* x, void* y, int64_t T, void* scratch, size_t scratch_bytes, cudaStream_t stream, bool pairs);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -38,6 +38,7 @@ class CpuBackend final : public Backend {
     const int64_t T = x.size(0), H = x.size(1);
     float* xp = x.ptr<float>();
     if (delta) {
+      MINILLM_CHECK(delta->size(0) == T, "cpu add_norm: delta " << delta->shape_str() << " for " << T << " rows");
       const float* d = delta->ptr<float>();
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < T * H; ++i) xp[i] += d[i];

@@ -63,11 +63,14 @@ class Backend {
   }
   // out [B*N, q_dim] = attention over q, k, v inside qkv [B*N, qkv_dim].
   virtual void attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) = 0;
-  // x = x + delta (when delta is given); out = norm(x). out may alias x.
+  // x = x + delta (when delta is given); out = norm(x). out may alias x. delta: [T * P, H], P rows per
+  // token (P = 1, or moe_output_parts for a MoE output) whose sum is the token's delta.
   virtual void add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) = 0;
-  // y [T, H] = MoE(x [T, H]) with layer `l`'s router and experts.
+  // y [T * P, H] with P = moe_output_parts(c): MoE(x [T, H]) with layer `l`'s router and experts, as P
+  // rows per token whose sum is the output (the backend may leave that sum to add_norm).
   virtual void moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y,
                    Workspace& ws) = 0;
+  virtual int moe_output_parts(const ModelConfig&) const { return 1; }
   // Bytes of workspace the backend's ops need beyond the graph's activations, for T tokens.
   virtual size_t op_workspace_bytes(const ModelConfig& c, int64_t T) const = 0;
   // Copies raw bytes between host and the backend's device (synchronous).

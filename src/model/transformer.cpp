@@ -105,8 +105,9 @@ size_t transformer_workspace_bytes(const Backend& be, const ModelConfig& c, int 
   const size_t es = dtype_size(be.act_dtype());
   const size_t align = 256;
   auto sz = [&](int64_t n) { return (static_cast<size_t>(n) * es + align - 1) / align * align; };
-  // x, h, qkv, attn, delta (reused by the MoE output)
-  return sz(T * c.hidden_size) * 3 + sz(T * c.qkv_dim()) + sz(T * c.q_dim()) + be.op_workspace_bytes(c, T);
+  // x, h, qkv, attn, delta (the o_proj output, then the MoE output's P rows per token)
+  return sz(T * c.hidden_size) * 2 + sz(T * be.moe_output_parts(c) * c.hidden_size) + sz(T * c.qkv_dim()) +
+         sz(T * c.q_dim()) + be.op_workspace_bytes(c, T);
 }
 
 void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& w, const Tensor& ids, int B, int N,
@@ -118,7 +119,9 @@ void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& 
   Tensor h = ws.alloc(dt, {T, H});            // normed input to a sublayer (pre-norm)
   Tensor qkv = ws.alloc(dt, {T, c.qkv_dim()});
   Tensor attn = ws.alloc(dt, {T, c.q_dim()});
-  Tensor delta = ws.alloc(dt, {T, H});        // sublayer output
+  const int parts = be.moe_output_parts(c);
+  Tensor moe_out = ws.alloc(dt, {T * parts, H});  // the MoE's output: `parts` rows per token, summed by add_norm
+  Tensor delta(moe_out.data, dt, moe_out.device, {T, H});  // the attention sublayer's output
   const bool pre = c.norm_placement == NormPlacement::pre;
 
   be.embedding(ids, w.embed, x);
@@ -132,12 +135,12 @@ void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& 
     be.linear(attn, lw.wo, delta);
     if (pre) {
       be.add_norm(x, &delta, lw.norm2, c, h);  // x += attn; h = N2(x)
-      be.moe(h, lw, l, c, delta, ws);
-      pending = &delta;
+      be.moe(h, lw, l, c, moe_out, ws);
+      pending = &moe_out;
     } else {
       be.add_norm(x, &delta, lw.norm1, c, x);  // x = N1(x + attn)
-      be.moe(x, lw, l, c, delta, ws);
-      be.add_norm(x, &delta, lw.norm2, c, x);  // x = N2(x + moe)
+      be.moe(x, lw, l, c, moe_out, ws);
+      be.add_norm(x, &moe_out, lw.norm2, c, x);  // x = N2(x + moe)
     }
   }
   if (pre) be.add_norm(x, pending, w.final_norm, c, h);  // x += moe_last; h = Nf(x)

@@ -278,7 +278,10 @@ TEST(MoECuda, AllTokensToOneExpert) {
 
 TEST(MoECuda, RouterMatchesReference) {
   REQUIRE_GPU();
-  for (Case c : {Case{1000, 2048, 64, 8, 64}, Case{257, 1024, 128, 8, 64}, Case{100, 4096, 8, 2, 64}}) {
+  // T >= 1024 with E <= 64 takes the fused router kernel (E padded to 8, 16, 32 or 64 columns).
+  for (Case c : {Case{1000, 2048, 64, 8, 64}, Case{257, 1024, 128, 8, 64}, Case{100, 4096, 8, 2, 64},
+                 Case{3000, 1024, 8, 2, 64}, Case{2100, 2048, 64, 8, 64}, Case{1100, 1088, 20, 3, 64},
+                 Case{1500, 1024, 16, 4, 64, MoEActivation::swiglu, true, DType::f16}}) {
     SCOPED_TRACE(name(c));
     for (bool normalize : {true, false}) {
       c.normalize = normalize;
@@ -308,6 +311,45 @@ TEST(MoECuda, RouterMatchesReference) {
       }
       EXPECT_GT(used, c.T / 4);
     }
+  }
+}
+
+// forward_pairs: y_pairs [T, k, H] whose sum over k is forward's y. On the grouped path forward sums
+// the very same pairs (fp32, slot order), so the match is bitwise; the decode path rounds each weighted
+// row where forward keeps the fp32 sum, so it matches to that rounding (relative to the pairs'
+// magnitudes, which may cancel). Every slot is written (the output is poisoned first).
+TEST(MoECuda, ForwardPairsSumToForward) {
+  REQUIRE_GPU();
+  for (Case c : {Case{700, 1024, 8, 2, 512}, Case{300, 1024, 32, 4, 768, MoEActivation::gelu, false},
+                 Case{200, 1024, 8, 1, 512}, Case{40, 1024, 16, 4, 512}}) {
+    SCOPED_TRACE(name(c));
+    Problem p = make_problem(c, 31);
+    upload_problem(p);
+    MoELayer layer(config_of(c), c.T);
+    set_weights(layer, p);
+    const std::vector<float> y = run_gpu(layer, p);
+    Buffer scratch(layer.workspace_bytes(c.T), Device::cuda), pairs(c.T * c.k * c.H * 2, Device::cuda);
+    MINILLM_CUDA_CHECK(cudaMemset(pairs.data(), 0xff, pairs.bytes()));  // poison: NaN in bf16 and fp16
+    layer.forward_pairs(p.dx.data(), pairs.data(), c.T, scratch.data(), scratch.bytes(), nullptr);
+    MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<float> yp = download(pairs, c.T * c.k * c.H, c.dtype);
+    const bool decode = c.T <= MoELayer::kDecodeMaxTokens;
+    int64_t bad = 0;
+    for (int64_t t = 0; t < c.T; ++t) {
+      for (int64_t i = 0; i < c.H; ++i) {
+        float s = 0.0f, mag = 0.0f;
+        for (int64_t j = 0; j < c.k; ++j) {
+          s += yp[(t * c.k + j) * c.H + i];
+          mag += std::fabs(yp[(t * c.k + j) * c.H + i]);
+        }
+        const float ref = y[t * c.H + i];
+        const float sum = bf16_to_f32(f32_to_bf16(s));
+        // Decode: each pair and forward's output are rounded once (<= 2^-9 relative each in bf16).
+        const bool ok = decode ? std::fabs(s - ref) <= 4e-3f * (mag + std::fabs(ref)) : sum == ref;
+        if (!ok && bad++ < 5) ADD_FAILURE() << "t " << t << " i " << i << ": sum of pairs " << s << ", forward " << ref;
+      }
+    }
+    EXPECT_EQ(bad, 0);
   }
 }
 

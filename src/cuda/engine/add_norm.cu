@@ -10,12 +10,16 @@
 // 256 threads per block, 256 / tpr rows per block: H = 768 -> tpr 32, kV 3; 1024 -> 32, 4;
 // 4096 -> 128, 4. Other H (not a multiple of 8, or no such split): add_norm_kernel, one block per
 // row with the row in shared memory.
-// Layout: x, delta, out [T, H] row-major bf16/fp16, w, b [H] fp32.
-// Cost: (2 reads + 2 writes) x T x H x 2 bytes (1 write when out aliases x). Measured on H100 (the
-// "add_norm" row of `minillm bench --model medium --batch 8 --seq 2048`): medium post-norm, 100 MB
-// per call, 48 calls 1.90 ms = 40 us per call = 2.54 TB/s (85% of the measured 3.0 TB/s copy);
-// large (H 4096, tpr 128), 64 calls 8.84 ms = 2.92 TB/s. The one-block-per-row shared-memory
-// kernel it replaced took 3.55 ms (medium) and 19.3 ms (large).
+// Layout: x, out [T, H] row-major bf16/fp16, delta [T, parts, H] (the MoE layer's k weighted expert
+// rows per token, MoELayer::forward_pairs: their sum in fp32, slot order, is the row's delta; this
+// replaces the MoE's separate combine pass), w, b [H] fp32.
+// Cost: (1 + parts) reads + 1 or 2 writes of T x H x 2 bytes. Measured on H100
+// (torch.profiler over the medium B8 N2048 forward, post-norm, out aliasing x): 48 calls 2.00 ms,
+// 41.7 us on average for 96 MB (after attention) and 128 MB (after the MoE, 2 parts) = 2.7 TB/s (90%
+// of the measured 3.0 TB/s copy); summing the parts here replaced the MoE combine kernel (43.7 us
+// per layer). Loading the parts one after the other (a runtime loop) took 53.8 us on average; the
+// kernel is specialised for 1 and 2 parts so that all loads of a row are in flight together. The
+// one-block-per-row shared-memory kernel it replaced took 3.55 ms (medium) and 19.3 ms (large).
 #include <algorithm>
 
 #include "cuda/engine/common.cuh"
@@ -28,13 +32,13 @@ namespace {
 constexpr int kVec = 8;  // 16-bit elements per 16-byte vector
 
 template <typename T, bool kVectorized>
-__global__ void add_norm_kernel(T* x, const T* __restrict__ delta, const float* __restrict__ w,
+__global__ void add_norm_kernel(T* x, const T* __restrict__ delta, int parts, const float* __restrict__ w,
                                 const float* __restrict__ b, bool rmsnorm, float eps, T* out, int64_t H) {
   extern __shared__ float row[];  // [H] fp32: v = x + delta
   __shared__ float red[32];
   const int64_t r = blockIdx.x;
   T* xr = x + r * H;
-  const T* dr = delta ? delta + r * H : nullptr;
+  const T* dr = delta ? delta + r * parts * H : nullptr;  // parts rows: their sum is the row's delta
   T* outr = out + r * H;
   const bool write_x = delta != nullptr && out != x;
 
@@ -43,19 +47,25 @@ __global__ void add_norm_kernel(T* x, const T* __restrict__ delta, const float* 
     for (int64_t i = threadIdx.x * kVec; i < H; i += blockDim.x * kVec) {
       uint4 xv = *reinterpret_cast<const uint4*>(xr + i);
       const T* xe = reinterpret_cast<const T*>(&xv);
-      uint4 dv = make_uint4(0, 0, 0, 0);
-      if (dr) dv = *reinterpret_cast<const uint4*>(dr + i);
-      const T* de = reinterpret_cast<const T*>(&dv);
+      float d[kVec] = {};
+      for (int pj = 0; dr && pj < parts; ++pj) {
+        const uint4 dv = *reinterpret_cast<const uint4*>(dr + pj * H + i);
+        const T* de = reinterpret_cast<const T*>(&dv);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) d[j] += to_f32(de[j]);
+      }
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {
-        const float v = to_f32(xe[j]) + (dr ? to_f32(de[j]) : 0.f);
+        const float v = to_f32(xe[j]) + d[j];
         row[i + j] = v;
         sum += v;
       }
     }
   } else {
     for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
-      const float v = to_f32(xr[i]) + (dr ? to_f32(dr[i]) : 0.f);
+      float d = 0.f;
+      for (int pj = 0; dr && pj < parts; ++pj) d += to_f32(dr[pj * H + i]);
+      const float v = to_f32(xr[i]) + d;
       row[i] = v;
       sum += v;
     }
@@ -119,29 +129,48 @@ __device__ __forceinline__ float row_sum(float v, int tpr, float* red) {
   return s;
 }
 
-template <typename T, int kV>
+// kP: delta rows per token when 1 or 2 (all loads of a row independent, in flight together); 0: any
+// count `parts`, loaded part by part.
+template <typename T, int kV, int kP>
 __global__ void __launch_bounds__(kRowsThreads)
-    add_norm_rows_kernel(T* x, const T* __restrict__ delta, const float* __restrict__ w, const float* __restrict__ b,
-                         bool rmsnorm, float eps, T* out, int64_t rows, int64_t H, int tpr) {
+    add_norm_rows_kernel(T* x, const T* __restrict__ delta, int parts, const float* __restrict__ w,
+                         const float* __restrict__ b, bool rmsnorm, float eps, T* out, int64_t rows, int64_t H,
+                         int tpr) {
   __shared__ float red[kRowsThreads / 32];
   const int lane = threadIdx.x & (tpr - 1);
   const int64_t r = static_cast<int64_t>(blockIdx.x) * (kRowsThreads / tpr) + threadIdx.x / tpr;
   const bool active = r < rows;  // inactive threads still take part in the reductions
-  float v[kV][kVec];
-  float sum = 0.f;
+  if constexpr (kP > 0) parts = kP;
+  // v = the row's delta (the sum of its `parts` rows, in order), then + x.
+  float v[kV][kVec] = {};
+  uint4 xv[kV];
 #pragma unroll
   for (int j = 0; j < kV; ++j) {
     const int64_t i = (static_cast<int64_t>(j) * tpr + lane) * kVec;
-    uint4 xv = make_uint4(0, 0, 0, 0), dv = make_uint4(0, 0, 0, 0);
-    if (active) {
-      xv = *reinterpret_cast<const uint4*>(x + r * H + i);
-      if (delta) dv = *reinterpret_cast<const uint4*>(delta + r * H + i);
+    xv[j] = active ? *reinterpret_cast<const uint4*>(x + r * H + i) : make_uint4(0, 0, 0, 0);
+  }
+  if (delta && active) {
+#pragma unroll(kP > 0 ? kP : 1)
+    for (int pj = 0; pj < parts; ++pj) {
+      uint4 dv[kV];
+#pragma unroll
+      for (int j = 0; j < kV; ++j)
+        dv[j] = *reinterpret_cast<const uint4*>(delta + (r * parts + pj) * H + (static_cast<int64_t>(j) * tpr + lane) * kVec);
+#pragma unroll
+      for (int j = 0; j < kV; ++j) {
+        const T* de = reinterpret_cast<const T*>(&dv[j]);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) v[j][e] += to_f32(de[e]);
+      }
     }
-    const T* xe = reinterpret_cast<const T*>(&xv);
-    const T* de = reinterpret_cast<const T*>(&dv);
+  }
+  float sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < kV; ++j) {
+    const T* xe = reinterpret_cast<const T*>(&xv[j]);
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
-      v[j][e] = to_f32(xe[e]) + (delta ? to_f32(de[e]) : 0.f);
+      v[j][e] += to_f32(xe[e]);
       sum += v[j][e];
     }
   }
@@ -181,26 +210,30 @@ __global__ void __launch_bounds__(kRowsThreads)
 }
 
 template <typename T, int kV>
-void launch_rows(void* x, const void* delta, const float* w, const float* b, bool rmsnorm, float eps, void* out,
-                 int64_t rows, int64_t H, int tpr, cudaStream_t stream) {
+void launch_rows(void* x, const void* delta, int parts, const float* w, const float* b, bool rmsnorm, float eps,
+                 void* out, int64_t rows, int64_t H, int tpr, cudaStream_t stream) {
   const int64_t per_block = kRowsThreads / tpr;
-  add_norm_rows_kernel<T, kV><<<static_cast<unsigned>((rows + per_block - 1) / per_block), kRowsThreads, 0, stream>>>(
-      static_cast<T*>(x), static_cast<const T*>(delta), w, b, rmsnorm, eps, static_cast<T*>(out), rows, H, tpr);
+  const unsigned blocks = static_cast<unsigned>((rows + per_block - 1) / per_block);
+  auto kernel = parts == 1 ? add_norm_rows_kernel<T, kV, 1>
+                : parts == 2 ? add_norm_rows_kernel<T, kV, 2>
+                             : add_norm_rows_kernel<T, kV, 0>;
+  kernel<<<blocks, kRowsThreads, 0, stream>>>(static_cast<T*>(x), static_cast<const T*>(delta), parts, w, b, rmsnorm,
+                                              eps, static_cast<T*>(out), rows, H, tpr);
   MINILLM_CUDA_CHECK_LAUNCH();
 }
 
 template <typename T>
-void launch(void* x, const void* delta, const float* w, const float* b, bool rmsnorm, float eps, void* out, int64_t T_rows,
-            int64_t H, cudaStream_t stream) {
+void launch(void* x, const void* delta, int parts, const float* w, const float* b, bool rmsnorm, float eps, void* out,
+            int64_t T_rows, int64_t H, cudaStream_t stream) {
   if (H % kVec == 0) {  // registers: the row split as H = 8 * kV * tpr
     const int64_t nv = H / kVec;
     for (int tpr = 1; tpr <= kRowsThreads; tpr *= 2) {
       if (nv % tpr != 0 || nv / tpr > 4) continue;
       switch (nv / tpr) {
-        case 1: return launch_rows<T, 1>(x, delta, w, b, rmsnorm, eps, out, T_rows, H, tpr, stream);
-        case 2: return launch_rows<T, 2>(x, delta, w, b, rmsnorm, eps, out, T_rows, H, tpr, stream);
-        case 3: return launch_rows<T, 3>(x, delta, w, b, rmsnorm, eps, out, T_rows, H, tpr, stream);
-        default: return launch_rows<T, 4>(x, delta, w, b, rmsnorm, eps, out, T_rows, H, tpr, stream);
+        case 1: return launch_rows<T, 1>(x, delta, parts, w, b, rmsnorm, eps, out, T_rows, H, tpr, stream);
+        case 2: return launch_rows<T, 2>(x, delta, parts, w, b, rmsnorm, eps, out, T_rows, H, tpr, stream);
+        case 3: return launch_rows<T, 3>(x, delta, parts, w, b, rmsnorm, eps, out, T_rows, H, tpr, stream);
+        default: return launch_rows<T, 4>(x, delta, parts, w, b, rmsnorm, eps, out, T_rows, H, tpr, stream);
       }
     }
   }
@@ -211,20 +244,21 @@ void launch(void* x, const void* delta, const float* w, const float* b, bool rms
   if (smem > 48 * 1024) {
     MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
-  kernel<<<static_cast<unsigned>(T_rows), threads, smem, stream>>>(static_cast<T*>(x), static_cast<const T*>(delta), w,
-                                                                   b, rmsnorm, eps, static_cast<T*>(out), H);
+  kernel<<<static_cast<unsigned>(T_rows), threads, smem, stream>>>(static_cast<T*>(x), static_cast<const T*>(delta),
+                                                                   parts, w, b, rmsnorm, eps, static_cast<T*>(out), H);
   MINILLM_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
-void add_norm(DType dtype, void* x, const void* delta, const float* w, const float* b, bool rmsnorm, float eps,
-              void* out, int64_t T, int64_t H, cudaStream_t stream) {
+void add_norm(DType dtype, void* x, const void* delta, int delta_parts, const float* w, const float* b, bool rmsnorm,
+              float eps, void* out, int64_t T, int64_t H, cudaStream_t stream) {
   if (T <= 0 || H <= 0) return;
+  MINILLM_CHECK(delta_parts >= 1 && delta_parts <= 8, "add_norm: delta_parts = " << delta_parts << " must be in [1, 8]");
   if (dtype == DType::bf16) {
-    launch<__nv_bfloat16>(x, delta, w, b, rmsnorm, eps, out, T, H, stream);
+    launch<__nv_bfloat16>(x, delta, delta_parts, w, b, rmsnorm, eps, out, T, H, stream);
   } else {
-    launch<__half>(x, delta, w, b, rmsnorm, eps, out, T, H, stream);
+    launch<__half>(x, delta, delta_parts, w, b, rmsnorm, eps, out, T, H, stream);
   }
 }
 

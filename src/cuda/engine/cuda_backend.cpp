@@ -232,7 +232,11 @@ void CudaBackend::attention(const Tensor& qkv, Tensor& out, int B, int N, const 
 
 void CudaBackend::add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) {
   OpScope s(*this, "add_norm");
-  ke::add_norm(c.dtype, x.data, delta ? delta->data : nullptr, n.w.ptr<float>(), n.b.data ? n.b.ptr<float>() : nullptr,
+  const int64_t T = x.size(0);
+  MINILLM_CHECK(!delta || (T > 0 && delta->size(0) % T == 0) || delta->size(0) == T,
+                "add_norm: delta " << delta->shape_str() << " for x " << x.shape_str());
+  const int parts = delta && T > 0 ? static_cast<int>(delta->size(0) / T) : 1;
+  ke::add_norm(c.dtype, x.data, delta ? delta->data : nullptr, parts, n.w.ptr<float>(), n.b.data ? n.b.ptr<float>() : nullptr,
                c.norm_type == NormType::rmsnorm, c.norm_eps, out.data, x.size(0), x.size(1), stream_);
 }
 
@@ -246,13 +250,17 @@ void CudaBackend::moe(const Tensor& x, const LayerWeights& w, int layer, const M
   if (!impl_->moe.empty()) {
     MoELayer& m = impl_->moe.at(static_cast<size_t>(layer));
     m.set_weights(w.router.data, w.w1.data, w.w3.data, w.w2.data, w.w1.stride[1], w.w2.stride[1]);
-    m.forward(x.data, y.data, T, scratch, bytes, stream_);
+    m.forward_pairs(x.data, y.data, T, scratch, bytes, stream_);  // y [T * k, H]: add_norm sums the k rows
   } else {
     ke::moe_fallback(c.dtype, x.data, w.router.data, w.w1.data, w.w3.data, w.w2.data, T, c.hidden_size,
                      c.moe.num_experts, c.moe.ffn_size, c.moe.top_k, c.moe.normalize_topk,
                      c.moe.activation == ExpertActivation::swiglu, y.data, scratch, stream_);
   }
   ws.rewind(mark);
+}
+
+int CudaBackend::moe_output_parts(const ModelConfig& c) const {
+  return moe_layer_supports(c) ? c.moe.top_k : 1;
 }
 
 int64_t CudaBackend::expert_row_stride(int64_t cols) const {

@@ -4,7 +4,8 @@
 //   linear: cuBLASLt (gemm.h); attention: minillm::flash_attention_forward on strided views of qkv
 //   qkv: on Hopper, head dim 64 / 128, the QKV projection with RoPE in its epilogue (one kernel: the
 //        MoE grouped GEMM as a dense GEMM, cuda/moe/moe_ops.h); else linear, then rope
-//   moe: one minillm::MoELayer per layer (weights borrowed, scratch from the engine's workspace), or
+//   moe: one minillm::MoELayer per layer (weights borrowed, scratch from the engine's workspace; its
+//        output left as k weighted rows per token, summed by the next add_norm), or
 //        a plain fallback for shapes MoELayer does not take
 // Beyond the interface, the engine uses: the stream, CUDA-graph replay per (B, N) shape, and a
 // profiling mode that brackets every op with CUDA events and sums the times per op kind.
@@ -36,6 +37,7 @@ class CudaBackend final : public Backend {
   void attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) override;
   void add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) override;
   void moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y, Workspace& ws) override;
+  int moe_output_parts(const ModelConfig& c) const override;
   size_t op_workspace_bytes(const ModelConfig& c, int64_t T) const override;
   int64_t expert_row_stride(int64_t cols) const override;
   void to_device(void* dst, const void* src, size_t bytes) override;

@@ -26,11 +26,12 @@ void rope(DType dtype, void* x, int64_t T, int N, int heads, int D, int64_t row_
 void rope_table(float2* host_cos_sin, int max_pos, int D, float theta);
 
 // Fused residual add + norm, one read of x and delta, in fp32:
-//   v = x + delta (delta may be null); x = v (only when delta is given and out != x); out = norm(v)
-// norm: LayerNorm (two-pass mean / variance over the row held in shared memory; bias may be null)
-// or RMSNorm. x, delta, out: [T, H]; out may alias x. w, b: [H] fp32.
-void add_norm(DType dtype, void* x, const void* delta, const float* w, const float* b, bool rmsnorm, float eps,
-              void* out, int64_t T, int64_t H, cudaStream_t stream);
+//   v = x + sum_j delta[t, j] (delta may be null); x = v (only when delta is given and out != x);
+//   out = norm(v)
+// norm: LayerNorm (two-pass mean / variance; bias may be null) or RMSNorm. x, out: [T, H]; delta:
+// [T, delta_parts, H] (1..8 parts, summed in order); out may alias x. w, b: [H] fp32.
+void add_norm(DType dtype, void* x, const void* delta, int delta_parts, const float* w, const float* b, bool rmsnorm,
+              float eps, void* out, int64_t T, int64_t H, cudaStream_t stream);
 
 // A plain MoE (router softmax -> top-k -> weighted experts, fp32 math) for the shapes that
 // minillm::MoELayer does not take (hidden or ffn not a multiple of 64). Correctness path for tiny

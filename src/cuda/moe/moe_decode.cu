@@ -191,6 +191,7 @@ void launch_typed(const DecodeGemmArgs& g, cudaStream_t stream) {
     case Epilogue::swiglu: launch<T, Epilogue::swiglu>(g, stream); break;
     case Epilogue::gelu: launch<T, Epilogue::gelu>(g, stream); break;
     case Epilogue::none: launch<T, Epilogue::none>(g, stream); break;
+    case Epilogue::combine:
     case Epilogue::rope64:
     case Epilogue::rope128: break;  // rejected by decode_gemm
   }

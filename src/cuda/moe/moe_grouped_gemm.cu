@@ -1,5 +1,5 @@
 // Grouped expert GEMM, host side: TMA descriptors, tile counts, dispatch on the epilogue; and the
-// plain-epilogue instantiation (the down projection). The kernel and its design: moe_grouped_gemm.cuh.
+// plain and combine instantiations (the down projection). The kernel and its design: moe_grouped_gemm.cuh.
 //
 // Measured on the H100, whole layer (the GEMMs are 85-99% of it), SwiGLU, bf16, weights in the layer's
 // padded-row layout (MoELayer::weight_row_stride):
@@ -72,6 +72,9 @@ CUtensorMap make_map(DType dtype, const void* ptr, int64_t inner, int64_t outer,
 void launch_grouped_gemm_none(DType dtype, const GemmParams& p, int grid, cudaStream_t stream) {
   launch_grouped_gemm_impl<Epilogue::none>(dtype, p, grid, stream);
 }
+void launch_grouped_gemm_combine(DType dtype, const GemmParams& p, int grid, cudaStream_t stream) {
+  launch_grouped_gemm_impl<Epilogue::combine>(dtype, p, grid, stream);
+}
 
 void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   const bool dense = g.mblock_expert == nullptr;
@@ -81,6 +84,8 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   MINILLM_CHECK(g.epilogue != Epilogue::swiglu || g.w1, "grouped_gemm: swiglu needs the up matrix");
   MINILLM_CHECK(g.E * g.N < (int64_t{1} << 31) && g.rows < (int64_t{1} << 31), "grouped_gemm: sizes exceed int32");
   MINILLM_CHECK(!dense || g.E == 1, "grouped_gemm: a dense GEMM (no mblock_expert) has E = 1, got " << g.E);
+  const bool combine = g.epilogue == Epilogue::combine;
+  MINILLM_CHECK(!combine || (!dense && g.src_pair && g.pair_weight), "grouped_gemm: combine needs the routing");
   const bool rope = g.epilogue == Epilogue::rope64 || g.epilogue == Epilogue::rope128;
   const int rope_dim = g.epilogue == Epilogue::rope64 ? 64 : 128;
   MINILLM_CHECK(!rope || (g.rope_table && g.rope_seq >= 1 && g.rope_cols >= 0 && g.rope_cols % rope_dim == 0 &&
@@ -98,7 +103,12 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   p.a = make_map(g.dtype, g.a, g.K, g.rows, g.lda, Tr::kBK, 128);
   p.b0 = make_map(g.dtype, g.w0, g.K, g.E * g.N, g.ldw, Tr::kBK, 128);
   p.b1 = make_map(g.dtype, swiglu ? g.w1 : g.w0, g.K, g.E * g.N, g.ldw, Tr::kBK, 128);
-  p.d = make_map(g.dtype, g.d, g.N, g.rows, g.ldd, Tr::kEpiCols, 64);
+  if (!combine) p.d = make_map(g.dtype, g.d, g.N, g.rows, g.ldd, Tr::kEpiCols, 64);
+  p.d_ptr = g.d;
+  p.ldd = g.ldd;
+  p.n_cols = static_cast<int>(g.N);
+  p.src_pair = g.src_pair;
+  p.pair_weight = g.pair_weight;
   p.num_mblocks = g.num_mblocks;
   p.mblock_expert = g.mblock_expert;
   p.counts = g.counts;
@@ -125,6 +135,7 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
     case Epilogue::swiglu: launch_grouped_gemm_swiglu(g.dtype, p, grid, stream); break;
     case Epilogue::gelu: launch_grouped_gemm_gelu(g.dtype, p, grid, stream); break;
     case Epilogue::none: launch_grouped_gemm_none(g.dtype, p, grid, stream); break;
+    case Epilogue::combine: launch_grouped_gemm_combine(g.dtype, p, grid, stream); break;
     case Epilogue::rope64:
     case Epilogue::rope128: launch_grouped_gemm_rope(g.dtype, p, rope_dim, grid, stream); break;
   }

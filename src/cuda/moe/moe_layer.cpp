@@ -1,11 +1,13 @@
 // minillm::MoELayer (include/minillm/moe.h): validation, workspace plan, and the sequence of kernels.
 //
 //   x [T, H] --router_logits--> logits [T, E] fp32 --router_topk--> ids, weights [T, k]
+//     (router_fused: both in one kernel when E <= 64 and T >= 1024)
 //     --permute--> dest [T*k], counts/row_offset [E], mblock_expert --gather_rows--> x_perm [rows, H]
 //     --grouped_gemm swiglu|gelu (decode_gemm when T <= 64)--> h [rows, F]
 // The expert weights may have padded rows (MoELayer::weight_row_stride); x_perm and h are dense.
-//     --grouped_gemm none (decode_gemm)--> y_perm [rows, H] (reuses x_perm's memory)
-//     --combine--> y [T, H]
+//     --grouped_gemm combine--> weighted rows in token-pair order [T, k, H] (in x_perm's memory)
+//     --combine (a sum over k)--> y [T, H]; forward_pairs stops before the sum.
+//   Decode: --decode_gemm none--> y_perm [rows, H] --combine (weighted, un-permuting)--> y.
 //
 // Nothing here waits for the GPU: every routing-dependent size stays on the device and the TMA
 // descriptors are encoded on the host from pointers and bounds, so forward can be captured in a CUDA
@@ -32,7 +34,7 @@ struct Plan {
   int64_t pairs = 0, rows = 0, mblocks = 0, nchunks = 0;
   int splits = 1;  // of the router GEMM
   size_t logits = 0, ids = 0, weights = 0, chunk_counts = 0, counts = 0, row_offset = 0, num_mblocks = 0,
-         mblock_expert = 0, tile_counter = 0, dest = 0, x_perm = 0, h = 0, total = 0;
+         mblock_expert = 0, tile_counter = 0, dest = 0, src_pair = 0, x_perm = 0, h = 0, total = 0;
 };
 
 Plan make_plan(const MoEConfig& c, int64_t T) {
@@ -62,6 +64,7 @@ Plan make_plan(const MoEConfig& c, int64_t T) {
   p.mblock_expert = take(sizeof(int32_t) * p.mblocks);
   p.tile_counter = take(sizeof(int32_t));
   p.dest = take(sizeof(int32_t) * p.pairs);
+  p.src_pair = take(sizeof(int32_t) * p.rows);
   p.x_perm = take(es * p.rows * c.hidden);  // also y_perm
   p.h = take(es * p.rows * c.ffn);
   p.total = off;
@@ -217,6 +220,16 @@ void MoELayer::forward(const Tensor& x, const Tensor& y, Workspace& ws, cudaStre
 }
 
 void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  run(x, y, T, scratch, scratch_bytes, stream, /*pairs=*/false);
+}
+
+void MoELayer::forward_pairs(const void* x, void* y_pairs, int64_t T, void* scratch, size_t scratch_bytes,
+                             cudaStream_t stream) {
+  run(x, y_pairs, T, scratch, scratch_bytes, stream, /*pairs=*/true);
+}
+
+void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scratch_bytes, cudaStream_t stream,
+                   bool pairs) {
   Impl& m = *impl_;
   const MoEConfig& c = m.cfg;
   MINILLM_CHECK(T >= 0, "MoELayer.forward: T = " << T << " must be >= 0");
@@ -237,8 +250,12 @@ void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t 
   float* logits = static_cast<float*>(at(p.logits));
   int32_t* ids = static_cast<int32_t*>(at(p.ids));
   float* weights = static_cast<float*>(at(p.weights));
-  km::router_logits(c.dtype, x, m.router, T, E, c.hidden, p.splits, logits, stream);
-  km::router_topk(logits, p.splits, T, E, k, c.normalize_topk, ids, weights, stream);
+  if (km::router_fused_supported(T, E)) {
+    km::router_fused(c.dtype, x, m.router, T, E, c.hidden, k, c.normalize_topk, ids, weights, stream);
+  } else {
+    km::router_logits(c.dtype, x, m.router, T, E, c.hidden, p.splits, logits, stream);
+    km::router_topk(logits, p.splits, T, E, k, c.normalize_topk, ids, weights, stream);
+  }
 
   km::Routing r;
   r.chunk_counts = static_cast<int32_t*>(at(p.chunk_counts));
@@ -247,15 +264,17 @@ void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t 
   r.num_mblocks = static_cast<int32_t*>(at(p.num_mblocks));
   r.mblock_expert = static_cast<int32_t*>(at(p.mblock_expert));
   r.dest = static_cast<int32_t*>(at(p.dest));
+  r.src_pair = static_cast<int32_t*>(at(p.src_pair));
   r.tile_counter = static_cast<int32_t*>(at(p.tile_counter));
   km::permute(ids, T, k, E, p.row_align, r, stream);
   void* x_perm = at(p.x_perm);
   void* h = at(p.h);
   km::gather_rows(x, T, k, c.hidden, r.dest, x_perm, stream);
 
-  // The two expert projections, h = act(x_perm W_gate^T [, W_up]) and y_perm = h W_down^T, through
-  // `gemm` (the decode or the grouped kernel) with `g` holding that path's routing fields.
-  auto projections = [&](auto& g, auto gemm) {
+  // The two expert projections, h = act(x_perm W_gate^T [, W_up]) and h W_down^T (to `down_d` with
+  // `down_epilogue`), through `gemm` (the decode or the grouped kernel) with `g` holding that path's
+  // routing fields.
+  auto projections = [&](auto& g, auto gemm, km::Epilogue down_epilogue, void* down_d) {
     g.dtype = c.dtype;
     g.E = E;
     g.counts = r.counts;
@@ -271,7 +290,7 @@ void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t 
     g.d = h;
     g.ldd = c.ffn;
     gemm(g, stream);
-    g.epilogue = km::Epilogue::none;
+    g.epilogue = down_epilogue;
     g.a = h;
     g.lda = c.ffn;
     g.K = c.ffn;
@@ -279,23 +298,33 @@ void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t 
     g.w1 = nullptr;
     g.ldw = m.ld_ffn;
     g.N = c.hidden;
-    g.d = x_perm;  // y_perm
+    g.d = down_d;
     g.ldd = c.hidden;
     gemm(g, stream);
   };
   if (p.decode) {
     km::DecodeGemmArgs g;
-    projections(g, km::decode_gemm);
-  } else {
-    km::GroupedGemmArgs g;
-    g.rows = p.rows;
-    g.num_mblocks = r.num_mblocks;
-    g.mblock_expert = r.mblock_expert;
-    g.max_mblocks = p.mblocks;
-    g.tile_counter = r.tile_counter;  // each GEMM leaves it at zero for the next
-    projections(g, km::grouped_gemm);
+    projections(g, km::decode_gemm, km::Epilogue::none, x_perm);  // y_perm [rows, H], unweighted
+    if (pairs) {
+      km::combine(c.dtype, x_perm, r.dest, weights, T * k, 1, c.hidden, y, stream);  // y_pairs[p] = w_p y_perm[dest[p]]
+    } else {
+      km::combine(c.dtype, x_perm, r.dest, weights, T, k, c.hidden, y, stream);
+    }
+    return;
   }
-  km::combine(c.dtype, x_perm, r.dest, weights, T, k, c.hidden, y, stream);
+  km::GroupedGemmArgs g;
+  g.rows = p.rows;
+  g.num_mblocks = r.num_mblocks;
+  g.mblock_expert = r.mblock_expert;
+  g.max_mblocks = p.mblocks;
+  g.tile_counter = r.tile_counter;  // each GEMM leaves it at zero for the next
+  g.src_pair = r.src_pair;
+  g.pair_weight = weights;
+  // The down GEMM scales its rows by their weights and stores them in token-pair order: [T, k, H]
+  // in x_perm's memory (free once h exists), summed over k into y; with k = 1 or pairs, straight to y.
+  const bool direct = pairs || k == 1;
+  projections(g, km::grouped_gemm, km::Epilogue::combine, direct ? y : x_perm);
+  if (!direct) km::combine(c.dtype, x_perm, nullptr, nullptr, T, k, c.hidden, y, stream);
 }
 
 void MoELayer::route(const void* x, int64_t T, int32_t* ids, float* weights, void* scratch, size_t scratch_bytes,
@@ -305,14 +334,18 @@ void MoELayer::route(const void* x, int64_t T, int32_t* ids, float* weights, voi
   MINILLM_CHECK(T >= 0, "MoELayer.route: T = " << T << " must be >= 0");
   if (T == 0) return;
   MINILLM_CHECK(m.router, "MoELayer: set_weights() must be called before route()");
+  const int E = static_cast<int>(c.num_experts), k = static_cast<int>(c.top_k);
+  if (km::router_fused_supported(T, E)) {
+    km::router_fused(c.dtype, x, m.router, T, E, c.hidden, k, c.normalize_topk, ids, weights, stream);
+    return;
+  }
   const int splits = km::router_splits(T, c.num_experts, c.hidden);
   const size_t logits_bytes = sizeof(float) * splits * T * c.num_experts;
   MINILLM_CHECK(scratch_bytes >= logits_bytes, "MoELayer.route: scratch of " << scratch_bytes << " bytes is smaller than "
                                                                           << logits_bytes << " bytes");
   float* logits = static_cast<float*>(scratch);
-  km::router_logits(c.dtype, x, m.router, T, static_cast<int>(c.num_experts), c.hidden, splits, logits, stream);
-  km::router_topk(logits, splits, T, static_cast<int>(c.num_experts), static_cast<int>(c.top_k), c.normalize_topk, ids,
-                  weights, stream);
+  km::router_logits(c.dtype, x, m.router, T, E, c.hidden, splits, logits, stream);
+  km::router_topk(logits, splits, T, E, k, c.normalize_topk, ids, weights, stream);
 }
 
 }  // namespace minillm

@@ -1,7 +1,7 @@
 // Launchers of the CUDA MoE kernels (src/cuda/moe/*.cu): raw device pointers, explicit sizes, a
 // stream. MoELayer (moe_layer.cpp) strings them together:
 //
-//   router_logits -> router_topk -> permute (histogram, offsets, stable scatter) -> gather_rows
+//   router_logits -> router_topk (or router_fused) -> permute (histogram, offsets, stable scatter) -> gather_rows
 //   -> grouped_gemm(swiglu | gelu) -> grouped_gemm(none)   (T > 64; decode_gemm for T <= 64)
 //   -> combine
 //
@@ -32,6 +32,12 @@ void router_logits(DType dtype, const void* x, const void* router, int64_t T, in
 // `normalize`. E <= 256, k <= min(8, E).
 void router_topk(const float* logits, int splits, int64_t T, int E, int k, bool normalize, int32_t* ids,
                  float* weights, cudaStream_t stream);
+// Both in one kernel (router_fused_kernel): the same ids and weights up to the logits' fp32 summation
+// order. For E <= 64 and T >= kRouterFusedMinTokens (enough 64-token blocks without split-K).
+constexpr int64_t kRouterFusedMinTokens = 1024;
+bool router_fused_supported(int64_t T, int E);
+void router_fused(DType dtype, const void* x, const void* router, int64_t T, int E, int64_t H, int k, bool normalize,
+                  int32_t* ids, float* weights, cudaStream_t stream);
 
 // ---- moe_permute.cu ----
 constexpr int kPermuteChunk = 2048;  // pairs per block of the histogram and scatter kernels
@@ -60,6 +66,7 @@ struct Routing {
   int32_t* num_mblocks = nullptr;    // [1] 128-row blocks of the permuted rows (row_align 128)
   int32_t* mblock_expert = nullptr;  // [permuted_rows / 128] expert of each 128-row block
   int32_t* dest = nullptr;           // [T * k] permuted row of pair (t, j)
+  int32_t* src_pair = nullptr;       // [permuted rows] the pair t*k + j of each row (alignment rows: unset)
   int32_t* tile_counter = nullptr;   // [1] zeroed by permute (row_align 128): the grouped GEMMs' tile counter
 };
 
@@ -72,16 +79,21 @@ void gather_rows(const void* x, int64_t T, int k, int64_t H, const int32_t* dest
 
 // ---- moe_combine.cu ----
 // y[t] = sum_j weights[t, j] * y_perm[dest[t*k + j]] in fp32, slot order j = 0..k-1. y_perm: [rows, H].
+// dest == nullptr: row t*k + j (the pairs in token order); weights == nullptr: 1. With T*k tokens and
+// k = 1 it is the weighted un-permutation y[p] = weights[p] * y_perm[dest[p]].
 void combine(DType dtype, const void* y_perm, const int32_t* dest, const float* weights, int64_t T, int k,
              int64_t H, void* y, cudaStream_t stream);
 
 // ---- moe_grouped_gemm*.cu ----
-enum class Epilogue { swiglu, gelu, none, rope64, rope128 };
+enum class Epilogue { swiglu, gelu, none, combine, rope64, rope128 };
 
 // For every 128-row block m of A (expert e = mblock_expert[m]):
 //   swiglu: D[m rows, f] = silu(A . w0[e, f]) * (A . w1[e, f])   (w0 = gate, w1 = up: [E, N, K]; D: [rows, N])
 //   gelu:   D[m rows, n] = gelu(A . w0[e, n])                     (w0: [E, N, K])
 //   none:   D[m rows, n] = A . w0[e, n]                           (w0: [E, N, K]; e.g. the down projection)
+//   combine: none, each row r scaled by pair_weight[src_pair[r]] and stored to row src_pair[r] of D
+//           [pairs, N] (token-pair order t*k + j: the combine's sum over j is left to the caller);
+//           an expert's alignment rows are not stored
 //   rope64 / rope128: none, then RoPE (HF rotate_half, head dim 64 / 128) on columns [0, rope_cols) of
 //           row r at position r % rope_seq: the fused QKV projection of the engine (dense, E = 1).
 // Dense GEMM: mblock_expert == nullptr and E == 1; every row of A is expert 0's (num_mblocks, counts
@@ -109,6 +121,8 @@ struct GroupedGemmArgs {
   const void* rope_table = nullptr;         // rope*: [positions, head dim / 2] float2 (cos, sin)
   int64_t rope_cols = 0;                    // rope*: rotated columns (q and k heads; a multiple of the head dim)
   int rope_seq = 1;                         // rope*: row r is at position r % rope_seq (< positions)
+  const int32_t* src_pair = nullptr;        // combine: [rows] (Routing::src_pair)
+  const float* pair_weight = nullptr;       // combine: [pairs] routing weights
 };
 void grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream);
 

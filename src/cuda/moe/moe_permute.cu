@@ -11,7 +11,8 @@
 //      grouped GEMM's tile order, and its tile counter zeroed.
 //   3. scatter_kernel    (one block per chunk): stable ranks. Rounds of 256 pairs in order; in a
 //      warp, __match_any_sync groups equal experts and the rank is the popcount of the lower lanes;
-//      warps are ordered through a [8][E] shared table. dest[p] = row_offset + chunk base + rank.
+//      warps are ordered through a [8][E] shared table. dest[p] = row_offset + chunk base + rank,
+//      and its inverse src_pair[dest[p]] = p (for the down GEMM's combine epilogue).
 //   4. gather_kernel     (one block per token): x[t] is read once with 16-byte loads and written to
 //      its k permuted rows.
 // Indexing: pair and row counts < 2^31 (T <= 2^28 / k); byte offsets are computed in 64 bits.
@@ -111,7 +112,7 @@ __global__ void __launch_bounds__(kOffsetThreads)
 __global__ void __launch_bounds__(kThreads)
     scatter_kernel(const int32_t* __restrict__ ids, int64_t pairs, int E, int nchunks,
                    const int32_t* __restrict__ chunk_base, const int32_t* __restrict__ row_offset,
-                   int32_t* __restrict__ dest) {
+                   int32_t* __restrict__ dest, int32_t* __restrict__ src_pair) {
   constexpr int kWarps = kThreads / 32;
   __shared__ int base[kThreads];
   __shared__ int warp_count[kWarps][kThreads];
@@ -135,6 +136,7 @@ __global__ void __launch_bounds__(kThreads)
       int off = base[e] + rank;
       for (int w = 0; w < warp; ++w) off += warp_count[w][e];
       dest[p] = off;
+      src_pair[off] = static_cast<int32_t>(p);
     }
     __syncthreads();
     if (e_own < E) {
@@ -181,7 +183,8 @@ void permute(const int32_t* ids, int64_t T, int k, int E, int row_align, const R
   offsets_kernel<<<1, kOffsetThreads, 0, stream>>>(r.chunk_counts, E, nchunks, row_align, r.counts, r.row_offset,
                                                    r.num_mblocks, r.mblock_expert, r.tile_counter);
   MINILLM_CUDA_CHECK_LAUNCH();
-  scatter_kernel<<<nchunks, kThreads, 0, stream>>>(ids, pairs, E, nchunks, r.chunk_counts, r.row_offset, r.dest);
+  scatter_kernel<<<nchunks, kThreads, 0, stream>>>(ids, pairs, E, nchunks, r.chunk_counts, r.row_offset, r.dest,
+                                                   r.src_pair);
   MINILLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -15,7 +15,10 @@
 // (value, expert) with ties to the lower expert index. Renormalisation divides the k probabilities by
 // their fp32 sum taken in slot order.
 //
-// Cost: the GEMM reads x once (T*H*2 bytes), bandwidth-bound.
+// router_fused_kernel (E <= 64, T >= 1024): both in one pass, see its comment below.
+// Cost: the GEMM reads x once (T*H*2 bytes), bandwidth-bound. In the medium engine forward (T=16384
+// H1024 E8 top-2, torch.profiler, H100): router_gemm + router_topk 18.3 + 18.0 us per layer, the fused
+// kernel 16.6 us.
 // Measured on the H100: router + permutation + gather + combine = 1.2% of the layer's GPU time at
 // T=32768 H4096 E32 top-2 F14336, 15.3% at the OLMoE shape T=32768 H2048 E64 top-8 F1024 (kernel
 // times from torch.profiler). Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3, commit bcd7bc4, bench/results/h100/moe.json).
@@ -202,6 +205,131 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   }
 }
 
+
+// router_fused_kernel: logits and top-k in one pass for E <= 64, when there are enough tokens to fill
+// the GPU without split-K. Block of 128 threads = 64 tokens (4 warps x 16, mma.sync as above) x the E
+// experts padded to kNT * 8; x and the router rows stream through a kStages-deep cp.async pipeline
+// (the two-kernel path above keeps one load in flight and was latency-bound: 18 + 18 us at T=16384
+// H1024 E8). The [64, E] logit tile then goes through shared memory and one thread per token does
+// the softmax (fp32, experts in ascending order) and the top-k selection (k passes of an arg-max,
+// ties to the lower expert index), as router_topk_kernel does.
+constexpr int kFusedStages = 4;
+constexpr int kFusedMaxE = 64;
+
+template <int kNT>
+constexpr int fused_smem_bytes() {
+  return kFusedStages * (kGemmTile + kNT * 8) * kGemmLd * 2;
+}
+
+template <typename T, int kNT>
+__global__ void __launch_bounds__(kGemmThreads)
+    router_fused_kernel(const T* __restrict__ x, const T* __restrict__ router, int64_t T_tokens, int E, int64_t H,
+                        int k, bool normalize, int32_t* __restrict__ ids, float* __restrict__ weights) {
+  constexpr int kRows = kGemmTile + kNT * 8;  // x rows, then router rows, of one stage
+  extern __shared__ __align__(16) uint8_t fused_smem[];
+  T* tiles = reinterpret_cast<T*>(fused_smem);  // [kStages][kRows][kGemmLd]
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kGemmTile;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const int steps = static_cast<int>(H / kGemmTile);
+
+  auto load = [&](int step) {
+    T* st = tiles + (step % kFusedStages) * kRows * kGemmLd;
+    const int64_t k0 = static_cast<int64_t>(step) * kGemmTile;
+    for (int c = tid; c < kRows * 8; c += kGemmThreads) {
+      const int row = c / 8, col = (c % 8) * 8;
+      const bool is_x = row < kGemmTile;
+      const int64_t src_row = is_x ? m0 + row : row - kGemmTile;
+      const bool ok = is_x ? src_row < T_tokens : src_row < E;
+      const T* src = (is_x ? x : router) + (ok ? src_row : 0) * H + k0 + col;
+      cp_async_16(static_cast<uint32_t>(__cvta_generic_to_shared(st + row * kGemmLd + col)), src, ok);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < kFusedStages - 1; ++s) {
+    if (s < steps) load(s);
+    cp_async_commit();
+  }
+  float acc[kNT][4] = {};
+  for (int step = 0; step < steps; ++step) {
+    cp_async_wait<kFusedStages - 2>();
+    __syncthreads();  // stage `step` has landed for all threads; stage step - 1 is free again
+    if (step + kFusedStages - 1 < steps) load(step + kFusedStages - 1);
+    cp_async_commit();
+    const T* xs = tiles + (step % kFusedStages) * kRows * kGemmLd;
+    const T* rs = xs + kGemmTile * kGemmLd;
+#pragma unroll
+    for (int kk = 0; kk < kGemmTile; kk += 16) {
+      const int r = warp * 16 + g;
+      const uint32_t a0 = *reinterpret_cast<const uint32_t*>(&xs[r * kGemmLd + kk + 2 * q]);
+      const uint32_t a1 = *reinterpret_cast<const uint32_t*>(&xs[(r + 8) * kGemmLd + kk + 2 * q]);
+      const uint32_t a2 = *reinterpret_cast<const uint32_t*>(&xs[r * kGemmLd + kk + 2 * q + 8]);
+      const uint32_t a3 = *reinterpret_cast<const uint32_t*>(&xs[(r + 8) * kGemmLd + kk + 2 * q + 8]);
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(&rs[(nt * 8 + g) * kGemmLd + kk + 2 * q]);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(&rs[(nt * 8 + g) * kGemmLd + kk + 2 * q + 8]);
+        mma_16816<T>(acc[nt], a0, a1, a2, a3, b0, b1);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the tiles: reuse them for the logits
+  constexpr int kLd = kNT * 8 + 1;
+  float* lg = reinterpret_cast<float*>(fused_smem);  // [64][kLd]
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) lg[(warp * 16 + g + (i >= 2 ? 8 : 0)) * kLd + nt * 8 + 2 * q + (i & 1)] = acc[nt][i];
+  __syncthreads();
+  const int64_t t = m0 + tid;
+  if (tid >= kGemmTile || t >= T_tokens) return;
+  const float* v = lg + tid * kLd;
+  float mx = -FLT_MAX;
+  for (int e = 0; e < E; ++e) mx = fmaxf(mx, v[e]);
+  float sum = 0.0f;
+  for (int e = 0; e < E; ++e) sum += __expf(v[e] - mx);
+  const float inv = 1.0f / sum;
+  uint64_t taken = 0;
+  float sel[8];
+  int sel_e[8];
+  float total = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    int best = -1;
+    for (int e = 0; e < E; ++e)
+      if (!(taken >> e & 1u) && (best < 0 || v[e] > v[best])) best = e;  // strict >: ties to the lower index
+    taken |= uint64_t{1} << best;
+    sel_e[j] = best;
+    sel[j] = __expf(v[best] - mx) * inv;
+    total += sel[j];
+  }
+  const float scale = normalize ? 1.0f / total : 1.0f;
+  for (int j = 0; j < k; ++j) {
+    ids[t * k + j] = sel_e[j];
+    weights[t * k + j] = sel[j] * scale;
+  }
+}
+
+template <typename T, int kNT>
+void launch_fused(const void* x, const void* router, int64_t T_tokens, int E, int64_t H, int k, bool normalize,
+                  int32_t* ids, float* weights, cudaStream_t stream) {
+  constexpr int smem = fused_smem_bytes<kNT>();
+  static_assert(smem >= kGemmTile * (kNT * 8 + 1) * 4, "the logit tile reuses the pipeline's memory");
+  auto kernel = router_fused_kernel<T, kNT>;
+  if (smem > 48 * 1024) MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const unsigned blocks = static_cast<unsigned>((T_tokens + kGemmTile - 1) / kGemmTile);
+  kernel<<<blocks, kGemmThreads, smem, stream>>>(static_cast<const T*>(x), static_cast<const T*>(router), T_tokens, E,
+                                                 H, k, normalize, ids, weights);
+  MINILLM_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void launch_fused_nt(const void* x, const void* router, int64_t T_tokens, int E, int64_t H, int k, bool normalize,
+                     int32_t* ids, float* weights, cudaStream_t stream) {
+  if (E <= 8) return launch_fused<T, 1>(x, router, T_tokens, E, H, k, normalize, ids, weights, stream);
+  if (E <= 16) return launch_fused<T, 2>(x, router, T_tokens, E, H, k, normalize, ids, weights, stream);
+  if (E <= 32) return launch_fused<T, 4>(x, router, T_tokens, E, H, k, normalize, ids, weights, stream);
+  return launch_fused<T, 8>(x, router, T_tokens, E, H, k, normalize, ids, weights, stream);
+}
 }  // namespace
 
 int router_splits(int64_t T, int64_t E, int64_t H) {
@@ -239,6 +367,21 @@ void router_topk(const float* logits, int splits, int64_t T, int E, int k, bool 
   router_topk_kernel<<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(logits, splits, T, E, k,
                                                                                         normalize, ids, weights);
   MINILLM_CUDA_CHECK_LAUNCH();
+}
+
+bool router_fused_supported(int64_t T, int E) { return E <= kFusedMaxE && T >= kRouterFusedMinTokens; }
+
+void router_fused(DType dtype, const void* x, const void* router, int64_t T, int E, int64_t H, int k, bool normalize,
+                  int32_t* ids, float* weights, cudaStream_t stream) {
+  if (T == 0) return;
+  MINILLM_CHECK(H % kGemmTile == 0 && E >= 1 && E <= kFusedMaxE && k >= 1 && k <= 8 && k <= E,
+                "router_fused: H = " << H << ", E = " << E << ", k = " << k);
+  MINILLM_CHECK((T + kGemmTile - 1) / kGemmTile < (int64_t{1} << 31), "router_fused: T = " << T << " is too large");
+  if (dtype == DType::bf16) {
+    launch_fused_nt<__nv_bfloat16>(x, router, T, E, H, k, normalize, ids, weights, stream);
+  } else {
+    launch_fused_nt<__half>(x, router, T, E, H, k, normalize, ids, weights, stream);
+  }
 }
 
 }  // namespace minillm::cuda::moe
