@@ -33,7 +33,7 @@ void router_logits(DType dtype, const void* x, const void* router, int64_t T, in
 void router_topk(const float* logits, int splits, int64_t T, int E, int k, bool normalize, int32_t* ids,
                  float* weights, cudaStream_t stream);
 // Both in one kernel (router_fused_kernel): the same ids and weights up to the logits' fp32 summation
-// order. For E <= 64 and T >= kRouterFusedMinTokens (enough 64-token blocks without split-K).
+// order. For E <= 32 and T >= kRouterFusedMinTokens (enough 64-token blocks without split-K).
 constexpr int64_t kRouterFusedMinTokens = 1024;
 bool router_fused_supported(int64_t T, int E);
 void router_fused(DType dtype, const void* x, const void* router, int64_t T, int E, int64_t H, int k, bool normalize,
