@@ -343,8 +343,9 @@ TEST(MoECuda, ForwardPairsSumToForward) {
         }
         const float ref = y[t * c.H + i];
         const float sum = bf16_to_f32(f32_to_bf16(s));
-        // k > 1: each pair and forward's output are rounded once (<= 2^-9 relative each in bf16).
-        const bool ok = c.k == 1 ? sum == ref : std::fabs(s - ref) <= 4e-3f * (mag + std::fabs(ref));
+        // k > 1: each pair is rounded once here, and once (unweighted) plus the sum in forward: bf16
+        // rounds to <= 2^-8 relative, so |s - ref| <= 2^-8 (2 sum |pair| + |ref|).
+        const bool ok = c.k == 1 ? sum == ref : std::fabs(s - ref) <= 8e-3f * (mag + std::fabs(ref));
         if (!ok && bad++ < 5) ADD_FAILURE() << "t " << t << " i " << i << ": sum of pairs " << s << ", forward " << ref;
       }
     }
