@@ -1,6 +1,5 @@
 // MoE combine: y[t] = sum_j weights[t, j] * y_perm[dest[t*k + j]], fp32, slot order j = 0..k-1.
-// Also the plain sum of token-ordered pairs (dest, weights null: the grouped GEMM's combine epilogue
-// already scaled and un-permuted them) and the weighted un-permutation (T*k tokens, k = 1).
+// With T*k tokens and k = 1 it is the weighted un-permutation (MoELayer::forward_pairs on the decode path).
 //
 // Algorithm: one block per token; each thread owns 8 columns (a 16-byte vector) and keeps 8 fp32
 // sums; the k expert rows are read with independent 16-byte loads. No atomics: every output is
@@ -30,8 +29,8 @@ __global__ void __launch_bounds__(kThreads)
   float w[8];
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    rows[j] = j < k ? (dest ? static_cast<int64_t>(dest[t * k + j]) : t * k + j) * vecs_per_row : 0;
-    w[j] = j < k ? (weights ? weights[t * k + j] : 1.0f) : 0.0f;
+    rows[j] = j < k ? static_cast<int64_t>(dest[t * k + j]) * vecs_per_row : 0;
+    w[j] = j < k ? weights[t * k + j] : 0.0f;
   }
   for (int64_t i = threadIdx.x; i < vecs_per_row; i += kThreads) {
     uint4 v[8];

@@ -79,8 +79,7 @@ void gather_rows(const void* x, int64_t T, int k, int64_t H, const int32_t* dest
 
 // ---- moe_combine.cu ----
 // y[t] = sum_j weights[t, j] * y_perm[dest[t*k + j]] in fp32, slot order j = 0..k-1. y_perm: [rows, H].
-// dest == nullptr: row t*k + j (the pairs in token order); weights == nullptr: 1. With T*k tokens and
-// k = 1 it is the weighted un-permutation y[p] = weights[p] * y_perm[dest[p]].
+// With T*k tokens and k = 1 it is the weighted un-permutation y[p] = weights[p] * y_perm[dest[p]].
 void combine(DType dtype, const void* y_perm, const int32_t* dest, const float* weights, int64_t T, int k,
              int64_t H, void* y, cudaStream_t stream);
 
