@@ -233,9 +233,8 @@ void CudaBackend::attention(const Tensor& qkv, Tensor& out, int B, int N, const 
 void CudaBackend::add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) {
   OpScope s(*this, "add_norm");
   const int64_t T = x.size(0);
-  MINILLM_CHECK(!delta || (T > 0 && delta->size(0) % T == 0) || delta->size(0) == T,
-                "add_norm: delta " << delta->shape_str() << " for x " << x.shape_str());
-  const int parts = delta && T > 0 ? static_cast<int>(delta->size(0) / T) : 1;
+  const int parts = delta && T > 0 ? static_cast<int>(delta->size(0) / T) : 1;  // rows of delta per token
+  MINILLM_CHECK(!delta || delta->size(0) == T * parts, "add_norm: delta " << delta->shape_str() << " for x " << x.shape_str());
   ke::add_norm(c.dtype, x.data, delta ? delta->data : nullptr, parts, n.w.ptr<float>(), n.b.data ? n.b.ptr<float>() : nullptr,
                c.norm_type == NormType::rmsnorm, c.norm_eps, out.data, x.size(0), x.size(1), stream_);
 }

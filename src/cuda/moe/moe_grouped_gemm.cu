@@ -106,7 +106,6 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   if (!combine) p.d = make_map(g.dtype, g.d, g.N, g.rows, g.ldd, Tr::kEpiCols, 64);
   p.d_ptr = g.d;
   p.ldd = g.ldd;
-  p.n_cols = static_cast<int>(g.N);
   p.src_pair = g.src_pair;
   p.pair_weight = g.pair_weight;
   p.num_mblocks = g.num_mblocks;

@@ -23,10 +23,9 @@
 // counter): with a static round-robin the SMs that wait longer on L2 finished the gate/up GEMM's 434
 // tile rounds late while the others idled (ncu: SM active 84% of the elapsed cycles).
 // Combine epilogue (the down projection of MoELayer::forward_pairs and top-1): each row is scaled by
-// its routing weight and stored to its
-// (token, slot) row of a [T, k, N] output instead of the permuted order, with 16-byte stores from the
-// shared chunk (a TMA store cannot scatter rows), so the combine is left a plain sum over k that the
-// engine fuses into its next residual add + norm. In the medium forward the 72 grouped GEMM launches
+// its routing weight and stored to its (token, slot) row of a [T, k, N] output instead of the
+// permuted order, with 16-byte stores from the shared chunk (a TMA store cannot scatter rows), so the
+// combine is left a plain sum over k that the engine fuses into its next residual add + norm. In the medium forward the 72 grouped GEMM launches
 // took 33.4 ms with the TMA-store epilogue and 33.5 ms with this one (torch.profiler, one run each);
 // at the OLMoE shape (K = 1024, 262k rows) the down GEMM took 1.82 vs 1.60 ms, so MoELayer::forward
 // keeps TMA stores plus the combine kernel when it has to sum anyway.
@@ -83,7 +82,6 @@ struct GemmParams {
   int32_t* tile_counter = nullptr;  // [1] zero at launch: tiles taken beyond the first gridDim.x
   void* d_ptr = nullptr;            // combine: D [pairs, N] in token-pair order, row stride ldd
   int64_t ldd = 0;
-  int n_cols = 0;                   // combine: N
   const int32_t* src_pair = nullptr;  // combine: [rows] the pair of each permuted row
   const float* pair_weight = nullptr; // combine: [pairs] the routing weight of each pair
   const float2* rope = nullptr;     // rope epilogues: [positions, D / 2] (cos, sin)
@@ -325,7 +323,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int row = tid / 8 + 16 * i;
-          if (store_pair[i] < 0 || col >= p.n_cols) continue;
+          if (store_pair[i] < 0 || col >= p.b_rows_per_expert) continue;  // N
           const uint4 val = ptx::ld_shared_v4(buf + row * 128 + ((piece ^ (row & 7)) << 4));
           *reinterpret_cast<uint4*>(static_cast<T*>(p.d_ptr) + static_cast<int64_t>(store_pair[i]) * p.ldd + col) = val;
         }

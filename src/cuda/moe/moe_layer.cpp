@@ -248,15 +248,9 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
   const int E = static_cast<int>(c.num_experts), k = static_cast<int>(c.top_k);
   const bool swiglu = c.activation == MoEActivation::swiglu;
 
-  float* logits = static_cast<float*>(at(p.logits));
   int32_t* ids = static_cast<int32_t*>(at(p.ids));
   float* weights = static_cast<float*>(at(p.weights));
-  if (km::router_fused_supported(T, E)) {
-    km::router_fused(c.dtype, x, m.router, T, E, c.hidden, k, c.normalize_topk, ids, weights, stream);
-  } else {
-    km::router_logits(c.dtype, x, m.router, T, E, c.hidden, p.splits, logits, stream);
-    km::router_topk(logits, p.splits, T, E, k, c.normalize_topk, ids, weights, stream);
-  }
+  route(x, T, ids, weights, at(p.logits), sizeof(float) * p.splits * T * E, stream);
 
   km::Routing r;
   r.chunk_counts = static_cast<int32_t*>(at(p.chunk_counts));
@@ -306,11 +300,8 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
   if (p.decode) {
     km::DecodeGemmArgs g;
     projections(g, km::decode_gemm, km::Epilogue::none, x_perm);  // y_perm [rows, H], unweighted
-    if (pairs) {
-      km::combine(c.dtype, x_perm, r.dest, weights, T * k, 1, c.hidden, y, stream);  // y_pairs[p] = w_p y_perm[dest[p]]
-    } else {
-      km::combine(c.dtype, x_perm, r.dest, weights, T, k, c.hidden, y, stream);
-    }
+    // pairs: T*k "tokens" of one slot each, y_pairs[p] = w_p y_perm[dest[p]].
+    km::combine(c.dtype, x_perm, r.dest, weights, pairs ? T * k : T, pairs ? 1 : k, c.hidden, y, stream);
     return;
   }
   km::GroupedGemmArgs g;
