@@ -107,9 +107,17 @@ def plot_engine(doc, out):
     plt.close(fig)
 
 
-def plot_roofline(att, moe, eng, out, peak_tflops=761.0, copy_gbps=2929.0):
-    if moe and moe.get("copy_gbps"):
+def plot_roofline(att, moe, eng, power, out, peak_tflops=761.0, copy_gbps=2929.0):
+    # The measured peaks of the engine benchmark's run (short bursts), and the sustained matmul rate
+    # under the power limit (bench/power_limit.py) when there is one.
+    if eng and eng.get("peaks"):
+        peak_tflops = eng["peaks"].get("matmul_bf16_8192_tflops", peak_tflops)
+        copy_gbps = eng["peaks"].get("copy_1gib_gbps", copy_gbps)
+    elif moe and moe.get("copy_gbps"):
         copy_gbps = moe["copy_gbps"]
+    sustained = None
+    if power:
+        sustained = power.get("phases", {}).get("cublas_8192", {}).get("tflops")
     pts = []
     if att:
         for r in ok(att["results"]):
@@ -127,7 +135,7 @@ def plot_roofline(att, moe, eng, out, peak_tflops=761.0, copy_gbps=2929.0):
                 flops = c["tokens"] * c["top_k"] * 6 * c["hidden"] * c["ffn"]
                 experts_read = min(c["experts"], c["tokens"] * c["top_k"])
                 byts = experts_read * 3 * c["hidden"] * c["ffn"] * 2 + 2 * c["tokens"] * c["hidden"] * 2
-                pts.append((f"MoE T{c['tokens']} H{c['hidden']} E{c['experts']} k{c['top_k']}", flops / byts,
+                pts.append((f"MoE T{c['tokens']} H{c['hidden']} E{c['experts']} k{c['top_k']} F{c['ffn']}", flops / byts,
                             r["tflops"]["minillm"]))
     if not pts:
         return
@@ -135,15 +143,17 @@ def plot_roofline(att, moe, eng, out, peak_tflops=761.0, copy_gbps=2929.0):
     xs = [10 ** (i / 20) for i in range(-20, 101)]
     ax.plot(xs, [min(peak_tflops, x * copy_gbps / 1e3) for x in xs], "k-", lw=1,
             label=f"roof: {peak_tflops:.0f} TFLOP/s, {copy_gbps:.0f} GB/s")
-    for name, ai, tf in pts:
-        ax.plot(ai, tf, "o")
-        ax.annotate(name, (ai, tf), fontsize=7, xytext=(4, -3), textcoords="offset points")
+    if sustained:
+        ax.axhline(sustained, color="k", ls="--", lw=0.8, label=f"cuBLAS 8192^3 sustained 5 s: {sustained:.0f} TFLOP/s")
+    markers = "os^vD<>p"
+    for i, (name, ai, tf) in enumerate(pts):
+        ax.plot(ai, tf, markers[i % len(markers)], label=f"{name}: {tf:.0f}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte of compulsory DRAM traffic)")
     ax.set_ylabel("TFLOP/s")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     ax.set_title("Roofline (measured peaks)")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "roofline.png"), dpi=110)
@@ -193,7 +203,7 @@ def main():
         plot_moe(moe, args.out)
     if eng:
         plot_engine(eng, args.out)
-    plot_roofline(att, moe, eng, args.out)
+    plot_roofline(att, moe, eng, load(os.path.join(args.results, "power_limit.json")), args.out)
     write_tables([("Attention", att), ("MoE", moe), ("Engine", eng)],
                  os.path.join(os.path.dirname(os.path.abspath(args.out)), "TABLES.md"))
     print("figures in", args.out, sorted(os.listdir(args.out)))
