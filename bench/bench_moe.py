@@ -9,6 +9,9 @@ Implementations (keys of the JSON):
 FLOPs (SwiGLU) = T*k*2*3*hidden*ffn. "routing" = the share of the layer's GPU time outside the expert
 GEMM kernels (router GEMM + top-k + permutation + gather + combine), from torch.profiler kernel times
 (each kernel's ms per layer call: key kernels_ms).
+Skewed cases (a sixth value s > 0, e.g. --cases 32768,4096,32,2,14336,1): the router gets a bias
+-s * ln(e + 1) for expert e (through a constant input feature), a Zipf-like load as a trained router
+may produce; they report the measured load (pairs of the busiest expert / the mean, key expert_load).
 Decode cases (T <= 64) also report the bandwidth on the expert weights read (distinct experts routed
 to x 3*H*F*2 bytes per layer call) against a measured device-to-device copy (read + write bytes).
 
@@ -133,9 +136,11 @@ def expert_weights(E, rows, cols, std):
     return torch.empty(E, rows, ld, device="cuda", dtype=torch.bfloat16)[..., :cols].normal_(0, std)
 
 
-def run_case(T, H, E, k, F, copy_gbps, normalize=True):
+def run_case(T, H, E, k, F, copy_gbps, skew=0.0, normalize=True):
     case = {"tokens": T, "hidden": H, "experts": E, "top_k": k, "ffn": F, "activation": "swiglu",
             "normalize_topk": normalize, "dtype": "bf16"}
+    if skew:
+        case["router_skew"] = skew
     free, _ = torch.cuda.mem_get_info()
     ok, need = fits(T, H, E, k, F, free)
     if not ok:
@@ -150,6 +155,9 @@ def run_case(T, H, E, k, F, copy_gbps, normalize=True):
     w_up = expert_weights(E, F, H, H**-0.5)
     w_down = expert_weights(E, H, F, F**-0.5)
     x = torch.randn(T, H, device="cuda", dtype=dt)
+    if skew:  # feature 0 is constant, so router column 0 is a per-expert bias on the logits
+        x[:, 0] = 1.0
+        router[:, 0] = (-skew * torch.log(torch.arange(1, E + 1, device="cuda", dtype=torch.float32))).to(dt)
 
     moe = minillm.MoELayer(H, E, k, F, normalize_topk=normalize)
     moe.set_weights(router, w_gate, w_up, w_down)
@@ -189,6 +197,11 @@ def run_case(T, H, E, k, F, copy_gbps, normalize=True):
 
     res["ms"] = {key: round(v, 4) for key, v in ms.items()}
     res["tflops"] = {key: round(flops / v / 1e9, 1) for key, v in ms.items()}
+    if skew:
+        ids, _ = moe.route(x)
+        load = torch.bincount(ids.flatten().long(), minlength=E).float()
+        res["expert_load"] = {"max_over_mean": round((load.max() / load.mean()).item(), 2),
+                              "empty_experts": int((load == 0).sum().item())}
     if T <= 64:
         ids, _ = moe.route(x)
         active = torch.unique(ids).numel()
@@ -204,10 +217,11 @@ def run_case(T, H, E, k, F, copy_gbps, normalize=True):
 
 HEADLINE = (32768, 4096, 32, 2, 14336)
 OLMOE = (32768, 2048, 64, 8, 1024)
+SKEWED = [HEADLINE + (1.0,), OLMOE + (1.0,)]  # Zipf-like routing (run_case's skew)
 
 
 def quick_cases():
-    cases = [HEADLINE, OLMOE]
+    cases = [HEADLINE, OLMOE] + SKEWED
     # decode: the case at three T, and OLMoE's shape
     cases += [(T, 4096, 8, 2, 14336) for T in (1, 16, 64)]
     cases += [(T, 2048, 64, 8, 1024) for T in (1, 64)]
@@ -239,7 +253,7 @@ def main():
     g.add_argument("--full", action="store_true", help="the whole grid")
     g.add_argument("--cases", help="these cases only: T,H,E,k,F;T,H,E,k,F;...")
     ap.add_argument("--out", help="result JSON path")
-    ap.add_argument("--only", help="comma list of: headline, olmoe, decode, grid (default: all)")
+    ap.add_argument("--only", help="comma list of: headline, olmoe, skewed, decode, grid (default: all)")
     args = ap.parse_args()
 
     dev = torch.cuda.get_device_name()
@@ -252,7 +266,8 @@ def main():
     print("-" * len(hdr))
     cases = full_cases() if args.full else quick_cases()
     if args.cases:
-        cases = [tuple(int(v) for v in c.split(",")) for c in args.cases.split(";")]
+        cases = [tuple(int(v) for v in c.split(",")[:5]) + tuple(float(v) for v in c.split(",")[5:])
+                 for c in args.cases.split(";")]
     path = common.result_path(args.out, "moe.json", dev)
 
     def save(complete):  # after every case, so that an interrupted grid keeps what it measured
@@ -264,10 +279,12 @@ def main():
     if args.only:
         want = set(args.only.split(","))
         cases = [c for c in cases if ("headline" in want and c == HEADLINE) or ("olmoe" in want and c == OLMOE)
-                 or ("decode" in want and c[0] <= 64) or ("grid" in want and c not in (HEADLINE, OLMOE) and c[0] > 64)]
-    for T, H, E, k, F in cases:
+                 or ("skewed" in want and len(c) > 5) or ("decode" in want and c[0] <= 64)
+                 or ("grid" in want and c not in (HEADLINE, OLMOE) and len(c) == 5 and c[0] > 64)]
+    for c in cases:
+        T, H, E, k, F = c[:5]
         try:
-            r = run_case(T, H, E, k, F, copy_gbps)
+            r = run_case(T, H, E, k, F, copy_gbps, skew=c[5] if len(c) > 5 else 0.0)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             r = {"case": {"tokens": T, "hidden": H, "experts": E, "top_k": k, "ffn": F}, "skipped": "out of memory"}
@@ -279,6 +296,8 @@ def main():
         ms, tf = r["ms"], r["tflops"]
         gm = ms.get("torch_grouped_mm")
         note = ""
+        if "expert_load" in r:
+            note = f"skew {c[5]:g}: busiest expert {r['expert_load']['max_over_mean']:.1f}x the mean"
         if "weights_gbps" in r:
             note = f"weights {r['weights_gbps']:.0f} GB/s = {100 * r['weights_bw_fraction_of_copy']:.0f}% of copy"
         if "check_max_abs_diff_vs_torch" in r:

@@ -65,7 +65,7 @@ def plot_attention(doc, out):
 
 
 def plot_moe(doc, out):
-    rows = [r for r in ok(doc["results"]) if r["case"].get("tokens", 0) > 64]
+    rows = [r for r in ok(doc["results"]) if r["case"].get("tokens", 0) > 64 and not r["case"].get("router_skew")]
     hiddens = sorted({r["case"]["hidden"] for r in rows})
     if not hiddens:
         return
@@ -131,7 +131,8 @@ def plot_roofline(att, moe, eng, power, out, peak_tflops=761.0, copy_gbps=2929.0
         for r in ok(moe["results"]):
             c = r["case"]
             key = (c["tokens"], c["hidden"], c["experts"], c["top_k"])
-            if key in {(32768, 4096, 32, 2), (32768, 2048, 64, 8), (64, 4096, 8, 2)} and "minillm" in r["tflops"]:
+            if (key in {(32768, 4096, 32, 2), (32768, 2048, 64, 8), (64, 4096, 8, 2)} and "minillm" in r["tflops"]
+                    and not c.get("router_skew")):
                 flops = c["tokens"] * c["top_k"] * 6 * c["hidden"] * c["ffn"]
                 experts_read = min(c["experts"], c["tokens"] * c["top_k"])
                 byts = experts_read * 3 * c["hidden"] * c["ffn"] * 2 + 2 * c["tokens"] * c["hidden"] * 2
