@@ -4,9 +4,11 @@
 
 attention.png  TFLOP/s vs sequence length per implementation (median over the batch x heads grid),
                one panel per head_dim x causal
-moe.png        MoE layer TFLOP/s vs tokens, per implementation, one panel per hidden size
+moe.png        MoE layer TFLOP/s per implementation vs tokens (top row) and vs experts (bottom row),
+               one column per hidden size (uniform routing)
 engine.png     engine time per forward, broken down by op (minillm), vs PyTorch eager
-roofline.png   the main kernels placed on the roofline of the measured matmul and copy peaks
+roofline.png   the main kernels placed on the roofline of the measured matmul and copy peaks, with
+               the sustained matmul rate under the power limit
 docs/TABLES.md every measured case of the three benchmarks, as markdown tables
 """
 import argparse
@@ -69,11 +71,21 @@ def plot_moe(doc, out):
     hiddens = sorted({r["case"]["hidden"] for r in rows})
     if not hiddens:
         return
-    fig, axes = plt.subplots(1, len(hiddens), figsize=(4.2 * len(hiddens), 3.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(hiddens), figsize=(4.2 * len(hiddens), 7.0), squeeze=False)
     for ax, h in zip(axes[0], hiddens):
         median_lines(ax, [r for r in rows if r["case"]["hidden"] == h], "tokens")
-        ax.set_title(f"hidden {h} (median over experts x top-k)")
+        ax.set_title(f"hidden {h} (median over experts x top-k)", fontsize=10)
         ax.set_xlabel("tokens")
+        ax.set_ylabel("TFLOP/s")
+    # Second row: against the number of experts, at the token count with the most expert counts measured
+    # for each hidden (the largest such).
+    for ax, h in zip(axes[1], hiddens):
+        sub = [r for r in rows if r["case"]["hidden"] == h]
+        t = max({r["case"]["tokens"] for r in sub},
+                key=lambda n: (len({r["case"]["experts"] for r in sub if r["case"]["tokens"] == n}), n))
+        median_lines(ax, [r for r in sub if r["case"]["tokens"] == t], "experts")
+        ax.set_title(f"hidden {h}, {t} tokens (median over top-k)", fontsize=10)
+        ax.set_xlabel("experts")
         ax.set_ylabel("TFLOP/s")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"MoE layer, bf16 SwiGLU — {doc.get('device', '')}")
