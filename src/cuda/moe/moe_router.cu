@@ -57,6 +57,26 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a
   }
 }
 
+// One 64-wide K step of a warp's 16 x (kNT * 8) tile of logits: tokens warp*16.. of xs [64][kGemmLd]
+// against experts 0..kNT*8 of rs [kNT*8][kGemmLd], both in shared memory.
+template <typename T, int kNT>
+__device__ __forceinline__ void mma_k_step(const T* xs, const T* rs, int warp, int lane, float (&acc)[kNT][4]) {
+  const int g = lane / 4, q = lane % 4, r = warp * 16 + g;
+#pragma unroll
+  for (int kk = 0; kk < kGemmTile; kk += 16) {
+    const uint32_t a0 = *reinterpret_cast<const uint32_t*>(&xs[r * kGemmLd + kk + 2 * q]);
+    const uint32_t a1 = *reinterpret_cast<const uint32_t*>(&xs[(r + 8) * kGemmLd + kk + 2 * q]);
+    const uint32_t a2 = *reinterpret_cast<const uint32_t*>(&xs[r * kGemmLd + kk + 2 * q + 8]);
+    const uint32_t a3 = *reinterpret_cast<const uint32_t*>(&xs[(r + 8) * kGemmLd + kk + 2 * q + 8]);
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      const uint32_t b0 = *reinterpret_cast<const uint32_t*>(&rs[(nt * 8 + g) * kGemmLd + kk + 2 * q]);
+      const uint32_t b1 = *reinterpret_cast<const uint32_t*>(&rs[(nt * 8 + g) * kGemmLd + kk + 2 * q + 8]);
+      mma_16816<T>(acc[nt], a0, a1, a2, a3, b0, b1);
+    }
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kGemmThreads)
     router_gemm_kernel(const T* __restrict__ x, const T* __restrict__ router, int64_t T_tokens, int E, int64_t H,
@@ -92,20 +112,7 @@ __global__ void __launch_bounds__(kGemmThreads)
     }
     __syncthreads();
     if (k0 + kGemmTile < k_end) load(k0 + kGemmTile);  // in flight during the MMAs
-#pragma unroll
-    for (int kk = 0; kk < kGemmTile; kk += 16) {
-      const int r = warp * 16 + g;
-      const uint32_t a0 = *reinterpret_cast<const uint32_t*>(&xs[r][kk + 2 * q]);
-      const uint32_t a1 = *reinterpret_cast<const uint32_t*>(&xs[r + 8][kk + 2 * q]);
-      const uint32_t a2 = *reinterpret_cast<const uint32_t*>(&xs[r][kk + 2 * q + 8]);
-      const uint32_t a3 = *reinterpret_cast<const uint32_t*>(&xs[r + 8][kk + 2 * q + 8]);
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(&rs[nt * 8 + g][kk + 2 * q]);
-        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(&rs[nt * 8 + g][kk + 2 * q + 8]);
-        mma_16816<T>(acc[nt], a0, a1, a2, a3, b0, b1);
-      }
-    }
+    mma_k_step<T, 8>(&xs[0][0], &rs[0][0], warp, lane, acc);
   }
   float* o = out + static_cast<int64_t>(blockIdx.z) * T_tokens * E;
 #pragma unroll
@@ -256,21 +263,7 @@ __global__ void __launch_bounds__(kGemmThreads)
     if (step + kFusedStages - 1 < steps) load(step + kFusedStages - 1);
     cp_async_commit();
     const T* xs = tiles + (step % kFusedStages) * kRows * kGemmLd;
-    const T* rs = xs + kGemmTile * kGemmLd;
-#pragma unroll
-    for (int kk = 0; kk < kGemmTile; kk += 16) {
-      const int r = warp * 16 + g;
-      const uint32_t a0 = *reinterpret_cast<const uint32_t*>(&xs[r * kGemmLd + kk + 2 * q]);
-      const uint32_t a1 = *reinterpret_cast<const uint32_t*>(&xs[(r + 8) * kGemmLd + kk + 2 * q]);
-      const uint32_t a2 = *reinterpret_cast<const uint32_t*>(&xs[r * kGemmLd + kk + 2 * q + 8]);
-      const uint32_t a3 = *reinterpret_cast<const uint32_t*>(&xs[(r + 8) * kGemmLd + kk + 2 * q + 8]);
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(&rs[(nt * 8 + g) * kGemmLd + kk + 2 * q]);
-        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(&rs[(nt * 8 + g) * kGemmLd + kk + 2 * q + 8]);
-        mma_16816<T>(acc[nt], a0, a1, a2, a3, b0, b1);
-      }
-    }
+    mma_k_step<T, kNT>(xs, xs + kGemmTile * kGemmLd, warp, lane, acc);
   }
   cp_async_wait<0>();
   __syncthreads();  // every warp is done with the tiles: reuse them for the logits
