@@ -8,7 +8,8 @@
      engine_medium      minillm.InferenceEngine("medium") B8 N2048 forward, back to back (graph replay)
    plus the same forward timed as bench_engine.py does (a short burst: median of 10 after warm-up).
    The forward's FLOPs over the sustained cuBLAS 8192^3 rate is the time the forward would take if
-   all of it ran as fast as the best dense GEMM can under the same power limit.
+   all of it ran as fast as the best dense GEMM can under the same power limit. Power over rate is
+   the energy each phase spends per TFLOP; under the cap, time is that energy over the power.
 2. The engine's attention call (B8 H16 N2048 D64 causal, q/k/v views of one [B, N, 3 H D] buffer)
    alone and right after a burst of GEMMs as in the forward.
 
@@ -133,16 +134,22 @@ def main():
         ph["sm_clock_mhz"] = statistics.median(c for c, _ in sel) if sel else None
         ph["power_w"] = statistics.median(p for _, p in sel) if sel else None
         ph["samples"] = len(sel)
+        ph["joules_per_tflop"] = ph["power_w"] / ph["tflops"] if sel else None  # W / (TFLOP/s)
         print(f"sustained {name:15} {ph['ms']:8.3f} ms  {ph['tflops']:6.1f} TFLOP/s  SM {ph['sm_clock_mhz']} MHz  "
-              f"{ph['power_w']} W  ({len(sel)} samples)", flush=True)
+              f"{ph['power_w']} W  {ph['joules_per_tflop']:.3f} J/TFLOP  ({len(sel)} samples)", flush=True)
     floor_ms = flops / phases["cublas_8192"]["tflops"] / 1e9
+    # Energy: at the power the forward draws, a forward of `target_ms` may spend this many joules per TFLOP.
+    target_ms = 40.0
+    target_j = phases["engine_medium"]["power_w"] * target_ms / 1e3 / (flops / 1e12)
     print(f"engine medium B8 N2048: {flops / 1e12:.2f} TFLOP per forward; burst median {burst_ms:.2f} ms, sustained "
-          f"{phases['engine_medium']['ms']:.2f} ms; all of it at the sustained cuBLAS 8192^3 rate: {floor_ms:.2f} ms")
+          f"{phases['engine_medium']['ms']:.2f} ms; all of it at the sustained cuBLAS 8192^3 rate: {floor_ms:.2f} ms; "
+          f"{target_ms:.0f} ms at the forward's power allows {target_j:.3f} J/TFLOP")
     attention = attention_after_gemms()
 
     doc = common.metadata("power_limit", device)
     doc.update({"phases": phases, "engine_medium": {"tflop_per_forward": flops / 1e12, "burst_ms": burst_ms,
-                                                    "floor_at_sustained_cublas_ms": floor_ms},
+                                                    "floor_at_sustained_cublas_ms": floor_ms,
+                                                    "joules_per_tflop_for_40_ms": target_j},
                 "attention_us": attention})
     common.write_json(common.result_path(args.out, "power_limit.json", device), doc)
 
