@@ -6,7 +6,8 @@ attention.png  TFLOP/s vs sequence length per implementation (median over the ba
                one panel per head_dim x causal
 moe.png        MoE layer TFLOP/s per implementation vs tokens (top row) and vs experts (bottom row),
                one column per hidden size (uniform routing)
-engine.png     engine time per forward, broken down by op (minillm), vs PyTorch eager
+engine.png     per-op share of each compare case (with minillm's and eager's ms), and the sweeps'
+               TFLOP/s vs tokens per forward against the sustained cuBLAS rate
 roofline.png   the main kernels placed on the roofline of the measured matmul and copy peaks, with
                the sustained matmul rate under the power limit
 docs/TABLES.md every measured case of the three benchmarks, as markdown tables
@@ -94,26 +95,47 @@ def plot_moe(doc, out):
     plt.close(fig)
 
 
-def plot_engine(doc, out):
+def plot_engine(doc, out, power=None):
+    """Left: each compare case's per-op share of the forward, labelled with minillm's and eager's ms.
+    Right: the sweeps' TFLOP/s against tokens per forward, one line per model and batch."""
     rows = [r for r in ok(doc["results"]) if "minillm_ops_ms" in r]
+    sweep = [r for r in ok(doc["results"]) if "minillm_ops_ms" not in r]
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(3.2 + 1.3 * len(rows), 4))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1, 1.4]})
     ops = sorted({k for r in rows for k in r["minillm_ops_ms"]})
     cmap = plt.get_cmap("tab10")
     labels = [f"{r['case']['model']}\nB{r['case']['batch']} N{r['case']['seqlen']}" for r in rows]
     bottom = [0.0] * len(rows)
     for i, op in enumerate(ops):
-        vals = [r["minillm_ops_ms"].get(op, 0.0) for r in rows]
+        vals = [100 * r["minillm_ops_ms"].get(op, 0.0) / sum(r["minillm_ops_ms"].values()) for r in rows]
         ax.bar(range(len(rows)), vals, bottom=bottom, label=op, color=cmap(i % 10), width=0.6)
         bottom = [b + v for b, v in zip(bottom, vals)]
-    eager = [r["ms"].get("torch_eager") for r in rows]
-    ax.plot(range(len(rows)), [e if e else float("nan") for e in eager], "k_", markersize=30, mew=2,
-            label="torch eager")
+    for i, r in enumerate(rows):
+        eager = r["ms"].get("torch_eager")
+        text = f"{r['ms']['minillm']:.1f} ms" + (f"\neager {eager:.1f}" if eager else "")
+        ax.text(i, 101, text, ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 118)
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set_ylabel("ms per forward")
-    ax.set_title(f"Engine forward, per-op time — {doc.get('device', '')}")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_ylabel("% of the forward (per-op profiling pass)")
+    ax.set_title("minillm forward by op, bf16", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for mi, model in enumerate(dict.fromkeys(r["case"]["model"] for r in sweep)):
+        for bi, B in enumerate(sorted({r["case"]["batch"] for r in sweep if r["case"]["model"] == model})):
+            pts = sorted((r["case"]["batch"] * r["case"]["seqlen"], r["tflops"]["minillm"]) for r in sweep
+                         if r["case"]["model"] == model and r["case"]["batch"] == B)
+            bx.plot(*zip(*pts), ["o-", "s-", "^-", "D-"][bi % 4], color=cmap(mi), markersize=4,
+                    label=f"{model} B{B}", alpha=0.5 + 0.5 * bi / 3)
+    if power:
+        sustained = power["phases"]["cublas_8192"]["tflops"]
+        bx.axhline(sustained, color="k", ls="--", lw=1, label=f"cuBLAS 8192^3, 5 s sustained: {sustained:.0f}")
+    bx.set_xscale("log", base=2)
+    bx.set_xlabel("tokens per forward (batch x seq: 128 .. 8192)")
+    bx.set_ylabel("TFLOP/s")
+    bx.set_title("engine sweeps (one engine per model, CUDA graphs)", fontsize=10)
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=6, ncol=3, loc="lower right")
+    fig.suptitle(f"Engine — {doc.get('device', '')}", fontsize=11)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "engine.png"), dpi=110)
     plt.close(fig)
@@ -214,9 +236,10 @@ def main():
         plot_attention(att, args.out)
     if moe:
         plot_moe(moe, args.out)
+    power = load(os.path.join(args.results, "power_limit.json"))
     if eng:
-        plot_engine(eng, args.out)
-    plot_roofline(att, moe, eng, load(os.path.join(args.results, "power_limit.json")), args.out)
+        plot_engine(eng, args.out, power)
+    plot_roofline(att, moe, eng, power, args.out)
     write_tables([("Attention", att), ("MoE", moe), ("Engine", eng)],
                  os.path.join(os.path.dirname(os.path.abspath(args.out)), "TABLES.md"))
     print("figures in", args.out, sorted(os.listdir(args.out)))
