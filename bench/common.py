@@ -21,12 +21,15 @@ def gpu_dir(name):
 
 
 def git_commit():
-    """The commit measured: $MINILLM_COMMIT when set (a copy of the tree without .git), else git's HEAD."""
+    """The commit measured: $MINILLM_COMMIT when set (a copy of the tree whose .git may not match it),
+    else git's HEAD, with "-dirty" when tracked files differ from it."""
     if os.environ.get("MINILLM_COMMIT"):
         return os.environ["MINILLM_COMMIT"]
     try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=BENCH_DIR, text=True,
-                                       stderr=subprocess.DEVNULL).strip()
+        git = lambda *a: subprocess.check_output(["git", *a], cwd=BENCH_DIR, text=True,  # noqa: E731
+                                                 stderr=subprocess.DEVNULL).strip()
+        head = git("rev-parse", "--short", "HEAD")
+        return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except Exception:
         return "unknown"
 
