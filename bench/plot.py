@@ -121,16 +121,18 @@ def plot_engine(doc, out, power=None):
     ax.set_title("minillm forward by op, bf16", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for mi, model in enumerate(dict.fromkeys(r["case"]["model"] for r in sweep)):
-        for bi, B in enumerate(sorted({r["case"]["batch"] for r in sweep if r["case"]["model"] == model})):
+        batches = sorted({r["case"]["batch"] for r in sweep if r["case"]["model"] == model})
+        for bi, B in enumerate(batches):
             pts = sorted((r["case"]["batch"] * r["case"]["seqlen"], r["tflops"]["minillm"]) for r in sweep
                          if r["case"]["model"] == model and r["case"]["batch"] == B)
             bx.plot(*zip(*pts), ["o-", "s-", "^-", "D-"][bi % 4], color=cmap(mi), markersize=4,
-                    label=f"{model} B{B}", alpha=0.5 + 0.5 * bi / 3)
+                    label=f"{model} B{B}", alpha=0.5 + 0.5 * bi / max(1, len(batches) - 1))
     if power:
         sustained = power["phases"]["cublas_8192"]["tflops"]
         bx.axhline(sustained, color="k", ls="--", lw=1, label=f"cuBLAS 8192^3, 5 s sustained: {sustained:.0f}")
     bx.set_xscale("log", base=2)
-    bx.set_xlabel("tokens per forward (batch x seq: 128 .. 8192)")
+    seqs = sorted({r["case"]["seqlen"] for r in sweep}) or [0]
+    bx.set_xlabel(f"tokens per forward (batch x seq, seq {seqs[0]} .. {seqs[-1]})")
     bx.set_ylabel("TFLOP/s")
     bx.set_title("engine sweeps (one engine per model, CUDA graphs)", fontsize=10)
     bx.grid(alpha=0.3)

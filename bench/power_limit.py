@@ -52,6 +52,11 @@ class Sampler:
         return rows
 
 
+def fmt(v):
+    """Three decimals, or "?" where nvidia-smi gave no sample."""
+    return "?" if v is None else f"{v:.3f}"
+
+
 def sustained(fn, secs):
     """Runs fn back to back for `secs` seconds: (ms per call from CUDA events, wall window)."""
     fn()
@@ -136,14 +141,15 @@ def main():
         ph["samples"] = len(sel)
         ph["joules_per_tflop"] = ph["power_w"] / ph["tflops"] if sel else None  # W / (TFLOP/s)
         print(f"sustained {name:15} {ph['ms']:8.3f} ms  {ph['tflops']:6.1f} TFLOP/s  SM {ph['sm_clock_mhz']} MHz  "
-              f"{ph['power_w']} W  {ph['joules_per_tflop']:.3f} J/TFLOP  ({len(sel)} samples)", flush=True)
+              f"{ph['power_w']} W  {fmt(ph['joules_per_tflop'])} J/TFLOP  ({len(sel)} samples)", flush=True)
     floor_ms = flops / phases["cublas_8192"]["tflops"] / 1e9
     # Energy: at the power the forward draws, a forward of `target_ms` may spend this many joules per TFLOP.
     target_ms = 40.0
-    target_j = phases["engine_medium"]["power_w"] * target_ms / 1e3 / (flops / 1e12)
+    power_w = phases["engine_medium"]["power_w"]
+    target_j = power_w * target_ms / 1e3 / (flops / 1e12) if power_w else None
     print(f"engine medium B8 N2048: {flops / 1e12:.2f} TFLOP per forward; burst median {burst_ms:.2f} ms, sustained "
           f"{phases['engine_medium']['ms']:.2f} ms; all of it at the sustained cuBLAS 8192^3 rate: {floor_ms:.2f} ms; "
-          f"{target_ms:.0f} ms at the forward's power allows {target_j:.3f} J/TFLOP")
+          f"{target_ms:.0f} ms at the forward's power allows {fmt(target_j)} J/TFLOP")
     attention = attention_after_gemms()
 
     doc = common.metadata("power_limit", device)
