@@ -8,6 +8,16 @@ Implementations (keys of the JSON):
   torch_eager_grouped_mm   SDPA (causal) + MoE by argsort / gather / torch._grouped_mm / weighted sum
   torch_eager_grouped_mm_fused  the same with gate|up concatenated into one [E, H, 2F] grouped GEMM
   torch_eager_loop         SDPA (causal) + MoE by a per-expert loop of matmuls
+  torch_compile            torch.compile of the fastest eager variant's layer (one graph, shared by
+                           all layers; embedding gather and LM head stay eager), in each of --compile-modes
+                           ("max-autotune", "reduce-overhead"), the faster kept; the weights are marked
+                           static so the CUDA graphs do not copy them. Compile time (the first call:
+                           tracing, Inductor, autotuning, CUDA graph capture; caches disabled) and
+                           any failure are recorded under "torch_compile", never fatal
+Accuracy ("accuracy_vs_fp32"): the same eager model in fp32 (bf16 weights upcast, fp32 activations,
+per-expert loop, math SDPA, TF32 off) is the reference; the engine's logits and each bf16 PyTorch
+variant's are compared with it over all B x N positions: relative L2 error ||x - ref|| / ||ref|| and
+top-1 agreement (argmax equal). bf16 PyTorch's own error is the yardstick for the engine's.
 PyTorch uses the engine's own device weights (views, nothing copied: eager's peak memory is
 counted as the weight bytes plus what torch allocates during the forward). The engine's peak
 memory is the drop in free device memory from before it is built to after its timed forwards
@@ -17,9 +27,12 @@ Also measured once: the bf16 8192^3 matmul peak (torch.matmul) and a 1 GiB copy 
 
 Cases: --compare (default "small:8x2048,medium:8x2048,large:8x2048") runs both implementations;
 --sweep (default small and medium, batch 1/4/16/32 x seq 128/512/2048/8192) the engine alone, one
-engine per model planned for the largest shape. --quick: small only.
+engine per model planned for the largest shape. torch.compile runs on the --compile-models compare
+cases (default medium; "" for none). --quick: small only (compare small B8 N2048 with torch.compile,
+a 4-shape sweep).
 
 Run: PYTHONPATH=python python3 bench/bench_engine.py [--quick] [--sweep-models small,medium]
+     [--compile-models small,medium] [--compile-modes max-autotune,reduce-overhead]
 Writes $OUT/engine.json when $OUT is set, else bench/results/<gpu>/engine.json.
 """
 import argparse
@@ -77,10 +90,15 @@ def flops_per_token(c, seq):
 # ---- PyTorch eager, from the engine's weights (qkv rows fused, experts stacked [E, ...]) ----
 
 class Eager:
-    def __init__(self, cfg, W, moe_impl):
+    """dtype None: the weights' own dtype (bf16), norms cast to it. dtype torch.float32: the fp32
+    reference; every weight is upcast where it is used (one layer's at a time), so the engine's bf16
+    weights are not copied whole."""
+
+    def __init__(self, cfg, W, moe_impl, dtype=None):
         self.c, self.moe_impl = cfg, moe_impl
-        dt = W["embed"].dtype
-        self.W = {k: (v.to(dt) if v.dtype == torch.float32 else v) for k, v in W.items()}  # norms in bf16
+        dt = dtype or W["embed"].dtype
+        self.dt = dt
+        self.W = {k: (v.to(dt) if v.dtype == torch.float32 and dt != torch.float32 else v) for k, v in W.items()}
         D, theta = cfg["head_dim"], cfg["position"]["theta"]
         inv = theta ** (-torch.arange(0, D // 2, dtype=torch.float64, device="cuda") * 2.0 / D)
         ang = torch.arange(cfg["max_seq_len"], dtype=torch.float64, device="cuda")[:, None] * inv[None, :]
@@ -92,12 +110,19 @@ class Eager:
                 w13 = torch.cat([self.W[p + "w1"], self.W[p + "w3"]], dim=1).transpose(1, 2)  # [E, H, 2F]
                 self.W[p + "w13t"] = w13
                 self.dup_bytes += w13.numel() * w13.element_size()
+        self.layers = [self.layer_weights(l) for l in range(cfg["num_layers"])]
 
-    def norm(self, x, p):
-        c, W = self.c, self.W
+    def layer_weights(self, l):
+        """Layer l's weights under names without the layer prefix, so that one compiled graph serves
+        every layer."""
+        p = f"layers.{l}."
+        return {k[len(p):]: v for k, v in self.W.items() if k.startswith(p)}
+
+    def norm(self, x, p, W):
+        c, dt = self.c, self.dt
         if c["norm"]["type"] == "layernorm":
-            return Fn.layer_norm(x, (x.shape[-1],), W[p + ".w"], W[p + ".b"], c["norm"]["eps"])
-        return Fn.rms_norm(x, (x.shape[-1],), W[p + ".w"], c["norm"]["eps"])
+            return Fn.layer_norm(x, (x.shape[-1],), W[p + ".w"].to(dt), W[p + ".b"].to(dt), c["norm"]["eps"])
+        return Fn.rms_norm(x, (x.shape[-1],), W[p + ".w"].to(dt), c["norm"]["eps"])
 
     def rope(self, x):  # x: [B, N, h, D]
         N, half = x.shape[1], x.shape[-1] // 2
@@ -105,23 +130,26 @@ class Eager:
         x1, x2 = x[..., :half].float(), x[..., half:].float()
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)
 
-    def moe(self, t, p):
-        c, W = self.c, self.W
+    def moe(self, t, W):
+        c, dt = self.c, self.dt
         m = c["moe"]
         k, E = m["top_k"], m["num_experts"]
-        probs = torch.softmax((t @ W[p + "router"].T).float(), -1)
+        probs = torch.softmax((t @ W["router"].to(dt).T).float(), -1)
         topw, topi = torch.topk(probs, k, -1)
         if m["normalize_topk"]:
             topw = topw / topw.sum(-1, keepdim=True)
-        w1, w3, w2 = W[p + "w1"], W.get(p + "w3"), W[p + "w2"]
+        w1, w3, w2 = W["w1"], W.get("w3"), W["w2"]
         act = (lambda g, u: Fn.silu(g) * u) if m["activation"] == "swiglu" else (lambda g, u: Fn.gelu(g))
         if self.moe_impl.startswith("grouped_mm"):
             flat = topi.flatten()
             order = torch.argsort(flat, stable=True)
-            offs = torch.cumsum(torch.bincount(flat, minlength=E), 0, dtype=torch.int32)
+            # Rows per expert, [E], by scatter_add (a fixed output shape, unlike bincount, so that
+            # torch.compile captures it without a graph break).
+            counts = torch.zeros(E, dtype=torch.int64, device=t.device).scatter_add_(0, flat, torch.ones_like(flat))
+            offs = torch.cumsum(counts, 0, dtype=torch.int32)
             xs = t[order // k]
-            if p + "w13t" in W:
-                gu = torch._grouped_mm(xs, W[p + "w13t"], offs=offs)
+            if "w13t" in W:
+                gu = torch._grouped_mm(xs, W["w13t"], offs=offs)
                 F = gu.shape[1] // 2
                 g, u = gu[:, :F], gu[:, F:]
             else:
@@ -137,41 +165,47 @@ class Eager:
             if rows.numel() == 0:
                 continue
             xe = t[rows]
-            h = act(xe @ w1[e].T, xe @ w3[e].T if w3 is not None else None)
-            y.index_add_(0, rows, (h @ w2[e].T).float() * topw[rows, slot, None])
+            h = act(xe @ w1[e].to(dt).T, xe @ w3[e].to(dt).T if w3 is not None else None)
+            y.index_add_(0, rows, (h @ w2[e].to(dt).T).float() * topw[rows, slot, None])
         return y.to(t.dtype)
 
-    @torch.no_grad()
-    def forward(self, ids):
-        c, W = self.c, self.W
-        B, N = ids.shape
+    def layer(self, x, W):
+        """One transformer layer. x: [B, N, hidden]; W: layer_weights(l)."""
+        c, dt = self.c, self.dt
+        B, N = x.shape[0], x.shape[1]
         nh, nkv, D = c["num_heads"], c["num_kv_heads"], c["head_dim"]
         q_dim, kv_dim = nh * D, nkv * D
         pre = c["norm"]["placement"] == "pre"
-        x = W["embed"][ids]
-        for l in range(c["num_layers"]):
-            p = f"layers.{l}."
-            h = self.norm(x, p + "norm1") if pre else x
-            qkv = h @ W[p + "wqkv"].T
-            q = qkv[..., :q_dim].view(B, N, nh, D)
-            k = qkv[..., q_dim:q_dim + kv_dim].view(B, N, nkv, D)
-            v = qkv[..., q_dim + kv_dim:].view(B, N, nkv, D)
-            if c["position"]["type"] == "rope":
-                q, k = self.rope(q), self.rope(k)
-            a = Fn.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                is_causal=c["causal"], enable_gqa=nkv != nh)
-            o = a.transpose(1, 2).reshape(B, N, q_dim) @ W[p + "wo"].T
-            if pre:
-                x = x + o
-                h = self.norm(x, p + "norm2")
-            else:
-                x = self.norm(x + o, p + "norm1")
-                h = x
-            y = self.moe(h.reshape(B * N, -1), p).view(B, N, -1)
-            x = x + y if pre else self.norm(x + y, p + "norm2")
+        h = self.norm(x, "norm1", W) if pre else x
+        qkv = h @ W["wqkv"].to(dt).T
+        q = qkv[..., :q_dim].view(B, N, nh, D)
+        k = qkv[..., q_dim:q_dim + kv_dim].view(B, N, nkv, D)
+        v = qkv[..., q_dim + kv_dim:].view(B, N, nkv, D)
+        if c["position"]["type"] == "rope":
+            q, k = self.rope(q), self.rope(k)
+        a = Fn.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                            is_causal=c["causal"], enable_gqa=nkv != nh)
+        o = a.transpose(1, 2).reshape(B, N, q_dim) @ W["wo"].to(dt).T
         if pre:
-            x = self.norm(x, "final_norm")
-        return x @ W["lm_head"].T
+            x = x + o
+            h = self.norm(x, "norm2", W)
+        else:
+            x = self.norm(x + o, "norm1", W)
+            h = x
+        y = self.moe(h.reshape(B * N, -1), W).view(B, N, -1)
+        return x + y if pre else self.norm(x + y, "norm2", W)
+
+    @torch.no_grad()
+    def forward(self, ids, layer_fn=None):
+        """layer_fn: self.layer (default) or a torch.compile of it."""
+        c, W, dt = self.c, self.W, self.dt
+        layer_fn = layer_fn or self.layer
+        x = W["embed"][ids].to(dt)
+        for l in range(c["num_layers"]):
+            x = layer_fn(x, self.layers[l])
+        if c["norm"]["placement"] == "pre":
+            x = self.norm(x, "final_norm", W)
+        return x @ W["lm_head"].to(dt).T
 
 
 def engine_memory_run(model, B, N, ids, iters):
@@ -188,7 +222,100 @@ def engine_memory_run(model, B, N, ids, iters):
     return eng, ms, peak, build_s
 
 
-def compare_case(model, B, N, iters, peak_tf, peak_bw):
+def accuracy(x, ref):
+    """Logits x [B, N, V] (any dtype) against the fp32 reference ref: relative L2 error over all
+    elements and top-1 agreement over all positions."""
+    err = (torch.linalg.vector_norm(x.float() - ref) / torch.linalg.vector_norm(ref)).item()
+    return {"rel_l2": err, "top1_agreement": (x.argmax(-1) == ref.argmax(-1)).float().mean().item()}
+
+
+def fp32_reference(cfg, W, ids):
+    """The eager model in fp32 on the engine's weights (upcast where used): per-expert loop (torch._grouped_mm
+    takes bf16 only), the math SDPA backend, TF32 off. Returns (logits [B, N, V] fp32, seconds)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        torch.cuda.synchronize()
+        t0 = time.time()
+        with sdpa_kernel(SDPBackend.MATH):
+            ref = Eager(cfg, W, "loop", dtype=torch.float32).forward(ids)
+        torch.cuda.synchronize()
+        return ref, time.time() - t0
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def compile_peer(cfg, W, impl, ids, iters, modes, ref32):
+    """torch.compile of Eager(impl).layer in each mode. Returns a dict: per mode the compile time (the
+    first call, synchronised), the median ms per forward, the logits' accuracy vs ref32, or the
+    error that stopped it. Never raises."""
+    info = {"impl": "torch_eager_" + impl, "scope": "each layer (one graph shared by all layers; embedding "
+            "gather and LM head eager); weights marked static", "caches": "Inductor caches disabled", "modes": {}}
+    try:
+        import torch._dynamo
+        import torch._inductor.config as inductor_config
+
+        if hasattr(inductor_config, "force_disable_caches"):
+            inductor_config.force_disable_caches = True  # compile time measured cold
+        else:
+            info["caches"] = "Inductor caches as configured (no force_disable_caches in this torch)"
+    except Exception as exc:
+        info["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        return info
+    for mode in modes:
+        entry = {}
+        model_t = fn = None
+        try:
+            torch._dynamo.reset()
+            model_t = Eager(cfg, W, impl)
+            for t in [model_t.cos, model_t.sin, *model_t.W.values()]:
+                try:  # static: CUDA graphs keep the weights' addresses instead of copying them in
+                    torch._dynamo.mark_static_address(t, guard=False)
+                except TypeError:
+                    torch._dynamo.mark_static_address(t)
+            fn = torch.compile(model_t.layer, mode=mode)
+
+            def run():
+                torch.compiler.cudagraph_mark_step_begin()
+                return model_t.forward(ids, fn)
+
+            from torch._dynamo.utils import counters
+
+            counters.clear()
+            torch.cuda.synchronize()
+            t0 = time.time()
+            run()
+            torch.cuda.synchronize()
+            entry["compile_s"] = time.time() - t0
+            # 1 graph and no breaks expected: more graphs would mean a recompile per layer.
+            entry["graphs"] = int(counters["stats"]["unique_graphs"])
+            entry["graph_breaks"] = int(sum(counters["graph_break"].values()))
+            entry["ms"] = time_ms(run, max(3, iters // 2), warmup=3)  # CUDA graph trees: warm-up, record, replay
+            y = run().clone()
+            entry["accuracy_vs_fp32"] = accuracy(y, ref32)
+            del y
+        except Exception as exc:  # report, keep going
+            msg = str(exc).strip().splitlines()
+            entry["error"] = f"{type(exc).__name__}: {msg[0][:300] if msg else ''}"
+        info["modes"][mode] = entry
+        print(f"    torch.compile {mode}: " + (f"compile {entry['compile_s']:.1f} s ({entry['graphs']} graph(s), "
+                                               f"{entry['graph_breaks']} break(s)), {entry['ms']:.3f} ms"
+                                               if "ms" in entry else entry.get("error", "?")), flush=True)
+        del model_t, fn
+        try:
+            torch._dynamo.reset()
+        except Exception:
+            pass
+        torch.cuda.empty_cache()
+    ok = {m: e for m, e in info["modes"].items() if "ms" in e}
+    if ok:
+        info["mode"] = min(ok, key=lambda m: ok[m]["ms"])
+    return info
+
+
+def compare_case(model, B, N, iters, peak_tf, peak_bw, compile_modes=()):
     cfg = minillm.load_config(model)
     gen = torch.Generator(device="cuda").manual_seed(1234)
     ids = torch.randint(0, cfg["vocab_size"], (B, N), device="cuda", generator=gen)
@@ -203,6 +330,14 @@ def compare_case(model, B, N, iters, peak_tf, peak_bw):
     # PyTorch eager on the engine's weights (views: nothing copied).
     weight_bytes = eng.weight_bytes
     W = eng.weights()
+    ref32 = None
+    try:
+        ref32, ref_s = fp32_reference(cfg, W, ids)
+        res["fp32_reference_s"] = ref_s
+        res["accuracy_vs_fp32"] = {"minillm": accuracy(out, ref32)}
+    except Exception as exc:  # report, keep going
+        res.setdefault("errors", {})["fp32_reference"] = str(exc).splitlines()[0][:200]
+    torch.cuda.empty_cache()
     for impl in ("grouped_mm", "grouped_mm_fused", "loop"):
         key = "torch_eager_" + impl
         try:
@@ -218,6 +353,8 @@ def compare_case(model, B, N, iters, peak_tf, peak_bw):
             extra = torch.cuda.max_memory_allocated() - base
             err = ((ref.float() - out.float()).norm() / ref.float().norm()).item()
             agree = (ref.argmax(-1) == out.argmax(-1)).float().mean().item()
+            if ref32 is not None:
+                res["accuracy_vs_fp32"][key] = accuracy(ref, ref32)
             del ref
             res["ms"][key] = time_ms(lambda: model_t.forward(ids), max(3, iters // 2))
             # eager's own weights: the engine's bytes, plus what __init__ allocated (bf16 norm weights,
@@ -235,10 +372,20 @@ def compare_case(model, B, N, iters, peak_tf, peak_bw):
         res["peak_memory_gb"]["torch_eager"] = res["peak_memory_gb"][best]
         res["torch_eager_impl"] = best
         res["speedup_vs_torch_eager"] = res["ms"]["torch_eager"] / ms
+        if ref32 is not None:
+            res["accuracy_vs_fp32"]["torch_eager"] = res["accuracy_vs_fp32"][best]
+        if compile_modes and ref32 is not None:
+            tc = compile_peer(cfg, W, best[len("torch_eager_"):], ids, iters, compile_modes, ref32)
+            res["torch_compile"] = tc
+            if "mode" in tc:
+                m = tc["modes"][tc["mode"]]
+                res["ms"]["torch_compile"] = m["ms"]
+                res["accuracy_vs_fp32"]["torch_compile"] = m["accuracy_vs_fp32"]
+                res["speedup_vs_torch_compile"] = m["ms"] / ms
     res["tokens_per_s"] = {k: B * N / (v / 1e3) for k, v in res["ms"].items()}
     res["tflops"] = {k: flops / (v / 1e3) / 1e12 for k, v in res["ms"].items()}
     res["minillm_pct_of_matmul_peak"] = 100 * res["tflops"]["minillm"] / peak_tf
-    del W, eng, out
+    del W, eng, out, ref32
     torch.cuda.empty_cache()
     return res
 
@@ -278,11 +425,14 @@ def main():
     ap.add_argument("--sweep-models", default="small,medium")
     ap.add_argument("--batches", default="1,4,16,32")
     ap.add_argument("--seqs", default="128,512,2048,8192")
+    ap.add_argument("--compile-models", default="medium", help="compare cases that also run torch.compile ('' for none)")
+    ap.add_argument("--compile-modes", default="max-autotune,reduce-overhead")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.quick:
-        args.compare, args.sweep_models, args.batches, args.seqs = "small:8x2048", "", "1,8", "128,2048"
+        args.compare, args.sweep_models, args.batches, args.seqs = "small:8x2048", "small", "1,8", "128,2048"
+        args.compile_models = "small"
     dev = torch.cuda.get_device_name()
     peak_tf, peak_bw = peaks()
     print(f"device {dev}: bf16 matmul 8192^3 {peak_tf:.0f} TFLOP/s, copy 1 GiB {peak_bw:.0f} GB/s", flush=True)
@@ -291,7 +441,8 @@ def main():
         model, shape = item.split(":")
         B, N = (int(v) for v in shape.split("x"))
         try:
-            r = compare_case(model, B, N, args.iters, peak_tf, peak_bw)
+            modes = [m for m in args.compile_modes.split(",") if m] if model in args.compile_models.split(",") else []
+            r = compare_case(model, B, N, args.iters, peak_tf, peak_bw, modes)
         except Exception as exc:
             print(f"  {model} B={B} N={N}: FAILED {exc}", flush=True)
             results.append({"case": {"model": model, "batch": B, "seqlen": N}, "error": str(exc)[:300]})
@@ -307,6 +458,14 @@ def main():
               flush=True)
         if "logits_vs_minillm" in r:
             print(f"    logits vs eager: {r['logits_vs_minillm']}", flush=True)
+        for k, v in r.get("accuracy_vs_fp32", {}).items():
+            print(f"    logits vs fp32 reference, {k}: rel L2 {v['rel_l2']:.4f}, top-1 agreement {v['top1_agreement']:.4f}",
+                  flush=True)
+        if "torch_compile" in r["ms"]:
+            print(f"    torch.compile ({r['torch_compile']['mode']}): {r['ms']['torch_compile']:.3f} ms, minillm "
+                  f"x{r['speedup_vs_torch_compile']:.2f}", flush=True)
+        if r.get("errors"):
+            print(f"    errors: {r['errors']}", flush=True)
     batches = [int(v) for v in args.batches.split(",")]
     seqs = [int(v) for v in args.seqs.split(",")]
     for model in filter(None, args.sweep_models.split(",")):
