@@ -3,7 +3,11 @@
     python3 bench/plot.py [--results bench/results/h100] [--out docs/figures]
 
 attention.png  TFLOP/s vs sequence length per implementation (median over the batch x heads grid),
-               one panel per head_dim x causal
+               one panel per head_dim x causal; with several runs of the grid (attention.json,
+               attention_run2.json, ...), the median of the runs with a bar from the lowest to the
+               highest run
+attention_ratio.png  every case's speedup over SDPA cuDNN and SDPA FLASH (FlashAttention-2) against
+               sequence length, y axis from zero, 1.0 marked; bars over the runs when there are several
 moe.png        MoE layer TFLOP/s per implementation vs tokens (top row) and vs experts (bottom row),
                one column per hidden size (uniform routing)
 engine.png     per-op share of each compare case (with minillm's and eager's ms), and the sweeps'
@@ -14,6 +18,7 @@ docs/TABLES.md every measured case of the three benchmarks, as markdown tables
 """
 import argparse
 import collections
+import glob
 import json
 import os
 import statistics
@@ -48,22 +53,110 @@ def median_lines(ax, rows, xkey):
         xs = sorted(by_x)
         ax.plot(xs, [statistics.median(by_x[x]) for x in xs], "o-", label=impl, color=COLORS.get(impl))
     ax.set_xscale("log", base=2)
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
 
 
-def plot_attention(doc, out):
-    rows = ok(doc["results"])
-    panels = sorted({(r["case"]["head_dim"], r["case"]["causal"]) for r in rows})
+def load_runs(results, name):
+    """Every run of one grid: <name>.json, then <name>_run<k>.json (same cases, measured again)."""
+    paths = [os.path.join(results, name + ".json")] + sorted(glob.glob(os.path.join(results, name + "_run*.json")))
+    return [d for d in (load(p) for p in paths) if d]
+
+
+def case_id(c):
+    return tuple(sorted((k, str(v)) for k, v in c.items()))
+
+
+def plot_attention(runs, out):
+    """TFLOP/s per implementation against sequence length: the median over batch x heads of each run;
+    with several runs, the median of the runs and a bar over their range."""
+    doc = runs[0]
+    per_run = [ok(d["results"]) for d in runs]
+    panels = sorted({(r["case"]["head_dim"], r["case"]["causal"]) for r in per_run[0]})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (d, causal) in zip(axes[0], panels):
-        median_lines(ax, [r for r in rows if r["case"]["head_dim"] == d and r["case"]["causal"] == causal], "seqlen")
+        for impl in sorted({k for r in per_run[0] for k in r["tflops"]}):
+            series = []  # per run: {seqlen: median TFLOP/s}
+            for rows in per_run:
+                by_x = collections.defaultdict(list)
+                for r in rows:
+                    if (r["case"]["head_dim"], r["case"]["causal"]) == (d, causal) and impl in r["tflops"]:
+                        by_x[r["case"]["seqlen"]].append(r["tflops"][impl])
+                series.append({x: statistics.median(v) for x, v in by_x.items()})
+            xs = sorted(series[0])
+            mid = [statistics.median(s_[x] for s_ in series if x in s_) for x in xs]
+            if len(series) > 1:
+                lo = [m - min(s_[x] for s_ in series if x in s_) for m, x in zip(mid, xs)]
+                hi = [max(s_[x] for s_ in series if x in s_) - m for m, x in zip(mid, xs)]
+                ax.errorbar(xs, mid, yerr=[lo, hi], fmt="o-", capsize=3, label=impl, color=COLORS.get(impl))
+            else:
+                ax.plot(xs, mid, "o-", label=impl, color=COLORS.get(impl))
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
         ax.set_title(f"head_dim {d}, {'causal' if causal else 'full'}")
         ax.set_xlabel("sequence length")
         ax.set_ylabel("TFLOP/s (median over batch x heads)")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"Attention forward, bf16 — {doc.get('device', '')}")
+    runs_note = f"{len(runs)} runs: median, bars from lowest to highest" if len(runs) > 1 else "one run"
+    fig.suptitle(f"Attention forward, bf16 — {doc.get('device', '')} ({runs_note})")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "attention.png"), dpi=110)
+    plt.close(fig)
+
+
+def plot_attention_ratio(runs, out):
+    """Every case's speedup (peer ms / minillm ms) against sequence length: one row per peer, one column
+    per (head_dim, causal); y axes start at zero and 1.0 (parity) is drawn; the line is the median
+    over the cases of each sequence length."""
+    per_case = collections.defaultdict(list)  # case id -> its rows over the runs
+    for d in runs:
+        for r in ok(d["results"]):
+            per_case[case_id(r["case"])].append(r)
+    panels = sorted({(rows[0]["case"]["head_dim"], rows[0]["case"]["causal"]) for rows in per_case.values()})
+    peers = (("torch_sdpa_cudnn", "SDPA cuDNN", "tab:green"), ("torch_sdpa_flash", "SDPA FLASH (FlashAttention-2)", "tab:blue"))
+    fig, axes = plt.subplots(len(peers), len(panels), figsize=(3.6 * len(panels), 5.6), squeeze=False, sharex=True)
+    for row, (peer, label, color) in enumerate(peers):
+        top = 0.0
+        for col, (d, causal) in enumerate(panels):
+            ax = axes[row][col]
+            xs, mid, lo, hi, meds = [], [], [], [], collections.defaultdict(list)
+            for rows in per_case.values():
+                c = rows[0]["case"]
+                s_ = [r["ms"][peer] / r["ms"]["minillm"] for r in rows if peer in r["ms"]]
+                if (c["head_dim"], c["causal"]) != (d, causal) or not s_:
+                    continue
+                m = statistics.median(s_)
+                xs.append(c["seqlen"])
+                mid.append(m)
+                lo.append(m - min(s_))
+                hi.append(max(s_) - m)
+                meds[c["seqlen"]].append(m)
+                top = max(top, max(s_))
+            if len(runs) > 1:
+                ax.errorbar(xs, mid, yerr=[lo, hi], fmt=".", ms=3, alpha=0.5, color=color, elinewidth=0.8)
+            else:
+                ax.plot(xs, mid, ".", ms=3, alpha=0.5, color=color)
+            mx = sorted(meds)
+            ax.plot(mx, [statistics.median(meds[x]) for x in mx], "-", color=color, lw=1.5, label="median over cases")
+            ax.axhline(1.0, color="k", lw=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(mx, [str(x) for x in mx], fontsize=7)
+            ax.minorticks_off()
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(f"head_dim {d}, {'causal' if causal else 'full'}", fontsize=10)
+            if row == len(peers) - 1:
+                ax.set_xlabel("sequence length")
+        for ax in axes[row]:
+            ax.set_ylim(0, top * 1.05)
+        axes[row][0].set_ylabel(f"speedup vs {label}", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    runs_note = f"{len(runs)} runs: median, bars over the runs" if len(runs) > 1 else "one run"
+    fig.suptitle(f"Attention: each case's speedup (peer ms / minillm ms), bf16 — {runs[0].get('device', '')} ({runs_note})",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "attention_ratio.png"), dpi=110)
     plt.close(fig)
 
 
@@ -112,10 +205,11 @@ def plot_engine(doc, out, power=None):
         ax.bar(range(len(rows)), vals, bottom=bottom, label=op, color=cmap(i % 10), width=0.6)
         bottom = [b + v for b, v in zip(bottom, vals)]
     for i, r in enumerate(rows):
-        eager = r["ms"].get("torch_eager")
-        text = f"{r['ms']['minillm']:.1f} ms" + (f"\neager {eager:.1f}" if eager else "")
+        eager, comp = r["ms"].get("torch_eager"), r["ms"].get("torch_compile")
+        text = (f"{r['ms']['minillm']:.1f} ms" + (f"\neager {eager:.1f}" if eager else "")
+                + (f"\ncompile {comp:.1f}" if comp else ""))
         ax.text(i, 101, text, ha="center", va="bottom", fontsize=8)
-    ax.set_ylim(0, 118)
+    ax.set_ylim(0, 125)
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
     ax.set_ylabel("% of the forward (per-op profiling pass)")
     ax.set_title("minillm forward by op, bf16", fontsize=10)
@@ -131,6 +225,7 @@ def plot_engine(doc, out, power=None):
         sustained = power["phases"]["cublas_8192"]["tflops"]
         bx.axhline(sustained, color="k", ls="--", lw=1, label=f"cuBLAS 8192^3, 5 s sustained: {sustained:.0f}")
     bx.set_xscale("log", base=2)
+    bx.set_ylim(bottom=0)
     seqs = sorted({r["case"]["seqlen"] for r in sweep}) or [0]
     bx.set_xlabel(f"tokens per forward (batch x seq, seq {seqs[0]} .. {seqs[-1]})")
     bx.set_ylabel("TFLOP/s")
@@ -231,11 +326,13 @@ def main():
     ap.add_argument("--out", default="docs/figures")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    att = load(os.path.join(args.results, "attention.json"))
+    att_runs = load_runs(args.results, "attention")
+    att = att_runs[0] if att_runs else None
     moe = load(os.path.join(args.results, "moe.json"))
     eng = load(os.path.join(args.results, "engine.json"))
     if att:
-        plot_attention(att, args.out)
+        plot_attention(att_runs, args.out)
+        plot_attention_ratio(att_runs, args.out)
     if moe:
         plot_moe(moe, args.out)
     power = load(os.path.join(args.results, "power_limit.json"))
