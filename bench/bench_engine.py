@@ -29,13 +29,15 @@ Cases: --compare (default "small:8x2048,medium:8x2048,large:8x2048") runs both i
 --sweep (default small and medium, batch 1/4/16/32 x seq 128/512/2048/8192) the engine alone, one
 engine per model planned for the largest shape. torch.compile runs on the --compile-models compare
 cases (default medium; "" for none). --quick: small only (compare small B8 N2048 with torch.compile,
-a 4-shape sweep).
+a 4-shape sweep). --no-sweep: compare cases only; --keep-from OLD.json keeps OLD's entries for the
+cases not measured in this run (e.g. its sweeps), each marked with OLD's commit and date.
 
 Run: PYTHONPATH=python python3 bench/bench_engine.py [--quick] [--sweep-models small,medium]
      [--compile-models small,medium] [--compile-modes max-autotune,reduce-overhead]
 Writes $OUT/engine.json when $OUT is set, else bench/results/<gpu>/engine.json.
 """
 import argparse
+import json
 import math
 import os
 import statistics
@@ -427,6 +429,10 @@ def main():
     ap.add_argument("--seqs", default="128,512,2048,8192")
     ap.add_argument("--compile-models", default="medium", help="compare cases that also run torch.compile ('' for none)")
     ap.add_argument("--compile-modes", default="max-autotune,reduce-overhead")
+    ap.add_argument("--no-sweep", action="store_true", help="compare cases only")
+    ap.add_argument("--keep-from", default=None,
+                    help="an earlier engine.json: its results for the cases this run does not measure are kept, "
+                         "each marked with that file's commit and date")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -466,6 +472,8 @@ def main():
                   f"x{r['speedup_vs_torch_compile']:.2f}", flush=True)
         if r.get("errors"):
             print(f"    errors: {r['errors']}", flush=True)
+    if args.no_sweep:
+        args.sweep_models = ""
     batches = [int(v) for v in args.batches.split(",")]
     seqs = [int(v) for v in args.seqs.split(",")]
     for model in filter(None, args.sweep_models.split(",")):
@@ -474,6 +482,16 @@ def main():
         except Exception as exc:
             print(f"  sweep {model}: FAILED {exc}", flush=True)
             results.append({"case": {"model": model, "sweep": True}, "error": str(exc)[:300]})
+    if args.keep_from:
+        with open(args.keep_from) as f:
+            old = json.load(f)
+        key = lambda r: (json.dumps(r["case"], sort_keys=True), "minillm_ops_ms" in r or "error" in r)  # noqa: E731
+        measured = {key(r) for r in results}
+        for r in old["results"]:
+            if key(r) not in measured:
+                r.setdefault("commit", old.get("commit"))
+                r.setdefault("date", old.get("date"))
+                results.append(r)
     doc = {**common.metadata("engine", dev),
            "peaks": {"matmul_bf16_8192_tflops": peak_tf, "copy_1gib_gbps": peak_bw}, "results": results}
     path = common.result_path(args.out, "engine.json", dev)
