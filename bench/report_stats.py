@@ -21,7 +21,8 @@ No torch, no numpy: the standard library only. What it computes:
              measured
   spread     for every benchmark with more than one run of the same grid (files <bench>.json and
              <bench>_run<k>.json in the results folder, e.g. attention_run2.json): per case, the
-             spread (max - min) / median of minillm's time and of the speedup; else "one run"
+             spread (max - min) / median of minillm's time and of the speedup; else "one run".
+             With several runs, the statistics above use each case's median over the runs.
 """
 import argparse
 import glob
@@ -47,6 +48,26 @@ def runs(results, name):
     first = os.path.join(results, name + ".json")
     paths = ([first] if os.path.exists(first) else []) + sorted(glob.glob(os.path.join(results, name + "_run*.json")))
     return [(p, load(p)) for p in paths]
+
+
+def merged(docs):
+    """One document from several runs of the same grid: each case's ms and TFLOP/s per implementation
+    are the median over the runs that measured it (the first run's document otherwise)."""
+    docs = [d for d in docs if d]
+    if len(docs) <= 1:
+        return docs[0] if docs else None
+    by_case = {}
+    for d in docs:
+        for r in d["results"]:
+            by_case.setdefault(case_key(r["case"]), []).append(r)
+    out = dict(docs[0], runs=len(docs), results=[])
+    for rows in by_case.values():
+        r = dict(rows[0])
+        for field in ("ms", "tflops"):
+            if all(field in x for x in rows):
+                r[field] = {k: statistics.median(x[field][k] for x in rows if k in x[field]) for k in rows[0][field]}
+        out["results"].append(r)
+    return out
 
 
 def gmean(xs):
@@ -109,7 +130,7 @@ def fmt_pct(d):
 def attention(doc, pk):
     rows = [r for r in doc["results"] if "ms" in r and "minillm" in r["ms"]]
     long_ = [r for r in rows if r["case"]["seqlen"] >= 1024]
-    out = {"commit": doc.get("commit"), "date": doc.get("date"), "n": len(rows)}
+    out = {"commit": doc.get("commit"), "date": doc.get("date"), "n": len(rows), "runs": doc.get("runs", 1)}
     for peer, tag in (("torch_sdpa_cudnn", "cudnn"), ("torch_sdpa_flash", "flash")):
         out[tag] = {"all": ratio_stats(rows, "minillm", peer), "n_ge_1024": ratio_stats(long_, "minillm", peer),
                     "by_seqlen": {n: ratio_stats([r for r in rows if r["case"]["seqlen"] == n], "minillm", peer)
@@ -275,7 +296,7 @@ def report(st):
         print(f"  sustained 5 s under the 700 W limit (power_limit.json): {p['sustained_tflops']:.0f} TFLOP/s")
     a = st.get("attention")
     if a:
-        print(f"== attention ({a['n']} cases, commit {a['commit']}, {a['date']})")
+        print(f"== attention ({a['n']} cases, commit {a['commit']}, {a['date']}; {a['runs']} run(s), per case the median)")
         for tag, name in (("cudnn", "SDPA cuDNN"), ("flash", "SDPA FLASH = FlashAttention-2")):
             print(f"  vs {name}:")
             print(f"    all cases:  {fmt_ratio(a[tag]['all'])}")
@@ -351,12 +372,12 @@ def main():
     eng, power = load(os.path.join(R, "engine.json")), load(os.path.join(R, "power_limit.json"))
     pk = peaks(eng, power)
     st = {"peaks": pk}
-    att = load(os.path.join(R, "attention.json"))
+    att = merged([d for _, d in runs(R, "attention")])
     if att:
         st["attention"] = attention(att, pk)
     st["ablation"] = ablation(load(os.path.join(R, "attention_ablation.json")),
                               load(os.path.join(R, "attention_schedule.json")))
-    st["moe"] = moe(load(os.path.join(R, "moe.json")), load(os.path.join(R, "moe_quick.json")), pk)
+    st["moe"] = moe(merged([d for _, d in runs(R, "moe")]), merged([d for _, d in runs(R, "moe_quick")]), pk)
     if eng:
         st["engine"] = engine(eng, pk)
     st["spread"] = spread(R)
