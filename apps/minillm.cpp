@@ -2,18 +2,22 @@
 //   minillm info    --model PRESET|config.json [--batch B --seq N]
 //   minillm init    --model ... --seed S --out weights.safetensors [--dtype bf16|fp16|fp32]
 //   minillm forward --model ... [--weights F | --seed S] (--ids 1,2,3 | --batch B --seq N) [--device auto|cpu|cuda]
+//                   [--top K] [--out logits.npy]
 //   minillm bench   --model ... --batch B --seq N [--warmup W --iters I --logits bf16|f32 --no-graphs]
 //     (CUDA) latency (median ms per forward), tokens/s, peak GPU memory, TFLOP/s vs a measured
 //     8192^3 bf16 cuBLAS GEMM, bandwidth vs a measured 1 GiB device copy, and time per op kind.
-// Errors print "error: <message naming the field and value>" and exit 1.
+//   minillm --version
+// Exit codes: 0 success; 1 error ("error: <message naming the field and value>" on stderr: bad
+// input, config, weights, not enough memory); 2 usage error (the command line does not parse:
+// unknown option, missing or malformed value); 3 forward ran but produced non-finite logits.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <numeric>
-#include <sstream>
 
 #include "minillm/engine.h"
 
@@ -30,9 +34,12 @@ namespace {
 
 using namespace minillm;
 
+constexpr int kExitError = 1, kExitUsage = 2, kExitNonFinite = 3;
+
 struct ModelArgs {
   std::string model = "tiny";
   std::string weights;
+  bool weights_given = false;
   uint64_t seed = 0;
 };
 
@@ -41,44 +48,95 @@ void add_model_args(CLI::App* cmd, ModelArgs& a) {
 }
 
 WeightStore load_weights(const ModelConfig& c, const ModelArgs& a) {
-  if (!a.weights.empty()) return WeightStore::load(a.weights, c);
+  if (a.weights_given) {
+    if (a.weights.empty()) MINILLM_FAIL("--weights: empty path (leave --weights out for seeded random weights)");
+    return WeightStore::load(a.weights, c);
+  }
   return WeightStore::random(c, a.seed, c.dtype);
 }
 
+// "1,2,3" -> ids. Every comma-separated entry must be a decimal int32 (no empty entry).
 std::vector<int32_t> parse_ids(const std::string& s) {
   std::vector<int32_t> ids;
-  std::stringstream ss(s);
-  std::string tok;
-  while (std::getline(ss, tok, ',')) {
-    size_t used = 0;
-    long long v = 0;
-    try {
-      v = std::stoll(tok, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != tok.size()) MINILLM_FAIL("--ids: '" << tok << "' is not an integer");
-    if (v < INT32_MIN || v > INT32_MAX) MINILLM_FAIL("--ids: " << v << " is out of the int32 range");
+  size_t start = 0;
+  for (size_t pos = 0;; ++pos) {
+    const size_t end = s.find(',', start);
+    const std::string tok = s.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    if (tok.empty()) MINILLM_FAIL("--ids: entry " << pos << " is empty (give comma-separated integers: 1,2,3)");
+    int64_t v = 0;
+    const char* first = tok.data() + (tok[0] == '+' ? 1 : 0);
+    const auto r = std::from_chars(first, tok.data() + tok.size(), v);
+    if (r.ec == std::errc::result_out_of_range || (r.ec == std::errc() && (v < INT32_MIN || v > INT32_MAX)))
+      MINILLM_FAIL("--ids: entry " << pos << " = " << excerpt(tok) << " is out of the int32 range");
+    if (r.ec != std::errc() || r.ptr != tok.data() + tok.size())
+      MINILLM_FAIL("--ids: " << excerpt(tok) << " is not an integer");
     ids.push_back(static_cast<int32_t>(v));
+    if (end == std::string::npos) break;
+    start = end + 1;
   }
-  if (ids.empty()) MINILLM_FAIL("--ids: no token ids given");
   return ids;
 }
 
-double gib(double bytes) { return bytes / (1024.0 * 1024.0 * 1024.0); }
+// Parameter counts in billions ("2.58 B") or, below a billion, millions ("0.26 M").
+std::string format_count(int64_t n) {
+  char buf[64];
+  const double x = static_cast<double>(n);
+  std::snprintf(buf, sizeof buf, x >= 1e9 ? "%.2f B" : "%.2f M", x >= 1e9 ? x / 1e9 : x / 1e6);
+  return buf;
+}
+// FLOPs with an SI prefix: "1.58 GFLOP", "421.12 kFLOP".
+std::string format_flops(double f) {
+  const char* units[] = {"FLOP", "kFLOP", "MFLOP", "GFLOP", "TFLOP", "PFLOP", "EFLOP"};
+  int u = 0;
+  while (f >= 1000 && u < 6) f /= 1000, ++u;
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.2f %s", f, units[u]);
+  return buf;
+}
+
+void check_positive(const char* opt, int v) {
+  if (v <= 0) MINILLM_FAIL(opt << " = " << v << " must be positive");
+}
+
+// Writes a float32 array as a .npy file (format version 1.0).
+void write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape) {
+  std::string dims;
+  for (int64_t d : shape) dims += std::to_string(d) + ", ";
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims.substr(0, dims.size() - 2) +
+                       (shape.size() == 1 ? "," : "") + "), }";
+  header.append(64 - (10 + header.size() + 1) % 64, ' ');  // magic + version + length = 10 bytes; data 64-aligned
+  header += '\n';
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  if (!f) MINILLM_FAIL("--out: cannot write " << excerpt(path, 256));
+  const uint16_t hl = static_cast<uint16_t>(header.size());
+  const char magic[8] = {'\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0};
+  f.write(magic, 8);
+  const char len[2] = {static_cast<char>(hl & 0xff), static_cast<char>(hl >> 8)};
+  f.write(len, 2);
+  f.write(header.data(), static_cast<std::streamsize>(header.size()));
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  f.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(n * 4));
+  if (!f) MINILLM_FAIL("--out: error writing " << excerpt(path, 256));
+}
 
 int cmd_info(const ModelArgs& a, int B, int N) {
   const ModelConfig c = load_config(a.model);
-  const double params = static_cast<double>(c.num_parameters());
+  check_positive("--batch", B);
+  if (N < 0) check_positive("--seq", N);
+  if (N > c.max_seq_len) MINILLM_FAIL("--seq = " << N << " exceeds the model's max_seq_len = " << c.max_seq_len);
+  const int64_t params = c.num_parameters();
   std::printf("model %s: %d layers, hidden %d, heads %d (kv %d, head_dim %d), experts %d top-%d, ffn %d, vocab %d\n",
               c.name.c_str(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.moe.num_experts,
               c.moe.top_k, c.moe.ffn_size, c.vocab_size);
-  std::printf("parameters: %.4f B total, %.4f B active per token\n", params / 1e9, c.num_active_parameters() / 1e9);
-  std::printf("weight memory: bf16/fp16 %.3f GiB, fp32 %.3f GiB\n", gib(params * 2), gib(params * 4));
+  std::printf("parameters: %s total (%lld), %s active per token\n", format_count(params).c_str(),
+              static_cast<long long>(params), format_count(c.num_active_parameters()).c_str());
+  std::printf("weight memory: bf16/fp16 %s, fp32 %s\n", format_bytes(params * 2.0).c_str(),
+              format_bytes(params * 4.0).c_str());
   const int n = N > 0 ? N : std::min(2048, c.max_seq_len);
   const double fpt = c.flops_per_token(n);
-  std::printf("FLOPs per token at seq %d: %.4f GFLOP\n", n, fpt / 1e9);
-  std::printf("FLOPs per forward at batch %d x seq %d: %.4f TFLOP\n", B, n, fpt * B * n / 1e12);
+  std::printf("FLOPs per token at seq %d: %s\n", n, format_flops(fpt).c_str());
+  std::printf("FLOPs per forward at batch %d x seq %d: %s\n", B, n, format_flops(fpt * B * n).c_str());
   return 0;
 }
 
@@ -91,16 +149,39 @@ int cmd_init(const ModelArgs& a, const std::string& out, const std::string& dtyp
   return 0;
 }
 
-int cmd_forward(const ModelArgs& a, const std::string& ids_arg, int B, int N, const std::string& device, int top) {
+struct ForwardArgs {
+  std::string ids, device = "auto", out;
+  int batch = 0, seq = 0, top = 5;
+  bool batch_given = false, seq_given = false, out_given = false;
+};
+
+int cmd_forward(const ModelArgs& a, const ForwardArgs& f) {
   const ModelConfig c = load_config(a.model);
   std::vector<int32_t> ids;
-  if (!ids_arg.empty()) {
-    ids = parse_ids(ids_arg);
+  int B = f.batch, N = f.seq;
+  if (f.out_given && (f.out.size() < 5 || !f.out.ends_with(".npy")))
+    MINILLM_FAIL("--out: " << excerpt(f.out, 256) << " must name a .npy file (the logits as float32 [batch, seq, vocab])");
+  if (!f.ids.empty()) {
+    ids = parse_ids(f.ids);
     B = 1;
+    if (ids.size() > static_cast<size_t>(c.max_seq_len))
+      MINILLM_FAIL("--ids: " << ids.size() << " ids exceed the model's max_seq_len = " << c.max_seq_len);
     N = static_cast<int>(ids.size());
   } else {
-    if (B <= 0) MINILLM_FAIL("--batch = " << B << " must be positive");
-    if (N <= 0) MINILLM_FAIL("--seq = " << N << " must be positive");
+    if (f.seq_given && !f.batch_given) MINILLM_FAIL("forward: --seq needs --batch too (or give --ids)");
+    if (f.batch_given && !f.seq_given) MINILLM_FAIL("forward: --batch needs --seq too (or give --ids)");
+    if (!f.batch_given) MINILLM_FAIL("forward: give --ids, or both --batch and --seq");
+    check_positive("--batch", B);
+    check_positive("--seq", N);
+    if (N > c.max_seq_len) MINILLM_FAIL("--seq = " << N << " exceeds the model's max_seq_len = " << c.max_seq_len);
+  }
+  EngineOptions opts;
+  opts.device = f.device;
+  opts.max_batch = B;
+  opts.max_seq = N;
+  // Before anything large is allocated (ids, weights, engine): does batch x seq fit?
+  check_memory(estimate_memory(c, B, N, opts), B, N, true);
+  if (f.ids.empty()) {
     // Deterministic pseudo-random ids from the seed.
     ids.resize(static_cast<size_t>(B) * N);
     uint64_t s = a.seed * 0x9e3779b97f4a7c15ull + 12345;
@@ -109,11 +190,6 @@ int cmd_forward(const ModelArgs& a, const std::string& ids_arg, int B, int N, co
       id = static_cast<int32_t>((s >> 33) % static_cast<uint64_t>(c.vocab_size));
     }
   }
-  if (N > c.max_seq_len) MINILLM_FAIL("sequence length " << N << " exceeds the model's max_seq_len = " << c.max_seq_len);
-  EngineOptions opts;
-  opts.device = device;
-  opts.max_batch = B;
-  opts.max_seq = N;
   const WeightStore ws = load_weights(c, a);
   InferenceEngine eng(c, ws, opts);
   std::vector<float> logits = eng.forward(ids.data(), B, N);
@@ -127,21 +203,31 @@ int cmd_forward(const ModelArgs& a, const std::string& ids_arg, int B, int N, co
     finite = finite && std::isfinite(v);
   }
   std::printf("model %s on %s: batch %d x seq %d, %s weights\n", c.name.c_str(), device_name(eng.device()), B, N,
-              a.weights.empty() ? ("seeded (seed " + std::to_string(a.seed) + ")").c_str() : a.weights.c_str());
+              a.weights_given ? a.weights.c_str() : ("seeded (seed " + std::to_string(a.seed) + ")").c_str());
+  const int k = static_cast<int>(std::min<int64_t>(f.top, V));
+  std::printf("logits: float32 [%d, %d, %lld]; the %d largest at the last position of each sequence, as token id: logit\n",
+              B, N, static_cast<long long>(V), k);
   for (int b = 0; b < B; ++b) {
     const float* row = logits.data() + (static_cast<int64_t>(b) * N + N - 1) * V;
     std::vector<int32_t> order(static_cast<size_t>(V));
     std::iota(order.begin(), order.end(), 0);
-    const int k = std::min<int64_t>(top, V);
     std::partial_sort(order.begin(), order.begin() + k, order.end(),
                       [&](int32_t x, int32_t y) { return row[x] > row[y] || (row[x] == row[y] && x < y); });
-    std::printf("batch %d, last position: top tokens", b);
-    for (int i = 0; i < k; ++i) std::printf(" %d (%.4f)", order[i], row[order[i]]);
+    std::printf("  batch %d, position %d:", b, N - 1);
+    for (int i = 0; i < k; ++i) std::printf(" %d: %.4f%s", order[i], row[order[i]], i + 1 < k ? "," : "");
     std::printf("\n");
   }
   std::printf("logits checksum: sum %.6e, abs sum %.6e, finite %s\n", sum, abs_sum, finite ? "yes" : "NO");
   std::printf("forward time: %.2f ms (%.0f tokens/s)\n", ms, B * N / (ms / 1e3));
-  return finite ? 0 : 2;
+  if (f.out_given) {
+    write_npy(f.out, logits.data(), {B, N, V});
+    std::printf("wrote %s: logits float32 [%d, %d, %lld]\n", f.out.c_str(), B, N, static_cast<long long>(V));
+  }
+  if (!finite) {
+    std::fprintf(stderr, "error: the logits are not all finite (exit code %d)\n", kExitNonFinite);
+    return kExitNonFinite;
+  }
+  return 0;
 }
 
 #ifdef MINILLM_WITH_CUDA
@@ -153,6 +239,8 @@ struct DeviceMem {
   DeviceMem(const DeviceMem&) = delete;
   DeviceMem& operator=(const DeviceMem&) = delete;
 };
+
+double gib(double bytes) { return bytes / (1024.0 * 1024.0 * 1024.0); }
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -236,8 +324,8 @@ double forward_bytes(const ModelConfig& c, int64_t T, size_t weight_bytes, DType
 
 int cmd_bench(const ModelArgs& a, int B, int N, int warmup, int iters, const std::string& logits, bool graphs) {
   const ModelConfig c = load_config(a.model);
-  if (B <= 0) MINILLM_FAIL("--batch = " << B << " must be positive");
-  if (N <= 0) MINILLM_FAIL("--seq = " << N << " must be positive");
+  check_positive("--batch", B);
+  check_positive("--seq", N);
   if (N > c.max_seq_len) MINILLM_FAIL("--seq = " << N << " exceeds the model's max_seq_len = " << c.max_seq_len);
   if (warmup < 0) MINILLM_FAIL("--warmup = " << warmup << " must be >= 0");
   if (iters < 1) MINILLM_FAIL("--iters = " << iters << " must be >= 1");
@@ -323,6 +411,15 @@ int cmd_bench(const ModelArgs& a, int B, int N, int warmup, int iters, const std
 int main(int argc, char** argv) {
   CLI::App app{"minillm: a small, fast inference engine for Mixture-of-Experts transformers"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("minillm ") + MINILLM_VERSION +
+#ifdef MINILLM_WITH_CUDA
+                                        " (backends: cpu, cuda)"
+#else
+                                        " (backends: cpu)"
+#endif
+  );
+  app.footer("Exit codes: 0 success, 1 error (bad input, config, weights, memory), 2 usage error, "
+             "3 forward produced non-finite logits.");
   ModelArgs info_a, init_a, fwd_a;
   int info_b = 1, info_n = 0;
   auto* info = app.add_subcommand("info", "parameter count, weight memory and FLOPs of a model");
@@ -333,21 +430,23 @@ int main(int argc, char** argv) {
   std::string init_out, init_dtype;
   auto* init = app.add_subcommand("init", "write seeded random weights to a safetensors file");
   add_model_args(init, init_a);
-  init->add_option("--seed", init_a.seed, "random seed");
+  init->add_option("--seed", init_a.seed, "random seed (a non-negative integer)")->check(CLI::NonNegativeNumber);
   init->add_option("--out", init_out, "output .safetensors path")->required();
   init->add_option("--dtype", init_dtype, "storage dtype: bf16, fp16 or fp32 (default: the config's)");
 
-  std::string fwd_ids, fwd_device = "auto";
-  int fwd_b = 0, fwd_n = 0, fwd_top = 5;
-  auto* fwd = app.add_subcommand("forward", "run one forward pass and print the top tokens at the last positions");
+  ForwardArgs fa;
+  auto* fwd = app.add_subcommand("forward", "run one forward pass and print the largest logits at the last positions");
   add_model_args(fwd, fwd_a);
   auto* w_opt = fwd->add_option("--weights", fwd_a.weights, "safetensors weights file");
-  fwd->add_option("--seed", fwd_a.seed, "seed of the random weights and ids (when no --weights / --ids)")->excludes(w_opt);
-  auto* ids_opt = fwd->add_option("--ids", fwd_ids, "comma-separated token ids (batch 1)");
-  fwd->add_option("--batch", fwd_b, "batch size of random ids")->excludes(ids_opt);
-  fwd->add_option("--seq", fwd_n, "sequence length of random ids")->excludes(ids_opt);
-  fwd->add_option("--device", fwd_device, "auto, cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  fwd->add_option("--top", fwd_top, "how many top tokens to print")->check(CLI::Range(1, 100));
+  fwd->add_option("--seed", fwd_a.seed, "seed of the random weights and ids (when no --weights / --ids)")
+      ->excludes(w_opt)
+      ->check(CLI::NonNegativeNumber);
+  auto* ids_opt = fwd->add_option("--ids", fa.ids, "comma-separated token ids (batch 1)");
+  auto* b_opt = fwd->add_option("--batch", fa.batch, "batch size of random ids")->excludes(ids_opt);
+  auto* n_opt = fwd->add_option("--seq", fa.seq, "sequence length of random ids")->excludes(ids_opt);
+  fwd->add_option("--device", fa.device, "auto, cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  fwd->add_option("--top", fa.top, "how many of the largest logits to print per sequence")->check(CLI::Range(1, 100));
+  auto* out_opt = fwd->add_option("--out", fa.out, "write all logits, float32 [batch, seq, vocab], to this .npy file");
 
   ModelArgs bench_a;
   int bench_b = 0, bench_n = 0, bench_warmup = 3, bench_iters = 10;
@@ -356,7 +455,9 @@ int main(int argc, char** argv) {
   auto* bench = app.add_subcommand("bench", "time the forward pass on the GPU (latency, throughput, memory, per op)");
   add_model_args(bench, bench_a);
   auto* bw_opt = bench->add_option("--weights", bench_a.weights, "safetensors weights file");
-  bench->add_option("--seed", bench_a.seed, "seed of the random weights and ids")->excludes(bw_opt);
+  bench->add_option("--seed", bench_a.seed, "seed of the random weights and ids")
+      ->excludes(bw_opt)
+      ->check(CLI::NonNegativeNumber);
   bench->add_option("--batch", bench_b, "batch size")->required();
   bench->add_option("--seq", bench_n, "sequence length")->required();
   bench->add_option("--warmup", bench_warmup, "untimed forwards first (default 3)");
@@ -365,14 +466,28 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"model", "f32", "fp32"}));
   bench->add_flag("--no-graphs", bench_no_graphs, "run op by op instead of replaying a CUDA graph");
 
-  CLI11_PARSE(app, argc, argv);
   try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "run '%s --help' (or '<command> --help') for the options\n", argv[0]);
+    return kExitUsage;
+  }
+  try {
+    fwd_a.weights_given = w_opt->count() > 0;
+    bench_a.weights_given = bw_opt->count() > 0;
+    fa.batch_given = b_opt->count() > 0;
+    fa.seq_given = n_opt->count() > 0;
+    fa.out_given = out_opt->count() > 0;
     if (*info) return cmd_info(info_a, info_b, info_n);
     if (*init) return cmd_init(init_a, init_out, init_dtype);
-    if (*fwd) {
-      if (fwd_ids.empty() && (fwd_b == 0 || fwd_n == 0)) MINILLM_FAIL("forward: give --ids, or both --batch and --seq");
-      return cmd_forward(fwd_a, fwd_ids, fwd_b, fwd_n, fwd_device, fwd_top);
-    }
+    if (*fwd) return cmd_forward(fwd_a, fa);
     if (*bench) {
 #ifdef MINILLM_WITH_CUDA
       return cmd_bench(bench_a, bench_b, bench_n, bench_warmup, bench_iters, bench_logits, !bench_no_graphs);
@@ -382,7 +497,7 @@ int main(int argc, char** argv) {
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
+    return kExitError;
   }
   return 0;
 }

@@ -29,15 +29,27 @@ ModelConfig config_from_arg(const std::string& s) {
   return load_config(s);
 }
 
-// ids: any 2-D integer array (B, N), host or CUDA; copied to host int32 with range checks.
+// ids: any 2-D integer array (B, N), host or CUDA; copied to host int32 with range checks. The
+// shape is checked against the engine's plan before anything is copied (a broadcast array can
+// claim 2^32 columns without holding them).
 // stream: the cudaStream_t the CUDA ids are ordered on (0: the legacy default stream).
-std::vector<int32_t> ids_to_host(const nb::ndarray<nb::ro>& a, int& B, int& N, uintptr_t stream = 0) {
+std::vector<int32_t> ids_to_host(const nb::ndarray<nb::ro>& a, const InferenceEngine& eng, int& B, int& N,
+                                 uintptr_t stream = 0) {
   if (a.ndim() != 2) MINILLM_FAIL("forward: input_ids must be 2-D (batch, seq), got " << a.ndim() << " dims");
-  B = static_cast<int>(a.shape(0));
-  N = static_cast<int>(a.shape(1));
+  const size_t rows = a.shape(0), cols = a.shape(1);
+  if (rows == 0 || cols == 0)
+    MINILLM_FAIL("forward: input_ids has shape (" << rows << ", " << cols << "); batch and seq must be at least 1");
+  if (rows > static_cast<size_t>(eng.max_batch()))
+    MINILLM_FAIL("forward: batch = " << rows << " exceeds the engine's max_batch = " << eng.max_batch());
+  if (cols > static_cast<size_t>(eng.max_seq()))
+    MINILLM_FAIL("forward: seq_len = " << cols << " exceeds the engine's max_seq = " << eng.max_seq());
+  B = static_cast<int>(rows);
+  N = static_cast<int>(cols);
   const auto dt = a.dtype();
   const bool i32 = dt == nb::dtype<int32_t>(), i64 = dt == nb::dtype<int64_t>();
-  if (!i32 && !i64) MINILLM_FAIL("forward: input_ids must be int32 or int64");
+  if (!i32 && !i64)
+    MINILLM_FAIL("forward: input_ids must be int32 or int64 (got dtype code " << static_cast<int>(dt.code) << ", "
+                                                                               << static_cast<int>(dt.bits) << " bits)");
   const size_t n = static_cast<size_t>(B) * N, es = i32 ? 4 : 8;
   std::vector<uint8_t> raw(n * es);
   // Copy respecting strides (element strides in units of elements).
@@ -95,12 +107,14 @@ class PyEngine {
     o.max_seq = max_seq;
     o.cuda_graphs = cuda_graphs;
     o.logits_dtype = logits_dtype == "f32" || logits_dtype == "fp32" ? DType::f32 : parse_dtype(logits_dtype);
+    // Refuse before the weights are built when the plan cannot fit (names the sizes and what is free).
+    check_memory(estimate_memory(c, max_batch, max_seq, o), max_batch, max_seq > 0 ? max_seq : c.max_seq_len, true);
     const WeightStore ws = weights ? WeightStore::load(*weights, c) : WeightStore::random(c, seed, c.dtype);
     engine_ = std::make_unique<InferenceEngine>(c, ws, o);
   }
   nb::ndarray<nb::numpy, float, nb::ndim<3>> forward(const nb::ndarray<nb::ro>& input_ids) {
     int B = 0, N = 0;
-    std::vector<int32_t> ids = ids_to_host(input_ids, B, N);
+    std::vector<int32_t> ids = ids_to_host(input_ids, *engine_, B, N);
     auto* out = new std::vector<float>(engine_->forward(ids.data(), B, N));
     nb::capsule owner(out, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
     const size_t shape[3] = {static_cast<size_t>(B), static_cast<size_t>(N),
@@ -113,7 +127,7 @@ class PyEngine {
 #ifdef MINILLM_WITH_CUDA
     if (engine_->device() != Device::cuda) MINILLM_FAIL("forward: the engine runs on the CPU; pass host input_ids");
     int B = 0, N = 0;
-    std::vector<int32_t> ids = ids_to_host(input_ids, B, N, stream);
+    std::vector<int32_t> ids = ids_to_host(input_ids, *engine_, B, N, stream);
     const Tensor host_ids(ids.data(), DType::i32, Device::cpu, {static_cast<int64_t>(B), static_cast<int64_t>(N)});
     const Tensor logits = engine_->forward_device(host_ids, B, N, reinterpret_cast<void*>(stream));
     const size_t shape[3] = {static_cast<size_t>(B), static_cast<size_t>(N),
@@ -134,7 +148,7 @@ class PyEngine {
   // Per-op milliseconds of one profiled forward (CUDA): {"qkv": ms, ...}.
   nb::dict profile(const nb::ndarray<nb::ro>& input_ids) {
     int B = 0, N = 0;
-    std::vector<int32_t> ids = ids_to_host(input_ids, B, N);
+    std::vector<int32_t> ids = ids_to_host(input_ids, *engine_, B, N);
     nb::dict d;
     for (const auto& [kind, ms] : engine_->profile_forward(ids.data(), B, N)) d[kind.c_str()] = ms;
     return d;
@@ -186,6 +200,7 @@ void bind_engine(nb::module_& m) {
       PyErr_SetString(PyExc_ValueError, e.what());
     }
   });
+  m.attr("__version__") = MINILLM_VERSION;
   m.def("preset_names", [] {
     std::vector<std::string> v;
     for (const char* const* n = preset_names(); *n; ++n) v.push_back(*n);

@@ -6,6 +6,8 @@
 #   .deps/googletest               GoogleTest sources (Debian package googletest), built by CMake
 #   .deps/cutlass/include          CUTLASS/CuTe headers from PyPI nvidia-cutlass (pinned)
 # Usage: scripts/setup.sh            (apt + pip + .deps)
+#        scripts/setup.sh --sanitize (also clang, its sanitizer/libFuzzer runtimes and OpenMP: for
+#                                     scripts/fuzz.sh and the sanitizer build in scripts/test.sh)
 #        MINILLM_SKIP_APT=1 ...      (skip apt, e.g. where there is no network)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,10 +15,13 @@ cd "$(dirname "$0")/.."
 CUTLASS_VERSION=4.2.0.0
 PY_PINS=(nanobind==3.1.0 pytest==9.2.0 numpy==2.4.6)
 APT_PKGS=(g++ cmake ninja-build nlohmann-json3-dev libcli11-dev googletest libgtest-dev valgrind unzip)
+if [[ "${1:-}" == "--sanitize" ]]; then  # Debian 12's clang 14, pinned
+  APT_PKGS+=(clang=1:14.0-55.7~deb12u1 libclang-rt-dev=1:14.0-55.7~deb12u1 libomp-dev=1:14.0-55.7~deb12u1)
+fi
 
 if [[ -z "${MINILLM_SKIP_APT:-}" ]] && command -v apt-get >/dev/null; then
   missing=()
-  for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  for p in "${APT_PKGS[@]}"; do dpkg -s "${p%%=*}" >/dev/null 2>&1 || missing+=("$p"); done
   if ((${#missing[@]})); then
     echo "setup: apt-get install ${missing[*]}"
     SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo

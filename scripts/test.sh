@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs the test suite: the C++ tests (ctest, label cpu) and pytest (the GPU
 # tests are skipped without a GPU; scripts/gpu_check.sh runs them on the GPU machine).
+# In CI (CI=true) or with --sanitize, also: the CPU tests built with clang, ASan and UBSan
+# (build-san/), and every libFuzzer target for FUZZ_SECONDS (default 60) each (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -10,3 +12,10 @@ echo "== C++ tests"
 (cd "$BUILD_DIR" && ctest -L cpu --output-on-failure -j"$(nproc)")
 echo "== Python tests"
 PYTHONPATH=python python3 -m pytest -q tests/python
+if [[ "${CI:-}" == "true" || "${1:-}" == "--sanitize" ]]; then
+  echo "== C++ tests under ASan + UBSan (clang, build-san)"
+  scripts/fuzz.sh --build-only
+  (cd "${SAN_BUILD_DIR:-build-san}" && ctest -L cpu --output-on-failure -j"$(nproc)")
+  echo "== Fuzzing (${FUZZ_SECONDS:-60} s per target)"
+  scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+fi

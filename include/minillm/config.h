@@ -14,6 +14,21 @@ enum class PositionType { none, rope };
 enum class QkNorm { none, per_head, full };
 enum class ExpertActivation { swiglu, gelu };
 
+// Upper bounds of the dimensions (validate() names the field and the bound). Real checkpoints sit
+// well inside them (the largest vocabularies are ~262k, hidden sizes ~16k, ~128 layers); they keep
+// every derived size (q_dim, parameter counts, activation bytes) far from 32/64-bit overflow.
+inline constexpr int kMaxVocabSize = 1 << 22;    // 4,194,304
+inline constexpr int kMaxHiddenSize = 1 << 16;   // 65,536
+inline constexpr int kMaxLayers = 1024;
+inline constexpr int kMaxHeads = 1024;           // num_heads and num_kv_heads
+inline constexpr int kMaxHeadDim = 256;          // the attention kernels' limit
+inline constexpr int kMaxSeqLen = 1 << 20;       // 1,048,576
+inline constexpr int kMaxExperts = 256;
+inline constexpr int kMaxTopK = 8;
+inline constexpr int kMaxFfnSize = 1 << 18;      // 262,144
+inline constexpr double kMaxRopeTheta = 1e12;
+inline constexpr size_t kMaxConfigFileBytes = 16u << 20;  // a config file is a few hundred bytes
+
 struct MoEConfigFields {
   int num_experts = 0;
   int top_k = 0;
@@ -43,6 +58,7 @@ struct ModelConfig {
   bool tie_embeddings = false;
   DType dtype = DType::bf16;  // weight/activation dtype on the GPU (bf16 or f16)
 
+  // Derived widths: at most kMaxHeads x kMaxHeadDim (validate() checks the product in 64 bits).
   int q_dim() const { return num_heads * head_dim; }
   int kv_dim() const { return num_kv_heads * head_dim; }
   int qkv_dim() const { return q_dim() + 2 * kv_dim(); }
@@ -55,10 +71,12 @@ struct ModelConfig {
   void validate() const;  // throws minillm::Error naming the field and value
 };
 
-// Parses a JSON document (string) into a validated config. Unknown keys are errors.
+// Parses a JSON document (string) into a validated config. Strict: unknown or duplicate keys, NUL
+// bytes, nesting deeper than 64 and values out of range are errors naming the field.
 ModelConfig parse_config_json(const std::string& json_text);
-// Loads a preset by name (tiny, small, medium, large) or, when `name_or_path` ends in .json or
-// names an existing file, parses that file.
+// Loads a preset by name (tiny, small, medium, large; a preset name always means the preset: write
+// ./tiny for a file of that name) or parses the file at `name_or_path` (a regular file of at most
+// kMaxConfigFileBytes; errors name the file).
 ModelConfig load_config(const std::string& name_or_path);
 ModelConfig preset_config(const std::string& name);
 std::string config_to_json(const ModelConfig& c);

@@ -27,6 +27,23 @@ struct EngineOptions {
   DType logits_dtype = DType::f32;  // f32 or the model dtype (CUDA backend)
 };
 
+// The bytes an engine for (config, max_batch, max_seq) needs, computed from the same formulas the
+// engine plans its memory with: on its device the weights in the backend's layout and dtype, the one
+// workspace arena (activations, op scratch, logits) and the ids buffer; on the host, while the
+// engine is built, the WeightStore in the config's dtype.
+struct MemoryEstimate {
+  Device device = Device::cpu;
+  size_t weights = 0, workspace = 0, ids = 0;  // on `device`
+  size_t host_weights = 0;                     // the WeightStore (host)
+  size_t device_total() const { return weights + workspace + ids; }
+};
+// Throws minillm::Error naming the field for max_batch/max_seq out of range (<= 0, above the
+// config's max_seq_len, or more than 2^30 tokens).
+MemoryEstimate estimate_memory(const ModelConfig& c, int max_batch, int max_seq, const EngineOptions& opts = {});
+// Throws minillm::Error "batch B x seq N on cpu needs X (...), more than the Y available" when the
+// estimate does not fit what the device (and, with `with_host_weights`, the host) has free now.
+void check_memory(const MemoryEstimate& m, int max_batch, int max_seq, bool with_host_weights);
+
 struct ForwardTimings {
   double ms = 0;  // host wall time of the last forward (forward_device: until it is enqueued)
 };

@@ -5,7 +5,7 @@ import json as _json
 import os as _os
 
 from ._minillm import *  # noqa: F401,F403
-from ._minillm import _InferenceEngine, config_json as _config_json
+from ._minillm import __version__, _InferenceEngine, config_json as _config_json  # noqa: F401
 
 
 def _config_arg(config):
@@ -22,6 +22,24 @@ def load_config(config):
     return _json.loads(_config_json(_config_arg(config)))
 
 
+def _ids_from_lists(rows):
+    """[[1, 2, 3], [4, 5, 6]] -> an int64 numpy array (B, N); ragged or non-integer rows raise ValueError."""
+    import numpy as np
+
+    if not rows or not all(isinstance(r, (list, tuple)) for r in rows):
+        raise ValueError("forward: input_ids as lists must be a non-empty list of lists of token ids (batch, seq)")
+    n = len(rows[0])
+    for i, r in enumerate(rows):
+        if len(r) != n:
+            raise ValueError(f"forward: input_ids row {i} has {len(r)} ids, row 0 has {n} (rows must be equally long)")
+        for j, v in enumerate(r):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"forward: input_ids[{i}][{j}] = {str(v)[:40]!r} is not an integer token id")
+            if not -(2**63) <= v < 2**63:
+                raise ValueError(f"forward: token id {v} at position [{i}, {j}] is out of range")
+    return np.array(rows, dtype=np.int64).reshape(len(rows), n)
+
+
 class InferenceEngine(_InferenceEngine):
     """InferenceEngine(config, weights=None, device="auto", max_batch=1, max_seq=0, seed=0,
     logits_dtype="f32", cuda_graphs=True)
@@ -34,7 +52,7 @@ class InferenceEngine(_InferenceEngine):
     cuda_graphs: replay one CUDA graph per (B, N) shape (captured on first use).
 
     forward(input_ids (B, N) int32/int64, copy=True) -> logits (B, N, vocab):
-      - host ids (numpy, CPU torch, lists of lists via numpy): a numpy float32 array;
+      - host ids (numpy, CPU torch, or lists of lists of ints): a numpy float32 array;
       - CUDA ids (a torch CUDA tensor): a torch CUDA tensor of dtype logits_dtype, ordered on the
         current torch stream (no host synchronisation beyond reading the ids for the range check).
         copy=False returns a view of the engine's own logits buffer instead of a new tensor: no
@@ -48,6 +66,8 @@ class InferenceEngine(_InferenceEngine):
         super().__init__(_config_arg(config), weights, device, max_batch, max_seq, seed, logits_dtype, cuda_graphs)
 
     def forward(self, input_ids, copy=True):
+        if isinstance(input_ids, (list, tuple)):
+            input_ids = _ids_from_lists(input_ids)
         dev = getattr(input_ids, "__dlpack_device__", None)
         if dev is not None and dev()[0] in (2, 13) and self.device == "cuda":  # kDLCUDA, kDLCUDAManaged
             import torch

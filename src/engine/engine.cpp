@@ -28,7 +28,92 @@ namespace minillm {
 
 namespace {
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+bool resolve_cuda(const std::string& device) {
+  if (device == "cuda") {
+    if (!cuda_available()) MINILLM_FAIL("engine: device 'cuda' requested but no CUDA device (or no CUDA build) is available");
+    return true;
+  }
+  if (device == "auto") return cuda_available();
+  if (device != "cpu") MINILLM_FAIL("engine: device = " << excerpt(device) << " is not one of: auto, cpu, cuda");
+  return false;
+}
+
+// Validates the plan's shape; returns max_seq with 0 meaning the config's max_seq_len.
+int resolve_max_seq(const ModelConfig& c, int max_batch, int max_seq) {
+  if (max_batch <= 0) MINILLM_FAIL("engine: max_batch = " << max_batch << " must be positive");
+  if (max_seq < 0) MINILLM_FAIL("engine: max_seq = " << max_seq << " must be positive (or 0: the config's max_seq_len)");
+  const int n = max_seq > 0 ? max_seq : c.max_seq_len;
+  if (n > c.max_seq_len)
+    MINILLM_FAIL("engine: max_seq = " << n << " exceeds the config's max_seq_len = " << c.max_seq_len);
+  const int64_t tokens = static_cast<int64_t>(max_batch) * n;
+  if (tokens > (int64_t{1} << 30))
+    MINILLM_FAIL("engine: max_batch x max_seq = " << max_batch << " x " << n << " = " << tokens
+                                                  << " tokens exceeds the supported 2^30");
+  return n;
+}
+
+// The engine's memory plan on backend `be` (see MemoryEstimate). All products in 64 bits: the config
+// bounds and the 2^30-token cap keep them below 2^63.
+MemoryEstimate plan_memory(const Backend& be, const ModelConfig& c, int B, int N, DType logits_dtype) {
+  const int64_t T = static_cast<int64_t>(B) * N;
+  const int64_t es = static_cast<int64_t>(dtype_size(be.act_dtype()));
+  const int64_t H = c.hidden_size, V = c.vocab_size, E = c.moe.num_experts, F = c.moe.ffn_size;
+  auto bytes = [](int64_t elems, int64_t elem_size) { return static_cast<size_t>(elems * elem_size); };
+  const int64_t norm = (c.norm_type == NormType::layernorm ? 2 : 1);
+  const int64_t mats_fh = c.moe.activation == ExpertActivation::swiglu ? 2 : 1;  // w1 (and w3): [E, F, H]
+  size_t per_layer = bytes(c.qkv_dim() * H, es) + bytes(H * c.q_dim(), es) + 2 * norm * bytes(H, 4) +
+                     bytes(E * H, es) + mats_fh * bytes(E * F * be.expert_row_stride(H), es) +
+                     bytes(E * H * be.expert_row_stride(F), es);
+  MemoryEstimate m;
+  m.device = be.device();
+  m.weights = bytes(V * H, es) * (c.tie_embeddings ? 1 : 2) + static_cast<size_t>(c.num_layers) * per_layer +
+              (c.norm_placement == NormPlacement::pre ? norm * bytes(H, 4) : 0);
+  // The logits share the arena with the activations (see the header comment).
+  const size_t slot = align256(static_cast<size_t>(T * H * es));
+  const size_t logits = static_cast<size_t>(T * V) * dtype_size(logits_dtype);
+  m.workspace = std::max(transformer_workspace_bytes(be, c, B, N), 2 * slot + logits);
+  m.ids = static_cast<size_t>(T) * 4;
+  m.host_weights = static_cast<size_t>(c.num_parameters()) * dtype_size(c.dtype);
+  return m;
+}
 }  // namespace
+
+MemoryEstimate estimate_memory(const ModelConfig& config, int max_batch, int max_seq, const EngineOptions& opts) {
+  config.validate();
+  const int n = resolve_max_seq(config, max_batch, max_seq);
+  const bool use_cuda = resolve_cuda(opts.device);
+#ifdef MINILLM_WITH_CUDA
+  if (use_cuda) {
+    CudaBackend be(config, static_cast<int64_t>(max_batch) * n);
+    return plan_memory(be, config, max_batch, n, opts.logits_dtype);
+  }
+#endif
+  (void)use_cuda;
+  return plan_memory(*make_cpu_backend(), config, max_batch, n, DType::f32);
+}
+
+void check_memory(const MemoryEstimate& m, int max_batch, int max_seq, bool with_host_weights) {
+  auto fail = [&](Device d, size_t need, size_t avail, const std::string& parts) {
+    MINILLM_FAIL("memory: batch " << max_batch << " x seq " << max_seq << " on " << device_name(m.device) << " needs "
+                                  << format_bytes(static_cast<double>(need)) << " on " << device_name(d) << " (" << parts
+                                  << "), more than the " << format_bytes(static_cast<double>(avail)) << " available"
+                                  << (d == Device::cpu ? " (MemAvailable)" : " (free device memory)"));
+  };
+  const std::string parts = "weights " + format_bytes(static_cast<double>(m.weights)) + ", workspace " +
+                            format_bytes(static_cast<double>(m.workspace)) + " for activations and logits";
+  const std::string host = "the host copy of the weights " + format_bytes(static_cast<double>(m.host_weights));
+  if (m.device == Device::cpu) {
+    const size_t need = m.device_total() + (with_host_weights ? m.host_weights : 0);
+    const size_t avail = available_memory(Device::cpu);
+    if (avail && need > avail) fail(Device::cpu, need, avail, with_host_weights ? parts + ", " + host : parts);
+    return;
+  }
+  const size_t avail = available_memory(Device::cuda);
+  if (avail && m.device_total() > avail) fail(Device::cuda, m.device_total(), avail, parts);
+  const size_t host_avail = available_memory(Device::cpu);
+  if (with_host_weights && host_avail && m.host_weights > host_avail) fail(Device::cpu, m.host_weights, host_avail, host);
+}
 
 struct InferenceEngine::Impl {
   std::unique_ptr<Backend> backend;
@@ -59,22 +144,13 @@ InferenceEngine::InferenceEngine(const ModelConfig& config, const WeightStore& w
     : config_(config), impl_(std::make_unique<Impl>()) {
   config_.validate();
   max_batch_ = opts.max_batch;
-  max_seq_ = opts.max_seq > 0 ? opts.max_seq : config_.max_seq_len;
-  if (max_batch_ <= 0) MINILLM_FAIL("engine: max_batch = " << max_batch_ << " must be positive");
-  if (max_seq_ > config_.max_seq_len)
-    MINILLM_FAIL("engine: max_seq = " << max_seq_ << " exceeds the config's max_seq_len = " << config_.max_seq_len);
-  bool use_cuda = false;
-  if (opts.device == "cuda") {
-    if (!cuda_available()) MINILLM_FAIL("engine: device 'cuda' requested but no CUDA device (or no CUDA build) is available");
-    use_cuda = true;
-  } else if (opts.device == "auto") {
-    use_cuda = cuda_available();
-  } else if (opts.device != "cpu") {
-    MINILLM_FAIL("engine: device = '" << opts.device << "' is not one of: auto, cpu, cuda");
-  }
+  max_seq_ = resolve_max_seq(config_, opts.max_batch, opts.max_seq);
+  const bool use_cuda = resolve_cuda(opts.device);
   const int64_t max_tokens = static_cast<int64_t>(max_batch_) * max_seq_;
-  if (max_tokens > (int64_t{1} << 30)) MINILLM_FAIL("engine: max_batch x max_seq = " << max_tokens << " is too large");
-  const DType logits_dtype = use_cuda ? opts.logits_dtype : DType::f32;
+  if (!use_cuda && opts.logits_dtype != DType::f32)
+    MINILLM_FAIL("engine: logits_dtype = " << dtype_name(opts.logits_dtype)
+                                           << " needs the CUDA backend (the CPU backend computes f32 logits)");
+  const DType logits_dtype = opts.logits_dtype;
   if (logits_dtype != DType::f32 && logits_dtype != config_.dtype)
     MINILLM_FAIL("engine: logits_dtype = " << dtype_name(opts.logits_dtype) << " must be f32 or the model dtype "
                                            << dtype_name(config_.dtype));
@@ -95,14 +171,15 @@ InferenceEngine::InferenceEngine(const ModelConfig& config, const WeightStore& w
   Backend& be = *impl_->backend;
   impl_->logits_dtype = logits_dtype;
   impl_->graphs = opts.cuda_graphs;
+  // Refuse up front, before any large allocation, when the plan does not fit.
+  const MemoryEstimate plan = plan_memory(be, config_, max_batch_, max_seq_, logits_dtype);
+  check_memory(plan, max_batch_, max_seq_, false);
   impl_->weights = upload_weights(be, config_, weights);
   for (const Buffer& b : impl_->weights.storage) impl_->weight_bytes += b.bytes();
 
   const size_t slot = align256(static_cast<size_t>(max_tokens) * config_.hidden_size * dtype_size(be.act_dtype()));
-  const size_t logits_bytes = static_cast<size_t>(max_tokens) * config_.vocab_size * dtype_size(logits_dtype);
   impl_->logits_offset = 2 * slot;
-  const size_t bytes = std::max(transformer_workspace_bytes(be, config_, max_batch_, max_seq_), 2 * slot + logits_bytes);
-  impl_->ws = Workspace(bytes, be.device());
+  impl_->ws = Workspace(plan.workspace, be.device());
   impl_->ws_base = static_cast<char*>(impl_->ws.alloc_bytes(1));
   impl_->ws.reset();
   impl_->ids_buf = Buffer(static_cast<size_t>(max_tokens) * 4, be.device());

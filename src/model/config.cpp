@@ -1,12 +1,14 @@
 // Model config: JSON parsing (nlohmann-json), presets, validation, parameter and FLOP counts.
 #include "minillm/config.h"
 
+#include <cmath>
 #include <filesystem>
-#include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
+#include "core/file.h"
+#include "core/json.h"
 #include "minillm/core/check.h"
 
 namespace minillm {
@@ -14,30 +16,40 @@ namespace {
 
 using json = nlohmann::json;
 
-// Reads `obj[key]` into `out` when present, rejecting values of the wrong JSON type.
+// Reads `obj[key]` into `out` when present, rejecting values of the wrong JSON type or out of
+// range of `out`. Messages quote at most a short excerpt of the value.
 void read_int(const json& obj, const char* key, const std::string& path, int& out) {
   if (!obj.contains(key)) return;
   const json& v = obj.at(key);
-  if (!v.is_number_integer()) MINILLM_FAIL("config: " << path << key << " must be an integer, got " << v.dump());
+  if (!v.is_number_integer())
+    MINILLM_FAIL("config: " << path << key << " must be an integer, got " << json_excerpt(v));
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT32_MAX))
+    MINILLM_FAIL("config: " << path << key << " = " << v.get<uint64_t>() << " is out of range (at most " << INT32_MAX << ")");
   const int64_t x = v.get<int64_t>();
   if (x < INT32_MIN || x > INT32_MAX) MINILLM_FAIL("config: " << path << key << " = " << x << " is out of range");
   out = static_cast<int>(x);
 }
+// A float field: the JSON number must be a float without rounding to 0 or overflowing to inf.
 void read_float(const json& obj, const char* key, const std::string& path, float& out) {
   if (!obj.contains(key)) return;
   const json& v = obj.at(key);
-  if (!v.is_number()) MINILLM_FAIL("config: " << path << key << " must be a number, got " << v.dump());
-  out = v.get<float>();
+  if (!v.is_number()) MINILLM_FAIL("config: " << path << key << " must be a number, got " << json_excerpt(v));
+  const double x = v.get<double>();
+  const double a = std::fabs(x);
+  if (!std::isfinite(x) || a > std::numeric_limits<float>::max() || (a != 0 && a < std::numeric_limits<float>::min()))
+    MINILLM_FAIL("config: " << path << key << " = " << x << " is out of the range of a 32-bit float (it would become "
+                            << (a < 1 ? "0" : "inf") << ")");
+  out = static_cast<float>(x);
 }
 void read_bool(const json& obj, const char* key, const std::string& path, bool& out) {
   if (!obj.contains(key)) return;
   const json& v = obj.at(key);
-  if (!v.is_boolean()) MINILLM_FAIL("config: " << path << key << " must be true or false, got " << v.dump());
+  if (!v.is_boolean()) MINILLM_FAIL("config: " << path << key << " must be true or false, got " << json_excerpt(v));
   out = v.get<bool>();
 }
 std::string read_string(const json& obj, const char* key, const std::string& path) {
   const json& v = obj.at(key);
-  if (!v.is_string()) MINILLM_FAIL("config: " << path << key << " must be a string, got " << v.dump());
+  if (!v.is_string()) MINILLM_FAIL("config: " << path << key << " must be a string, got " << json_excerpt(v));
   return v.get<std::string>();
 }
 void check_keys(const json& obj, const std::string& path, std::initializer_list<const char*> allowed) {
@@ -47,7 +59,7 @@ void check_keys(const json& obj, const std::string& path, std::initializer_list<
     if (!ok.count(it.key())) {
       detail::Message os;
       for (const char* a : allowed) os << " " << a;
-      MINILLM_FAIL("config: unknown key '" << path << it.key() << "' (allowed:" << os.str() << ")");
+      MINILLM_FAIL("config: unknown key " << excerpt(path + it.key()) << " (allowed:" << os.str() << ")");
     }
   }
 }
@@ -61,7 +73,7 @@ E read_enum(const json& obj, const char* key, const std::string& path,
     if (s == n) return e;
     names << " " << n;
   }
-  MINILLM_FAIL("config: " << path << key << " = '" << s << "' is not one of:" << names.str());
+  MINILLM_FAIL("config: " << path << key << " = " << excerpt(s) << " is not one of:" << names.str());
 }
 
 const char* norm_type_name(NormType t) { return t == NormType::layernorm ? "layernorm" : "rmsnorm"; }
@@ -99,16 +111,11 @@ ModelConfig preset_config(const std::string& name) {
   if (name == "small") return make_preset("small", 12, 768, 12, 8, 2, 3072, 32000, 8192);
   if (name == "medium") return make_preset("medium", 24, 1024, 16, 8, 2, 4096, 32000, 8192);
   if (name == "large") return make_preset("large", 32, 4096, 32, 8, 2, 3584, 32000, 8192);
-  MINILLM_FAIL("unknown preset '" << name << "' (presets: tiny, small, medium, large; or a path to a .json config)");
+  MINILLM_FAIL("unknown preset " << excerpt(name) << " (presets: tiny, small, medium, large; or a path to a .json config)");
 }
 
 ModelConfig parse_config_json(const std::string& text) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::parse_error& e) {
-    MINILLM_FAIL("config: malformed JSON: " << e.what());
-  }
+  const json j = parse_json_strict(text, "config");
   check_keys(j, "", {"name", "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                      "max_seq_len", "norm", "position", "qk_norm", "causal", "moe", "tie_embeddings", "dtype"});
   ModelConfig c;
@@ -162,7 +169,7 @@ ModelConfig parse_config_json(const std::string& text) {
   read_bool(j, "tie_embeddings", "", c.tie_embeddings);
   if (j.contains("dtype")) {
     const std::string d = read_string(j, "dtype", "");
-    if (d != "bf16" && d != "fp16") MINILLM_FAIL("config: dtype = '" << d << "' is not one of: bf16 fp16");
+    if (d != "bf16" && d != "fp16") MINILLM_FAIL("config: dtype = " << excerpt(d) << " is not one of: bf16 fp16");
     c.dtype = parse_dtype(d);
   }
   if (!explicit_head_dim && c.num_heads > 0 && c.hidden_size % c.num_heads != 0) {
@@ -174,26 +181,28 @@ ModelConfig parse_config_json(const std::string& text) {
 }
 
 void ModelConfig::validate() const {
-  auto positive = [](const char* field, int64_t v) {
+  auto in_range = [](const char* field, int64_t v, int64_t max) {
     if (v <= 0) MINILLM_FAIL("config: " << field << " = " << v << " must be positive");
+    if (v > max) MINILLM_FAIL("config: " << field << " = " << v << " exceeds the supported maximum " << max);
   };
-  positive("vocab_size", vocab_size);
-  positive("hidden_size", hidden_size);
-  positive("num_layers", num_layers);
-  positive("num_heads", num_heads);
-  positive("num_kv_heads", num_kv_heads);
-  positive("head_dim", head_dim);
-  positive("max_seq_len", max_seq_len);
-  positive("moe.num_experts", moe.num_experts);
-  positive("moe.top_k", moe.top_k);
-  positive("moe.ffn_size", moe.ffn_size);
+  if (name.size() > 256) MINILLM_FAIL("config: name " << excerpt(name) << " is longer than 256 bytes");
+  in_range("vocab_size", vocab_size, kMaxVocabSize);
+  in_range("hidden_size", hidden_size, kMaxHiddenSize);
+  in_range("num_layers", num_layers, kMaxLayers);
+  in_range("num_heads", num_heads, kMaxHeads);
+  in_range("num_kv_heads", num_kv_heads, kMaxHeads);
+  in_range("head_dim", head_dim, kMaxHeadDim);
+  in_range("max_seq_len", max_seq_len, kMaxSeqLen);
+  in_range("moe.num_experts", moe.num_experts, kMaxExperts);
+  in_range("moe.top_k", moe.top_k, kMaxTopK);
+  in_range("moe.ffn_size", moe.ffn_size, kMaxFfnSize);
+  // The derived widths in 64 bits: the bounds above keep them far below 2^31 (q_dim() is an int).
+  const int64_t q = checked_mul(num_heads, head_dim, "config: num_heads x head_dim");
+  if (q > INT32_MAX) MINILLM_FAIL("config: num_heads x head_dim = " << q << " exceeds " << INT32_MAX);
   if (num_heads % num_kv_heads != 0)
     MINILLM_FAIL("config: num_kv_heads = " << num_kv_heads << " does not divide num_heads = " << num_heads);
   if (head_dim % 2 != 0 && position == PositionType::rope)
     MINILLM_FAIL("config: head_dim = " << head_dim << " must be even for rope");
-  if (head_dim > 256) MINILLM_FAIL("config: head_dim = " << head_dim << " exceeds the supported maximum 256");
-  if (moe.num_experts > 256) MINILLM_FAIL("config: moe.num_experts = " << moe.num_experts << " exceeds the supported maximum 256");
-  if (moe.top_k > 8) MINILLM_FAIL("config: moe.top_k = " << moe.top_k << " exceeds the supported maximum 8");
   if (moe.top_k > moe.num_experts)
     MINILLM_FAIL("config: moe.top_k = " << moe.top_k << " exceeds moe.num_experts = " << moe.num_experts);
   if (moe.shared_expert_ffn < 0) MINILLM_FAIL("config: moe.shared_expert_ffn = " << moe.shared_expert_ffn << " must be >= 0");
@@ -202,11 +211,11 @@ void ModelConfig::validate() const {
   if (moe.shared_expert_ffn > 0)
     MINILLM_FAIL("config: moe.shared_expert_ffn = " << moe.shared_expert_ffn << " is not supported yet (use 0)");
   if (!(norm_eps > 0.0f) || norm_eps > 1.0f) MINILLM_FAIL("config: norm.eps = " << norm_eps << " must be in (0, 1]");
-  if (position == PositionType::rope && !(rope_theta > 1.0f))
-    MINILLM_FAIL("config: position.theta = " << rope_theta << " must be > 1");
-  if (max_seq_len > (1 << 20)) MINILLM_FAIL("config: max_seq_len = " << max_seq_len << " exceeds 1048576");
+  if (position == PositionType::rope && !(rope_theta > 1.0f && rope_theta <= kMaxRopeTheta))
+    MINILLM_FAIL("config: position.theta = " << rope_theta << " must be in (1, " << kMaxRopeTheta << "]");
   if (dtype != DType::bf16 && dtype != DType::f16)
     MINILLM_FAIL("config: dtype = " << dtype_name(dtype) << " is not one of: bf16 fp16");
+  (void)checked_mul(num_parameters(), 4, "config: fp32 weight bytes");  // cannot overflow within the bounds
 }
 
 int64_t ModelConfig::num_parameters() const {
@@ -236,17 +245,16 @@ double ModelConfig::flops_per_token(int64_t seq) const {
 }
 
 ModelConfig load_config(const std::string& name_or_path) {
-  const bool looks_like_path = name_or_path.find('/') != std::string::npos ||
-                               (name_or_path.size() > 5 && name_or_path.ends_with(".json"));
-  if (!looks_like_path && !std::filesystem::exists(name_or_path)) return preset_config(name_or_path);
-  std::ifstream f(name_or_path);
-  if (!f) MINILLM_FAIL("config: cannot open '" << name_or_path << "'");
-  std::stringstream ss;
-  ss << f.rdbuf();
+  for (const char* const* n = preset_names(); *n; ++n)
+    if (name_or_path == *n) return preset_config(name_or_path);  // presets win over files of that name
+  const bool looks_like_path = name_or_path.find('/') != std::string::npos || name_or_path.ends_with(".json");
+  std::error_code ec;
+  if (!looks_like_path && !std::filesystem::exists(name_or_path, ec)) return preset_config(name_or_path);
+  const std::string text = read_regular_file(name_or_path, "config", kMaxConfigFileBytes);
   try {
-    return parse_config_json(ss.str());
+    return parse_config_json(text);
   } catch (const Error& e) {
-    MINILLM_FAIL(name_or_path << ": " << e.what());
+    MINILLM_FAIL(excerpt(name_or_path, 256) << ": " << e.what());
   }
 }
 

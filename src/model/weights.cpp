@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "minillm/core/check.h"
+#include "minillm/core/tensor.h"
 #include "minillm/safetensors.h"
 
 namespace minillm {
@@ -24,6 +25,38 @@ uint64_t splitmix64(uint64_t x) {
 bool ends_with(const std::string& s, const char* suf) {
   const size_t n = std::strlen(suf);
   return s.size() >= n && s.compare(s.size() - n, n, suf) == 0;
+}
+
+// Index of the first NaN or Inf among `n` elements of a float tensor's raw bytes, or -1. Reads
+// only the exponent bits (all ones: NaN or Inf), so it runs at memory speed.
+int64_t first_non_finite(DType dt, const uint8_t* p, int64_t n) {
+  int64_t first = n;
+  if (dt == DType::f32) {
+#pragma omp parallel for simd reduction(min : first) schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      uint32_t u;
+      std::memcpy(&u, p + 4 * i, 4);
+      if ((u & 0x7f800000u) == 0x7f800000u) first = i < first ? i : first;
+    }
+  } else if (dt == DType::bf16 || dt == DType::f16) {
+    const uint16_t mask = dt == DType::bf16 ? 0x7f80 : 0x7c00;
+#pragma omp parallel for simd reduction(min : first) schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, p + 2 * i, 2);
+      if ((h & mask) == mask) first = i < first ? i : first;
+    }
+  }
+  return first == n ? -1 : first;
+}
+
+// The host memory a WeightStore of `bytes` takes, refused up front when the host lacks it.
+void check_host_bytes(int64_t bytes, const ModelConfig& c, const char* what) {
+  const size_t avail = available_memory(Device::cpu);
+  if (avail && static_cast<uint64_t>(bytes) > avail)
+    MINILLM_FAIL("weights: " << what << " of config " << excerpt(c.name) << " needs "
+                             << format_bytes(static_cast<double>(bytes)) << " of host memory, more than the "
+                             << format_bytes(static_cast<double>(avail)) << " available (MemAvailable)");
 }
 
 void add_norm_specs(std::vector<WeightSpec>& v, const ModelConfig& c, const std::string& prefix) {
@@ -96,6 +129,9 @@ void HostWeight::to_f32(float* out) const {
 
 WeightStore WeightStore::random(const ModelConfig& c, uint64_t seed, DType dtype) {
   MINILLM_CHECK(is_float(dtype), "weights: random init dtype must be a float type, got " << dtype_name(dtype));
+  c.validate();
+  check_host_bytes(checked_mul(c.num_parameters(), static_cast<int64_t>(dtype_size(dtype)), "weights: bytes"), c,
+                   "seeded init");
   WeightStore ws;
   for (const WeightSpec& spec : weight_specs(c)) {
     HostWeight w;
@@ -132,14 +168,19 @@ WeightStore WeightStore::random(const ModelConfig& c, uint64_t seed, DType dtype
 }
 
 WeightStore WeightStore::load(const std::string& path, const ModelConfig& c) {
+  c.validate();
   SafeTensorsFile f(path);
+  int64_t file_bytes = 0;
+  for (const auto& t : f.tensors()) file_bytes += static_cast<int64_t>(t.end - t.begin);  // <= the file size
+  check_host_bytes(file_bytes, c, "loading the weights");
   WeightStore ws;
   const auto specs = weight_specs(c);
   std::map<std::string, const WeightSpec*> expected;
   for (const auto& s : specs) expected[s.name] = &s;
   for (const auto& t : f.tensors()) {
     if (!expected.count(t.name))
-      MINILLM_FAIL("weights: '" << path << "': unexpected tensor '" << t.name << "' for config '" << c.name << "'");
+      MINILLM_FAIL("weights: " << excerpt(path, 256) << ": unexpected tensor " << excerpt(t.name, 128) << " for config "
+                               << excerpt(c.name));
   }
   for (const auto& spec : specs) {
     const SafeTensorInfo* t = f.find(spec.name);
@@ -159,6 +200,19 @@ WeightStore WeightStore::load(const std::string& path, const ModelConfig& c) {
     w.shape = t->shape;
     const auto* p = static_cast<const uint8_t*>(f.data(*t));
     w.bytes.assign(p, p + (t->end - t->begin));
+    const int64_t bad = first_non_finite(w.dtype, w.bytes.data(), w.numel());
+    if (bad >= 0) {
+      const float v = w.at(bad);
+      detail::Message at;
+      for (size_t d = 0, rest = static_cast<size_t>(bad); d < w.shape.size(); ++d) {
+        int64_t inner = 1;
+        for (size_t e = d + 1; e < w.shape.size(); ++e) inner *= w.shape[e];
+        at << (d ? ", " : "") << static_cast<int64_t>(rest) / inner;
+        rest %= static_cast<size_t>(inner);
+      }
+      MINILLM_FAIL("weights: '" << path << "': tensor '" << spec.name << "' holds " << (std::isnan(v) ? "NaN" : "Inf")
+                                << " at [" << at.str() << "] (element " << bad << "); weights must be finite");
+    }
     ws.tensors_.emplace(spec.name, std::move(w));
   }
   return ws;

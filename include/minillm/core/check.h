@@ -2,6 +2,7 @@
 // User input is validated once at the public boundary with messages that name the field and value.
 #pragma once
 #include <charconv>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -52,6 +53,15 @@ class Message {
   throw Error(m.str());
 }
 }  // namespace detail
+
+// `s` for an error message: whole when short, else its first `max_chars` bytes, "..." and the length
+// ("'abc...' (100000 bytes)"). Messages never echo an unbounded value from a file or a request.
+std::string excerpt(std::string_view s, size_t max_chars = 64);
+
+// a * b and a + b for sizes: throws minillm::Error "<what> = a x b overflows 64 bits" on overflow.
+int64_t checked_mul(int64_t a, int64_t b, const char* what);
+int64_t checked_add(int64_t a, int64_t b, const char* what);
+
 }  // namespace minillm
 
 // MINILLM_CHECK(cond, "field = " << value << " must be ...") throws minillm::Error when !cond.

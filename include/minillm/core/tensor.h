@@ -103,4 +103,10 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
 
 bool cuda_available();  // true when built with CUDA and a device is present
 
+// Bytes that can be allocated on `device` now: the host's MemAvailable (/proc/meminfo), or the
+// current CUDA device's free memory. 0 when unknown.
+size_t available_memory(Device device);
+// "1.23 GB", "456.0 MB", "789 bytes" (powers of 1000, as the error messages and `minillm info` print).
+std::string format_bytes(double bytes);
+
 }  // namespace minillm
