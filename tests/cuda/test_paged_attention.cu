@@ -72,10 +72,15 @@ struct Case {
 std::string describe(const Case& c) {
   std::string s = std::string(minillm::dtype_name(c.dtype)) + " H" + std::to_string(c.Hq) + "/" +
                   std::to_string(c.Hkv) + " D" + std::to_string(c.D) + (c.causal ? " causal" : " full") + " ctx/nq";
-  for (size_t i = 0; i < c.ctx.size() && i < 8; ++i) s += " " + std::to_string(c.ctx[i]) + "/" + std::to_string(c.nq[i]);
-  if (c.ctx.size() > 8) s += " ... (" + std::to_string(c.ctx.size()) + " seqs)";
-  if (c.num_splits) s += " splits " + std::to_string(c.num_splits);
-  if (c.amp != 1.f) s += " amp " + std::to_string(c.amp);
+  for (size_t i = 0; i < c.ctx.size() && i < 8; ++i) {
+    s += ' ';
+    s += std::to_string(c.ctx[i]);
+    s += '/';
+    s += std::to_string(c.nq[i]);
+  }
+  if (c.ctx.size() > 8) s.append(" ... (").append(std::to_string(c.ctx.size())).append(" seqs)");
+  if (c.num_splits) s.append(" splits ").append(std::to_string(c.num_splits));
+  if (c.amp != 1.f) s.append(" amp ").append(std::to_string(c.amp));
   return s;
 }
 
