@@ -5,6 +5,7 @@
 namespace minillm::py {
 void bind_engine(nanobind::module_& m);     // python/engine.cpp: config, InferenceEngine
 void bind_attention(nanobind::module_& m);  // python/attention.cpp: flash_attention, flash_attention_varlen
+void bind_paged(nanobind::module_& m);      // python/paged.cpp: paged_attention, kv_cache_write
 void bind_moe(nanobind::module_& m);        // python/moe.cpp: MoELayer
 void bind_tokenizer(nanobind::module_& m);  // python/tokenizer.cpp: Tokenizer, IncrementalDecoder, StopStringMatcher
 }  // namespace minillm::py

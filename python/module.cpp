@@ -5,6 +5,7 @@ NB_MODULE(_minillm, m) {
   m.doc() = "minillm: a small, fast inference engine for Mixture-of-Experts transformers";
   minillm::py::bind_engine(m);
   minillm::py::bind_tokenizer(m);
+  minillm::py::bind_paged(m);
 #ifdef MINILLM_PY_ATTENTION
   minillm::py::bind_attention(m);
 #endif

@@ -26,7 +26,7 @@ BENCHES=${BENCHES:-}
 CLIBENCH_ARGS=${CLIBENCH_ARGS:-"--model medium --batch 8 --seq 2048"}
 SAN_FILTER=${SAN_FILTER:-"*Small*:QkvRope*"}
 # racecheck: our kernels only (cuBLAS's own kernels report hazards racecheck cannot model).
-RACE_FILTER=${RACE_FILTER:-"FlashAttention.Small*:FlashAttentionSm90.Small*:MoECuda.Small*:QkvRopeCuda.*"}
+RACE_FILTER=${RACE_FILTER:-"FlashAttention.Small*:FlashAttentionSm90.Small*:MoECuda.Small*:QkvRopeCuda.*:PagedAttention.Small*"}
 declare -a SUMMARY=()
 
 step() {  # step NAME LOGFILE COMMAND...: runs, records pass/fail and the seconds it took
