@@ -35,7 +35,9 @@ struct MoEConfigFields {
   int ffn_size = 0;
   ExpertActivation activation = ExpertActivation::swiglu;
   bool normalize_topk = true;
-  int shared_expert_ffn = 0;  // 0: no shared expert
+  // > 0: a shared expert of this width that every token goes through, scaled by a sigmoid gate
+  // (Qwen2-MoE): y += sigmoid(x . shared_gate) * w2s(silu(w1s x) * w3s x). 0: none.
+  int shared_expert_ffn = 0;
 };
 
 struct ModelConfig {
@@ -52,7 +54,10 @@ struct ModelConfig {
   NormPlacement norm_placement = NormPlacement::post;
   PositionType position = PositionType::rope;
   float rope_theta = 10000.0f;
+  // RMSNorm (eps = norm_eps) on q and k after the projection, before RoPE: per_head over each head's
+  // head_dim (Qwen3-MoE, weights [D]), full over the whole q / k projection (OLMoE, [q_dim] / [kv_dim]).
   QkNorm qk_norm = QkNorm::none;
+  bool qkv_bias = false;  // q_proj, k_proj, v_proj have biases (Qwen2-MoE)
   bool causal = true;
   MoEConfigFields moe;
   bool tie_embeddings = false;

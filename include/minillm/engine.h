@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "minillm/checkpoint.h"
 #include "minillm/config.h"
 #include "minillm/core/tensor.h"
 #include "minillm/weights.h"
@@ -25,6 +26,7 @@ struct EngineOptions {
   int max_seq = 0;              // 0: the config's max_seq_len
   bool cuda_graphs = true;      // capture one CUDA graph per (B, N) shape on first use
   DType logits_dtype = DType::f32;  // f32 or the model dtype (CUDA backend)
+  LoadProgressFn on_load_progress;  // model directories: called after each shard is uploaded
 };
 
 // The bytes an engine for (config, max_batch, max_seq) needs, computed from the same formulas the
@@ -51,6 +53,9 @@ struct ForwardTimings {
 class InferenceEngine {
  public:
   InferenceEngine(const ModelConfig& config, const WeightStore& weights, const EngineOptions& opts = {});
+  // A Hugging Face model directory (checkpoint.h): validated completely, then uploaded shard by shard
+  // in the checkpoint's dtype (converted to the backend's: fp32 on the CPU, bf16/fp16 on CUDA).
+  explicit InferenceEngine(const std::string& model_dir, const EngineOptions& opts = {});
   ~InferenceEngine();
   InferenceEngine(const InferenceEngine&) = delete;
   InferenceEngine& operator=(const InferenceEngine&) = delete;
@@ -72,8 +77,9 @@ class InferenceEngine {
 
   // The uploaded weights as the backend holds them (device tensors on CUDA): "embed", "lm_head",
   // "final_norm.w/.b", and per layer "layers.{l}." + "wqkv" [qkv_dim, H] (q, k, v rows), "wo",
-  // "norm1.w/.b", "norm2.w/.b", "router" [E, H], "w1", "w3" [E, F, H], "w2" [E, H, F]. Views: valid
-  // while the engine lives. Empty norm biases (RMSNorm) and w3 (gelu) are left out.
+  // "norm1.w/.b", "norm2.w/.b", "router" [E, H], "w1", "w3" [E, F, H], "w2" [E, H, F], and when the
+  // config has them "bqkv" [qkv_dim] fp32, "q_norm", "k_norm" fp32, "ws13" [2 Fs, H], "ws2" [H, Fs],
+  // "shared_gate" [1, H]. Views: valid while the engine lives. Empty tensors are left out.
   std::vector<std::pair<std::string, Tensor>> weights() const;
 
   const ModelConfig& config() const { return config_; }
@@ -89,6 +95,7 @@ class InferenceEngine {
   void check_ids(const int32_t* ids, int B, int N) const;
 
  private:
+  void init(const EngineOptions& opts, const class WeightSource& weights);
   void check_shape(int B, int N) const;
   void run(int B, int N);
   Tensor logits_view(int B, int N) const;

@@ -28,6 +28,12 @@ class CpuBackend final : public Backend {
     cpu::rope(base, T, c.num_heads, c.head_dim, c.qkv_dim(), pos_.data(), c.rope_theta);
     cpu::rope(base + c.q_dim(), T, c.num_kv_heads, c.head_dim, c.qkv_dim(), pos_.data(), c.rope_theta);
   }
+  void qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) override {
+    const bool qkn = c.qk_norm != QkNorm::none;
+    cpu::qkv_bias_norm(qkv.ptr<float>(), qkv.size(0), c.num_heads, c.num_kv_heads, c.head_dim,
+                       w.bqkv.data ? w.bqkv.ptr<float>() : nullptr, qkn ? w.q_norm.ptr<float>() : nullptr,
+                       qkn ? w.k_norm.ptr<float>() : nullptr, c.qk_norm == QkNorm::per_head, c.norm_eps);
+  }
   void attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) override {
     const float* q = qkv.ptr<float>();
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
@@ -54,6 +60,9 @@ class CpuBackend final : public Backend {
     cpu::moe(x.ptr<float>(), w.router.ptr<float>(), w.w1.ptr<float>(), w.w3.data ? w.w3.ptr<float>() : nullptr,
              w.w2.ptr<float>(), x.size(0), c.hidden_size, c.moe.num_experts, c.moe.ffn_size, c.moe.top_k,
              c.moe.normalize_topk, act, y.ptr<float>());
+    if (c.moe.shared_expert_ffn > 0)
+      cpu::shared_expert(x.ptr<float>(), w.ws13.ptr<float>(), w.ws2.ptr<float>(), w.shared_gate.ptr<float>(), x.size(0),
+                         c.hidden_size, c.moe.shared_expert_ffn, y.ptr<float>());
   }
   size_t op_workspace_bytes(const ModelConfig&, int64_t) const override { return 0; }
   void to_device(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }

@@ -34,6 +34,13 @@ void attention(const float* q, const float* k, const float* v, float* o, int64_t
 void layernorm(const float* x, const float* w, const float* b, float eps, int64_t T, int64_t H, float* y);
 void rmsnorm(const float* x, const float* w, float eps, int64_t T, int64_t H, float* y);
 
+// In place on a fused QKV activation qkv [T, (Hq + 2 Hkv) * D]: + bias ([(Hq + 2 Hkv) * D], or null),
+// then RMSNorm (eps) of q and k with weights q_norm / k_norm (null: none): per_head normalises each
+// head's D values with weights [D]; otherwise q [Hq * D] and k [Hkv * D] are each one vector
+// (weights [Hq * D] / [Hkv * D]). v is only biased.
+void qkv_bias_norm(float* qkv, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, const float* bias, const float* q_norm,
+                   const float* k_norm, bool per_head, float eps);
+
 // MoE router on logits [T, E]: softmax in double over E -> top-k (ties to the lower expert index)
 // -> optional renormalisation of the k weights to sum 1. ids: [T, k] (descending weight), weights: [T, k].
 // 1 <= k <= E.
@@ -49,5 +56,11 @@ enum class Activation { swiglu, gelu };
 // summed in the order j = 0..k-1 (deterministic). Each expert runs as a GEMM on its gathered tokens.
 void moe(const float* x, const float* router_w, const float* w1, const float* w3, const float* w2, int64_t T,
          int64_t H, int64_t E, int64_t F, int64_t k, bool normalize, Activation act, float* y);
+
+// Shared expert with a sigmoid gate (Qwen2-MoE), added onto y:
+//   y[t] += sigmoid(x[t] . gate) * w2 @ (silu(w1 x[t]) * (w3 x[t]))
+// x, y: [T, H]; w13: [2 Fs, H] (w1 = gate_proj rows, then w3 = up_proj rows); w2: [H, Fs]; gate: [H].
+void shared_expert(const float* x, const float* w13, const float* w2, const float* gate, int64_t T, int64_t H,
+                   int64_t Fs, float* y);
 
 }  // namespace minillm::cpu

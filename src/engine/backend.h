@@ -4,6 +4,7 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "minillm/config.h"
@@ -19,12 +20,18 @@ struct NormWeights {
 // One layer's weights on the backend's device. Matmul weights in the backend's dtype, norms fp32.
 struct LayerWeights {
   Tensor wqkv;  // [q_dim + 2 kv_dim, H]: q_proj, k_proj, v_proj rows concatenated
+  Tensor bqkv;  // [q_dim + 2 kv_dim] fp32 q, k, v biases (qkv_bias), or empty
+  Tensor q_norm, k_norm;  // fp32 RMSNorm weights: [D] (per_head) or [q_dim] / [kv_dim] (full), or empty
   Tensor wo;    // [H, q_dim]
   NormWeights norm1, norm2;  // input_layernorm, post_attention_layernorm
   Tensor router;  // [E, H]
   Tensor w1;      // [E, F, H] gate
   Tensor w3;      // [E, F, H] up (empty for gelu)
   Tensor w2;      // [E, H, F] down
+  // Shared expert (moe.shared_expert_ffn = Fs > 0), else empty:
+  Tensor ws13;         // [2 Fs, H]: gate_proj rows, then up_proj rows
+  Tensor ws2;          // [H, Fs] down_proj
+  Tensor shared_gate;  // [1, H] sigmoid gate
 };
 
 struct ModelWeights {
@@ -41,12 +48,10 @@ class Backend {
   virtual Device device() const = 0;
   virtual DType act_dtype() const = 0;
 
-  // Allocates a tensor of `shape` x `dtype` in backend memory (owned by `storage`) and fills it from
-  // fp32 values that `fill(float* dst)` writes (numel of them, dense): directly into host fp32 memory,
-  // through a staging buffer otherwise. ld > 0 (16-bit dtypes only) stores the rows (last dim) with that
-  // row stride instead of densely.
-  Tensor upload(std::initializer_list<int64_t> shape, DType dtype, std::vector<Buffer>& storage,
-                const std::function<void(float*)>& fill, int64_t ld = 0);
+  // Allocates an uninitialised tensor of `shape` x `dtype` in backend memory (owned by `storage`).
+  // ld > 0 (16-bit dtypes only) stores the rows (last dim) with that row stride instead of densely
+  // (the padding is zeroed).
+  Tensor alloc_weight(std::initializer_list<int64_t> shape, DType dtype, std::vector<Buffer>& storage, int64_t ld = 0);
   // The row stride at which this backend wants expert matrices of `cols` columns stored.
   virtual int64_t expert_row_stride(int64_t cols) const { return cols; }
 
@@ -56,9 +61,14 @@ class Backend {
   virtual void linear(const Tensor& x, const Tensor& w, Tensor& y) = 0;
   // In place on qkv [B*N, qkv_dim]: RoPE on the q and k parts, position of token b*N+n is n.
   virtual void rope(Tensor& qkv, int B, int N, const ModelConfig& c) = 0;
-  // qkv [B*N, qkv_dim] = x [B*N, H] @ wqkv^T, then RoPE when the config has it. Backends may fuse the two.
-  virtual void qkv(const Tensor& x, const Tensor& wqkv, Tensor& qkv, int B, int N, const ModelConfig& c) {
-    linear(x, wqkv, qkv);
+  // In place on qkv [T, qkv_dim]: + w.bqkv (when present), then RMSNorm of q and k with w.q_norm /
+  // w.k_norm (per head or over the whole projection, as c.qk_norm says).
+  virtual void qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) = 0;
+  // qkv [B*N, qkv_dim] = x [B*N, H] @ w.wqkv^T (+ bias, qk-norm), then RoPE when the config has it.
+  // Backends may fuse the steps.
+  virtual void qkv(const Tensor& x, const LayerWeights& w, Tensor& qkv, int B, int N, const ModelConfig& c) {
+    linear(x, w.wqkv, qkv);
+    if (w.bqkv.data || c.qk_norm != QkNorm::none) qkv_bias_norm(qkv, w, c);
     if (c.position == PositionType::rope) rope(qkv, B, N, c);
   }
   // out [B*N, q_dim] = attention over q, k, v inside qkv [B*N, qkv_dim].
@@ -66,8 +76,9 @@ class Backend {
   // x = x + delta (when delta is given); out = norm(x). out may alias x. delta: [T * P, H], P rows per
   // token (P = 1, or moe_output_parts for a MoE output) whose sum is the token's delta.
   virtual void add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) = 0;
-  // y [T * P, H] with P = moe_output_parts(c): MoE(x [T, H]) with layer `l`'s router and experts, as P
-  // rows per token whose sum is the output (the backend may leave that sum to add_norm).
+  // y [T * P, H] with P = moe_output_parts(c): MoE(x [T, H]) with layer `l`'s router and experts (and
+  // its shared expert, when the config has one), as P rows per token whose sum is the output (the
+  // backend may leave that sum to add_norm).
   virtual void moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y,
                    Workspace& ws) = 0;
   virtual int moe_output_parts(const ModelConfig&) const { return 1; }
@@ -84,8 +95,23 @@ std::unique_ptr<Backend> make_cpu_backend();
 std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& c, int max_tokens);
 #endif
 
-// Uploads a WeightStore to a backend in the layout above (QKV fused, experts stacked).
-ModelWeights upload_weights(Backend& be, const ModelConfig& c, const class WeightStore& ws);
+// A set of named host tensors (our names, docs/WEIGHTS.md), already validated against the config:
+// for_each hands each one to `sink` in the source's own order (a checkpoint: shard by shard; the
+// data pointer is valid only during the call).
+class WeightSource {
+ public:
+  using Sink = std::function<void(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                                  const void* data)>;
+  virtual ~WeightSource() = default;
+  virtual void for_each(const Sink& sink) const = 0;
+};
+
+// Uploads weights to a backend in the layout above (QKV fused, experts stacked): every tensor of the
+// config is allocated first, then each source tensor is converted to its destination's dtype and
+// copied into place as it comes (host memory: a bounded staging buffer, no copy of the model).
+ModelWeights upload_weights(Backend& be, const ModelConfig& c, const WeightSource& src);
+// A WeightStore's tensors as a WeightSource (the store must outlive it).
+std::unique_ptr<WeightSource> make_store_source(const class WeightStore& ws);
 
 // The transformer forward pass. ids: [B*N] i32 on the device; logits: [B*N, V] in `logits.dtype`
 // (fp32 on the CPU backend). All scratch comes from `ws` (reset by the caller).

@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "engine/backend.h"
+#include "model/checkpoint.h"
 
 #ifdef MINILLM_WITH_CUDA
 #include "cuda/engine/cuda_backend.h"
@@ -142,6 +143,17 @@ struct InferenceEngine::Impl {
 
 InferenceEngine::InferenceEngine(const ModelConfig& config, const WeightStore& weights, const EngineOptions& opts)
     : config_(config), impl_(std::make_unique<Impl>()) {
+  init(opts, *make_store_source(weights));
+}
+
+InferenceEngine::InferenceEngine(const std::string& model_dir, const EngineOptions& opts)
+    : impl_(std::make_unique<Impl>()) {
+  const CheckpointInfo info = inspect_checkpoint(model_dir);
+  config_ = info.config;
+  init(opts, CheckpointSource(info, opts.on_load_progress));
+}
+
+void InferenceEngine::init(const EngineOptions& opts, const WeightSource& weights) {
   config_.validate();
   max_batch_ = opts.max_batch;
   max_seq_ = resolve_max_seq(config_, opts.max_batch, opts.max_seq);
@@ -346,6 +358,9 @@ std::vector<std::pair<std::string, Tensor>> InferenceEngine::weights() const {
     const LayerWeights& lw = w.layers[l];
     const std::string p = "layers." + std::to_string(l) + ".";
     add(p + "wqkv", lw.wqkv);
+    add(p + "bqkv", lw.bqkv);
+    add(p + "q_norm", lw.q_norm);
+    add(p + "k_norm", lw.k_norm);
     add(p + "wo", lw.wo);
     add(p + "norm1.w", lw.norm1.w);
     add(p + "norm1.b", lw.norm1.b);
@@ -355,6 +370,9 @@ std::vector<std::pair<std::string, Tensor>> InferenceEngine::weights() const {
     add(p + "w1", lw.w1);
     add(p + "w3", lw.w3);
     add(p + "w2", lw.w2);
+    add(p + "ws13", lw.ws13);
+    add(p + "ws2", lw.ws2);
+    add(p + "shared_gate", lw.shared_gate);
   }
   add("final_norm.w", w.final_norm.w);
   add("final_norm.b", w.final_norm.b);

@@ -117,7 +117,8 @@ ModelConfig preset_config(const std::string& name) {
 ModelConfig parse_config_json(const std::string& text) {
   const json j = parse_json_strict(text, "config");
   check_keys(j, "", {"name", "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                     "max_seq_len", "norm", "position", "qk_norm", "causal", "moe", "tie_embeddings", "dtype"});
+                     "max_seq_len", "norm", "position", "qk_norm", "qkv_bias", "causal", "moe", "tie_embeddings",
+                     "dtype"});
   ModelConfig c;
   if (j.contains("name")) c.name = read_string(j, "name", "");
   for (const char* req : {"vocab_size", "hidden_size", "num_layers", "num_heads", "max_seq_len", "moe"}) {
@@ -151,6 +152,7 @@ ModelConfig parse_config_json(const std::string& text) {
   }
   c.qk_norm = read_enum<QkNorm>(j, "qk_norm", "", {{"none", QkNorm::none}, {"per_head", QkNorm::per_head}, {"full", QkNorm::full}},
                                 c.qk_norm);
+  read_bool(j, "qkv_bias", "", c.qkv_bias);
   read_bool(j, "causal", "", c.causal);
   {
     const json& m = j.at("moe");
@@ -206,10 +208,9 @@ void ModelConfig::validate() const {
   if (moe.top_k > moe.num_experts)
     MINILLM_FAIL("config: moe.top_k = " << moe.top_k << " exceeds moe.num_experts = " << moe.num_experts);
   if (moe.shared_expert_ffn < 0) MINILLM_FAIL("config: moe.shared_expert_ffn = " << moe.shared_expert_ffn << " must be >= 0");
-  if (qk_norm != QkNorm::none)
-    MINILLM_FAIL("config: qk_norm = " << qk_norm_name(qk_norm) << " is not supported yet (use none)");
-  if (moe.shared_expert_ffn > 0)
-    MINILLM_FAIL("config: moe.shared_expert_ffn = " << moe.shared_expert_ffn << " is not supported yet (use 0)");
+  if (moe.shared_expert_ffn > 0 && moe.activation != ExpertActivation::swiglu)
+    MINILLM_FAIL("config: moe.shared_expert_ffn = " << moe.shared_expert_ffn << " needs moe.activation = swiglu, got "
+                                                    << activation_name(moe.activation));
   if (!(norm_eps > 0.0f) || norm_eps > 1.0f) MINILLM_FAIL("config: norm.eps = " << norm_eps << " must be in (0, 1]");
   if (position == PositionType::rope && !(rope_theta > 1.0f && rope_theta <= kMaxRopeTheta))
     MINILLM_FAIL("config: position.theta = " << rope_theta << " must be in (1, " << kMaxRopeTheta << "]");
@@ -223,7 +224,10 @@ int64_t ModelConfig::num_parameters() const {
   const int64_t n_mats = moe.activation == ExpertActivation::swiglu ? 3 : 2;
   const int64_t norm_params = norm_type == NormType::layernorm ? 2 * H : H;
   const int64_t qk = qk_norm == QkNorm::none ? 0 : qk_norm == QkNorm::per_head ? 2 * head_dim : q_dim() + kv_dim();
-  const int64_t per_layer = H * qkv_dim() + q_dim() * H + qk + E * H + E * n_mats * H * F + 2 * norm_params;
+  const int64_t bias = qkv_bias ? qkv_dim() : 0;
+  const int64_t shared = moe.shared_expert_ffn > 0 ? 3 * H * moe.shared_expert_ffn + H : 0;
+  const int64_t per_layer =
+      H * qkv_dim() + bias + q_dim() * H + qk + E * H + E * n_mats * H * F + shared + 2 * norm_params;
   const int64_t final_norm = norm_placement == NormPlacement::pre ? norm_params : 0;
   return V * H * (tie_embeddings ? 1 : 2) + num_layers * per_layer + final_norm;
 }
@@ -237,7 +241,9 @@ int64_t ModelConfig::num_active_parameters() const {
 double ModelConfig::flops_per_token(int64_t seq) const {
   const double H = hidden_size, F = moe.ffn_size;
   const double n_mats = moe.activation == ExpertActivation::swiglu ? 3 : 2;
-  const double matmul_params = H * qkv_dim() + q_dim() * H + H * moe.num_experts + moe.top_k * n_mats * H * F;
+  const double shared = moe.shared_expert_ffn > 0 ? 3.0 * H * moe.shared_expert_ffn + H : 0.0;
+  const double matmul_params =
+      H * qkv_dim() + q_dim() * H + H * moe.num_experts + moe.top_k * n_mats * H * F + shared;
   // Attention: QK^T and PV, 2 FLOPs per multiply-add; a causal query sees (seq + 1) / 2 keys on average.
   const double keys = causal ? (seq + 1) / 2.0 : static_cast<double>(seq);
   const double attn = 4.0 * keys * q_dim();
@@ -271,6 +277,7 @@ std::string config_to_json(const ModelConfig& c) {
       {"norm", {{"type", norm_type_name(c.norm_type)}, {"eps", c.norm_eps}, {"placement", placement_name(c.norm_placement)}}},
       {"position", {{"type", c.position == PositionType::rope ? "rope" : "none"}, {"theta", c.rope_theta}}},
       {"qk_norm", qk_norm_name(c.qk_norm)},
+      {"qkv_bias", c.qkv_bias},
       {"causal", c.causal},
       {"moe",
        {{"num_experts", c.moe.num_experts},

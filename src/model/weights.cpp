@@ -79,6 +79,16 @@ std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
     v.push_back({layer_name(l, "self_attn.q_proj.weight"), {c.q_dim(), H}});
     v.push_back({layer_name(l, "self_attn.k_proj.weight"), {c.kv_dim(), H}});
     v.push_back({layer_name(l, "self_attn.v_proj.weight"), {c.kv_dim(), H}});
+    if (c.qkv_bias) {
+      v.push_back({layer_name(l, "self_attn.q_proj.bias"), {c.q_dim()}});
+      v.push_back({layer_name(l, "self_attn.k_proj.bias"), {c.kv_dim()}});
+      v.push_back({layer_name(l, "self_attn.v_proj.bias"), {c.kv_dim()}});
+    }
+    if (c.qk_norm != QkNorm::none) {
+      const bool per_head = c.qk_norm == QkNorm::per_head;
+      v.push_back({layer_name(l, "self_attn.q_norm.weight"), {per_head ? c.head_dim : c.q_dim()}});
+      v.push_back({layer_name(l, "self_attn.k_norm.weight"), {per_head ? c.head_dim : c.kv_dim()}});
+    }
     v.push_back({layer_name(l, "self_attn.o_proj.weight"), {H, c.q_dim()}});
     add_norm_specs(v, c, layer_name(l, "input_layernorm"));
     add_norm_specs(v, c, layer_name(l, "post_attention_layernorm"));
@@ -87,6 +97,12 @@ std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
       v.push_back({expert_name(l, e, "w1"), {F, H}});
       if (c.moe.activation == ExpertActivation::swiglu) v.push_back({expert_name(l, e, "w3"), {F, H}});
       v.push_back({expert_name(l, e, "w2"), {H, F}});
+    }
+    if (const int64_t Fs = c.moe.shared_expert_ffn; Fs > 0) {
+      v.push_back({layer_name(l, "mlp.shared_expert.gate_proj.weight"), {Fs, H}});
+      v.push_back({layer_name(l, "mlp.shared_expert.up_proj.weight"), {Fs, H}});
+      v.push_back({layer_name(l, "mlp.shared_expert.down_proj.weight"), {H, Fs}});
+      v.push_back({layer_name(l, "mlp.shared_expert_gate.weight"), {1, H}});
     }
   }
   if (c.norm_placement == NormPlacement::pre) add_norm_specs(v, c, "model.norm");
@@ -140,7 +156,8 @@ WeightStore WeightStore::random(const ModelConfig& c, uint64_t seed, DType dtype
     const int64_t n = w.numel();
     w.bytes.resize(static_cast<size_t>(n) * dtype_size(dtype));
     float lo = -1.0f, hi = 1.0f, offset = 0.0f;
-    if (ends_with(spec.name, "layernorm.weight") || spec.name == "model.norm.weight") {
+    if (ends_with(spec.name, "layernorm.weight") || ends_with(spec.name, "_norm.weight") ||
+        spec.name == "model.norm.weight") {
       lo = -0.1f, hi = 0.1f, offset = 1.0f;
     } else if (ends_with(spec.name, ".bias")) {
       lo = -0.1f, hi = 0.1f;
