@@ -42,6 +42,9 @@ step() {  # step NAME LOGFILE COMMAND...: runs, records pass/fail and the second
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+# The tokenizer's libraries, when this machine lacks them (scripts/setup.sh --sysroot, carried in .deps).
+sysroot_lib=$PWD/.deps/sysroot/usr/lib/x86_64-linux-gnu
+[[ -d $sysroot_lib ]] && export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$sysroot_lib
 [[ -f .deps/include/nlohmann/json.hpp ]] || { echo "error: .deps missing: carry .deps (run scripts/setup.sh here first)"; exit 1; }
 
 step build build.log env BUILD_DIR="$BUILD_DIR" PYTHON="$PY" scripts/build.sh -DCMAKE_CUDA_ARCHITECTURES=90a || { printf '%s\n' "${SUMMARY[@]}"; exit 1; }

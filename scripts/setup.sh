@@ -10,6 +10,9 @@
 # Usage: scripts/setup.sh            (apt + pip + .deps)
 #        scripts/setup.sh --sanitize (also clang, its sanitizer/libFuzzer runtimes and OpenMP: for
 #                                     scripts/fuzz.sh and the sanitizer build in scripts/test.sh)
+#        scripts/setup.sh --sysroot  (also unpacks the tokenizer's libraries (PCRE2, utf8proc,
+#                                     sentencepiece) into .deps/sysroot, for a machine without network
+#                                     that lacks them: the GPU machine; CMake finds them there)
 #        MINILLM_SKIP_APT=1 ...      (skip apt, e.g. where there is no network)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +44,16 @@ if [[ -z "${MINILLM_SKIP_APT:-}" ]] && command -v apt-get >/dev/null; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+fi
+
+if [[ "${1:-}" == "--sysroot" && ! -f .deps/sysroot/STAMP_v1 ]]; then
+  echo "setup: tokenizer libraries into .deps/sysroot"
+  tmp=$(mktemp -d) && chmod 777 "$tmp"
+  (cd "$tmp" && apt-get download -qq libpcre2-dev libpcre2-8-0 libutf8proc-dev libutf8proc2 libsentencepiece-dev \
+                                     libsentencepiece0 libprotobuf-lite32 2>/dev/null)
+  rm -rf .deps/sysroot && mkdir -p .deps/sysroot
+  for f in "$tmp"/*.deb; do dpkg -x "$f" .deps/sysroot; done
+  rm -rf .deps/sysroot/usr/share "$tmp" && touch .deps/sysroot/STAMP_v1
 fi
 
 PY=${PYTHON:-python3}
