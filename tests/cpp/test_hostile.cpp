@@ -289,7 +289,7 @@ TEST(Hostile, MemoryEstimateRefusesUpFront) {
   big.vocab_size = minillm::kMaxVocabSize;
   big.max_seq_len = 1 << 20;
   expect_error([&] { minillm::check_memory(minillm::estimate_memory(big, 1024, 1 << 20, o), 1024, 1 << 20, true); },
-               {"memory: batch 1024 x seq 1048576 on cpu needs", "PB", "more than the", "available (MemAvailable)"});
+               {"memory: batch 1024 x seq 1048576 needs", "PB", "more than the", "available (MemAvailable)"});
   expect_error([&] { minillm::estimate_memory(cfg, 2147483647, 512, o); }, {"max_batch x max_seq", "2^30"});
   expect_error([&] { minillm::InferenceEngine(big, w, [] { minillm::EngineOptions e; e.device = "cpu"; e.max_batch = 1024; e.max_seq = 1 << 20; return e; }()); },
                {"needs", "available"});
