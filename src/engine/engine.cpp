@@ -96,7 +96,7 @@ MemoryEstimate estimate_memory(const ModelConfig& config, int max_batch, int max
 
 void check_memory(const MemoryEstimate& m, int max_batch, int max_seq, bool with_host_weights) {
   auto fail = [&](Device d, size_t need, size_t avail, const std::string& parts) {
-    MINILLM_FAIL("memory: batch " << max_batch << " x seq " << max_seq << " on " << device_name(m.device) << " needs "
+    MINILLM_FAIL("memory: batch " << max_batch << " x seq " << max_seq << " needs "
                                   << format_bytes(static_cast<double>(need)) << " on " << device_name(d) << " (" << parts
                                   << "), more than the " << format_bytes(static_cast<double>(avail)) << " available"
                                   << (d == Device::cpu ? " (MemAvailable)" : " (free device memory)"));

@@ -17,6 +17,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/json.h"
 #include "minillm/core/check.h"
 #include "minillm/safetensors.h"
 #include "minillm/weights.h"
@@ -91,7 +92,7 @@ CheckpointInfo inspect_checkpoint(const std::string& dir) {
     const std::string where = index_path.string();
     json j;
     try {
-      j = json::parse(read_text(index_path));
+      j = parse_json_strict(read_text(index_path), where);
     } catch (const json::parse_error& e) {
       MINILLM_FAIL(where << ": malformed JSON: " << e.what());
     }
@@ -100,7 +101,7 @@ CheckpointInfo inspect_checkpoint(const std::string& dir) {
     std::set<std::string> files;
     for (auto it = j.at("weight_map").begin(); it != j.at("weight_map").end(); ++it) {
       if (!it.value().is_string())
-        MINILLM_FAIL(where << ": weight_map['" << it.key() << "'] must be a file name, got " << it.value().dump());
+        MINILLM_FAIL(where << ": weight_map['" << it.key() << "'] must be a file name, got " << json_excerpt(it.value()));
       const std::string f = it.value().get<std::string>();
       if (f.empty() || f.find('/') != std::string::npos || f.find('\\') != std::string::npos || f == "." || f == "..")
         MINILLM_FAIL(where << ": weight_map['" << it.key() << "'] = '" << f << "' is not a file name in the directory");

@@ -208,6 +208,8 @@ void ModelConfig::validate() const {
   if (moe.top_k > moe.num_experts)
     MINILLM_FAIL("config: moe.top_k = " << moe.top_k << " exceeds moe.num_experts = " << moe.num_experts);
   if (moe.shared_expert_ffn < 0) MINILLM_FAIL("config: moe.shared_expert_ffn = " << moe.shared_expert_ffn << " must be >= 0");
+  if (moe.shared_expert_ffn > kMaxFfnSize)
+    MINILLM_FAIL("config: moe.shared_expert_ffn = " << moe.shared_expert_ffn << " exceeds the supported maximum " << kMaxFfnSize);
   if (moe.shared_expert_ffn > 0 && moe.activation != ExpertActivation::swiglu)
     MINILLM_FAIL("config: moe.shared_expert_ffn = " << moe.shared_expert_ffn << " needs moe.activation = swiglu, got "
                                                     << activation_name(moe.activation));

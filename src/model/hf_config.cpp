@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/json.h"
 #include "minillm/core/check.h"
 
 namespace minillm {
@@ -37,7 +38,7 @@ struct Reader {
       return *fallback;
     }
     const json& v = j.at(key);
-    if (!v.is_number_integer()) MINILLM_FAIL(where << ": " << key << " must be an integer, got " << v.dump());
+    if (!v.is_number_integer()) MINILLM_FAIL(where << ": " << key << " must be an integer, got " << json_excerpt(v));
     const int64_t x = v.get<int64_t>();
     if (x < 0 || x > INT32_MAX) MINILLM_FAIL(where << ": " << key << " = " << x << " is out of range");
     return static_cast<int>(x);
@@ -45,13 +46,13 @@ struct Reader {
   double number(const json& obj, const char* key, double fallback) const {
     if (!obj.contains(key) || obj.at(key).is_null()) return fallback;
     const json& v = obj.at(key);
-    if (!v.is_number()) MINILLM_FAIL(where << ": " << key << " must be a number, got " << v.dump());
+    if (!v.is_number()) MINILLM_FAIL(where << ": " << key << " must be a number, got " << json_excerpt(v));
     return v.get<double>();
   }
   bool boolean(const char* key, bool fallback) const {
     if (!has(key)) return fallback;
     const json& v = j.at(key);
-    if (!v.is_boolean()) MINILLM_FAIL(where << ": " << key << " must be true or false, got " << v.dump());
+    if (!v.is_boolean()) MINILLM_FAIL(where << ": " << key << " must be true or false, got " << json_excerpt(v));
     return v.get<bool>();
   }
   // Fails when `key` is present with a value other than null / the given harmless ones.
@@ -59,7 +60,7 @@ struct Reader {
     if (boolean(key, false)) MINILLM_FAIL(where << ": " << key << " = true is not supported (" << why << ")");
   }
   void require_null(const char* key, const char* why) const {
-    if (has(key)) MINILLM_FAIL(where << ": " << key << " = " << j.at(key).dump() << " is not supported (" << why << ")");
+    if (has(key)) MINILLM_FAIL(where << ": " << key << " = " << json_excerpt(j.at(key)) << " is not supported (" << why << ")");
   }
 };
 
@@ -72,7 +73,7 @@ float read_rope(const Reader& r, float fallback_theta) {
       if (!obj.contains(k) || obj.at(k).is_null()) continue;
       const json& t = obj.at(k);
       if (!t.is_string() || t.get<std::string>() != "default")
-        MINILLM_FAIL(r.where << ": " << key << "." << k << " = " << t.dump()
+        MINILLM_FAIL(r.where << ": " << key << "." << k << " = " << json_excerpt(t)
                              << " is not supported (only the default rotary embedding)");
     }
     const double prf = r.number(obj, "partial_rotary_factor", 1.0);
@@ -80,12 +81,12 @@ float read_rope(const Reader& r, float fallback_theta) {
   };
   if (r.has("rope_scaling")) {
     const json& s = r.j.at("rope_scaling");
-    if (!s.is_object()) MINILLM_FAIL(r.where << ": rope_scaling = " << s.dump() << " is not supported");
+    if (!s.is_object()) MINILLM_FAIL(r.where << ": rope_scaling = " << json_excerpt(s) << " is not supported");
     check_type(s, "rope_scaling");
   }
   if (r.has("rope_parameters")) {
     const json& p = r.j.at("rope_parameters");
-    if (!p.is_object()) MINILLM_FAIL(r.where << ": rope_parameters must be an object, got " << p.dump());
+    if (!p.is_object()) MINILLM_FAIL(r.where << ": rope_parameters must be an object, got " << json_excerpt(p));
     check_type(p, "rope_parameters");
     theta = r.number(p, "rope_theta", theta);
   }
@@ -99,14 +100,14 @@ float read_rope(const Reader& r, float fallback_theta) {
 HfConfig parse_hf_config(const std::string& text, const std::string& where) {
   json j;
   try {
-    j = json::parse(text);
+    j = parse_json_strict(text, where);
   } catch (const json::parse_error& e) {
     MINILLM_FAIL(where << ": malformed JSON: " << e.what());
   }
   if (!j.is_object()) MINILLM_FAIL(where << ": must be a JSON object");
   const Reader r{j, where};
   if (!r.has("model_type")) MINILLM_FAIL(where << ": missing key 'model_type' (supported: " << kSupported << ")");
-  if (!j.at("model_type").is_string()) MINILLM_FAIL(where << ": model_type must be a string, got " << j.at("model_type").dump());
+  if (!j.at("model_type").is_string()) MINILLM_FAIL(where << ": model_type must be a string, got " << json_excerpt(j.at("model_type")));
   HfConfig h;
   h.model_type = j.at("model_type").get<std::string>();
   const std::string& t = h.model_type;
@@ -146,7 +147,7 @@ HfConfig parse_hf_config(const std::string& text, const std::string& where) {
   if (r.has("hidden_act")) {
     const json& a = j.at("hidden_act");
     if (!a.is_string() || a.get<std::string>() != "silu")
-      MINILLM_FAIL(where << ": hidden_act = " << a.dump() << " is not supported (only silu: SwiGLU experts)");
+      MINILLM_FAIL(where << ": hidden_act = " << json_excerpt(a) << " is not supported (only silu: SwiGLU experts)");
   }
 
   // Attention variants.
@@ -169,15 +170,15 @@ HfConfig parse_hf_config(const std::string& text, const std::string& where) {
     if (r.has("mlp_only_layers")) {
       const json& m = j.at("mlp_only_layers");
       if (!m.is_array() || !m.empty())
-        MINILLM_FAIL(where << ": mlp_only_layers = " << m.dump() << " is not supported (dense MLP layers; use [])");
+        MINILLM_FAIL(where << ": mlp_only_layers = " << json_excerpt(m) << " is not supported (dense MLP layers; use [])");
     }
   }
   if (r.has("layer_types")) {
     const json& lt = j.at("layer_types");
-    if (!lt.is_array()) MINILLM_FAIL(where << ": layer_types must be a list, got " << lt.dump());
+    if (!lt.is_array()) MINILLM_FAIL(where << ": layer_types must be a list, got " << json_excerpt(lt));
     for (size_t i = 0; i < lt.size(); ++i) {
       if (!lt[i].is_string() || lt[i].get<std::string>() != "full_attention")
-        MINILLM_FAIL(where << ": layer_types[" << i << "] = " << lt[i].dump()
+        MINILLM_FAIL(where << ": layer_types[" << i << "] = " << json_excerpt(lt[i])
                            << " is not supported (only full_attention)");
     }
   }
@@ -190,7 +191,7 @@ HfConfig parse_hf_config(const std::string& text, const std::string& where) {
     if (s == "float32") h.dtype = DType::f32;
     else if (s == "bfloat16") h.dtype = DType::bf16;
     else if (s == "float16") h.dtype = DType::f16;
-    else MINILLM_FAIL(where << ": " << key << " = " << d.dump() << " is not supported (float32, bfloat16, float16)");
+    else MINILLM_FAIL(where << ": " << key << " = " << json_excerpt(d) << " is not supported (float32, bfloat16, float16)");
     break;
   }
   c.dtype = h.dtype == DType::f16 ? DType::f16 : DType::bf16;

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
+#include "core/json.h"
 #include "minillm/core/check.h"
 #include "text/bpe.h"
 #include "text/text_util.h"
@@ -884,7 +885,7 @@ std::unique_ptr<TokenizerImpl> load_hf_tokenizer(const std::string& path, const 
                                                  const json* config) {
   json j;
   try {
-    j = json::parse(content);
+    j = parse_json_strict(content, path);  // depth, duplicates, NUL: core/json.h
   } catch (const json::exception& e) {
     MINILLM_FAIL(path << ": not valid JSON: " << e.what());
   }

@@ -1,5 +1,6 @@
 // minillm::Tokenizer: loading from a model directory or file, the UTF-8 check at the public
 // boundary, streaming detokenization and stop strings.
+#include "core/json.h"
 #include "minillm/tokenizer.h"
 
 #include <filesystem>
@@ -43,7 +44,7 @@ std::string read_file(const std::string& path) {
 json read_config(const std::string& path) {
   const std::string s = read_file(path);
   try {
-    json j = json::parse(s);
+    json j = parse_json_strict(s, path);
     MINILLM_CHECK(j.is_object(), path << ": not a JSON object");
     return j;
   } catch (const json::exception& e) {

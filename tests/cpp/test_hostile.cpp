@@ -118,6 +118,9 @@ TEST(Hostile, EveryDimensionHasANamedUpperBound) {
   expect_config_error(R"({"vocab_size":256,"hidden_size":64,"num_layers":2,"num_heads":4,"max_seq_len":512,
     "moe":{"num_experts":4,"top_k":2,"ffn_size":1000000}})",
                       {"moe.ffn_size = 1000000", "maximum 262144"});
+  expect_config_error(R"({"vocab_size":256,"hidden_size":64,"num_layers":2,"num_heads":4,"max_seq_len":512,
+    "moe":{"num_experts":4,"top_k":2,"ffn_size":128,"shared_expert_ffn":1000000}})",
+                      {"moe.shared_expert_ffn = 1000000", "maximum 262144"});
   // The largest config within every bound still has exact 64-bit counts.
   minillm::ModelConfig c = minillm::preset_config("tiny");
   c.vocab_size = minillm::kMaxVocabSize;
@@ -127,7 +130,9 @@ TEST(Hostile, EveryDimensionHasANamedUpperBound) {
   c.head_dim = minillm::kMaxHeadDim;
   c.moe.num_experts = minillm::kMaxExperts;
   c.moe.top_k = minillm::kMaxTopK;
-  c.moe.ffn_size = minillm::kMaxFfnSize;
+  c.moe.ffn_size = c.moe.shared_expert_ffn = minillm::kMaxFfnSize;
+  c.qkv_bias = true;
+  c.qk_norm = minillm::QkNorm::full;
   EXPECT_NO_THROW(c.validate());
   EXPECT_GT(c.num_parameters(), int64_t{1} << 50);
   EXPECT_GT(c.num_active_parameters(), 0);
@@ -289,7 +294,7 @@ TEST(Hostile, MemoryEstimateRefusesUpFront) {
   big.vocab_size = minillm::kMaxVocabSize;
   big.max_seq_len = 1 << 20;
   expect_error([&] { minillm::check_memory(minillm::estimate_memory(big, 1024, 1 << 20, o), 1024, 1 << 20, true); },
-               {"memory: batch 1024 x seq 1048576 on cpu needs", "PB", "more than the", "available (MemAvailable)"});
+               {"memory: batch 1024 x seq 1048576 needs", "PB", "more than the", "available (MemAvailable)"});
   expect_error([&] { minillm::estimate_memory(cfg, 2147483647, 512, o); }, {"max_batch x max_seq", "2^30"});
   expect_error([&] { minillm::InferenceEngine(big, w, [] { minillm::EngineOptions e; e.device = "cpu"; e.max_batch = 1024; e.max_seq = 1 << 20; return e; }()); },
                {"needs", "available"});
