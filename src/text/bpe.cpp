@@ -216,13 +216,12 @@ void BpeModel::merge_heap(std::vector<Sym>& s) const {
   }
 }
 
-void BpeModel::encode_word(std::string_view w, std::vector<int32_t>& out) const {
+void BpeModel::encode_word(std::string_view w, std::vector<int32_t>& out, std::vector<Sym>& syms) const {
   if (w.empty()) return;
   if (ignore_merges_) {
     const int32_t id = token_to_id(w);
     if (id >= 0) { out.push_back(id); return; }
   }
-  thread_local std::vector<Sym> syms;
   initial_symbols(w, syms);
   if (syms.size() <= 64) merge_scan(syms); else merge_heap(syms);
   for (const Sym& x : syms) if (x.id >= 0) out.push_back(x.id);

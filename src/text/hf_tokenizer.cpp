@@ -129,9 +129,9 @@ struct Span {
 
 // The (offsets, is_match) list covering s; then the behaviour. Output: the kept pieces.
 void split_pieces(std::string_view s, const Regex& re, bool invert, Behavior behavior,
-                  std::vector<std::pair<size_t, size_t>>& scratch, std::vector<Span>& out) {
+                  std::vector<std::pair<size_t, size_t>>& scratch, std::vector<Span>& m, std::vector<Span>& out) {
   out.clear();
-  std::vector<Span> m;
+  m.clear();
   re.find_all(s, scratch);
   size_t prev = 0;
   for (auto [b, e] : scratch) {
@@ -544,7 +544,7 @@ class HfTokenizer final : public TokenizerImpl {
   void encode(std::string_view text, bool add_special, std::vector<int32_t>& out) const override {
     if (add_special) out.insert(out.end(), prefix_.begin(), prefix_.end());
     std::unique_lock<std::mutex> lk(cache_mu_, std::try_to_lock);
-    Ctx ctx{lk.owns_lock() ? &cache_ : nullptr, out};
+    Ctx ctx{lk.owns_lock() ? &cache_ : nullptr, out, std::vector<std::vector<Span>>(pre_.size() + 1), {}, {}, {}, {}};
     split_added(text, raw_match_, 0, [&](std::string_view seg, size_t seg_start, int32_t tok) {
       if (tok >= 0) { out.push_back(added_[tok].id); return; }
       std::string normalized(seg);
@@ -608,9 +608,16 @@ class HfTokenizer final : public TokenizerImpl {
 
  private:
   using Cache = std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>>;
+  // Per-call state: the cache (when this call holds it), the output, and scratch buffers reused
+  // across pre-tokens (no allocation per pre-token once they have grown).
   struct Ctx {
     Cache* cache;
     std::vector<int32_t>& out;
+    std::vector<std::vector<Span>> spans;  // per pre-tokenizer stage
+    std::vector<std::pair<size_t, size_t>> matches;
+    std::vector<Span> marks;
+    std::string mapped;
+    std::vector<BpeModel::Sym> syms;
   };
 
   const std::string* token_string(int32_t id) const {
@@ -669,14 +676,12 @@ class HfTokenizer final : public TokenizerImpl {
     if (s.empty()) return;
     if (k == pre_.size()) { model(s, ctx); return; }
     const PreTok& p = pre_[k];
-    thread_local std::vector<std::vector<Span>> spans_by_stage;
-    thread_local std::vector<std::pair<size_t, size_t>> scratch;
-    if (spans_by_stage.size() <= k) spans_by_stage.resize(k + 1);
+    auto& spans_by_stage = ctx.spans;
     switch (p.kind) {
       case PreTok::Split: {
         std::vector<Span> spans;
         spans.swap(spans_by_stage[k]);
-        split_pieces(s, *p.re, p.invert, p.behavior, scratch, spans);
+        split_pieces(s, *p.re, p.invert, p.behavior, ctx.matches, ctx.marks, spans);
         for (const Span& x : spans) pretokenize(k + 1, s.substr(x.b, x.e - x.b), at_start && x.b == 0, ctx);
         spans.swap(spans_by_stage[k]);
         return;
@@ -693,7 +698,7 @@ class HfTokenizer final : public TokenizerImpl {
         if (!p.use_regex) { model(v, ctx); return; }
         std::vector<Span> spans;
         spans.swap(spans_by_stage[k]);
-        split_pieces(v, *p.re, false, Behavior::Isolated, scratch, spans);
+        split_pieces(v, *p.re, false, Behavior::Isolated, ctx.matches, ctx.marks, spans);
         for (const Span& x : spans) model(v.substr(x.b, x.e - x.b), ctx);
         spans.swap(spans_by_stage[k]);
         return;
@@ -706,7 +711,7 @@ class HfTokenizer final : public TokenizerImpl {
           tmp.insert(0, p.replacement);
         if (!p.split) { pretokenize(k + 1, tmp, at_start, ctx); return; }
         std::vector<Span> spans;
-        split_pieces(tmp, *p.re, false, Behavior::MergedWithNext, scratch, spans);
+        split_pieces(tmp, *p.re, false, Behavior::MergedWithNext, ctx.matches, ctx.marks, spans);
         for (const Span& x : spans) pretokenize(k + 1, std::string_view(tmp).substr(x.b, x.e - x.b), at_start && x.b == 0, ctx);
         return;
       }
@@ -725,13 +730,12 @@ class HfTokenizer final : public TokenizerImpl {
     }
     const size_t before = ctx.out.size();
     if (byte_level_) {
-      thread_local std::string mapped;
-      mapped.clear();
+      ctx.mapped.clear();
       const ByteAlphabet& a = alphabet();
-      for (char c : w) mapped += a.to_utf8[static_cast<uint8_t>(c)];
-      bpe_->encode_word(mapped, ctx.out);
+      for (char c : w) ctx.mapped += a.to_utf8[static_cast<uint8_t>(c)];
+      bpe_->encode_word(ctx.mapped, ctx.out, ctx.syms);
     } else {
-      bpe_->encode_word(w, ctx.out);
+      bpe_->encode_word(w, ctx.out, ctx.syms);
     }
     if (ctx.cache && w.size() < 256) {
       if (ctx.cache->size() >= kCacheCapacity) ctx.cache->clear();
