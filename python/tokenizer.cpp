@@ -62,6 +62,14 @@ void bind_tokenizer(nb::module_& m) {
       .def_prop_ro("stopped", &StopStringMatcher::stopped)
       .def_prop_ro("matched", [](const StopStringMatcher& s) { return to_py(s.matched()); });
 
+  nb::class_<TextStreamer>(m, "TextStreamer",
+                           "Generated ids -> text to print: the incremental decoder then the stop strings. "
+                           "push(id) -> text to show now; stopped; matched; finish() -> the held rest.")
+      .def("push", [](TextStreamer& s, int32_t id) { return to_py(s.push(id)); }, nb::arg("id"))
+      .def("finish", [](TextStreamer& s) { return to_py(s.finish()); })
+      .def_prop_ro("stopped", &TextStreamer::stopped)
+      .def_prop_ro("matched", [](const TextStreamer& s) { return to_py(s.matched()); });
+
   nb::class_<Tokenizer>(m, "Tokenizer",
                         "Tokenizer(path): a model directory (tokenizer.json, else tokenizer.model, with "
                         "tokenizer_config.json), or a tokenizer.json / .model file. Exact to Hugging Face tokenizers.")
@@ -99,6 +107,11 @@ void bind_tokenizer(nb::module_& m) {
            nb::arg("ids"), nb::arg("skip_special_tokens") = false)
       .def("decoder", [](const Tokenizer& t, bool skip) { return std::make_unique<IncrementalDecoder>(t, skip); },
            nb::arg("skip_special_tokens") = false, nb::keep_alive<0, 1>())
+      .def("streamer",
+           [](const Tokenizer& t, std::vector<std::string> stops, bool skip) {
+             return std::make_unique<TextStreamer>(t, std::move(stops), skip);
+           },
+           nb::arg("stop") = std::vector<std::string>{}, nb::arg("skip_special_tokens") = true, nb::keep_alive<0, 1>())
       .def("id_to_token", [](const Tokenizer& t, int32_t id) { return to_py(t.id_to_token(id)); }, nb::arg("id"))
       .def("token_to_id", [](const Tokenizer& t, nb::handle s) {
              const int32_t id = t.token_to_id(text_arg(s, "token"));

@@ -20,31 +20,34 @@ def main():
     show = "--examples" in sys.argv
     names = args or exactness.available()
     cats = list(CORPUS)
-    print("| vocabulary | " + " | ".join(cats) + " | total |")
-    print("|---|" + "---|" * (len(cats) + 1))
+    print("| vocabulary | " + " | ".join(cats) + " | total | lossless |")
+    print("|---|" + "---|" * (len(cats) + 2))
     total_bad = 0
     for name in names:
         res = exactness.compare(name, CORPUS, minillm)
         cells = []
-        n = bad = 0
+        n = bad = lossless = lossless_ok = 0
         for c in cats:
             r = res[c]
             b = r["ids"] + r["decode"] + r["stream"] + (r["lossless"] - r["lossless_ok"])
             n += r["strings"]
+            lossless += r["lossless"]
+            lossless_ok += r["lossless_ok"]
             bad += b
             cells.append(f"{r['strings']}/{b}")
         rnd = exactness.random_id_streams(name, minillm)
         bad += len(rnd)
         total_bad += bad
-        print(f"| {name} | " + " | ".join(cells) + f" | {n}/{bad} |")
+        print(f"| {name} | " + " | ".join(cells) + f" | {n}/{bad} | {lossless_ok}/{lossless} |")
         if show:
             for c in cats:
                 for e in res[c]["examples"][:3]:
                     print("   ", c, e[0], repr(e[1])[:80], "\n      got ", repr(e[2])[:300], "\n      want", repr(e[3])[:300])
             for ids, skip in rnd[:3]:
                 print("    random stream mismatch", ids, skip)
-    print("\ncells: strings/mismatches (ids + decode + stream + not recovered); "
-          "the total also counts 30 random id sequences streamed per vocabulary")
+    print("\ncells: strings/mismatches (ids + decode + stream + not recovered); the total also counts 30 random "
+          "id sequences streamed per vocabulary; lossless: strings recovered by decode(encode(x)) / strings the "
+          "oracle recovers")
     return 1 if total_bad else 0
 
 

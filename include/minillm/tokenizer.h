@@ -94,6 +94,26 @@ class StopStringMatcher {
   std::string matched_;
 };
 
+// Generated ids -> text to print, for `generate`: the incremental decoder followed by the stop
+// string matcher. push() returns the text to show now; once stopped() the generation should end
+// (the stop string and anything after it are not shown); finish() returns the held rest.
+class TextStreamer {
+ public:
+  TextStreamer(const Tokenizer& tok, std::vector<std::string> stops, bool skip_special_tokens = true)
+      : dec_(tok, skip_special_tokens), stop_(std::move(stops)) {}
+  std::string push(int32_t id) { return stop_.stopped() ? std::string() : stop_.feed(dec_.push(id)); }
+  std::string finish() {
+    std::string out = stop_.feed(dec_.flush());
+    return out + stop_.flush();
+  }
+  bool stopped() const { return stop_.stopped(); }
+  const std::string& matched() const { return stop_.matched(); }
+
+ private:
+  IncrementalDecoder dec_;
+  StopStringMatcher stop_;
+};
+
 // Checks that `s` is valid UTF-8; throws minillm::Error naming `what` and the first bad byte's offset.
 void check_utf8(std::string_view s, std::string_view what);
 

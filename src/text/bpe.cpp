@@ -56,11 +56,11 @@ BpeModel::BpeModel(const json& m, const std::string& path) {
   ignore_merges_ = opt_bool(m, "ignore_merges", false);
 
   auto vit = m.find("vocab");
-  MINILLM_CHECK(vit != m.end() && vit->is_object(), where << ".vocab is missing or not an object");
+  MINILLM_TEXT_REQUIRE(vit != m.end() && vit->is_object(), where << ".vocab is missing or not an object");
   vocab_.reserve(vit->size() * 2);
   int32_t max_id = -1;
   for (auto it = vit->begin(); it != vit->end(); ++it) {
-    MINILLM_CHECK(it.value().is_number_integer() && it.value().get<int64_t>() >= 0 &&
+    MINILLM_TEXT_REQUIRE(it.value().is_number_integer() && it.value().get<int64_t>() >= 0 &&
                       it.value().get<int64_t>() < (int64_t(1) << 30),
                   where << ".vocab[\"" << it.key() << "\"] = " << it.value().dump() << " is not a valid id");
     const auto id = it.value().get<int32_t>();
@@ -87,7 +87,7 @@ BpeModel::BpeModel(const json& m, const std::string& path) {
   for (int c = 0; c < 128; ++c) ascii_ids_[c] = token_to_id(std::string(1, char(c)));
 
   auto mit = m.find("merges");
-  MINILLM_CHECK(mit != m.end() && mit->is_array(), where << ".merges is missing or not an array");
+  MINILLM_TEXT_REQUIRE(mit != m.end() && mit->is_array(), where << ".merges is missing or not an array");
   std::vector<std::pair<uint64_t, uint64_t>> kv;
   kv.reserve(mit->size());
   uint32_t rank = 0;
@@ -96,18 +96,18 @@ BpeModel::BpeModel(const json& m, const std::string& path) {
     if (e.is_string()) {
       const auto& s = e.get_ref<const std::string&>();
       const size_t sp = s.find(' ');
-      MINILLM_CHECK(sp != std::string::npos && s.find(' ', sp + 1) == std::string::npos,
+      MINILLM_TEXT_REQUIRE(sp != std::string::npos && s.find(' ', sp + 1) == std::string::npos,
                     where << ".merges[" << rank << "] = \"" << s << "\" is not two tokens separated by one space");
       a = s.substr(0, sp);
       b = s.substr(sp + 1);
     } else {
-      MINILLM_CHECK(e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string(),
+      MINILLM_TEXT_REQUIRE(e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string(),
                     where << ".merges[" << rank << "] = " << e.dump() << " is not a pair of strings");
       a = e[0].get<std::string>();
       b = e[1].get<std::string>();
     }
     const int32_t ia = token_to_id(a), ib = token_to_id(b), in = token_to_id(a + b);
-    MINILLM_CHECK(ia >= 0 && ib >= 0 && in >= 0,
+    MINILLM_TEXT_REQUIRE(ia >= 0 && ib >= 0 && in >= 0,
                   where << ".merges[" << rank << "] (\"" << a << "\", \"" << b
                         << "\"): a token of the merge or its result is not in the vocabulary");
     kv.emplace_back((uint64_t(uint32_t(ia)) << 32) | uint32_t(ib), (uint64_t(rank) << 32) | uint32_t(in));
@@ -144,7 +144,7 @@ void BpeModel::initial_symbols(std::string_view w, std::vector<Sym>& syms) const
       }
     }
     if (!unk_name_.empty()) {
-      MINILLM_CHECK(unk_id_ >= 0, "BPE: unk_token \"" << unk_name_ << "\" is not in the vocabulary");
+      MINILLM_TEXT_REQUIRE(unk_id_ >= 0, "BPE: unk_token \"" << unk_name_ << "\" is not in the vocabulary");
       if (pend_unk >= 0 && !fuse_unk_) add(pend_unk);
       pend_unk = unk_id_;
     }  // no unknown token: the character is dropped, as in Hugging Face
@@ -216,13 +216,12 @@ void BpeModel::merge_heap(std::vector<Sym>& s) const {
   }
 }
 
-void BpeModel::encode_word(std::string_view w, std::vector<int32_t>& out) const {
+void BpeModel::encode_word(std::string_view w, std::vector<int32_t>& out, std::vector<Sym>& syms) const {
   if (w.empty()) return;
   if (ignore_merges_) {
     const int32_t id = token_to_id(w);
     if (id >= 0) { out.push_back(id); return; }
   }
-  thread_local std::vector<Sym> syms;
   initial_symbols(w, syms);
   if (syms.size() <= 64) merge_scan(syms); else merge_heap(syms);
   for (const Sym& x : syms) if (x.id >= 0) out.push_back(x.id);

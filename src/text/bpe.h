@@ -50,8 +50,16 @@ class BpeModel {
   // model: the "model" object of tokenizer.json; path names the file in errors.
   BpeModel(const nlohmann::json& model, const std::string& path);
 
-  // Appends the ids of one pre-token (its UTF-8 characters are the initial symbols).
-  void encode_word(std::string_view word, std::vector<int32_t>& out) const;
+  struct Sym {
+    int32_t id, prev, next;
+  };
+  // Appends the ids of one pre-token (its UTF-8 characters are the initial symbols); scratch is
+  // reused between calls.
+  void encode_word(std::string_view word, std::vector<int32_t>& out, std::vector<Sym>& scratch) const;
+  void encode_word(std::string_view word, std::vector<int32_t>& out) const {
+    std::vector<Sym> scratch;
+    encode_word(word, out, scratch);
+  }
   // The same with the merge order forced to the heap (tests compare both paths).
   void encode_word_heap(std::string_view word, std::vector<int32_t>& out) const;
 
@@ -67,9 +75,6 @@ class BpeModel {
   int32_t byte_token(uint8_t b) const { return byte_ids_[b]; }
 
  private:
-  struct Sym {
-    int32_t id, prev, next;
-  };
   // Initial symbols of a word (characters, byte fallback, unknown tokens) -> syms.
   void initial_symbols(std::string_view word, std::vector<Sym>& syms) const;
   void merge_scan(std::vector<Sym>& syms) const;

@@ -42,7 +42,7 @@ std::string onig_compatible(const std::string& p, const std::string& what) {
       if (n == 's') {
         out += in_class ? "\\s\\x{85}" : "[\\s\\x{85}]";
       } else if (n == 'S') {
-        MINILLM_CHECK(!in_class, what << ": \\S inside a character class is not supported in " << p);
+        MINILLM_TEXT_REQUIRE(!in_class, what << ": \\S inside a character class is not supported in " << p);
         out += "[^\\s\\x{85}]";
       } else {
         out += c;
@@ -60,12 +60,12 @@ std::string onig_compatible(const std::string& p, const std::string& what) {
     }
     if (in_class && c == '[' && i + 1 < p.size() && p[i + 1] == ':') {  // POSIX class [:alpha:]
       const size_t e = p.find(":]", i + 2);
-      MINILLM_CHECK(e != std::string::npos, what << ": unterminated POSIX class in " << p);
+      MINILLM_TEXT_REQUIRE(e != std::string::npos, what << ": unterminated POSIX class in " << p);
       out.append(p, i, e + 2 - i);
       i = e + 1;
       continue;
     }
-    MINILLM_CHECK(!(in_class && c == '['), what << ": nested character classes are not supported in " << p);
+    MINILLM_TEXT_REQUIRE(!(in_class && c == '['), what << ": nested character classes are not supported in " << p);
     if (in_class && c == ']') in_class = false;
     out += c;
   }
@@ -86,14 +86,14 @@ std::string regex_escape(const std::string& s) {
 
 // A Split/Replace "pattern": {"String": "..."} or {"Regex": "..."}.
 Regex compile_pattern(const json& pat, const std::string& where) {
-  MINILLM_CHECK(pat.is_object() && pat.size() == 1, where << ".pattern = " << pat.dump() << " is not {\"String\"|\"Regex\": ...}");
+  MINILLM_TEXT_REQUIRE(pat.is_object() && pat.size() == 1, where << ".pattern = " << pat.dump() << " is not {\"String\"|\"Regex\": ...}");
   if (pat.contains("String")) return Regex(regex_escape(pat["String"].get<std::string>()), where);
   if (pat.contains("Regex")) return Regex(onig_compatible(pat["Regex"].get<std::string>(), where), where);
   MINILLM_FAIL(where << ".pattern = " << pat.dump() << " is not {\"String\"|\"Regex\": ...}");
 }
 
 std::string type_of(const json& j, const std::string& where) {
-  MINILLM_CHECK(j.is_object() && j.contains("type") && j["type"].is_string(),
+  MINILLM_TEXT_REQUIRE(j.is_object() && j.contains("type") && j["type"].is_string(),
                 where << " = " << j.dump().substr(0, 200) << " has no \"type\"");
   return j["type"].get<std::string>();
 }
@@ -104,10 +104,10 @@ bool get_bool(const json& j, const char* key, bool def) {
 }
 
 char32_t single_char(const std::string& s, const std::string& where) {
-  MINILLM_CHECK(!s.empty() && utf8_invalid_at(s) == std::string::npos, where << " = \"" << s << "\" is not one character");
+  MINILLM_TEXT_REQUIRE(!s.empty() && utf8_invalid_at(s) == std::string::npos, where << " = \"" << s << "\" is not one character");
   size_t i = 0;
   const char32_t c = utf8_next(s, i);
-  MINILLM_CHECK(i == s.size(), where << " = \"" << s << "\" is not one character");
+  MINILLM_TEXT_REQUIRE(i == s.size(), where << " = \"" << s << "\" is not one character");
   return c;
 }
 
@@ -130,9 +130,9 @@ struct Span {
 
 // The (offsets, is_match) list covering s; then the behaviour. Output: the kept pieces.
 void split_pieces(std::string_view s, const Regex& re, bool invert, Behavior behavior,
-                  std::vector<std::pair<size_t, size_t>>& scratch, std::vector<Span>& out) {
+                  std::vector<std::pair<size_t, size_t>>& scratch, std::vector<Span>& m, std::vector<Span>& out) {
   out.clear();
-  std::vector<Span> m;
+  m.clear();
   re.find_all(s, scratch);
   size_t prev = 0;
   for (auto [b, e] : scratch) {
@@ -203,7 +203,7 @@ struct Normalizer {
         const auto n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
                                     static_cast<utf8proc_ssize_t>(s.size()), &dst,
                                     static_cast<utf8proc_option_t>(utf8proc_flags));
-        MINILLM_CHECK(n >= 0, "Unicode normalization failed: " << utf8proc_errmsg(n));
+        MINILLM_TEXT_REQUIRE(n >= 0, "Unicode normalization failed: " << utf8proc_errmsg(n));
         s.assign(reinterpret_cast<char*>(dst), static_cast<size_t>(n));
         std::free(dst);
         return;
@@ -340,7 +340,7 @@ void parse_pretokenizer(const json& j, const std::string& where, std::vector<Pre
     else if (scheme == "never") p.prepend = PreTok::Never;
     else MINILLM_FAIL(where << ".prepend_scheme = \"" << scheme << "\" is not supported");
     if (j.contains("add_prefix_space") && j["add_prefix_space"].is_boolean() && !j["add_prefix_space"].get<bool>()) {
-      MINILLM_CHECK(p.prepend == PreTok::Never || !j.contains("prepend_scheme"),
+      MINILLM_TEXT_REQUIRE(p.prepend == PreTok::Never || !j.contains("prepend_scheme"),
                     where << ": add_prefix_space does not match declared prepend_scheme");
       p.prepend = PreTok::Never;
     }
@@ -391,7 +391,7 @@ void parse_decoder(const json& j, const std::string& where, std::vector<DecStep>
     d.kind = DecStep::Metaspace;
     d.ch = single_char(j.at("replacement").get<std::string>(), where + ".replacement");
     const std::string scheme = j.contains("prepend_scheme") ? j["prepend_scheme"].get<std::string>() : "always";
-    MINILLM_CHECK(scheme == "always" || scheme == "first" || scheme == "never",
+    MINILLM_TEXT_REQUIRE(scheme == "always" || scheme == "first" || scheme == "never",
                   where << ".prepend_scheme = \"" << scheme << "\" is not supported");
     d.prepend = scheme != "never";
     if (j.contains("add_prefix_space") && j["add_prefix_space"].is_boolean() && !j["add_prefix_space"].get<bool>())
@@ -491,19 +491,19 @@ class HfTokenizer final : public TokenizerImpl {
  public:
   HfTokenizer(const std::string& path, const json& j) : path_(path) {
     for (const char* k : {"truncation", "padding"}) {
-      MINILLM_CHECK(!j.contains(k) || j[k].is_null(),
+      MINILLM_TEXT_REQUIRE(!j.contains(k) || j[k].is_null(),
                     path << ": \"" << k << "\" is set; truncation and padding are not supported (set them to null)");
     }
     const json& model = j.at("model");
     const std::string mt = model.contains("type") ? model["type"].get<std::string>() : "BPE";
-    MINILLM_CHECK(mt == "BPE", path << ": model.type = \"" << mt << "\" is not supported (only BPE)");
+    MINILLM_TEXT_REQUIRE(mt == "BPE", path << ": model.type = \"" << mt << "\" is not supported (only BPE)");
     bpe_ = std::make_unique<BpeModel>(model, path);
 
     if (j.contains("normalizer")) parse_normalizer(j["normalizer"], path + ": normalizer", norm_);
     if (j.contains("pre_tokenizer")) parse_pretokenizer(j["pre_tokenizer"], path + ": pre_tokenizer", pre_);
     for (size_t i = 0; i < pre_.size(); ++i) {
       if (pre_[i].kind == PreTok::ByteLevel) {
-        MINILLM_CHECK(i + 1 == pre_.size(), path << ": pre_tokenizer: a pre-tokenizer after ByteLevel is not supported");
+        MINILLM_TEXT_REQUIRE(i + 1 == pre_.size(), path << ": pre_tokenizer: a pre-tokenizer after ByteLevel is not supported");
         byte_level_ = true;
       }
     }
@@ -520,8 +520,8 @@ class HfTokenizer final : public TokenizerImpl {
         AddedToken t{a.at("content").get<std::string>(), a.at("id").get<int32_t>(),
                      get_bool(a, "single_word", false), get_bool(a, "lstrip", false),
                      get_bool(a, "rstrip", false), get_bool(a, "normalized", true), get_bool(a, "special", false)};
-        MINILLM_CHECK(t.id >= 0, path << ": added token \"" << t.content << "\" has id " << t.id);
-        MINILLM_CHECK(utf8_invalid_at(t.content) == std::string::npos, path << ": added token " << t.id << " is not valid UTF-8");
+        MINILLM_TEXT_REQUIRE(t.id >= 0, path << ": added token \"" << t.content << "\" has id " << t.id);
+        MINILLM_TEXT_REQUIRE(utf8_invalid_at(t.content) == std::string::npos, path << ": added token " << t.id << " is not valid UTF-8");
         id_end_ = std::max(id_end_, t.id + 1);
         added_.push_back(std::move(t));
       }
@@ -545,7 +545,7 @@ class HfTokenizer final : public TokenizerImpl {
   void encode(std::string_view text, bool add_special, std::vector<int32_t>& out) const override {
     if (add_special) out.insert(out.end(), prefix_.begin(), prefix_.end());
     std::unique_lock<std::mutex> lk(cache_mu_, std::try_to_lock);
-    Ctx ctx{lk.owns_lock() ? &cache_ : nullptr, out};
+    Ctx ctx{lk.owns_lock() ? &cache_ : nullptr, out, std::vector<std::vector<Span>>(pre_.size() + 1), {}, {}, {}, {}};
     split_added(text, raw_match_, 0, [&](std::string_view seg, size_t seg_start, int32_t tok) {
       if (tok >= 0) { out.push_back(added_[tok].id); return; }
       std::string normalized(seg);
@@ -609,9 +609,16 @@ class HfTokenizer final : public TokenizerImpl {
 
  private:
   using Cache = std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>>;
+  // Per-call state: the cache (when this call holds it), the output, and scratch buffers reused
+  // across pre-tokens (no allocation per pre-token once they have grown).
   struct Ctx {
     Cache* cache;
     std::vector<int32_t>& out;
+    std::vector<std::vector<Span>> spans;  // per pre-tokenizer stage
+    std::vector<std::pair<size_t, size_t>> matches;
+    std::vector<Span> marks;
+    std::string mapped;
+    std::vector<BpeModel::Sym> syms;
   };
 
   const std::string* token_string(int32_t id) const {
@@ -670,14 +677,12 @@ class HfTokenizer final : public TokenizerImpl {
     if (s.empty()) return;
     if (k == pre_.size()) { model(s, ctx); return; }
     const PreTok& p = pre_[k];
-    thread_local std::vector<std::vector<Span>> spans_by_stage;
-    thread_local std::vector<std::pair<size_t, size_t>> scratch;
-    if (spans_by_stage.size() <= k) spans_by_stage.resize(k + 1);
+    auto& spans_by_stage = ctx.spans;
     switch (p.kind) {
       case PreTok::Split: {
         std::vector<Span> spans;
         spans.swap(spans_by_stage[k]);
-        split_pieces(s, *p.re, p.invert, p.behavior, scratch, spans);
+        split_pieces(s, *p.re, p.invert, p.behavior, ctx.matches, ctx.marks, spans);
         for (const Span& x : spans) pretokenize(k + 1, s.substr(x.b, x.e - x.b), at_start && x.b == 0, ctx);
         spans.swap(spans_by_stage[k]);
         return;
@@ -694,7 +699,7 @@ class HfTokenizer final : public TokenizerImpl {
         if (!p.use_regex) { model(v, ctx); return; }
         std::vector<Span> spans;
         spans.swap(spans_by_stage[k]);
-        split_pieces(v, *p.re, false, Behavior::Isolated, scratch, spans);
+        split_pieces(v, *p.re, false, Behavior::Isolated, ctx.matches, ctx.marks, spans);
         for (const Span& x : spans) model(v.substr(x.b, x.e - x.b), ctx);
         spans.swap(spans_by_stage[k]);
         return;
@@ -707,7 +712,7 @@ class HfTokenizer final : public TokenizerImpl {
           tmp.insert(0, p.replacement);
         if (!p.split) { pretokenize(k + 1, tmp, at_start, ctx); return; }
         std::vector<Span> spans;
-        split_pieces(tmp, *p.re, false, Behavior::MergedWithNext, scratch, spans);
+        split_pieces(tmp, *p.re, false, Behavior::MergedWithNext, ctx.matches, ctx.marks, spans);
         for (const Span& x : spans) pretokenize(k + 1, std::string_view(tmp).substr(x.b, x.e - x.b), at_start && x.b == 0, ctx);
         return;
       }
@@ -726,13 +731,12 @@ class HfTokenizer final : public TokenizerImpl {
     }
     const size_t before = ctx.out.size();
     if (byte_level_) {
-      thread_local std::string mapped;
-      mapped.clear();
+      ctx.mapped.clear();
       const ByteAlphabet& a = alphabet();
-      for (char c : w) mapped += a.to_utf8[static_cast<uint8_t>(c)];
-      bpe_->encode_word(mapped, ctx.out);
+      for (char c : w) ctx.mapped += a.to_utf8[static_cast<uint8_t>(c)];
+      bpe_->encode_word(ctx.mapped, ctx.out, ctx.syms);
     } else {
-      bpe_->encode_word(w, ctx.out);
+      bpe_->encode_word(w, ctx.out, ctx.syms);
     }
     if (ctx.cache && w.size() < 256) {
       if (ctx.cache->size() >= kCacheCapacity) ctx.cache->clear();
@@ -749,24 +753,24 @@ class HfTokenizer final : public TokenizerImpl {
       return;
     }
     if (t == "ByteLevel") return;  // offsets only
-    MINILLM_CHECK(prefix_.empty() && suffix_.empty(), where << ": two post-processors that add tokens are not supported");
+    MINILLM_TEXT_REQUIRE(prefix_.empty() && suffix_.empty(), where << ": two post-processors that add tokens are not supported");
     if (t == "TemplateProcessing") {
       const json& specials = j.at("special_tokens");
       bool seen_seq = false;
       for (const auto& item : j.at("single")) {
         if (item.contains("Sequence")) {
-          MINILLM_CHECK(item["Sequence"].at("id").get<std::string>() == "A" && !seen_seq,
+          MINILLM_TEXT_REQUIRE(item["Sequence"].at("id").get<std::string>() == "A" && !seen_seq,
                         where << ".single: only one sequence $A is supported");
           seen_seq = true;
         } else if (item.contains("SpecialToken")) {
           const std::string name = item["SpecialToken"].at("id").get<std::string>();
-          MINILLM_CHECK(specials.contains(name), where << ".single names special token \"" << name << "\" that special_tokens lacks");
+          MINILLM_TEXT_REQUIRE(specials.contains(name), where << ".single names special token \"" << name << "\" that special_tokens lacks");
           for (const auto& id : specials[name].at("ids")) (seen_seq ? suffix_ : prefix_).push_back(id.get<int32_t>());
         } else {
           MINILLM_FAIL(where << ".single: item " << item.dump() << " is not supported");
         }
       }
-      MINILLM_CHECK(seen_seq, where << ".single has no $A");
+      MINILLM_TEXT_REQUIRE(seen_seq, where << ".single has no $A");
     } else if (t == "RobertaProcessing" || t == "BertProcessing") {
       prefix_.push_back(j.at("cls").at(1).get<int32_t>());
       suffix_.push_back(j.at("sep").at(1).get<int32_t>());
@@ -889,7 +893,7 @@ std::unique_ptr<TokenizerImpl> load_hf_tokenizer(const std::string& path, const 
   } catch (const json::exception& e) {
     MINILLM_FAIL(path << ": not valid JSON: " << e.what());
   }
-  MINILLM_CHECK(j.is_object() && j.contains("model"), path << ": not a tokenizer.json (no \"model\" object)");
+  MINILLM_TEXT_REQUIRE(j.is_object() && j.contains("model"), path << ": not a tokenizer.json (no \"model\" object)");
   std::unique_ptr<HfTokenizer> t;
   try {
     t = std::make_unique<HfTokenizer>(path, j);

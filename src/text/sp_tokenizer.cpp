@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "minillm/core/check.h"
+#include "text/text_util.h"
 #include "text/tokenizer_impl.h"
 
 namespace minillm::text {
@@ -18,14 +19,14 @@ class SpTokenizer final : public TokenizerImpl {
  public:
   SpTokenizer(const std::string& path, const std::string& content) : path_(path) {
     const auto st = sp_.LoadFromSerializedProto(content);
-    MINILLM_CHECK(st.ok(), path << ": not a SentencePiece model: " << st.ToString());
+    MINILLM_TEXT_REQUIRE(st.ok(), path << ": not a SentencePiece model: " << st.ToString());
     n_ = sp_.GetPieceSize();
   }
 
   void encode(std::string_view text, bool add_special, std::vector<int32_t>& out) const override {
     std::vector<int> ids;
     const auto st = sp_.Encode(text, &ids);
-    MINILLM_CHECK(st.ok(), path_ << ": SentencePiece encode failed: " << st.ToString());
+    MINILLM_TEXT_REQUIRE(st.ok(), path_ << ": SentencePiece encode failed: " << st.ToString());
     if (add_special && add_bos && bos_id >= 0) out.push_back(bos_id);
     out.insert(out.end(), ids.begin(), ids.end());
     if (add_special && add_eos && eos_id >= 0) out.push_back(eos_id);
@@ -41,7 +42,7 @@ class SpTokenizer final : public TokenizerImpl {
     }
     std::string out;
     const auto st = sp_.Decode(keep, &out);
-    MINILLM_CHECK(st.ok(), path_ << ": SentencePiece decode failed: " << st.ToString());
+    MINILLM_TEXT_REQUIRE(st.ok(), path_ << ": SentencePiece decode failed: " << st.ToString());
     return out;
   }
 

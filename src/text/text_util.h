@@ -10,8 +10,16 @@
 #include <utility>
 #include <vector>
 
+#include "minillm/core/check.h"
+
 struct pcre2_real_code_8;
 struct pcre2_real_match_data_8;
+
+// A user-facing check: throws minillm::Error with the message alone (no expression or source line).
+#define MINILLM_TEXT_REQUIRE(cond, msg) \
+  do {                                  \
+    if (!(cond)) MINILLM_FAIL(msg);     \
+  } while (0)
 
 namespace minillm::text {
 

@@ -26,18 +26,20 @@ int32_t config_token_id(const TokenizerImpl& t, const json* config, const char* 
   else if (v.is_object() && v.contains("content") && v["content"].is_string()) name = v["content"].get<std::string>();
   else MINILLM_FAIL(path << ": tokenizer_config.json " << key << " = " << v.dump() << " is neither a string nor {\"content\": ...}");
   const int32_t id = t.token_to_id(name);
-  MINILLM_CHECK(id >= 0, "tokenizer_config.json: " << key << " = \"" << name << "\" is not a token of " << path);
+  MINILLM_TEXT_REQUIRE(id >= 0, "tokenizer_config.json: " << key << " = \"" << name << "\" is not a token of " << path);
   return id;
 }
 }  // namespace text
 
 namespace {
 std::string read_file(const std::string& path) {
+  MINILLM_TEXT_REQUIRE(fs::exists(path), path << ": no such file or directory");
+  MINILLM_TEXT_REQUIRE(!fs::is_directory(path), path << ": is a directory, not a file");
   std::ifstream f(path, std::ios::binary);
-  MINILLM_CHECK(f.good(), path << ": cannot open the file");
+  MINILLM_TEXT_REQUIRE(f.good(), path << ": cannot open the file");
   std::ostringstream ss;
   ss << f.rdbuf();
-  MINILLM_CHECK(!f.bad(), path << ": read error");
+  MINILLM_TEXT_REQUIRE(!f.bad(), path << ": read error");
   return ss.str();
 }
 
@@ -45,7 +47,7 @@ json read_config(const std::string& path) {
   const std::string s = read_file(path);
   try {
     json j = parse_json_strict(s, path);
-    MINILLM_CHECK(j.is_object(), path << ": not a JSON object");
+    MINILLM_TEXT_REQUIRE(j.is_object(), path << ": not a JSON object");
     return j;
   } catch (const json::exception& e) {
     MINILLM_FAIL(path << ": not valid JSON: " << e.what());
@@ -71,7 +73,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_file(const std::string& path, const s
   if (has_config) config = read_config(config_path);
   size_t i = 0;
   while (i < content.size() && std::isspace(static_cast<unsigned char>(content[i]))) ++i;
-  MINILLM_CHECK(i < content.size(), path << ": the file is empty");
+  MINILLM_TEXT_REQUIRE(i < content.size(), path << ": the file is empty");
   std::unique_ptr<text::TokenizerImpl> impl;
   if (content[i] == '{')
     impl = text::load_hf_tokenizer(path, content, has_config ? &config : nullptr);
@@ -81,7 +83,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_file(const std::string& path, const s
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::from_dir(const std::string& dir) {
-  MINILLM_CHECK(fs::is_directory(dir), dir << ": not a directory");
+  MINILLM_TEXT_REQUIRE(fs::is_directory(dir), dir << ": not a directory");
   const fs::path d(dir);
   const fs::path cfg = d / "tokenizer_config.json";
   const std::string cfg_path = fs::exists(cfg) ? cfg.string() : "";
@@ -149,7 +151,7 @@ std::string IncrementalDecoder::flush() {
 
 StopStringMatcher::StopStringMatcher(std::vector<std::string> stops) : stops_(std::move(stops)) {
   for (size_t i = 0; i < stops_.size(); ++i) {
-    MINILLM_CHECK(!stops_[i].empty(), "stop[" << i << "] is an empty string");
+    MINILLM_TEXT_REQUIRE(!stops_[i].empty(), "stop[" << i << "] is an empty string");
     check_utf8(stops_[i], "stop string");
   }
 }

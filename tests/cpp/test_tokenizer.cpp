@@ -290,3 +290,28 @@ TEST(Tokenizer, BadFilesNameTheFileAndTheProblem) {
   EXPECT_NE(e.find(sp), std::string::npos) << e;
   EXPECT_NE(e.find("not a SentencePiece model"), std::string::npos) << e;
 }
+
+TEST(Tokenizer, TextStreamerStopsAcrossTokens) {
+  auto t = load(tiny_bytelevel());
+  const auto ids = t->encode("hello world<|end|>hello world", false);
+  // " world" is one token; the stop string "o w" spans "hello" and " w"
+  minillm::TextStreamer s(*t, {"o w"});
+  std::string shown;
+  size_t used = 0;
+  for (int32_t id : ids) {
+    shown += s.push(id);
+    ++used;
+    if (s.stopped()) break;
+  }
+  shown += s.finish();
+  EXPECT_TRUE(s.stopped());
+  EXPECT_EQ(shown, "hell");
+  EXPECT_EQ(used, 2u);
+  // no stop string: everything, special tokens skipped
+  minillm::TextStreamer all(*t, {});
+  std::string text;
+  for (int32_t id : ids) text += all.push(id);
+  text += all.finish();
+  EXPECT_EQ(text, "hello worldhello world");
+  EXPECT_FALSE(all.stopped());
+}
