@@ -396,11 +396,12 @@ TEST(PagedAttention, SmallGraphReplayWithNewLengths) {
     for (int s = 0; s < b.S; ++s)
       for (int j = 0; j < b.max_pages; ++j) bt[static_cast<size_t>(s) * max_pages + j] = b.block_table[s * b.max_pages + j];
     b1.dbt.host = bt, b1.dctx.host = b.c.ctx, b1.dcu.host = b.cu;
-    std::copy(b.dq.host.begin(), b.dq.host.end(), b1.dq.host.begin());
+    std::vector<uint16_t> q = b.dq.host, k = b.dk.host, v = b.dv.host;  // b may be b1 itself
+    std::copy(q.begin(), q.end(), b1.dq.host.begin());
     std::fill(b1.dk.host.begin(), b1.dk.host.end(), kPoison);
     std::fill(b1.dv.host.begin(), b1.dv.host.end(), kPoison);
-    std::copy(b.dk.host.begin(), b.dk.host.end(), b1.dk.host.begin());
-    std::copy(b.dv.host.begin(), b.dv.host.end(), b1.dv.host.begin());
+    std::copy(k.begin(), k.end(), b1.dk.host.begin());
+    std::copy(v.begin(), v.end(), b1.dv.host.begin());
     b1.dbt.upload(), b1.dctx.upload(), b1.dcu.upload(), b1.dq.upload(), b1.dk.upload(), b1.dv.upload();
   };
   for (const Batch* b : {&b2, &b1}) {

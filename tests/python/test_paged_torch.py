@@ -5,6 +5,7 @@ for the sequence's last n positions. Criterion (as tests/python/test_attention_t
 error of minillm is at most twice that of torch's own SDPA run in the same 16-bit dtype on the same
 gathered, contiguous inputs (+1e-5), and every output is finite. Cache rows nobody owns hold NaN.
 """
+import itertools
 import math
 
 import pytest
@@ -41,7 +42,7 @@ def make(ctx, nq, hq, hkv, d, dtype, seed=0, amp=1.0):
         slots = (bt[s, pos // P] * P + pos % P).int()
         minillm.kv_cache_write(k, v, kc, vc, slots)
         ks.append(k), vs.append(v)
-    cu = torch.tensor([0] + list(torch.tensor(nq).cumsum(0)), dtype=torch.int32, device="cuda")
+    cu = torch.tensor([0] + list(itertools.accumulate(nq)), dtype=torch.int32, device="cuda")
     q = ((torch.rand(int(cu[-1]), hq, d, device="cuda", generator=g) * 2 - 1) * amp).to(dtype)
     return q, kc, vc, bt, torch.tensor(ctx, dtype=torch.int32, device="cuda"), cu, ks, vs
 
