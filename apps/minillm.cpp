@@ -68,8 +68,11 @@ std::unique_ptr<InferenceEngine> make_engine(const ModelConfig& c, const ModelAr
   if (a.weights_given) MINILLM_FAIL("--weights: not used with a model directory (" << a.model << ")");
   o.on_load_progress = [](const LoadProgress& p) {
     const std::string name = std::filesystem::path(p.file).filename().string();
-    std::fprintf(stderr, "loaded shard %d/%d %s: %.2f of %.2f GB in %.2f s (%.2f GB/s)\n", p.shard, p.num_shards,
-                 name.c_str(), p.bytes / 1e9, p.total_bytes / 1e9, p.seconds, p.seconds > 0 ? p.bytes / 1e9 / p.seconds : 0.0);
+    const bool gb = p.total_bytes >= 1e9;  // GB for real models, MB for small ones
+    const double unit = gb ? 1e9 : 1e6;
+    std::fprintf(stderr, "loaded shard %d/%d %s: %.2f of %.2f %s in %.2f s (%.2f GB/s)\n", p.shard, p.num_shards,
+                 name.c_str(), p.bytes / unit, p.total_bytes / unit, gb ? "GB" : "MB", p.seconds,
+                 p.seconds > 0 ? p.bytes / 1e9 / p.seconds : 0.0);
   };
   return std::make_unique<InferenceEngine>(a.model, o);
 }
