@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <numeric>
@@ -44,7 +45,9 @@ struct ModelArgs {
 };
 
 void add_model_args(CLI::App* cmd, ModelArgs& a) {
-  cmd->add_option("--model", a.model, "preset (tiny, small, medium, large) or path to a config .json")->required();
+  cmd->add_option("--model", a.model,
+                  "preset (tiny, small, medium, large), path to a config .json, or a Hugging Face model directory")
+      ->required();
 }
 
 WeightStore load_weights(const ModelConfig& c, const ModelArgs& a) {
@@ -53,6 +56,25 @@ WeightStore load_weights(const ModelConfig& c, const ModelArgs& a) {
     return WeightStore::load(a.weights, c);
   }
   return WeightStore::random(c, a.seed, c.dtype);
+}
+
+// The engine for --model: a Hugging Face model directory (a progress line per shard on stderr), or a
+// config with --weights / seeded weights.
+std::unique_ptr<InferenceEngine> make_engine(const ModelConfig& c, const ModelArgs& a, EngineOptions o) {
+  if (!is_model_dir(a.model)) {
+    const WeightStore ws = load_weights(c, a);
+    return std::make_unique<InferenceEngine>(c, ws, o);
+  }
+  if (a.weights_given) MINILLM_FAIL("--weights: not used with a model directory (" << a.model << ")");
+  o.on_load_progress = [](const LoadProgress& p) {
+    const std::string name = std::filesystem::path(p.file).filename().string();
+    const bool gb = p.total_bytes >= 1e9;  // GB for real models, MB for small ones
+    const double unit = gb ? 1e9 : 1e6;
+    std::fprintf(stderr, "loaded shard %d/%d %s: %.2f of %.2f %s in %.2f s (%.2f GB/s)\n", p.shard, p.num_shards,
+                 name.c_str(), p.bytes / unit, p.total_bytes / unit, gb ? "GB" : "MB", p.seconds,
+                 p.seconds > 0 ? p.bytes / 1e9 / p.seconds : 0.0);
+  };
+  return std::make_unique<InferenceEngine>(a.model, o);
 }
 
 // "1,2,3" -> ids. Every comma-separated entry must be a decimal int32 (no empty entry).
@@ -180,7 +202,7 @@ int cmd_forward(const ModelArgs& a, const ForwardArgs& f) {
   opts.max_batch = B;
   opts.max_seq = N;
   // Before anything large is allocated (ids, weights, engine): does batch x seq fit?
-  check_memory(estimate_memory(c, B, N, opts), B, N, true);
+  check_memory(estimate_memory(c, B, N, opts), B, N, !is_model_dir(a.model));  // a model directory is never copied to the host
   if (f.ids.empty()) {
     // Deterministic pseudo-random ids from the seed.
     ids.resize(static_cast<size_t>(B) * N);
@@ -190,8 +212,8 @@ int cmd_forward(const ModelArgs& a, const ForwardArgs& f) {
       id = static_cast<int32_t>((s >> 33) % static_cast<uint64_t>(c.vocab_size));
     }
   }
-  const WeightStore ws = load_weights(c, a);
-  InferenceEngine eng(c, ws, opts);
+  const auto engine = make_engine(c, a, opts);
+  InferenceEngine& eng = *engine;
   std::vector<float> logits = eng.forward(ids.data(), B, N);
   const double ms = eng.last_timings().ms;
   const int64_t V = c.vocab_size;
@@ -203,7 +225,9 @@ int cmd_forward(const ModelArgs& a, const ForwardArgs& f) {
     finite = finite && std::isfinite(v);
   }
   std::printf("model %s on %s: batch %d x seq %d, %s weights\n", c.name.c_str(), device_name(eng.device()), B, N,
-              a.weights_given ? a.weights.c_str() : ("seeded (seed " + std::to_string(a.seed) + ")").c_str());
+              is_model_dir(a.model) ? "checkpoint"
+              : a.weights_given  ? a.weights.c_str()
+                                 : ("seeded (seed " + std::to_string(a.seed) + ")").c_str());
   const int k = static_cast<int>(std::min<int64_t>(f.top, V));
   std::printf("logits: float32 [%d, %d, %lld]; the %d largest at the last position of each sequence, as token id: logit\n",
               B, N, static_cast<long long>(V), k);
@@ -344,7 +368,21 @@ int cmd_bench(const ModelArgs& a, int B, int N, int warmup, int iters, const std
   MINILLM_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
   const auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<InferenceEngine> eng;
-  {
+  if (is_model_dir(a.model)) {
+    EngineOptions o;
+    o.device = "cuda";
+    o.max_batch = B;
+    o.max_seq = N;
+    o.cuda_graphs = graphs;
+    o.logits_dtype = logits_dtype;
+    eng = make_engine(c, a, o);
+    const double s_load = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double gb = static_cast<double>(inspect_checkpoint(a.model).tensor_bytes) / 1e9;
+    std::printf("model %s (%.3f B params): checkpoint %.2f GB loaded in %.2f s (%.2f GB/s); weights %.2f GB, "
+                "workspace (activations + scratch + logits) %.2f GB\n",
+                c.name.c_str(), c.num_parameters() / 1e9, gb, s_load, gb / s_load, eng->weight_bytes() / 1e9,
+                eng->workspace_bytes() / 1e9);
+  } else {
     const WeightStore ws = load_weights(c, a);
     const auto t1 = std::chrono::steady_clock::now();
     EngineOptions o;

@@ -100,13 +100,20 @@ class PyEngine {
  public:
   PyEngine(const std::string& config, const std::optional<std::string>& weights, const std::string& device, int max_batch,
            int max_seq, uint64_t seed, const std::string& logits_dtype, bool cuda_graphs) {
-    const ModelConfig c = config_from_arg(config);
     EngineOptions o;
     o.device = device;
     o.max_batch = max_batch;
     o.max_seq = max_seq;
     o.cuda_graphs = cuda_graphs;
     o.logits_dtype = logits_dtype == "f32" || logits_dtype == "fp32" ? DType::f32 : parse_dtype(logits_dtype);
+    if (is_model_dir(config)) {  // a Hugging Face model directory: config.json + safetensors
+      if (weights) MINILLM_FAIL("weights: not used with a model directory (" << config << ")");
+      const ModelConfig c = load_config(config);
+      check_memory(estimate_memory(c, max_batch, max_seq, o), max_batch, max_seq > 0 ? max_seq : c.max_seq_len, false);
+      engine_ = std::make_unique<InferenceEngine>(config, o);
+      return;
+    }
+    const ModelConfig c = config_from_arg(config);
     // Refuse before the weights are built when the plan cannot fit (names the sizes and what is free).
     check_memory(estimate_memory(c, max_batch, max_seq, o), max_batch, max_seq > 0 ? max_seq : c.max_seq_len, true);
     const WeightStore ws = weights ? WeightStore::load(*weights, c) : WeightStore::random(c, seed, c.dtype);

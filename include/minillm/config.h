@@ -81,7 +81,8 @@ struct ModelConfig {
 ModelConfig parse_config_json(const std::string& json_text);
 // Loads a preset by name (tiny, small, medium, large; a preset name always means the preset: write
 // ./tiny for a file of that name) or parses the file at `name_or_path` (a regular file of at most
-// kMaxConfigFileBytes; errors name the file).
+// kMaxConfigFileBytes; errors name the file); a directory is a Hugging Face model directory
+// (checkpoint.h).
 ModelConfig load_config(const std::string& name_or_path);
 ModelConfig preset_config(const std::string& name);
 std::string config_to_json(const ModelConfig& c);

@@ -44,8 +44,11 @@ class InferenceEngine(_InferenceEngine):
     """InferenceEngine(config, weights=None, device="auto", max_batch=1, max_seq=0, seed=0,
     logits_dtype="f32", cuda_graphs=True)
 
-    config: preset name ("tiny", "small", "medium", "large"), path to a .json config, or a dict.
-    weights: path to a .safetensors file, or None for seeded random weights (seed).
+    config: preset name ("tiny", "small", "medium", "large"), path to a .json config, a dict, or a
+      Hugging Face model directory (config.json + model.safetensors or sharded; model_type mixtral,
+      olmoe, qwen2_moe, qwen3_moe), loaded in its own dtype (docs/WEIGHTS.md).
+    weights: path to a .safetensors file, or None for seeded random weights (seed); None for a
+      model directory.
     device: "auto" (CUDA when available), "cpu" or "cuda".
     max_batch, max_seq: the largest (B, N) forward accepts; the workspace is planned for them once.
     logits_dtype: "f32" or the model dtype ("bf16"/"fp16"; CUDA only).

@@ -67,7 +67,7 @@ void write_slot(Backend& be, const Slot& s, DType sdt, const void* data, std::ve
   for (int64_t r0 = 0; r0 < s.rows; r0 += chunk) {
     const int64_t n = std::min(chunk, s.rows - r0);
     char* dst = host ? base + static_cast<size_t>(r0 * s.ld) * des : reinterpret_cast<char*>(staging.data());
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * s.cols > (int64_t{1} << 16))
     for (int64_t r = 0; r < n; ++r) {
       char* d = dst + static_cast<size_t>(r * s.ld) * des;
       convert(src + static_cast<size_t>((r0 + r) * s.cols) * ses, sdt, d, ddt, s.cols);

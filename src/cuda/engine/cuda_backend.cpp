@@ -51,6 +51,8 @@ MoEConfig moe_config(const ModelConfig& c) {
   return m;
 }
 
+size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
 bool moe_layer_supports(const ModelConfig& c) {
   try {
     moe_config(c).validate();
@@ -173,11 +175,21 @@ void CudaBackend::rope(Tensor& qkv, int B, int N, const ModelConfig& c) {
            static_cast<const float2*>(impl_->rope_table.data()), stream_);
 }
 
-void CudaBackend::qkv(const Tensor& x, const Tensor& w, Tensor& y, int B, int N, const ModelConfig& c) {
-  if (!impl_->fused_qkv) {
-    Backend::qkv(x, w, y, B, N, c);
+void CudaBackend::qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) {
+  OpScope s(*this, "qkv_bias_norm");
+  const bool qkn = c.qk_norm != QkNorm::none;
+  ke::qkv_bias_norm(c.dtype, qkv.data, w.bqkv.data ? w.bqkv.ptr<float>() : nullptr, qkn ? w.q_norm.ptr<float>() : nullptr,
+                    qkn ? w.k_norm.ptr<float>() : nullptr, qkv.size(0), c.num_heads, c.num_kv_heads, c.head_dim,
+                    c.qk_norm == QkNorm::per_head, c.norm_eps, stream_);
+}
+
+void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, int B, int N, const ModelConfig& c) {
+  // The fused GEMM + RoPE epilogue has no bias or qk-norm step: those models take linear, qkv_bias_norm, rope.
+  if (!impl_->fused_qkv || lw.bqkv.data || c.qk_norm != QkNorm::none) {
+    Backend::qkv(x, lw, y, B, N, c);
     return;
   }
+  const Tensor& w = lw.wqkv;
   const int64_t T = static_cast<int64_t>(B) * N, H = c.hidden_size;
   MINILLM_CHECK(x.size(0) == T && x.size(1) == H && w.size(0) == c.qkv_dim() && w.size(1) == H &&
                     y.size(0) == T && y.size(1) == c.qkv_dim() && x.dtype == c.dtype && w.dtype == c.dtype,
@@ -242,24 +254,38 @@ void CudaBackend::add_norm(Tensor& x, const Tensor* delta, const NormWeights& n,
 void CudaBackend::moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y,
                       Workspace& ws) {
   OpScope s(*this, "moe");
-  const int64_t T = x.size(0);
-  const size_t bytes = op_workspace_bytes(c, T);
+  const int64_t T = x.size(0), H = c.hidden_size, Fs = c.moe.shared_expert_ffn;
+  const size_t routed = routed_workspace_bytes(c, T);
   const size_t mark = ws.used();
-  void* scratch = ws.alloc_bytes(bytes);
+  char* scratch = static_cast<char*>(ws.alloc_bytes(routed + shared_workspace_bytes(c, T)));
   if (!impl_->moe.empty()) {
     MoELayer& m = impl_->moe.at(static_cast<size_t>(layer));
     m.set_weights(w.router.data, w.w1.data, w.w3.data, w.w2.data, w.w1.stride[1], w.w2.stride[1]);
-    m.forward_pairs(x.data, y.data, T, scratch, bytes, stream_);  // y [T * k, H]: add_norm sums the k rows
+    if (Fs > 0) {
+      m.forward(x.data, y.data, T, scratch, routed, stream_);  // y [T, H]: the shared expert is added onto it
+    } else {
+      m.forward_pairs(x.data, y.data, T, scratch, routed, stream_);  // y [T * k, H]: add_norm sums the k rows
+    }
   } else {
-    ke::moe_fallback(c.dtype, x.data, w.router.data, w.w1.data, w.w3.data, w.w2.data, T, c.hidden_size,
-                     c.moe.num_experts, c.moe.ffn_size, c.moe.top_k, c.moe.normalize_topk,
-                     c.moe.activation == ExpertActivation::swiglu, y.data, scratch, stream_);
+    ke::moe_fallback(c.dtype, x.data, w.router.data, w.w1.data, w.w3.data, w.w2.data, T, H, c.moe.num_experts,
+                     c.moe.ffn_size, c.moe.top_k, c.moe.normalize_topk, c.moe.activation == ExpertActivation::swiglu,
+                     y.data, scratch, stream_);
+  }
+  if (Fs > 0) {  // y += sigmoid(x . gate) * w2s(silu(w1s x) * w3s x)
+    const size_t es = dtype_size(c.dtype);
+    char* gu = scratch + routed;                           // [T, 2 Fs]
+    char* a = gu + align256(static_cast<size_t>(T * 2 * Fs) * es);  // [T, Fs]
+    char* o = a + align256(static_cast<size_t>(T * Fs) * es);       // [T, H]
+    impl_->gemm.linear(x.data, w.ws13.data, gu, T, 2 * Fs, H, c.dtype, c.dtype, stream_);
+    ke::swiglu_rows(c.dtype, gu, a, T, Fs, stream_);
+    impl_->gemm.linear(a, w.ws2.data, o, T, H, Fs, c.dtype, c.dtype, stream_);
+    ke::shared_expert_add(c.dtype, x.data, w.shared_gate.data, o, y.data, T, H, stream_);
   }
   ws.rewind(mark);
 }
 
 int CudaBackend::moe_output_parts(const ModelConfig& c) const {
-  return moe_layer_supports(c) ? c.moe.top_k : 1;
+  return moe_layer_supports(c) && c.moe.shared_expert_ffn == 0 ? c.moe.top_k : 1;
 }
 
 int64_t CudaBackend::expert_row_stride(int64_t cols) const {
@@ -267,10 +293,22 @@ int64_t CudaBackend::expert_row_stride(int64_t cols) const {
   return moe_layer_supports(config_) ? MoELayer::weight_row_stride(cols) : cols;
 }
 
-size_t CudaBackend::op_workspace_bytes(const ModelConfig& c, int64_t T) const {
+size_t CudaBackend::routed_workspace_bytes(const ModelConfig& c, int64_t T) {
   const size_t bytes = moe_layer_supports(c) ? MoELayer::workspace_bytes(moe_config(c), T)
                                              : ke::moe_fallback_workspace(T, c.moe.ffn_size, c.moe.top_k);
-  return (bytes + 255) / 256 * 256 + 256;  // + the arena's alignment slack
+  return align256(bytes);
+}
+
+size_t CudaBackend::shared_workspace_bytes(const ModelConfig& c, int64_t T) {
+  const int64_t Fs = c.moe.shared_expert_ffn;
+  if (Fs == 0) return 0;
+  const size_t es = dtype_size(c.dtype);
+  return align256(static_cast<size_t>(T * 2 * Fs) * es) + align256(static_cast<size_t>(T * Fs) * es) +
+         align256(static_cast<size_t>(T * c.hidden_size) * es);
+}
+
+size_t CudaBackend::op_workspace_bytes(const ModelConfig& c, int64_t T) const {
+  return routed_workspace_bytes(c, T) + shared_workspace_bytes(c, T) + 256;  // + the arena's alignment slack
 }
 
 void CudaBackend::to_device(void* dst, const void* src, size_t bytes) {

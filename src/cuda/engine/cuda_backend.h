@@ -3,10 +3,13 @@
 //   embedding, rope, add_norm: the kernels of src/cuda/engine/*.cu
 //   linear: cuBLASLt (gemm.h); attention: minillm::flash_attention_forward on strided views of qkv
 //   qkv: on Hopper, head dim 64 / 128, the QKV projection with RoPE in its epilogue (one kernel: the
-//        MoE grouped GEMM as a dense GEMM, cuda/moe/moe_ops.h); else linear, then rope
+//        MoE grouped GEMM as a dense GEMM, cuda/moe/moe_ops.h); else (and with q/k/v bias or
+//        qk-norm) linear, then qkv_bias_norm (bias + qk-norm, one pass), then rope
 //   moe: one minillm::MoELayer per layer (weights borrowed, scratch from the engine's workspace; its
 //        output left as k weighted rows per token, summed by the next add_norm), or
-//        a plain fallback for shapes MoELayer does not take
+//        a plain fallback for shapes MoELayer does not take; with a shared expert (Qwen2-MoE) the
+//        routed output is combined to one row per token and the gated shared expert (two cuBLASLt
+//        GEMMs and two elementwise kernels, shared_expert.cu) is added onto it
 // Beyond the interface, the engine uses: the stream, CUDA-graph replay per (B, N) shape, and a
 // profiling mode that brackets every op with CUDA events and sums the times per op kind.
 #pragma once
@@ -33,7 +36,8 @@ class CudaBackend final : public Backend {
   void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override;
   void linear(const Tensor& x, const Tensor& w, Tensor& y) override;
   void rope(Tensor& qkv, int B, int N, const ModelConfig& c) override;
-  void qkv(const Tensor& x, const Tensor& wqkv, Tensor& qkv, int B, int N, const ModelConfig& c) override;
+  void qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) override;
+  void qkv(const Tensor& x, const LayerWeights& w, Tensor& qkv, int B, int N, const ModelConfig& c) override;
   void attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) override;
   void add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) override;
   void moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y, Workspace& ws) override;
@@ -61,6 +65,9 @@ class CudaBackend final : public Backend {
 
  private:
   class OpScope;
+  // Scratch of moe(): the routed experts' (MoELayer or the fallback), then the shared expert's.
+  static size_t routed_workspace_bytes(const ModelConfig& c, int64_t T);
+  static size_t shared_workspace_bytes(const ModelConfig& c, int64_t T);
   ModelConfig config_;
   int64_t max_tokens_ = 0;
   cudaStream_t stream_ = nullptr;

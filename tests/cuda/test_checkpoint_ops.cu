@@ -1,0 +1,134 @@
+// The CUDA ops of the Hugging Face architectures against their CPU references on the same 16-bit
+// inputs: qkv_bias_norm (q/k/v bias, qk-norm per head and over the whole projection) against
+// cpu::qkv_bias_norm, and the shared expert's elementwise kernels (swiglu_rows, shared_expert_add)
+// against host loops in fp32. Criterion: one rounding of the output to 16 bits, so per element
+// |y - y_ref| <= 2^-7 * |y_ref| + 1e-3 (bf16) and the relative RMS error <= 5e-3.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "cpu/ops.h"
+#include "cuda/engine/ops.h"
+#include "minillm/core/cuda_check.h"
+#include "minillm/core/dtype.h"
+#include "minillm/core/tensor.h"
+
+namespace minillm {
+namespace {
+
+bool have_gpu() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+struct Host16 {  // values rounded to bf16, kept both as bits and as fp32
+  std::vector<uint16_t> bits;
+  std::vector<float> f;
+  Host16(size_t n, std::mt19937& rng, float scale = 1.f) : bits(n), f(n) {
+    std::normal_distribution<float> d(0.f, scale);
+    for (size_t i = 0; i < n; ++i) {
+      bits[i] = f32_to_bf16(d(rng));
+      f[i] = bf16_to_f32(bits[i]);
+    }
+  }
+};
+
+template <typename T>
+Buffer upload(const std::vector<T>& v) {
+  Buffer b(v.size() * sizeof(T), Device::cuda);
+  copy_bytes(b.data(), Device::cuda, v.data(), Device::cpu, v.size() * sizeof(T));
+  return b;
+}
+
+std::vector<float> download_bf16(const Buffer& b, size_t n) {
+  std::vector<uint16_t> h(n);
+  copy_bytes(h.data(), Device::cpu, b.data(), Device::cuda, n * 2);
+  std::vector<float> f(n);
+  for (size_t i = 0; i < n; ++i) f[i] = bf16_to_f32(h[i]);
+  return f;
+}
+
+void expect_close(const std::vector<float>& y, const std::vector<float>& ref) {
+  double err2 = 0, ref2 = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    ASSERT_LE(std::fabs(y[i] - ref[i]), std::ldexp(1.0, -7) * std::fabs(ref[i]) + 1e-3) << "element " << i;
+    err2 += double(y[i] - ref[i]) * (y[i] - ref[i]);
+    ref2 += double(ref[i]) * ref[i];
+  }
+  EXPECT_LE(std::sqrt(err2 / ref2), 5e-3);
+}
+
+struct QkvCase {
+  int64_t T;
+  int Hq, Hkv, D;
+  bool bias, norm, per_head;
+};
+
+void run_qkv(const QkvCase& c) {
+  SCOPED_TRACE(testing::Message() << "T" << c.T << " Hq" << c.Hq << " Hkv" << c.Hkv << " D" << c.D << " bias "
+                                  << c.bias << " norm " << c.norm << " per_head " << c.per_head);
+  std::mt19937 rng(7);
+  const int64_t row = int64_t(c.Hq + 2 * c.Hkv) * c.D, qd = int64_t(c.Hq) * c.D, kvd = int64_t(c.Hkv) * c.D;
+  Host16 qkv(size_t(c.T * row), rng, 2.f);
+  std::uniform_real_distribution<float> u(-0.5f, 0.5f);
+  std::vector<float> bias(static_cast<size_t>(row));
+  std::vector<float> qn(static_cast<size_t>(c.per_head ? c.D : qd)), kn(static_cast<size_t>(c.per_head ? c.D : kvd));
+  for (auto& v : bias) v = u(rng);
+  for (auto& v : qn) v = 1.f + u(rng);
+  for (auto& v : kn) v = 1.f + u(rng);
+  const float eps = 1e-6f;
+  std::vector<float> ref = qkv.f;  // [T, row]
+  cpu::qkv_bias_norm(ref.data(), c.T, c.Hq, c.Hkv, c.D, c.bias ? bias.data() : nullptr, c.norm ? qn.data() : nullptr,
+                     c.norm ? kn.data() : nullptr, c.per_head, eps);
+  Buffer d = upload(qkv.bits), db = upload(bias), dq = upload(qn), dk = upload(kn);
+  cuda::engine::qkv_bias_norm(DType::bf16, d.data(), c.bias ? static_cast<const float*>(db.data()) : nullptr,
+                              c.norm ? static_cast<const float*>(dq.data()) : nullptr,
+                              c.norm ? static_cast<const float*>(dk.data()) : nullptr, c.T, c.Hq, c.Hkv, c.D,
+                              c.per_head, eps, nullptr);
+  MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
+  expect_close(download_bf16(d, ref.size()), ref);
+}
+
+TEST(CheckpointOpsCuda, QkvBiasNorm) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  run_qkv({5, 4, 2, 16, true, false, false});     // Qwen2-MoE: bias only
+  run_qkv({37, 32, 4, 128, false, true, true});   // Qwen3-30B-A3B: per-head qk-norm
+  run_qkv({19, 16, 16, 128, false, true, false});  // OLMoE-1B-7B: qk-norm over q (2048) and k (2048)
+  run_qkv({3, 4, 2, 32, true, true, true});       // bias then per-head norm
+  run_qkv({3, 6, 3, 24, true, true, false});      // bias then whole-projection norm, odd sizes
+}
+
+TEST(CheckpointOpsCuda, SharedExpertElementwise) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(11);
+  const int64_t T = 13, H = 96, Fs = 80;
+  Host16 gu(size_t(T * 2 * Fs), rng), x(size_t(T * H), rng), gate(size_t(H), rng, 0.2f), o(size_t(T * H), rng),
+      y(size_t(T * H), rng);
+  // swiglu_rows: a[t, f] = silu(gu[t, f]) * gu[t, Fs + f]
+  std::vector<float> a_ref(size_t(T * Fs));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t f = 0; f < Fs; ++f) {
+      const float g = gu.f[t * 2 * Fs + f];
+      a_ref[t * Fs + f] = g / (1.f + std::exp(-g)) * gu.f[t * 2 * Fs + Fs + f];
+    }
+  Buffer dgu = upload(gu.bits), da(size_t(T * Fs) * 2, Device::cuda);
+  cuda::engine::swiglu_rows(DType::bf16, dgu.data(), da.data(), T, Fs, nullptr);
+  // shared_expert_add: y[t] += sigmoid(x[t] . gate) * o[t]
+  std::vector<float> y_ref = y.f;
+  for (int64_t t = 0; t < T; ++t) {
+    double dot = 0;
+    for (int64_t i = 0; i < H; ++i) dot += double(x.f[t * H + i]) * gate.f[i];
+    const double s = 1.0 / (1.0 + std::exp(-dot));
+    for (int64_t i = 0; i < H; ++i) y_ref[t * H + i] = float(y.f[t * H + i] + s * o.f[t * H + i]);
+  }
+  Buffer dx = upload(x.bits), dg = upload(gate.bits), dout = upload(o.bits), dy = upload(y.bits);
+  cuda::engine::shared_expert_add(DType::bf16, dx.data(), dg.data(), dout.data(), dy.data(), T, H, nullptr);
+  MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
+  expect_close(download_bf16(da, a_ref.size()), a_ref);
+  expect_close(download_bf16(dy, y_ref.size()), y_ref);
+}
+
+}  // namespace
+}  // namespace minillm
