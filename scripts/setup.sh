@@ -4,15 +4,13 @@
 # the tree can travel to a machine without network (the GPU machine) with `.deps` carried along:
 #   .deps/include/{nlohmann,CLI}   header-only nlohmann-json and CLI11 (Debian packages)
 #   .deps/googletest               GoogleTest sources (Debian package googletest), built by CMake
-#   .deps/cutlass/include          CUTLASS/CuTe headers from PyPI nvidia-cutlass (pinned)
 # Usage: scripts/setup.sh            (apt + pip + .deps)
 #        MINILLM_SKIP_APT=1 ...      (skip apt, e.g. where there is no network)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CUTLASS_VERSION=4.2.0.0
 PY_PINS=(nanobind==3.1.0 pytest==9.2.0 numpy==2.4.6)
-APT_PKGS=(g++ cmake ninja-build nlohmann-json3-dev libcli11-dev googletest libgtest-dev valgrind unzip)
+APT_PKGS=(g++ cmake ninja-build nlohmann-json3-dev libcli11-dev googletest libgtest-dev valgrind)
 
 if [[ -z "${MINILLM_SKIP_APT:-}" ]] && command -v apt-get >/dev/null; then
   missing=()
@@ -41,15 +39,4 @@ mkdir -p .deps/include
 [[ -d .deps/include/nlohmann ]] || cp -r /usr/include/nlohmann .deps/include/
 [[ -d .deps/include/CLI ]] || cp -r /usr/include/CLI .deps/include/
 [[ -d .deps/googletest ]] || cp -r /usr/src/googletest .deps/googletest
-
-if [[ ! -f .deps/cutlass/VERSION_${CUTLASS_VERSION} ]]; then
-  echo "setup: nvidia-cutlass==${CUTLASS_VERSION} headers"
-  tmp=$(mktemp -d)
-  $PY -m pip download -q --disable-pip-version-check --no-deps -d "$tmp" "nvidia-cutlass==${CUTLASS_VERSION}"
-  rm -rf .deps/cutlass && mkdir -p .deps/cutlass
-  (cd "$tmp" && unzip -q ./*.whl 'cutlass_library/source/include/*')
-  mv "$tmp/cutlass_library/source/include" .deps/cutlass/include
-  touch ".deps/cutlass/VERSION_${CUTLASS_VERSION}"
-  rm -rf "$tmp"
-fi
 echo "setup: ok"

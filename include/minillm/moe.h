@@ -18,19 +18,18 @@
 #include <cstdint>
 #include <memory>
 
+#include "minillm/config.h"
 #include "minillm/core/dtype.h"
 #include "minillm/core/tensor.h"
 
 namespace minillm {
-
-enum class MoEActivation { swiglu, gelu };
 
 struct MoEConfig {
   int64_t hidden = 0;       // H: model width; multiple of 64
   int64_t num_experts = 0;  // E: 1..256
   int64_t top_k = 0;        // k: 1..min(8, E)
   int64_t ffn = 0;          // F: expert width; multiple of 64
-  MoEActivation activation = MoEActivation::swiglu;
+  ExpertActivation activation = ExpertActivation::swiglu;
   bool normalize_topk = true;  // renormalise the k weights to sum 1 (Mixtral, Qwen3); OLMoE: false
   DType dtype = DType::bf16;   // bf16 or f16, for activations and weights
 

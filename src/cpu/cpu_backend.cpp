@@ -50,10 +50,9 @@ class CpuBackend final : public Backend {
     }
   }
   void moe(const Tensor& x, const LayerWeights& w, int, const ModelConfig& c, Tensor& y, Workspace&) override {
-    const auto act = c.moe.activation == ExpertActivation::swiglu ? cpu::Activation::swiglu : cpu::Activation::gelu;
     cpu::moe(x.ptr<float>(), w.router.ptr<float>(), w.w1.ptr<float>(), w.w3.data ? w.w3.ptr<float>() : nullptr,
              w.w2.ptr<float>(), x.size(0), c.hidden_size, c.moe.num_experts, c.moe.ffn_size, c.moe.top_k,
-             c.moe.normalize_topk, act, y.ptr<float>());
+             c.moe.normalize_topk, c.moe.activation, y.ptr<float>());
   }
   size_t op_workspace_bytes(const ModelConfig&, int64_t) const override { return 0; }
   void to_device(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }

@@ -1,5 +1,5 @@
 // Hopper (sm_90a) PTX wrappers shared by our TMA + wgmma kernels: mbarriers, TMA (bulk tensor)
-// loads, proxy fences, named barriers, setmaxnreg, and wgmma (descriptors, fence / commit / wait and
+// loads and stores, proxy fences, named barriers, setmaxnreg, and wgmma (descriptors, fence / commit / wait and
 // the m64nNk16 instructions for 16-bit inputs with fp32 accumulators).
 //
 // Shared-memory matrix descriptors (PTX ISA, "Matrix Descriptor Format"): bits 0-13 start address >> 4,
@@ -25,11 +25,9 @@
 #include <cstdio>
 #include <type_traits>
 
-namespace minillm::cuda::sm90 {
+#include "cuda/common.cuh"
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+namespace minillm::cuda::sm90 {
 
 // ---- mbarrier ----
 
@@ -100,6 +98,28 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
 }
+// 2-D tile load global -> shared (coordinates innermost first), completing on mbarrier `bar`.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+// 2-D tile store shared -> global (asynchronous, in the thread's bulk group; clipped at the tensor's extent).
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(src), "r"(c0), "r"(c1)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Waits until at most N of this thread's bulk groups still read their shared-memory source.
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 // Orders this thread's generic-proxy shared-memory writes before later async-proxy (wgmma, TMA) reads.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 

@@ -33,11 +33,11 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
 #include "cuda/common.cuh"
+#include "cuda/device.h"
 #include "minillm/attention.h"
 #include "minillm/core/cuda_check.h"
 
@@ -50,6 +50,10 @@ struct FlashFwdArgs {
   float scale_log2;  // scale * log2(e): scores go through exp2
   int kv_group;      // num_heads / num_kv_heads
 };
+
+// Validates p (throws minillm::Error naming the field and its value) and resolves the arguments of a
+// launch; false when there is nothing to compute (no query). Defined in flash_fwd.cu.
+bool make_flash_fwd_args(const FlashAttentionParams& p, FlashFwdArgs& args);
 
 // One instantiation per (kernel head dim, element type); defined in flash_fwd_hdim*.cu.
 template <int kHeadDim, typename T>
@@ -106,14 +110,6 @@ namespace detail {
 
 // ---- PTX wrappers ----
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-using minillm::cuda::cp_async_16;
-using minillm::cuda::cp_async_commit;
-using minillm::cuda::cp_async_wait;
-
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -141,24 +137,6 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
-}
-
-// Packs two fp32 into one b16x2 register (lo in the low half), round to nearest even.
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  uint32_t r;
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-  } else {
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-  }
-  return r;
-}
-
-__device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: exp2(-inf) = +0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
 }
 
 // Element offset of (row, 16-byte chunk) in a swizzled [rows][kChunks * 8] tile.
@@ -226,7 +204,7 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
   const FlashAttentionParams& p = args.p;
 
   extern __shared__ __align__(128) unsigned char smem[];
-  const uint32_t sQ = smem_addr(smem);                // [BM][D]; reused for O at the end
+  const uint32_t sQ = smem_u32(smem);                // [BM][D]; reused for O at the end
   const uint32_t sKV = sQ + Kt::kSmemQ;               // stage s: K at + 2 s kSmemKV, V at + (2 s + 1) kSmemKV
 
   // Heavy blocks first: with causal masking the last query blocks see the most keys.
@@ -511,16 +489,7 @@ template <typename Kt, typename T>
 void launch_flash_fwd(const FlashFwdArgs& args, cudaStream_t stream) {
   constexpr int kSmem = Kt::kSmemBytes;
   auto kernel = flash_fwd_kernel<Kt, T>;
-  if constexpr (kSmem > 48 * 1024) {
-    static std::atomic<uint64_t> configured{0};  // bit d: device d done
-    int dev = 0;
-    MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
-    const uint64_t bit = dev < 64 ? (uint64_t{1} << dev) : 0;
-    if (bit == 0 || !(configured.load(std::memory_order_relaxed) & bit)) {
-      MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-      configured.fetch_or(bit, std::memory_order_relaxed);
-    }
-  }
+  if constexpr (kSmem > 48 * 1024) set_max_dynamic_smem<flash_fwd_kernel<Kt, T>>(kSmem);
   const FlashAttentionParams& p = args.p;
   const dim3 grid((p.seqlen_q + Kt::kBlockM - 1) / Kt::kBlockM, p.num_heads, p.batch);
   kernel<<<grid, Kt::kNThreads, kSmem, stream>>>(args);

@@ -48,7 +48,6 @@
 // ablations of each technique: docs/HOPPER_ATTENTION.md.
 #pragma once
 #include <cuda.h>
-#include <cudaTypedefs.h>
 
 #include <atomic>
 #include <climits>
@@ -57,6 +56,7 @@
 
 #include "cuda/attention/flash_fwd_kernel.cuh"
 #include "cuda/attention/flash_fwd_sm90.h"
+#include "cuda/device.h"
 #include "cuda/sm90.cuh"
 #include "minillm/core/check.h"
 #include "minillm/core/cuda_check.h"
@@ -393,10 +393,10 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
     auto convert_p = [&] {  // P (fp32, in s) -> pa[0]
 #pragma unroll
       for (int kk = 0; kk < BN / 16; ++kk) {
-        pa[0][kk][0] = detail::pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
-        pa[0][kk][1] = detail::pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-        pa[0][kk][2] = detail::pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-        pa[0][kk][3] = detail::pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+        pa[0][kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+        pa[0][kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[0][kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[0][kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
       }
     };
     auto rescale_o = [&](const float (&corr)[2]) {
@@ -478,7 +478,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
           const float grow = (mx[h] - row_max[h]) * scale_log2;  // NaN while both are -inf: no move
           corr[h] = 1.f;
           if (grow > kRescaleLog2) {
-            corr[h] = detail::fast_exp2(-grow);
+            corr[h] = fast_exp2(-grow);
             row_max[h] = mx[h];
           }
           // A row that has seen no key yet keeps -inf: subtract 0 so that exp2 gives 0, not NaN.
@@ -494,12 +494,12 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
             for (int e = 0; e < 2; ++e) {
               const float x = fmaf(s[4 * j + 2 * h + e], scale_log2, -mx_scaled[h]);
               const bool poly = !kMask && Kt::kExp2Poly > 0 && j % max(Kt::kExp2Poly, 1) == Kt::kExp2Poly - 1;
-              pe[e] = poly ? exp2_poly(x) : detail::fast_exp2(x);  // (j is unrolled: folded)
+              pe[e] = poly ? exp2_poly(x) : fast_exp2(x);  // (j is unrolled: folded)
               sum[h][j % 2] += pe[e];
               if constexpr (!kPack) s[4 * j + 2 * h + e] = pe[e];
             }
             // (row h, columns 8 j + 2 quad_col + {0, 1}): A-fragment register 2 (j % 2) + h of k16 step j / 2
-            if constexpr (kPack) pa[buf][j / 2][2 * (j % 2) + h] = detail::pack2<T>(pe[0], pe[1]);
+            if constexpr (kPack) pa[buf][j / 2][2 * (j % 2) + h] = pack2<T>(pe[0], pe[1]);
           }
 #pragma unroll
         for (int h = 0; h < 2; ++h) row_sum[h] = row_sum[h] * corr[h] + (sum[h][0] + sum[h][1]);
@@ -643,7 +643,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
 #pragma unroll
         for (int j = 0; j < D / 8; ++j) {
           const uint32_t addr = sOc + r * D * 2 + ((j ^ (r & 7)) << 4) + quad_col * 4;
-          const uint32_t v2 = detail::pack2<T>(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+          const uint32_t v2 = pack2<T>(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
           asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v2) : "memory");
         }
         if (p.lse != nullptr && quad_col == 0 && row0 + r < ti.seqlen_q) {
@@ -685,45 +685,17 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) flash_fwd_sm90_kernel(const _
 
 namespace sm90_detail {
 
-inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    MINILLM_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
-    MINILLM_CHECK(q == cudaDriverEntryPointSuccess && f != nullptr, "cuTensorMapEncodeTiled is not available");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
-
-// Multiprocessor count of the current device (cached per device).
-inline int sm_count() {
-  static std::atomic<int> cached[64] = {};
-  int dev = 0;
-  MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 64 && cached[dev].load(std::memory_order_relaxed) > 0) return cached[dev].load(std::memory_order_relaxed);
-  int sms = 0;
-  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  if (dev < 64) cached[dev].store(sms, std::memory_order_relaxed);
-  return sms;
-}
-
 // One of q, k, v as a 4-D tensor {D, rows, heads, batch} (strides in elements) with 128-byte-swizzled
 // boxes {64, box_rows, 1, 1}. Returns false when the driver rejects the layout.
 inline bool encode_map(CUtensorMap* map, DType dtype, const void* ptr, int head_dim, int64_t rows,
                        int64_t row_stride, int heads, int64_t head_stride, int batch, int64_t batch_stride,
                        int box_rows) {
-  cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(rows), cuuint64_t(heads), cuuint64_t(batch)};
-  cuuint64_t strides[3] = {cuuint64_t(row_stride) * 2, cuuint64_t(head_stride) * 2, cuuint64_t(batch_stride) * 2};
+  const uint64_t dims[4] = {uint64_t(head_dim), uint64_t(rows), uint64_t(heads), uint64_t(batch)};
+  uint64_t strides[3] = {uint64_t(row_stride) * 2, uint64_t(head_stride) * 2, uint64_t(batch_stride) * 2};
   for (int i = 0; i < 3; ++i)  // a dim of extent 1 is never stepped: any legal stride will do
     if (dims[i + 1] == 1 && strides[i] == 0) strides[i] = 16;
-  const cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1};
-  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-  const CUresult r = tensor_map_encoder()(
-      map, dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
-      const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS;
+  const uint32_t box[4] = {64, uint32_t(box_rows), 1, 1};
+  return encode_tensor_map(map, dtype, ptr, 4, dims, strides, box) == CUDA_SUCCESS;
 }
 
 }  // namespace sm90_detail
@@ -771,16 +743,9 @@ bool launch_flash_fwd_sm90(const FlashFwdArgs& args, const Sm90Options& opt, cud
   const int64_t num_groups = (num_bh + max_group - 1) / max_group;
   P.group_bh = static_cast<int>((num_bh + num_groups - 1) / num_groups);
 
-  int dev = 0;
-  MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
-  const int sms = sm_count();
+  const int sms = device_sm_count();
   auto kernel = flash_fwd_sm90_kernel<Kt, T>;
-  static std::atomic<uint64_t> configured{0};  // bit d: device d has the shared-memory limit raised
-  const uint64_t bit = dev < 64 ? (uint64_t{1} << dev) : 0;
-  if (bit == 0 || !(configured.load(std::memory_order_relaxed) & bit)) {
-    MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Kt::kSmemBytes));
-    configured.fetch_or(bit, std::memory_order_relaxed);
-  }
+  set_max_dynamic_smem<flash_fwd_sm90_kernel<Kt, T>>(Kt::kSmemBytes);
   const int grid = opt.persistent ? std::min(P.num_units, sms) : P.num_units;
   P.unit_counter = nullptr;
   if (opt.dynamic) {

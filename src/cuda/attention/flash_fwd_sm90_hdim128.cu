@@ -13,7 +13,6 @@ using Sm90Hdim128DoubleP = Sm90FwdTraits<128, 2, 128, 2, true, true, 0, true>;
 // Two P buffers from 2048 keys on: +3-5% at N >= 2048 (D128 full, B16 H16 N2048 and B4 H16 N8192),
 // -2-8% at N = 512-1024, where a tile's few key blocks do not amortise the longer code (same run).
 bool run_flash_fwd_sm90_hdim128(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
-  if (opt.variant != Sm90Variant::kDefault) return run_flash_fwd_sm90_ablation(args, opt, stream);
   const bool long_keys = args.p.seqlen_k >= 2048;  // (varlen: the longest sequence)
   return long_keys ? launch_flash_fwd_sm90_any<Sm90Hdim128DoubleP>(args, opt, stream)
                    : launch_flash_fwd_sm90_any<Sm90Hdim128>(args, opt, stream);

@@ -20,13 +20,12 @@ namespace {
 // sequences (192-row tiles cover more masked keys).
 int pick_block_m(const FlashAttentionParams& p) {
   const int64_t tiles = (int64_t(p.seqlen_q) + 191) / 192 * p.batch * p.num_heads;
-  return tiles >= 4 * int64_t(sm90_detail::sm_count()) && (!p.causal || p.seqlen_q >= 1024) ? 192 : 128;
+  return tiles >= 4 * int64_t(device_sm_count()) && (!p.causal || p.seqlen_q >= 1024) ? 192 : 128;
 }
 
 }  // namespace
 
 bool run_flash_fwd_sm90_hdim64(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
-  if (opt.variant != Sm90Variant::kDefault) return run_flash_fwd_sm90_ablation(args, opt, stream);
   const int block_m = opt.block_m > 0 ? opt.block_m : pick_block_m(args.p);
   return block_m == 192 ? launch_flash_fwd_sm90_any<Sm90Hdim64M192>(args, opt, stream)
                         : launch_flash_fwd_sm90_any<Sm90Hdim64M128>(args, opt, stream);

@@ -22,7 +22,8 @@
 // one-block-per-row shared-memory kernel it replaced took 3.55 ms (medium) and 19.3 ms (large).
 #include <algorithm>
 
-#include "cuda/engine/common.cuh"
+#include "cuda/common.cuh"
+#include "cuda/device.h"
 #include "cuda/engine/ops.h"
 #include "minillm/core/cuda_check.h"
 
@@ -242,7 +243,11 @@ void launch(void* x, const void* delta, int parts, const float* w, const float* 
   const size_t smem = static_cast<size_t>(H) * sizeof(float);
   auto kernel = vec ? add_norm_kernel<T, true> : add_norm_kernel<T, false>;
   if (smem > 48 * 1024) {
-    MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    if (vec) {
+      set_max_dynamic_smem<add_norm_kernel<T, true>>(static_cast<int>(smem));
+    } else {
+      set_max_dynamic_smem<add_norm_kernel<T, false>>(static_cast<int>(smem));
+    }
   }
   kernel<<<static_cast<unsigned>(T_rows), threads, smem, stream>>>(static_cast<T*>(x), static_cast<const T*>(delta),
                                                                    parts, w, b, rmsnorm, eps, static_cast<T*>(out), H);

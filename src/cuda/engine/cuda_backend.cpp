@@ -8,9 +8,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
+#include "cuda/device.h"
 #include "cuda/engine/gemm.h"
 #include "cuda/engine/ops.h"
 #include "cuda/moe/moe_ops.h"
@@ -25,17 +24,12 @@ namespace ke = cuda::engine;
 namespace km = cuda::moe;
 
 // The QKV projection with RoPE fused into its epilogue (the grouped GEMM kernel, sm_90a only): on
-// compute capability 9.0, head dim 64 or 128, hidden and qkv_dim multiples of 8. MINILLM_FUSED_QKV=0
-// (read per engine) runs cuBLASLt and the rope kernel instead, for comparisons.
+// compute capability 9.0, head dim 64 or 128, hidden and qkv_dim multiples of 8; else cuBLASLt and the
+// rope kernel.
 bool fused_qkv_supported(const ModelConfig& c) {
-  if (const char* v = std::getenv("MINILLM_FUSED_QKV"); v && std::strcmp(v, "0") == 0) return false;
   if (c.position != PositionType::rope || (c.head_dim != 64 && c.head_dim != 128)) return false;
   if (c.hidden_size % 8 != 0 || c.qkv_dim() % 8 != 0) return false;
-  int dev = 0, major = 0, minor = 0;
-  MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
-  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-  return major == 9 && minor == 0;
+  return cuda::device_is_sm90();
 }
 
 // The MoE config of the model, and whether minillm::MoELayer takes it.
@@ -45,7 +39,7 @@ MoEConfig moe_config(const ModelConfig& c) {
   m.num_experts = c.moe.num_experts;
   m.top_k = c.moe.top_k;
   m.ffn = c.moe.ffn_size;
-  m.activation = c.moe.activation == ExpertActivation::swiglu ? MoEActivation::swiglu : MoEActivation::gelu;
+  m.activation = c.moe.activation;
   m.normalize_topk = c.moe.normalize_topk;
   m.dtype = c.dtype;
   return m;

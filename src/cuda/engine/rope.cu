@@ -14,7 +14,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "cuda/engine/common.cuh"
+#include "cuda/common.cuh"
 #include "cuda/engine/ops.h"
 #include "minillm/core/cuda_check.h"
 

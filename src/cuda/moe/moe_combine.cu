@@ -11,7 +11,7 @@
 // times from torch.profiler). Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3, commit bcd7bc4, bench/results/h100/moe.json).
 #include <cuda_runtime.h>
 
-#include "cuda/moe/moe_common.cuh"
+#include "cuda/common.cuh"
 #include "cuda/moe/moe_ops.h"
 #include "minillm/core/cuda_check.h"
 

@@ -21,50 +21,21 @@
 // stage completed by cp.async.mbarrier.arrive.noinc): E32 headline layer 40.0 vs 33.4 ms, OLMoE shape
 // 6.38 vs 5.75 ms, medium engine 50.8 vs 45.8 ms, all measured in one run. Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3,
 // bench/results/h100/moe_quick.json).
-#include <cudaTypedefs.h>
-
-#include <cstdlib>
-
+#include "cuda/device.h"
 #include "cuda/moe/moe_grouped_gemm.cuh"
 
 namespace minillm::cuda::moe {
 
-// m-blocks per raster group of the tile order. MINILLM_MOE_GROUP_M (1..1024) overrides the default,
-// read once, for tuning measurements.
-static int raster_group_m() {
-  static const int g = [] {
-    const char* s = std::getenv("MINILLM_MOE_GROUP_M");
-    const int v = s ? std::atoi(s) : 0;
-    return v >= 1 && v <= 1024 ? v : GemmTraits::kGroupM;
-  }();
-  return g;
-}
-
 namespace {
-
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    MINILLM_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
-    MINILLM_CHECK(q == cudaDriverEntryPointSuccess && f, "cuTensorMapEncodeTiled is not available from the driver");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
 
 // A 2-D [outer, inner] tensor of 16-bit elements with row stride ld, 128-byte swizzled boxes {box_inner, box_outer}.
 CUtensorMap make_map(DType dtype, const void* ptr, int64_t inner, int64_t outer, int64_t ld, uint32_t box_inner,
                      uint32_t box_outer) {
   CUtensorMap m{};
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(outer)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld) * 2};
-  const cuuint32_t box[2] = {box_inner, box_outer};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  const CUresult r = tensor_map_encoder()(
-      &m, dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
-      const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const uint64_t dims[2] = {static_cast<uint64_t>(inner), static_cast<uint64_t>(outer)};
+  const uint64_t strides[1] = {static_cast<uint64_t>(ld) * 2};
+  const uint32_t box[2] = {box_inner, box_outer};
+  const CUresult r = encode_tensor_map(&m, dtype, ptr, 2, dims, strides, box);
   MINILLM_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (" << static_cast<int>(r) << ") for a [" << outer
                                                                      << ", " << inner << "] tensor at " << ptr);
   return m;
@@ -120,7 +91,8 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   p.b_rows_per_expert = static_cast<int>(g.N);
   p.b_block_rows = out_cols;
   p.b1_row_offset = swiglu ? 0 : 128;
-  p.group_m = raster_group_m();
+  MINILLM_CHECK(g.group_m >= 0 && g.group_m <= 1024, "grouped_gemm: group_m = " << g.group_m << " must be in [0, 1024]");
+  p.group_m = g.group_m > 0 ? g.group_m : Tr::kGroupM;
   p.dense_mblocks = dense ? static_cast<int>((g.rows + Tr::kBM - 1) / Tr::kBM) : 0;
   p.rope = static_cast<const float2*>(g.rope_table);
   p.rope_cols = static_cast<int>(g.rope_cols);
@@ -128,9 +100,7 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   MINILLM_CHECK(g.tile_counter, "grouped_gemm: no tile counter");
   p.tile_counter = g.tile_counter;
 
-  int device = 0, sms = 0;
-  MINILLM_CUDA_CHECK(cudaGetDevice(&device));
-  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int sms = device_sm_count();
   const int64_t max_tiles = (dense ? p.dense_mblocks : g.max_mblocks) * p.n_blocks;
   const int grid = static_cast<int>(std::min<int64_t>(sms, max_tiles));
   switch (g.epilogue) {

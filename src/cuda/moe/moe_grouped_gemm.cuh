@@ -37,7 +37,8 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
-#include "cuda/moe/moe_common.cuh"
+#include "cuda/common.cuh"
+#include "cuda/device.h"
 #include "cuda/sm90.cuh"
 #include "cuda/moe/moe_ops.h"
 #include "cuda/moe/moe_raster.h"
@@ -89,39 +90,6 @@ struct GemmParams {
   int rope_seq = 1;                 // row r is at position r % rope_seq
 };
 
-// PTX wrappers only this kernel uses (the shared ones are in cuda/sm90.cuh).
-namespace ptx {
-
-__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
-          dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
-      : "memory");
-}
-__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
-  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
-                   reinterpret_cast<uint64_t>(map)),
-               "r"(src), "r"(c0), "r"(c1)
-               : "memory");
-}
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void bulk_wait_read() {
-  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
-__device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
-  asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
-}
-__device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
-  uint4 v;
-  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
-  return v;
-}
-
-}  // namespace ptx
-
 // Tile t -> (m-block, n-block): raster groups inside one expert (moe_raster.h), or over all m-blocks
 // of a dense GEMM.
 __device__ __forceinline__ void tile_coords(const GemmParams& p, int tile, int& mb, int& nb) {
@@ -135,7 +103,7 @@ template <typename T, Epilogue kEpi>
 __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(const __grid_constant__ GemmParams p) {
   using Tr = GemmTraits;
   extern __shared__ uint8_t smem_raw[];
-  const uint32_t s_base = (sm90::smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t s_base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t s_epi = s_base + Tr::kStages * Tr::kStageBytes;
   const uint32_t s_bar = s_epi + Tr::kConsumers * 2 * Tr::kEpiBufBytes;
   auto full = [&](int s) { return s_bar + 8u * s; };
@@ -181,9 +149,9 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
         sm90::mbar_arrive_expect_tx(full(stage), Tr::kStageBytes);
         const uint32_t sa = s_base + stage * Tr::kStageBytes;
         const uint32_t sb = sa + Tr::kATileBytes;
-        ptx::tma_load_2d(sa, &p.a, full(stage), k * Tr::kBK, mb * Tr::kBM);
-        ptx::tma_load_2d(sb, &p.b0, full(stage), k * Tr::kBK, brow0);
-        ptx::tma_load_2d(sb + Tr::kBBoxBytes, &p.b1, full(stage), k * Tr::kBK, brow1);
+        sm90::tma_load_2d(sa, &p.a, full(stage), k * Tr::kBK, mb * Tr::kBM);
+        sm90::tma_load_2d(sb, &p.b0, full(stage), k * Tr::kBK, brow0);
+        sm90::tma_load_2d(sb + Tr::kBBoxBytes, &p.b1, full(stage), k * Tr::kBK, brow1);
         if (++stage == Tr::kStages) {
           stage = 0;
           phase ^= 1u;
@@ -275,7 +243,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
       const uint32_t buf = s_epi + (c * 2 + (ch & 1)) * Tr::kEpiBufBytes;
       // TMA stores: the store that last read `buf` is done reading. Combine: every thread's reads of
       // `buf` (two chunks ago) precede its arrival at the previous chunk's second barrier.
-      if (kEpi != Epilogue::combine && tid == 0) ptx::bulk_wait_read<1>();
+      if (kEpi != Epilogue::combine && tid == 0) sm90::bulk_wait_read<1>();
       sm90::named_bar_sync(1 + c, 128);
 #pragma unroll
       for (int jj = 0; jj < 8; ++jj) {
@@ -312,8 +280,8 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
           }
         }
         const uint32_t swz = static_cast<uint32_t>((jj ^ (r0 & 7)) << 4) + 4u * q;  // 128-byte swizzle
-        ptx::st_shared_u32(buf + r0 * 128 + swz, pack2<T>(v[0], v[1]));
-        ptx::st_shared_u32(buf + (r0 + 8) * 128 + swz, pack2<T>(v[2], v[3]));
+        st_shared_u32(buf + r0 * 128 + swz, pack2<T>(v[0], v[1]));
+        st_shared_u32(buf + (r0 + 8) * 128 + swz, pack2<T>(v[2], v[3]));
       }
       if constexpr (kEpi == Epilogue::combine) {
         // Scatter: 16-byte pieces, a warp stores 4 whole 128-byte row segments per instruction.
@@ -324,7 +292,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
         for (int i = 0; i < 4; ++i) {
           const int row = tid / 8 + 16 * i;
           if (store_pair[i] < 0 || col >= p.b_rows_per_expert) continue;  // N
-          const uint4 val = ptx::ld_shared_v4(buf + row * 128 + ((piece ^ (row & 7)) << 4));
+          const uint4 val = ld_shared_v4(buf + row * 128 + ((piece ^ (row & 7)) << 4));
           *reinterpret_cast<uint4*>(static_cast<T*>(p.d_ptr) + static_cast<int64_t>(store_pair[i]) * p.ldd + col) = val;
         }
         continue;
@@ -332,12 +300,12 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
       sm90::fence_proxy_async();
       sm90::named_bar_sync(1 + c, 128);
       if (tid == 0) {
-        ptx::tma_store_2d(&p.d, buf, nb * kOutCols + ch * Tr::kEpiCols, mb * Tr::kBM + c * 64);
-        ptx::bulk_commit();
+        sm90::tma_store_2d(&p.d, buf, nb * kOutCols + ch * Tr::kEpiCols, mb * Tr::kBM + c * 64);
+        sm90::bulk_commit();
       }
     }
   }
-  if (tid == 0) ptx::bulk_wait_all();
+  if (tid == 0) sm90::bulk_wait_all();
 }
 
 // Launchers of the instantiations, one per .cu file so that they compile in parallel:
@@ -353,7 +321,11 @@ void launch_grouped_gemm_rope(DType dtype, const GemmParams& p, int head_dim, in
 template <Epilogue kEpi>
 void launch_grouped_gemm_impl(DType dtype, const GemmParams& p, int grid, cudaStream_t stream) {
   auto kernel = dtype == DType::bf16 ? grouped_gemm_kernel<__nv_bfloat16, kEpi> : grouped_gemm_kernel<__half, kEpi>;
-  MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, GemmTraits::kSmemBytes));
+  if (dtype == DType::bf16) {
+    set_max_dynamic_smem<grouped_gemm_kernel<__nv_bfloat16, kEpi>>(GemmTraits::kSmemBytes);
+  } else {
+    set_max_dynamic_smem<grouped_gemm_kernel<__half, kEpi>>(GemmTraits::kSmemBytes);
+  }
   kernel<<<grid, GemmTraits::kThreads, GemmTraits::kSmemBytes, stream>>>(p);
   MINILLM_CUDA_CHECK_LAUNCH();
 }

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "minillm/core/dtype.h"
+#include "minillm/moe.h"
 
 namespace minillm::cuda::moe {
 
@@ -122,6 +123,7 @@ struct GroupedGemmArgs {
   int rope_seq = 1;                         // rope*: row r is at position r % rope_seq (< positions)
   const int32_t* src_pair = nullptr;        // combine: [rows] (Routing::src_pair)
   const float* pair_weight = nullptr;       // combine: [pairs] routing weights
+  int group_m = 0;                          // most m-blocks per raster group; 0: the default (GemmTraits::kGroupM)
 };
 void grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream);
 
@@ -144,7 +146,9 @@ struct DecodeGemmArgs {
   void* d = nullptr;  // [rows, N], row stride ldd
   int64_t ldd = 0;
 };
-constexpr int kDecodeMaxRows = 64;  // tokens per expert on the decode path
+// Rows per expert on the decode path: at most one per token (an expert appears once in a token's top-k),
+// and the decode path takes up to MoELayer::kDecodeMaxTokens tokens.
+constexpr int kDecodeMaxRows = static_cast<int>(MoELayer::kDecodeMaxTokens);
 void decode_gemm(const DecodeGemmArgs& args, cudaStream_t stream);
 
 }  // namespace minillm::cuda::moe

@@ -28,7 +28,8 @@
 #include <cfloat>
 #include <type_traits>
 
-#include "cuda/moe/moe_common.cuh"
+#include "cuda/common.cuh"
+#include "cuda/device.h"
 #include "cuda/moe/moe_ops.h"
 #include "minillm/core/cuda_check.h"
 
@@ -308,7 +309,7 @@ void launch_fused(const void* x, const void* router, int64_t T_tokens, int E, in
   constexpr int smem = fused_smem_bytes<kNT>();
   static_assert(smem >= kGemmTile * (kNT * 8 + 1) * 4, "the logit tile reuses the pipeline's memory");
   auto kernel = router_fused_kernel<T, kNT>;
-  if (smem > 48 * 1024) MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  if constexpr (smem > 48 * 1024) set_max_dynamic_smem<router_fused_kernel<T, kNT>>(smem);
   const unsigned blocks = static_cast<unsigned>((T_tokens + kGemmTile - 1) / kGemmTile);
   kernel<<<blocks, kGemmThreads, smem, stream>>>(static_cast<const T*>(x), static_cast<const T*>(router), T_tokens, E,
                                                  H, k, normalize, ids, weights);
