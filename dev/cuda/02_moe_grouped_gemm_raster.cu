@@ -1,5 +1,5 @@
 // Sweep of the grouped expert GEMM's raster group (GroupedGemmArgs::group_m: the most m-blocks per
-// group of the tile order, moe_raster.h) on the MoE headline shapes and the engine presets' MoE
+// group of the tile order, cuda/gemm/grouped_gemm_raster.h) on the MoE headline shapes and the engine presets' MoE
 // layers: the gate/up (swiglu) and down (none) GEMMs of one layer, uniform random routing.
 //
 // Timing: CUDA events around each GEMM after warm-up, median of 10. The activations are random, the
@@ -106,7 +106,7 @@ void run_shape(const Shape& s, const std::vector<int>& groups) {
   T* h = device_alloc<T>(rows * s.F);
   T* y = device_alloc<T>(rows * s.H);
 
-  km::GroupedGemmArgs g;
+  minillm::cuda::gemm::GroupedGemmArgs g;
   g.dtype = minillm::DType::bf16;
   g.rows = rows;
   g.E = int(s.E);
@@ -116,15 +116,15 @@ void run_shape(const Shape& s, const std::vector<int>& groups) {
   g.row_offset = r.row_offset;
   g.max_mblocks = mblocks;
   g.tile_counter = r.tile_counter;
-  km::GroupedGemmArgs up = g, down = g;
+  minillm::cuda::gemm::GroupedGemmArgs up = g, down = g;
   up.epilogue = km::Epilogue::swiglu;
   up.a = x, up.lda = s.H, up.K = s.H, up.w0 = w_gate, up.w1 = w_up, up.ldw = ld_h, up.N = s.F, up.d = h, up.ldd = s.F;
   down.epilogue = km::Epilogue::none;
   down.a = h, down.lda = s.F, down.K = s.F, down.w0 = w_down, down.ldw = ld_f, down.N = s.H, down.d = y, down.ldd = s.H;
   for (int gm : groups) {
     up.group_m = down.group_m = gm;
-    const float ms_up = median_ms([&] { km::grouped_gemm(up, nullptr); });
-    const float ms_down = median_ms([&] { km::grouped_gemm(down, nullptr); });
+    const float ms_up = median_ms([&] { minillm::cuda::gemm::grouped_gemm(up, nullptr); });
+    const float ms_down = median_ms([&] { minillm::cuda::gemm::grouped_gemm(down, nullptr); });
     std::printf("group_m %3d  T%lld H%lld E%lld k%lld F%lld: gate/up %7.3f ms  down %7.3f ms\n", gm, (long long)s.T,
                 (long long)s.H, (long long)s.E, (long long)s.k, (long long)s.F, ms_up, ms_down);
   }

@@ -267,9 +267,9 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
   km::gather_rows(x, T, k, c.hidden, r.dest, x_perm, stream);
 
   // The two expert projections, h = act(x_perm W_gate^T [, W_up]) and h W_down^T (to `down_d` with
-  // `down_epilogue`), through `gemm` (the decode or the grouped kernel) with `g` holding that path's
+  // `down_epilogue`), through `run_gemm` (the decode or the grouped kernel) with `g` holding that path's
   // routing fields.
-  auto projections = [&](auto& g, auto gemm, km::Epilogue down_epilogue, void* down_d) {
+  auto projections = [&](auto& g, auto run_gemm, km::Epilogue down_epilogue, void* down_d) {
     g.dtype = c.dtype;
     g.E = E;
     g.counts = r.counts;
@@ -284,7 +284,7 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
     g.N = c.ffn;
     g.d = h;
     g.ldd = c.ffn;
-    gemm(g, stream);
+    run_gemm(g, stream);
     g.epilogue = down_epilogue;
     g.a = h;
     g.lda = c.ffn;
@@ -295,7 +295,7 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
     g.N = c.hidden;
     g.d = down_d;
     g.ldd = c.hidden;
-    gemm(g, stream);
+    run_gemm(g, stream);
   };
   if (p.decode) {
     km::DecodeGemmArgs g;
@@ -304,7 +304,7 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
     km::combine(c.dtype, x_perm, r.dest, weights, pairs ? T * k : T, pairs ? 1 : k, c.hidden, y, stream);
     return;
   }
-  km::GroupedGemmArgs g;
+  cuda::gemm::GroupedGemmArgs g;
   g.rows = p.rows;
   g.num_mblocks = r.num_mblocks;
   g.mblock_expert = r.mblock_expert;
@@ -315,12 +315,12 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
   if (pairs || k == 1) {
     // The down GEMM scales its rows by their weights and stores them in token-pair order, straight
     // to the output: no combine pass.
-    projections(g, km::grouped_gemm, km::Epilogue::combine, y);
+    projections(g, cuda::gemm::grouped_gemm, km::Epilogue::combine, y);
   } else {
     // A combine pass is needed anyway: TMA stores in permuted order (y_perm in x_perm's memory) and
-    // the weighted combine. The scattering epilogue measured 3-14% slower on the down GEMM here
-    // (OLMoE shape 1.60 -> 1.82 ms).
-    projections(g, km::grouped_gemm, km::Epilogue::none, x_perm);
+    // the weighted combine (the scattering epilogue measured slower on the down GEMM here:
+    // docs/REPORT.md).
+    projections(g, cuda::gemm::grouped_gemm, km::Epilogue::none, x_perm);
     km::combine(c.dtype, x_perm, r.dest, weights, T, k, c.hidden, y, stream);
   }
 }

@@ -1,30 +1,9 @@
-// Grouped expert GEMM, host side: TMA descriptors, tile counts, dispatch on the epilogue; and the
-// plain and combine instantiations (the down projection). The kernel and its design: moe_grouped_gemm.cuh.
-//
-// Measured on the H100, whole layer (the GEMMs are 85-99% of it), SwiGLU, bf16, weights in the layer's
-// padded-row layout (MoELayer::weight_row_stride):
-//   T=32768 H4096 E32 top-2 F14336: 33.6-34.4 ms = 670-687 TFLOP/s, 0.94x cuBLAS dense, 1.31-1.32x
-//                                   torch._grouped_mm (two runs)
-//   T=32768 H4096 E8  top-2 F14336: 33.7 ms = 685 TFLOP/s, 0.98x dense, 1.33x torch._grouped_mm
-//   T=32768 H2048 E64 top-8 F1024 :  5.8-6.0 ms = 548-570 TFLOP/s, 0.78-0.86x dense, 2.46-2.53x torch._grouped_mm
-//   The seed's grid (108 prefill cases, before the dynamic tile order): median 0.74x dense, 1.17x
-//   torch._grouped_mm.
-// What moved the E32 headline from 58.7 ms: padded weight rows (L2 set conflicts, moe_ops.h: -> ~50 ms)
-// and raster groups that never straddle two experts (tile_coords: -> 37-40 ms); tiles from a global
-// counter (-> 35.9 ms), SiLU's approximate division (-> 34.1 ms), the tile's coordinates passed to
-// the consumers by the producer (medium engine shape's gate/up GEMM: 0.97 -> 0.74 ms). Group size (most
-// m-blocks per group; bench/tune_moe_raster.py), static order, layer at E32 / E8: 8: 45.1 / 39.5 ms,
-// 16: 40.1 / 37.8, 24: 41.4 / 37.5, 32: 41.9 / 40.6; with the dynamic order, 4-24 are within 3% of
-// each other on six shapes (E32 headline gate/up 20.9-22.5 ms). A 2-CTA B-multicast variant (commit
-// 367e7a0) measured slower. So did gathering A's rows in the loads instead of the gather pass (the
-// producer warpgroup's 128 threads copying rows with 16-byte cp.async into the swizzled layout, each
-// stage completed by cp.async.mbarrier.arrive.noinc): E32 headline layer 40.0 vs 33.4 ms, OLMoE shape
-// 6.38 vs 5.75 ms, medium engine 50.8 vs 45.8 ms, all measured in one run. Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3,
-// bench/results/h100/moe_quick.json).
+// Grouped GEMM, host side: TMA descriptors, tile counts, dispatch on the epilogue; and the plain and
+// combine instantiations (the MoE down projection). The kernel and its design: grouped_gemm.cuh.
 #include "cuda/device.h"
-#include "cuda/moe/moe_grouped_gemm.cuh"
+#include "cuda/gemm/grouped_gemm.cuh"
 
-namespace minillm::cuda::moe {
+namespace minillm::cuda::gemm {
 
 namespace {
 
@@ -113,4 +92,4 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   }
 }
 
-}  // namespace minillm::cuda::moe
+}  // namespace minillm::cuda::gemm
