@@ -228,32 +228,10 @@ __device__ __forceinline__ void fence_regs(uint32_t (&d)[N]) {
   "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
       "+f"(d[i + 7])
 #define MINILLM_ACC32(d) MINILLM_ACC8(d, 0), MINILLM_ACC8(d, 8), MINILLM_ACC8(d, 16), MINILLM_ACC8(d, 24)
-#define MINILLM_ACC48(d) MINILLM_ACC32(d), MINILLM_ACC8(d, 32), MINILLM_ACC8(d, 40)
-#define MINILLM_ACC64(d) MINILLM_ACC48(d), MINILLM_ACC8(d, 48), MINILLM_ACC8(d, 56)
-#define MINILLM_ACC96(d) MINILLM_ACC64(d), MINILLM_ACC8(d, 64), MINILLM_ACC8(d, 72), MINILLM_ACC8(d, 80), MINILLM_ACC8(d, 88)
+#define MINILLM_ACC64(d) MINILLM_ACC32(d), MINILLM_ACC8(d, 32), MINILLM_ACC8(d, 40), MINILLM_ACC8(d, 48), MINILLM_ACC8(d, 56)
 #define MINILLM_ACC128(d) \
-  MINILLM_ACC96(d), MINILLM_ACC8(d, 96), MINILLM_ACC8(d, 104), MINILLM_ACC8(d, 112), MINILLM_ACC8(d, 120)
-
-// m64n64k16, A and B from shared memory (K-major both), d: 32 fp32 per thread.
-#define MINILLM_WGMMA_SS_N64(TYPE) \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n" \
-               "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " {" \
-               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15," \
-               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31" \
-               "}, %32, %33, p, 1, 1, 0, 0;\n}\n" \
-               : MINILLM_ACC32(d) \
-               : "l"(da), "l"(db), "r"(scale_d))
-
-// m64n96k16, A and B from shared memory (K-major both), d: 48 fp32 per thread.
-#define MINILLM_WGMMA_SS_N96(TYPE) \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n" \
-               "wgmma.mma_async.sync.aligned.m64n96k16.f32." TYPE "." TYPE " {" \
-               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15," \
-               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31," \
-               "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47" \
-               "}, %48, %49, p, 1, 1, 0, 0;\n}\n" \
-               : MINILLM_ACC48(d) \
-               : "l"(da), "l"(db), "r"(scale_d))
+  MINILLM_ACC64(d), MINILLM_ACC8(d, 64), MINILLM_ACC8(d, 72), MINILLM_ACC8(d, 80), MINILLM_ACC8(d, 88), \
+      MINILLM_ACC8(d, 96), MINILLM_ACC8(d, 104), MINILLM_ACC8(d, 112), MINILLM_ACC8(d, 120)
 
 // m64n128k16, A and B from shared memory (K-major both), d: 64 fp32 per thread.
 #define MINILLM_WGMMA_SS_N128(TYPE) \
@@ -265,20 +243,6 @@ __device__ __forceinline__ void fence_regs(uint32_t (&d)[N]) {
                "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63" \
                "}, %64, %65, p, 1, 1, 0, 0;\n}\n" \
                : MINILLM_ACC64(d) \
-               : "l"(da), "l"(db), "r"(scale_d))
-
-// m64n192k16, A and B from shared memory (K-major both), d: 96 fp32 per thread.
-#define MINILLM_WGMMA_SS_N192(TYPE) \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n" \
-               "wgmma.mma_async.sync.aligned.m64n192k16.f32." TYPE "." TYPE " {" \
-               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15," \
-               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31," \
-               "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47," \
-               "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63," \
-               "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79," \
-               "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95" \
-               "}, %96, %97, p, 1, 1, 0, 0;\n}\n" \
-               : MINILLM_ACC96(d) \
                : "l"(da), "l"(db), "r"(scale_d))
 
 // m64n256k16, A and B from shared memory (K-major both), d: 128 fp32 per thread.
@@ -327,16 +291,10 @@ template <int N, typename T>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int scale_d) {
   static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>, "16-bit inputs");
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
-  if constexpr (N == 64) {
-    if constexpr (kBf16) MINILLM_WGMMA_SS_N64("bf16"); else MINILLM_WGMMA_SS_N64("f16");
-  } else if constexpr (N == 96) {
-    if constexpr (kBf16) MINILLM_WGMMA_SS_N96("bf16"); else MINILLM_WGMMA_SS_N96("f16");
-  } else if constexpr (N == 128) {
+  if constexpr (N == 128) {
     if constexpr (kBf16) MINILLM_WGMMA_SS_N128("bf16"); else MINILLM_WGMMA_SS_N128("f16");
-  } else if constexpr (N == 192) {
-    if constexpr (kBf16) MINILLM_WGMMA_SS_N192("bf16"); else MINILLM_WGMMA_SS_N192("f16");
   } else {
-    static_assert(N == 256, "wgmma_ss: N in {64, 96, 128, 192, 256}");
+    static_assert(N == 256, "wgmma_ss: N in {128, 256} (add the instruction's operand list for others)");
     if constexpr (kBf16) MINILLM_WGMMA_SS_N256("bf16"); else MINILLM_WGMMA_SS_N256("f16");
   }
 }
@@ -357,15 +315,10 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
 }
 
 #undef MINILLM_ACC32
-#undef MINILLM_ACC48
 #undef MINILLM_ACC64
-#undef MINILLM_ACC96
 #undef MINILLM_ACC128
 #undef MINILLM_ACC8
-#undef MINILLM_WGMMA_SS_N64
-#undef MINILLM_WGMMA_SS_N96
 #undef MINILLM_WGMMA_SS_N128
-#undef MINILLM_WGMMA_SS_N192
 #undef MINILLM_WGMMA_SS_N256
 #undef MINILLM_WGMMA_RS_N64
 #undef MINILLM_WGMMA_RS_N128

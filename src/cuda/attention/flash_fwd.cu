@@ -11,6 +11,7 @@
 // 256: 128x64 with 8 warps (FlashFwdConfig in flash_fwd_kernel.cuh says why). Measurements:
 // docs/REPORT.md and bench/results/h100/attention.json (bench/bench_attention.py).
 #include <cmath>
+#include <utility>
 
 #include "cuda/attention/flash_fwd.h"
 #include "cuda/attention/flash_fwd_kernel.cuh"
@@ -112,21 +113,15 @@ bool make_flash_fwd_args(const FlashAttentionParams& p, FlashFwdArgs& args) {
     check_pointer(p.v, "v");
   }
   MINILLM_CHECK(p.o != p.q && p.o != p.k && p.o != p.v, "flash_attention_forward: o must not alias q, k or v");
-  const bool varlen = p.cu_seqlens_q != nullptr;
-  if (!varlen) {
-    check_stride(p.q_batch_stride, "q_batch_stride");
-    check_stride(p.k_batch_stride, "k_batch_stride");
-    check_stride(p.v_batch_stride, "v_batch_stride");
-    check_stride(p.o_batch_stride, "o_batch_stride");
-  }
-  check_stride(p.q_row_stride, "q_row_stride");
-  check_stride(p.k_row_stride, "k_row_stride");
-  check_stride(p.v_row_stride, "v_row_stride");
-  check_stride(p.o_row_stride, "o_row_stride");
-  check_stride(p.q_head_stride, "q_head_stride");
-  check_stride(p.k_head_stride, "k_head_stride");
-  check_stride(p.v_head_stride, "v_head_stride");
-  check_stride(p.o_head_stride, "o_head_stride");
+  const bool varlen = p.cu_seqlens_q != nullptr;  // (the batch strides are not read then)
+  const std::pair<int64_t, const char*> strides[] = {
+      {varlen ? 0 : p.q_batch_stride, "q_batch_stride"}, {varlen ? 0 : p.k_batch_stride, "k_batch_stride"},
+      {varlen ? 0 : p.v_batch_stride, "v_batch_stride"}, {varlen ? 0 : p.o_batch_stride, "o_batch_stride"},
+      {p.q_row_stride, "q_row_stride"},                   {p.k_row_stride, "k_row_stride"},
+      {p.v_row_stride, "v_row_stride"},                   {p.o_row_stride, "o_row_stride"},
+      {p.q_head_stride, "q_head_stride"},                 {p.k_head_stride, "k_head_stride"},
+      {p.v_head_stride, "v_head_stride"},                 {p.o_head_stride, "o_head_stride"}};
+  for (const auto& [stride, name] : strides) check_stride(stride, name);
 
   args = FlashFwdArgs{};
   args.p = p;

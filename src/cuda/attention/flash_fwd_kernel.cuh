@@ -20,14 +20,7 @@
 // kHeadDim runs zero-padded); scores of keys beyond Nk or above the causal diagonal are set to -inf in
 // the masked tiles only; a row with no visible key keeps m = -inf, l = 0 and yields o = 0, lse = -inf.
 //
-// Measured on H100 80GB HBM3 (SXM), bf16, B16 H16 N2048 (ms, TFLOP/s; torch 2.11 SDPA in the same
-// process: FLASH_ATTENTION = FlashAttention-2, CUDNN_ATTENTION):
-//   D64 full    0.836 ms 329  | flash 0.926 ms 297 (1.11x) | cudnn 0.592 ms 464 (0.71x)
-//   D64 causal  0.487 ms 282  | flash 0.531 ms 259 (1.09x) | cudnn 0.350 ms 393 (0.72x)
-//   D128 full   1.465 ms 375  | flash 1.580 ms 348 (1.08x) | cudnn 0.838 ms 656 (0.57x)
-//   D128 causal 0.897 ms 307  | flash 0.974 ms 282 (1.09x) | cudnn 0.528 ms 520 (0.59x)
-// Over the 288-case grid of bench/bench_attention.py: median 1.11x FlashAttention-2, 0.71x cuDNN.
-// Command: PYTHONPATH=python python bench/bench_attention.py  (bench/results/h100/attention.json)
+// Measurements: docs/REPORT.md, bench/results/h100/attention.json.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -95,10 +88,10 @@ struct FlashFwdTraits {
 // The configuration each head dim runs (measured on H100 against the alternatives with
 // build-time variants of these traits: rows x keys per tile, warps, Q in registers, blocks per SM).
 //  32: 128 x 128, Q in registers (16 registers per thread), 2 blocks/SM.
-//  64: 128 x 64, Q in registers (32 registers); 128 x 128 with Q re-read from shared memory was 10%
+//  64: 128 x 64, Q in registers (32 registers); 128 x 128 with Q re-read from shared memory was
 //      slower (the 128 x 128 S tile spills); the O rescale runs every tile (the vote costs more here).
 // 128: 128 x 64, Q from shared memory (Q fragments would need 64 registers), lazy O rescale: it
-//      cuts 128 multiplies per tile and the register pressure that made this tile spill (+15%).
+//      cuts 128 multiplies per tile and the register pressure that made this tile spill.
 // 256: 128 x 64 with 8 warps of 16 rows (O alone is 128 registers per thread), 1 block/SM.
 template <int kHeadDim> struct FlashFwdConfig;
 template <> struct FlashFwdConfig<32> { using Traits = FlashFwdTraits<32, 128, 128, 4, true, 2>; };

@@ -1,15 +1,14 @@
 // Hopper FlashAttention forward, head dim 64 (bf16 and fp16). Kernel and design: flash_fwd_sm90.cuh.
 // Tiling: 2 or 3 consumer warpgroups = 128 or 192 query rows x 128 keys per tile (see pick_block_m),
 // 3-stage K/V ring, intra-warpgroup overlap and ping-pong between the consumers.
-// H100, bf16, B16 H16 N2048: 486 TFLOP/s full, 412 causal (SDPA cuDNN 464 / 392); measured with
-// PYTHONPATH=python python3 bench/bench_attention.py (more in docs/HOPPER_ATTENTION.md).
+// Measurements: docs/REPORT.md, docs/HOPPER_ATTENTION.md.
 #include "cuda/attention/flash_fwd_sm90.cuh"
 
 namespace minillm::cuda::attn {
 
-// 3 K/V stages: a 128-key block of head dim 64 is consumed in ~0.6 us, less than a load's latency.
-// All exponentials on the MUFU: moving 1/4, 1/3 or 1/2 of them to the FMA pipe (kExp2Poly 4, 3, 2)
-// measured 7%, 9% and 16% slower (docs/HOPPER_ATTENTION.md).
+// 3 K/V stages: a 128-key block of head dim 64 is consumed in less time than a load's latency.
+// All exponentials on the MUFU: moving a part of them to the FMA pipe (kExp2Poly) measured slower
+// (dev/cuda/01_attention_sm90_ablation.cu, docs/HOPPER_ATTENTION.md).
 using Sm90Hdim64M128 = Sm90FwdTraits<64, 2, 128, 3, true, true>;
 using Sm90Hdim64M192 = Sm90FwdTraits<64, 3, 128, 3, true, true>;
 
