@@ -13,13 +13,9 @@
 // Layout: x, out [T, H] row-major bf16/fp16, delta [T, parts, H] (the MoE layer's k weighted expert
 // rows per token, MoELayer::forward_pairs: their sum in fp32, slot order, is the row's delta; this
 // replaces the MoE's separate combine pass), w, b [H] fp32.
-// Cost: (1 + parts) reads + 1 or 2 writes of T x H x 2 bytes. Measured on H100
-// (torch.profiler over the medium B8 N2048 forward, post-norm, out aliasing x): 48 calls 2.00 ms,
-// 41.7 us on average for 96 MB (after attention) and 128 MB (after the MoE, 2 parts) = 2.7 TB/s (90%
-// of the measured 3.0 TB/s copy); summing the parts here replaced the MoE combine kernel (43.7 us
-// per layer). Loading the parts one after the other (a runtime loop) took 53.8 us on average; the
-// kernel is specialised for 1 and 2 parts so that all loads of a row are in flight together. The
-// one-block-per-row shared-memory kernel it replaced took 3.55 ms (medium) and 19.3 ms (large).
+// Cost: (1 + parts) reads + 1 or 2 writes of T x H x 2 bytes: bandwidth-bound. The kernel is
+// specialised for 1 and 2 parts so that all loads of a row are in flight together (a runtime loop
+// over the parts measured slower). Measurements: docs/REPORT.md.
 #include <algorithm>
 
 #include "cuda/common.cuh"
