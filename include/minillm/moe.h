@@ -8,7 +8,7 @@
 // Weights use HF's layout ([out, in] per expert) and are BORROWED: set_weights keeps the device
 // pointers, nothing is copied, so they must stay alive and unchanged while the layer is used. The rows
 // of the expert matrices may be padded (a row stride >= their columns): weights stored at
-// weight_row_stride(cols) read fastest (the gate/up GEMM at hidden 4096, E32: 47.0 -> 34.2 ms; moe_ops.h).
+// weight_row_stride(cols) read fastest (power-of-two row strides collide in L2: docs/REPORT.md).
 // forward() allocates nothing and never synchronises with the host (CUDA-graph capturable): all
 // scratch comes from a workspace sized by workspace_bytes(max_tokens), either owned (reserve) or
 // passed by the caller. The result is bitwise identical from run to run.
@@ -18,19 +18,18 @@
 #include <cstdint>
 #include <memory>
 
+#include "minillm/config.h"
 #include "minillm/core/dtype.h"
 #include "minillm/core/tensor.h"
 
 namespace minillm {
-
-enum class MoEActivation { swiglu, gelu };
 
 struct MoEConfig {
   int64_t hidden = 0;       // H: model width; multiple of 64
   int64_t num_experts = 0;  // E: 1..256
   int64_t top_k = 0;        // k: 1..min(8, E)
   int64_t ffn = 0;          // F: expert width; multiple of 64
-  MoEActivation activation = MoEActivation::swiglu;
+  ExpertActivation activation = ExpertActivation::swiglu;
   bool normalize_topk = true;  // renormalise the k weights to sum 1 (Mixtral, Qwen3); OLMoE: false
   DType dtype = DType::bf16;   // bf16 or f16, for activations and weights
 

@@ -56,10 +56,9 @@ class CpuBackend final : public Backend {
     }
   }
   void moe(const Tensor& x, const LayerWeights& w, int, const ModelConfig& c, Tensor& y, Workspace&) override {
-    const auto act = c.moe.activation == ExpertActivation::swiglu ? cpu::Activation::swiglu : cpu::Activation::gelu;
     cpu::moe(x.ptr<float>(), w.router.ptr<float>(), w.w1.ptr<float>(), w.w3.data ? w.w3.ptr<float>() : nullptr,
              w.w2.ptr<float>(), x.size(0), c.hidden_size, c.moe.num_experts, c.moe.ffn_size, c.moe.top_k,
-             c.moe.normalize_topk, act, y.ptr<float>());
+             c.moe.normalize_topk, c.moe.activation, y.ptr<float>());
     if (c.moe.shared_expert_ffn > 0)
       cpu::shared_expert(x.ptr<float>(), w.ws13.ptr<float>(), w.ws2.ptr<float>(), w.shared_gate.ptr<float>(), x.size(0),
                          c.hidden_size, c.moe.shared_expert_ffn, y.ptr<float>());

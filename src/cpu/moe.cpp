@@ -64,7 +64,7 @@ void moe_router(const float* logits, int64_t T, int64_t E, int64_t k, bool norma
 }
 
 void moe(const float* x, const float* router_w, const float* w1, const float* w3, const float* w2, int64_t T, int64_t H,
-         int64_t E, int64_t F, int64_t k, bool normalize, Activation act, float* y) {
+         int64_t E, int64_t F, int64_t k, bool normalize, ExpertActivation act, float* y) {
   // x: [T, H], router_w: [E, H], w1, w3: [E, F, H], w2: [E, H, F], y: [T, H]
   if (T <= 0) return;
   std::vector<float> logits(static_cast<size_t>(T * E));  // [T, E]
@@ -86,7 +86,7 @@ void moe(const float* x, const float* router_w, const float* w1, const float* w3
   for (int64_t e = 0; e < E; ++e) max_count = std::max(max_count, begin[e + 1] - begin[e]);
   std::vector<float> xe(static_cast<size_t>(max_count * H));  // [count, H] gathered tokens
   std::vector<float> h1(static_cast<size_t>(max_count * F));  // [count, F] gate (or fc1) output
-  std::vector<float> h3(act == Activation::swiglu ? static_cast<size_t>(max_count * F) : 0);  // [count, F]
+  std::vector<float> h3(act == ExpertActivation::swiglu ? static_cast<size_t>(max_count * F) : 0);  // [count, F]
   std::vector<float> oe(static_cast<size_t>(max_count * H));    // [count, H] expert output
   std::vector<float> slot_out(static_cast<size_t>(T * k * H));  // [T, k, H]
 
@@ -100,7 +100,7 @@ void moe(const float* x, const float* router_w, const float* w1, const float* w3
       std::copy(src, src + H, xe.data() + r * H);
     }
     linear(xe.data(), w1 + e * F * H, nullptr, count, H, F, h1.data());
-    if (act == Activation::swiglu) {
+    if (act == ExpertActivation::swiglu) {
       linear(xe.data(), w3 + e * F * H, nullptr, count, H, F, h3.data());
 #pragma omp parallel for schedule(static)
       for (int64_t r = 0; r < count; ++r) {

@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 
+#include "minillm/config.h"
+
 namespace minillm::cpu {
 
 // out[t, :] = table[ids[t], :]. ids: [T] (must be in [0, V): checked by the caller), table: [V, H].
@@ -47,15 +49,13 @@ void qkv_bias_norm(float* qkv, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, co
 void moe_router(const float* logits, int64_t T, int64_t E, int64_t k, bool normalize, int32_t* ids,
                 float* weights);
 
-enum class Activation { swiglu, gelu };
-
 // A whole MoE layer: router GEMM, routing, the experts and the weighted combine.
 // x: [T, H], router_w: [E, H], w1 (gate): [E, F, H], w3 (up): [E, F, H] (unused for gelu),
 // w2 (down): [E, H, F], y: [T, H]. swiglu expert: w2 @ (silu(w1 x) * (w3 x)); gelu expert:
 // w2 @ gelu(w1 x) (tanh-free, erf form). Combine: y[t] = sum_j weight[t, j] * expert_{ids[t, j]}(x[t]),
 // summed in the order j = 0..k-1 (deterministic). Each expert runs as a GEMM on its gathered tokens.
 void moe(const float* x, const float* router_w, const float* w1, const float* w3, const float* w2, int64_t T,
-         int64_t H, int64_t E, int64_t F, int64_t k, bool normalize, Activation act, float* y);
+         int64_t H, int64_t E, int64_t F, int64_t k, bool normalize, ExpertActivation act, float* y);
 
 // Shared expert with a sigmoid gate (Qwen2-MoE), added onto y:
 //   y[t] += sigmoid(x[t] . gate) * w2 @ (silu(w1 x[t]) * (w3 x[t]))

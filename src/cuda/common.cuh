@@ -1,10 +1,15 @@
-// Device helpers shared by all CUDA code: 16-bit float (bf16, fp16) <-> fp32 conversions, cp.async.
+// Device helpers shared by all CUDA code (the Hopper-only PTX lives in cuda/sm90.cuh):
+//   16-bit floats (bf16, fp16) <-> fp32: to_f32, from_f32, pack2 (two into one 32-bit word), 16-byte
+//   vectors of eight (unpack8, pack8); fast exp2; the expert activations (silu, gelu_erf); 16-byte
+//   loads that bypass L1 (ld_stream); shared-memory loads and stores by address; cp.async (sm_80+);
+//   a block-wide fp32 sum.
 // to_f32 deduces its argument type (to_f32(v)) or takes it explicitly (to_f32<T>(v)).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace minillm::cuda {
 
@@ -22,7 +27,71 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { retu
 template <>
 __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 
-// 16-byte global -> shared copy (sm_80+); zero-fills the destination when !pred (nothing is read then).
+// Two fp32 -> one 32-bit word of two 16-bit floats (lo in the low half), round to nearest even: one
+// cvt instruction, the layout of an MMA operand register.
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>, "16-bit floats");
+  uint32_t r;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  } else {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  }
+  return r;
+}
+
+// Eight 16-bit floats in one 16-byte vector <-> fp32.
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& v, float* f) {
+  const T* h = reinterpret_cast<const T*>(&v);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) f[i] = to_f32<T>(h[i]);
+}
+template <typename T>
+__device__ __forceinline__ uint4 pack8(const float* f) {
+  return make_uint4(pack2<T>(f[0], f[1]), pack2<T>(f[2], f[3]), pack2<T>(f[4], f[5]), pack2<T>(f[6], f[7]));
+}
+
+// 2^x on the MUFU (ex2.approx, flush to zero): exp2(-inf) = +0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// The expert activations of the MoE kernels. silu: x * sigmoid(x) with the approximate division
+// (2 ulp; exp(-x) = inf gives -0): the IEEE division's instruction sequence was a large part of the
+// gate/up GEMM's epilogue. gelu_erf: the exact (erf) GELU.
+__device__ __forceinline__ float silu(float x) { return __fdividef(x, 1.0f + __expf(-x)); }
+__device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+// Streaming 16-byte load that does not allocate in L1 (weights: read once).
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// ---- shared memory by 32-bit address ----
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
+  return v;
+}
+
+// ---- cp.async (sm_80+) ----
+
+// 16-byte global -> shared copy; zero-fills the destination when !pred (nothing is read then).
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool pred) {
   const int src_bytes = pred ? 16 : 0;
   asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
@@ -31,6 +100,19 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// Sum of v over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `red` is 32 floats of shared memory; the call ends with a barrier, so it can be reused at once.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? red[lane] : 0.f;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  return v;
 }
 
 }  // namespace minillm::cuda

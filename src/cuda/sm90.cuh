@@ -1,5 +1,5 @@
 // Hopper (sm_90a) PTX wrappers shared by our TMA + wgmma kernels: mbarriers, TMA (bulk tensor)
-// loads, proxy fences, named barriers, setmaxnreg, and wgmma (descriptors, fence / commit / wait and
+// loads and stores, proxy fences, named barriers, setmaxnreg, and wgmma (descriptors, fence / commit / wait and
 // the m64nNk16 instructions for 16-bit inputs with fp32 accumulators).
 //
 // Shared-memory matrix descriptors (PTX ISA, "Matrix Descriptor Format"): bits 0-13 start address >> 4,
@@ -25,11 +25,9 @@
 #include <cstdio>
 #include <type_traits>
 
-namespace minillm::cuda::sm90 {
+#include "cuda/common.cuh"
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+namespace minillm::cuda::sm90 {
 
 // ---- mbarrier ----
 
@@ -100,6 +98,28 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
 }
+// 2-D tile load global -> shared (coordinates innermost first), completing on mbarrier `bar`.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+// 2-D tile store shared -> global (asynchronous, in the thread's bulk group; clipped at the tensor's extent).
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(src), "r"(c0), "r"(c1)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Waits until at most N of this thread's bulk groups still read their shared-memory source.
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 // Orders this thread's generic-proxy shared-memory writes before later async-proxy (wgmma, TMA) reads.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 
@@ -208,32 +228,10 @@ __device__ __forceinline__ void fence_regs(uint32_t (&d)[N]) {
   "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
       "+f"(d[i + 7])
 #define MINILLM_ACC32(d) MINILLM_ACC8(d, 0), MINILLM_ACC8(d, 8), MINILLM_ACC8(d, 16), MINILLM_ACC8(d, 24)
-#define MINILLM_ACC48(d) MINILLM_ACC32(d), MINILLM_ACC8(d, 32), MINILLM_ACC8(d, 40)
-#define MINILLM_ACC64(d) MINILLM_ACC48(d), MINILLM_ACC8(d, 48), MINILLM_ACC8(d, 56)
-#define MINILLM_ACC96(d) MINILLM_ACC64(d), MINILLM_ACC8(d, 64), MINILLM_ACC8(d, 72), MINILLM_ACC8(d, 80), MINILLM_ACC8(d, 88)
+#define MINILLM_ACC64(d) MINILLM_ACC32(d), MINILLM_ACC8(d, 32), MINILLM_ACC8(d, 40), MINILLM_ACC8(d, 48), MINILLM_ACC8(d, 56)
 #define MINILLM_ACC128(d) \
-  MINILLM_ACC96(d), MINILLM_ACC8(d, 96), MINILLM_ACC8(d, 104), MINILLM_ACC8(d, 112), MINILLM_ACC8(d, 120)
-
-// m64n64k16, A and B from shared memory (K-major both), d: 32 fp32 per thread.
-#define MINILLM_WGMMA_SS_N64(TYPE) \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n" \
-               "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " {" \
-               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15," \
-               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31" \
-               "}, %32, %33, p, 1, 1, 0, 0;\n}\n" \
-               : MINILLM_ACC32(d) \
-               : "l"(da), "l"(db), "r"(scale_d))
-
-// m64n96k16, A and B from shared memory (K-major both), d: 48 fp32 per thread.
-#define MINILLM_WGMMA_SS_N96(TYPE) \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n" \
-               "wgmma.mma_async.sync.aligned.m64n96k16.f32." TYPE "." TYPE " {" \
-               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15," \
-               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31," \
-               "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47" \
-               "}, %48, %49, p, 1, 1, 0, 0;\n}\n" \
-               : MINILLM_ACC48(d) \
-               : "l"(da), "l"(db), "r"(scale_d))
+  MINILLM_ACC64(d), MINILLM_ACC8(d, 64), MINILLM_ACC8(d, 72), MINILLM_ACC8(d, 80), MINILLM_ACC8(d, 88), \
+      MINILLM_ACC8(d, 96), MINILLM_ACC8(d, 104), MINILLM_ACC8(d, 112), MINILLM_ACC8(d, 120)
 
 // m64n128k16, A and B from shared memory (K-major both), d: 64 fp32 per thread.
 #define MINILLM_WGMMA_SS_N128(TYPE) \
@@ -245,20 +243,6 @@ __device__ __forceinline__ void fence_regs(uint32_t (&d)[N]) {
                "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63" \
                "}, %64, %65, p, 1, 1, 0, 0;\n}\n" \
                : MINILLM_ACC64(d) \
-               : "l"(da), "l"(db), "r"(scale_d))
-
-// m64n192k16, A and B from shared memory (K-major both), d: 96 fp32 per thread.
-#define MINILLM_WGMMA_SS_N192(TYPE) \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n" \
-               "wgmma.mma_async.sync.aligned.m64n192k16.f32." TYPE "." TYPE " {" \
-               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15," \
-               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31," \
-               "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47," \
-               "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63," \
-               "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79," \
-               "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95" \
-               "}, %96, %97, p, 1, 1, 0, 0;\n}\n" \
-               : MINILLM_ACC96(d) \
                : "l"(da), "l"(db), "r"(scale_d))
 
 // m64n256k16, A and B from shared memory (K-major both), d: 128 fp32 per thread.
@@ -307,16 +291,10 @@ template <int N, typename T>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int scale_d) {
   static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>, "16-bit inputs");
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
-  if constexpr (N == 64) {
-    if constexpr (kBf16) MINILLM_WGMMA_SS_N64("bf16"); else MINILLM_WGMMA_SS_N64("f16");
-  } else if constexpr (N == 96) {
-    if constexpr (kBf16) MINILLM_WGMMA_SS_N96("bf16"); else MINILLM_WGMMA_SS_N96("f16");
-  } else if constexpr (N == 128) {
+  if constexpr (N == 128) {
     if constexpr (kBf16) MINILLM_WGMMA_SS_N128("bf16"); else MINILLM_WGMMA_SS_N128("f16");
-  } else if constexpr (N == 192) {
-    if constexpr (kBf16) MINILLM_WGMMA_SS_N192("bf16"); else MINILLM_WGMMA_SS_N192("f16");
   } else {
-    static_assert(N == 256, "wgmma_ss: N in {64, 96, 128, 192, 256}");
+    static_assert(N == 256, "wgmma_ss: N in {128, 256} (add the instruction's operand list for others)");
     if constexpr (kBf16) MINILLM_WGMMA_SS_N256("bf16"); else MINILLM_WGMMA_SS_N256("f16");
   }
 }
@@ -337,15 +315,10 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
 }
 
 #undef MINILLM_ACC32
-#undef MINILLM_ACC48
 #undef MINILLM_ACC64
-#undef MINILLM_ACC96
 #undef MINILLM_ACC128
 #undef MINILLM_ACC8
-#undef MINILLM_WGMMA_SS_N64
-#undef MINILLM_WGMMA_SS_N96
 #undef MINILLM_WGMMA_SS_N128
-#undef MINILLM_WGMMA_SS_N192
 #undef MINILLM_WGMMA_SS_N256
 #undef MINILLM_WGMMA_RS_N64
 #undef MINILLM_WGMMA_RS_N128

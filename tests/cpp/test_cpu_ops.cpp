@@ -185,7 +185,7 @@ RouterRef ref_router(const std::vector<double>& logits, int64_t T, int64_t E, in
 struct MoeCase {
   int64_t T, H, E, F, k;
   bool normalize;
-  cpu::Activation act;
+  minillm::ExpertActivation act;
 };
 
 struct MoeData {
@@ -219,7 +219,7 @@ std::vector<double> ref_moe(const MoeCase& c, const MoeData& d, double* min_gap)
           g += static_cast<double>(d.x[t * c.H + i]) * d.w1[(e * c.F + f) * c.H + i];
           u += static_cast<double>(d.x[t * c.H + i]) * d.w3[(e * c.F + f) * c.H + i];
         }
-        hid[f] = c.act == cpu::Activation::swiglu ? g / (1.0 + std::exp(-g)) * u
+        hid[f] = c.act == minillm::ExpertActivation::swiglu ? g / (1.0 + std::exp(-g)) * u
                                                   : 0.5 * g * (1.0 + std::erf(g / std::sqrt(2.0)));
       }
       for (int64_t i = 0; i < c.H; ++i) {
@@ -552,7 +552,7 @@ TEST(CpuOps, MoeRouterTiesGoToTheLowerIndex) {
 void check_moe(const MoeCase& c, uint32_t seed) {
   SCOPED_TRACE(::testing::Message() << "T=" << c.T << " H=" << c.H << " E=" << c.E << " F=" << c.F << " k=" << c.k
                                     << " normalize=" << c.normalize
-                                    << " act=" << (c.act == cpu::Activation::swiglu ? "swiglu" : "gelu"));
+                                    << " act=" << (c.act == minillm::ExpertActivation::swiglu ? "swiglu" : "gelu"));
   const MoeData d = make_moe_data(c, seed);
   double min_gap = 0.0;
   const std::vector<double> ref = ref_moe(c, d, &min_gap);
@@ -567,7 +567,7 @@ void check_moe(const MoeCase& c, uint32_t seed) {
 }
 
 TEST(CpuOps, MoeMatchesFloat64) {
-  using A = cpu::Activation;
+  using A = minillm::ExpertActivation;
   const MoeCase cases[] = {
       // T, H, E, F, k, normalize, act
       {1, 16, 4, 24, 2, true, A::swiglu},    {13, 16, 4, 24, 2, false, A::swiglu},
@@ -583,7 +583,7 @@ TEST(CpuOps, MoeMatchesFloat64) {
 }
 
 TEST(CpuOps, MoeIsDeterministicAcrossThreadCounts) {
-  const MoeCase c = {50, 40, 8, 72, 2, true, cpu::Activation::swiglu};
+  const MoeCase c = {50, 40, 8, 72, 2, true, minillm::ExpertActivation::swiglu};
   const MoeData d = make_moe_data(c, 140);
   std::vector<float> y1(static_cast<size_t>(c.T * c.H)), y2(y1.size());
   const int saved = omp_get_max_threads();

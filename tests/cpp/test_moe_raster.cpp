@@ -1,4 +1,4 @@
-// The grouped GEMM's tile order (src/cuda/moe/moe_raster.h), checked on the host: every (m-block,
+// The grouped GEMM's tile order (src/cuda/gemm/grouped_gemm_raster.h), checked on the host: every (m-block,
 // n-block) tile is produced exactly once, and each raster group (a run of tiles with the same set of
 // m-blocks) lies inside one expert and holds at most group_m m-blocks of balanced size.
 #include <gtest/gtest.h>
@@ -8,12 +8,12 @@
 #include <random>
 #include <vector>
 
-#include "cuda/moe/moe_raster.h"
+#include "cuda/gemm/grouped_gemm_raster.h"
 
 namespace {
 
-using minillm::cuda::moe::kRasterBlockM;
-using minillm::cuda::moe::raster_tile;
+using minillm::cuda::gemm::kGemmBlockM;
+using minillm::cuda::gemm::raster_tile;
 
 struct Routing {
   std::vector<int32_t> counts, row_offset, mblock_expert;
@@ -26,9 +26,9 @@ Routing make_routing(const std::vector<int32_t>& counts) {
   int32_t row = 0;
   for (size_t e = 0; e < counts.size(); ++e) {
     r.row_offset.push_back(row);
-    const int32_t blocks = (counts[e] + kRasterBlockM - 1) / kRasterBlockM;
+    const int32_t blocks = (counts[e] + kGemmBlockM - 1) / kGemmBlockM;
     for (int32_t b = 0; b < blocks; ++b) r.mblock_expert.push_back(static_cast<int32_t>(e));
-    row += blocks * kRasterBlockM;
+    row += blocks * kGemmBlockM;
   }
   return r;
 }
@@ -68,7 +68,7 @@ void check_order(const Routing& r, int n_blocks, int group_m) {
   }
   for (int i = 0; i < tiles; ++i) ASSERT_EQ(seen[static_cast<size_t>(i)], 1) << "tile (m, n) " << i / n_blocks << ", " << i % n_blocks;
   for (size_t e = 0; e < r.counts.size(); ++e) {  // balanced: the fewest groups of <= group_m, sizes within 1
-    const int blocks = (r.counts[e] + kRasterBlockM - 1) / kRasterBlockM;
+    const int blocks = (r.counts[e] + kGemmBlockM - 1) / kGemmBlockM;
     const auto& g = group_sizes[e];
     ASSERT_EQ(static_cast<int>(g.size()), (blocks + group_m - 1) / group_m) << "expert " << e;
     if (g.empty()) continue;

@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "cpu/ops.h"
-#include "cuda/attention/flash_fwd_sm90.h"
+#include "cuda/attention/flash_fwd.h"
 #include "cuda/sm90.cuh"
 #include "minillm/attention.h"
 #include "minillm/core/cuda_check.h"
@@ -40,6 +40,7 @@ namespace {
 
 using minillm::DType;
 using minillm::FlashAttentionParams;
+using minillm::cuda::attn::FlashFwdOptions;
 
 constexpr uint16_t kPoison = 0xFFFF;  // NaN as bf16 and as fp16
 
@@ -141,7 +142,7 @@ struct Layout {
 };
 
 // Runs one padded-layout case and compares it with the CPU reference.
-Errors run_padded(const Case& c) {
+Errors run_padded(const Case& c, const FlashFwdOptions& opt = {}) {
   const DType t = c.dtype;
   const size_t nq = size_t(c.B) * c.Nq * c.H * c.D, nk = size_t(c.B) * c.Nk * c.Hkv * c.D;
   const std::vector<float> q = random_rounded(t, nq, c.seed * 3 + 0, c.amp);
@@ -183,7 +184,7 @@ Errors run_padded(const Case& c) {
   p.lse_batch_stride = int64_t(c.H) * c.Nq, p.lse_head_stride = c.Nq;
   p.causal = c.causal;
   p.softmax_scale = c.scale;
-  minillm::flash_attention_forward(p, nullptr);
+  minillm::cuda::attn::flash_attention_forward(p, opt, nullptr);
   MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
   dout.download(), dlse.download();
 
@@ -212,9 +213,9 @@ void expect_ok(const Case& c, const Errors& e, double tol) {
   EXPECT_LE(e.lse_err, 1e-3) << describe(c);
 }
 
-void check_cases(const std::vector<Case>& cases) {
+void check_cases(const std::vector<Case>& cases, const FlashFwdOptions& opt = {}) {
   for (const Case& c : cases) {
-    const Errors e = run_padded(c);
+    const Errors e = run_padded(c, opt);
     expect_ok(c, e, tolerance(c.dtype));
   }
 }
@@ -395,7 +396,7 @@ TEST(FlashAttention, Long16kAnd32k) {
 // ---- varlen layout ----
 
 Errors run_varlen(DType t, const std::vector<int>& lq, const std::vector<int>& lk, int H, int Hkv, int D, bool causal,
-                  uint32_t seed) {
+                  uint32_t seed, const FlashFwdOptions& opt = {}) {
   const int B = static_cast<int>(lq.size());
   std::vector<int32_t> cu_q(B + 1, 0), cu_k(B + 1, 0);
   for (int b = 0; b < B; ++b) cu_q[b + 1] = cu_q[b] + lq[b], cu_k[b + 1] = cu_k[b] + lk[b];
@@ -433,7 +434,7 @@ Errors run_varlen(DType t, const std::vector<int>& lq, const std::vector<int>& l
   p.cu_seqlens_q = static_cast<const int32_t*>(dcu_q.data());
   p.cu_seqlens_k = static_cast<const int32_t*>(dcu_k.data());
   minillm::set_packed_strides(p, total_q);
-  minillm::flash_attention_forward(p, nullptr);
+  minillm::cuda::attn::flash_attention_forward(p, opt, nullptr);
   MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
   dout.download(), dlse.download();
 
@@ -496,6 +497,7 @@ __global__ void wgmma_tile_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k
                                   const __nv_bfloat16* v, float* s_out, float* o_out) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace minillm::cuda::sm90;
+  using minillm::cuda::smem_u32;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sq = base, sk = base + 64 * 256, sv = sk + 128 * 256;
@@ -580,19 +582,25 @@ TEST(FlashAttentionSm90, SmallWgmmaTiles) {
   EXPECT_LE(o_err, 1e-3) << "O = P V (MN-major descriptor of V)";
 }
 
-// Restores the automatic kernel choice when a test ends.
-struct KernelOverrideGuard {
-  explicit KernelOverrideGuard(minillm::cuda::attn::KernelOverride k) { minillm::cuda::attn::set_kernel_override(k); }
-  ~KernelOverrideGuard() { minillm::cuda::attn::set_kernel_override(minillm::cuda::attn::KernelOverride::kNone); }
-};
-
 // The FlashAttention-2 kernel on the head dims that the Hopper kernel takes over on sm_90, and the
-// Hopper kernel on cases the other tests do not reach (several tiles per CTA, long causal rows).
+// Hopper kernel on cases the other tests do not reach (several tiles per CTA, long causal rows), under
+// its default schedule and each schedule option (tile height, one CTA per unit, static order, one
+// (batch, head) pair per group).
 TEST(FlashAttentionSm90, SmallBothKernels) {
   REQUIRE_GPU();
-  using minillm::cuda::attn::KernelOverride;
-  for (KernelOverride kernel : {KernelOverride::kFa2, KernelOverride::kSm90}) {
-    const KernelOverrideGuard guard(kernel);
+  using minillm::cuda::attn::Kernel;
+  std::vector<FlashFwdOptions> options(6);
+  options[0].kernel = Kernel::kFa2;
+  for (size_t i = 1; i < options.size(); ++i) options[i].kernel = Kernel::kSm90;
+  options[2].sm90.block_m = 128;
+  options[3].sm90.block_m = 192;
+  options[4].sm90.persistent = false;
+  options[4].sm90.dynamic = false;
+  options[5].sm90.head_group = 1;
+  for (const FlashFwdOptions& opt : options) {
+    SCOPED_TRACE("kernel " + std::to_string(int(opt.kernel)) + " block_m " + std::to_string(opt.sm90.block_m) +
+                 " persistent " + std::to_string(opt.sm90.persistent) + " dynamic " + std::to_string(opt.sm90.dynamic) +
+                 " head_group " + std::to_string(opt.sm90.head_group));
     std::vector<Case> cases;
     uint32_t seed = 1000;
     for (DType t : {DType::bf16, DType::f16})
@@ -602,13 +610,32 @@ TEST(FlashAttentionSm90, SmallBothKernels) {
           cases.push_back({t, 1, 100, 700, 3, 1, D, causal, 0.f, 1.f, true, seed++});
           cases.push_back({t, 1, 700, 100, 2, 2, D, causal, 0.f, 1.f, false, seed++});
         }
-    check_cases(cases);
+    check_cases(cases, opt);
     for (bool causal : {false, true}) {
-      const Errors e = run_varlen(DType::bf16, {5, 300, 1, 190}, {7, 290, 0, 400}, 4, 2, 128, causal, seed++);
+      const Errors e = run_varlen(DType::bf16, {5, 300, 1, 190}, {7, 290, 0, 400}, 4, 2, 128, causal, seed++, opt);
       EXPECT_EQ(e.bad, 0);
       EXPECT_LE(e.rel_l2, tolerance(DType::bf16));
       EXPECT_LE(e.lse_err, 1e-3);
     }
+  }
+}
+
+// Forcing the Hopper kernel on a head dim it does not take is an error naming the head dim.
+TEST(FlashAttentionSm90, SmallForcedKernelRejectsHeadDim) {
+  REQUIRE_GPU();
+  Dev16 buf(4096, 0);
+  FlashAttentionParams p;
+  p.q = p.k = p.v = buf.ptr();
+  p.o = static_cast<uint16_t*>(buf.ptr()) + 2048;
+  p.batch = 1, p.seqlen_q = 4, p.seqlen_k = 4, p.num_heads = 2, p.num_kv_heads = 2, p.head_dim = 32;
+  minillm::set_packed_strides(p);
+  FlashFwdOptions opt;
+  opt.kernel = minillm::cuda::attn::Kernel::kSm90;
+  try {
+    minillm::cuda::attn::flash_attention_forward(p, opt, nullptr);
+    ADD_FAILURE() << "expected an error naming head_dim";
+  } catch (const minillm::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("head_dim = 32"), std::string::npos) << e.what();
   }
 }
 

@@ -29,14 +29,14 @@ bool have_gpu() {
 
 struct Case {
   int64_t T, H, E, k, F;
-  MoEActivation act = MoEActivation::swiglu;
+  ExpertActivation act = ExpertActivation::swiglu;
   bool normalize = true;
   DType dtype = DType::bf16;
 };
 
 std::string name(const Case& c) {
   return "T" + std::to_string(c.T) + " H" + std::to_string(c.H) + " E" + std::to_string(c.E) + " k" +
-         std::to_string(c.k) + " F" + std::to_string(c.F) + (c.act == MoEActivation::gelu ? " gelu" : " swiglu") +
+         std::to_string(c.k) + " F" + std::to_string(c.F) + (c.act == ExpertActivation::gelu ? " gelu" : " swiglu") +
          (c.normalize ? " norm" : " nonorm") + " " + dtype_name(c.dtype);
 }
 
@@ -91,7 +91,7 @@ Problem make_problem(const Case& c, uint32_t seed) {
   p.x = make_array(c.T * c.H, 1.0f, c.dtype, rng);
   p.router = make_array(c.E * c.H, 1.0f / std::sqrt(static_cast<float>(c.H)), c.dtype, rng);
   p.w1 = make_array(c.E * c.F * c.H, 1.0f / std::sqrt(static_cast<float>(c.H)), c.dtype, rng);
-  if (c.act == MoEActivation::swiglu) p.w3 = make_array(c.E * c.F * c.H, 1.0f / std::sqrt(static_cast<float>(c.H)), c.dtype, rng);
+  if (c.act == ExpertActivation::swiglu) p.w3 = make_array(c.E * c.F * c.H, 1.0f / std::sqrt(static_cast<float>(c.H)), c.dtype, rng);
   p.w2 = make_array(c.E * c.H * c.F, 1.0f / std::sqrt(static_cast<float>(c.F)), c.dtype, rng);
   return p;
 }
@@ -117,7 +117,7 @@ MoEConfig config_of(const Case& c) {
 }
 
 void set_weights(MoELayer& layer, const Problem& p) {
-  layer.set_weights(p.drouter.data(), p.dw1.data(), p.c.act == MoEActivation::swiglu ? p.dw3.data() : nullptr,
+  layer.set_weights(p.drouter.data(), p.dw1.data(), p.c.act == ExpertActivation::swiglu ? p.dw3.data() : nullptr,
                     p.dw2.data());
 }
 
@@ -156,7 +156,7 @@ void expect_close_to_reference(const Problem& p, const std::vector<float>& y) {
   const Case& c = p.c;
   std::vector<float> ref(c.T * c.H);
   cpu::moe(p.x.f.data(), p.router.f.data(), p.w1.f.data(), p.w3.f.empty() ? nullptr : p.w3.f.data(), p.w2.f.data(),
-           c.T, c.H, c.E, c.F, c.k, c.normalize, c.act == MoEActivation::swiglu ? cpu::Activation::swiglu : cpu::Activation::gelu,
+           c.T, c.H, c.E, c.F, c.k, c.normalize, c.act,
            ref.data());
   const std::vector<char> clear = clear_tokens(p, /*boundary_only=*/true, 1e-3);
   double max_ref = 0, err2 = 0, ref2 = 0;
@@ -198,12 +198,12 @@ TEST(MoECuda, SmallShapesMatchCpuReference) {
   REQUIRE_GPU();
   check_cases({
                   {1, 1024, 8, 2, 512},                                  // decode, T = 1
-                  {17, 1024, 16, 4, 1024, MoEActivation::gelu, false},   // decode, gelu
+                  {17, 1024, 16, 4, 1024, ExpertActivation::gelu, false},   // decode, gelu
                   {65, 1024, 8, 2, 512},                                 // grouped GEMM, smallest T
-                  {200, 1024, 8, 1, 576, MoEActivation::gelu, true},     // top-1, gelu, F % 128 != 0
-                  {130, 1024, 16, 2, 1088, MoEActivation::swiglu, true}, // F not a multiple of 128
-                  {129, 1024, 16, 2, 1024, MoEActivation::swiglu, true, DType::f16},
-                  {9, 1024, 16, 2, 1024, MoEActivation::swiglu, true, DType::f16},
+                  {200, 1024, 8, 1, 576, ExpertActivation::gelu, true},     // top-1, gelu, F % 128 != 0
+                  {130, 1024, 16, 2, 1088, ExpertActivation::swiglu, true}, // F not a multiple of 128
+                  {129, 1024, 16, 2, 1024, ExpertActivation::swiglu, true, DType::f16},
+                  {9, 1024, 16, 2, 1024, ExpertActivation::swiglu, true, DType::f16},
               },
               1);
 }
@@ -212,12 +212,12 @@ TEST(MoECuda, MatchesCpuReference) {
   REQUIRE_GPU();
   check_cases({
                   {64, 2048, 8, 2, 1536},                                 // decode, largest T
-                  {300, 1024, 32, 4, 768, MoEActivation::swiglu, false},  // partial tiles, no renorm
-                  {513, 1024, 128, 8, 512, MoEActivation::swiglu, true},  // E = 128, k = 8 (many empty experts)
-                  {40, 1024, 128, 8, 512, MoEActivation::swiglu, false},  // E = 128, k = 8, decode
-                  {700, 2048, 64, 8, 1024, MoEActivation::swiglu, false}, // OLMoE-like
-                  {300, 1088, 8, 2, 512, MoEActivation::gelu, true},      // H not a multiple of 256
-                  {1500, 4096, 8, 2, 1024, MoEActivation::swiglu, true},  // long K
+                  {300, 1024, 32, 4, 768, ExpertActivation::swiglu, false},  // partial tiles, no renorm
+                  {513, 1024, 128, 8, 512, ExpertActivation::swiglu, true},  // E = 128, k = 8 (many empty experts)
+                  {40, 1024, 128, 8, 512, ExpertActivation::swiglu, false},  // E = 128, k = 8, decode
+                  {700, 2048, 64, 8, 1024, ExpertActivation::swiglu, false}, // OLMoE-like
+                  {300, 1088, 8, 2, 512, ExpertActivation::gelu, true},      // H not a multiple of 256
+                  {1500, 4096, 8, 2, 1024, ExpertActivation::swiglu, true},  // long K
               },
               100);
 }
@@ -265,7 +265,7 @@ TEST(MoECuda, AllTokensToOneExpert) {
       // Near-ties are fine here: the ties are exact and resolved identically by both.
       std::vector<float> ref(T * c.H);
       cpu::moe(p.x.f.data(), p.router.f.data(), p.w1.f.data(), p.w3.f.data(), p.w2.f.data(), T, c.H, c.E, c.F, k,
-               c.normalize, cpu::Activation::swiglu, ref.data());
+               c.normalize, ExpertActivation::swiglu, ref.data());
       double max_ref = 0;
       for (float v : ref) max_ref = std::max(max_ref, static_cast<double>(std::fabs(v)));
       int64_t bad = 0;
@@ -281,7 +281,7 @@ TEST(MoECuda, RouterMatchesReference) {
   // T >= 1024 with E <= 32 takes the fused router kernel (E padded to 8, 16 or 32 columns).
   for (Case c : {Case{1000, 2048, 64, 8, 64}, Case{257, 1024, 128, 8, 64}, Case{100, 4096, 8, 2, 64},
                  Case{3000, 1024, 8, 2, 64}, Case{2100, 2048, 32, 8, 64}, Case{1100, 1088, 20, 3, 64},
-                 Case{1500, 1024, 16, 4, 64, MoEActivation::swiglu, true, DType::f16}}) {
+                 Case{1500, 1024, 16, 4, 64, ExpertActivation::swiglu, true, DType::f16}}) {
     SCOPED_TRACE(name(c));
     for (bool normalize : {true, false}) {
       c.normalize = normalize;
@@ -320,7 +320,7 @@ TEST(MoECuda, RouterMatchesReference) {
 // which may cancel). Every slot is written (the output is poisoned first).
 TEST(MoECuda, ForwardPairsSumToForward) {
   REQUIRE_GPU();
-  for (Case c : {Case{700, 1024, 8, 2, 512}, Case{300, 1024, 32, 4, 768, MoEActivation::gelu, false},
+  for (Case c : {Case{700, 1024, 8, 2, 512}, Case{300, 1024, 32, 4, 768, ExpertActivation::gelu, false},
                  Case{200, 1024, 8, 1, 512}, Case{40, 1024, 16, 4, 512}, Case{20, 1024, 8, 1, 512}}) {
     SCOPED_TRACE(name(c));
     Problem p = make_problem(c, 31);

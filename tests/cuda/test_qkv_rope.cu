@@ -1,4 +1,4 @@
-// The engine's fused QKV projection: the grouped GEMM as a dense GEMM (E = 1) with the RoPE epilogue,
+// The engine's fused QKV projection (cuda::engine::qkv_rope: the grouped GEMM as a dense GEMM with the RoPE epilogue),
 // against the CPU reference cpu::linear then cpu::rope (fp32/double) on the same 16-bit inputs.
 // Criterion: one rounding of the output to 16 bits, so per element |y - y_ref| <= 0.01 * max|y_ref| +
 // 0.01 * |y_ref| and the relative RMS error <= 5e-3. Row counts that are not multiples of the tile
@@ -12,7 +12,6 @@
 
 #include "cpu/ops.h"
 #include "cuda/engine/ops.h"
-#include "cuda/moe/moe_ops.h"
 #include "minillm/core/tensor.h"
 #include "minillm/core/cuda_check.h"
 #include "minillm/core/dtype.h"
@@ -67,24 +66,9 @@ void run_case(const Case& c) {
   copy_bytes(dtab.data(), Device::cuda, table.data(), Device::cpu, table.size() * sizeof(float2));
   MINILLM_CUDA_CHECK(cudaMemset(counter.data(), 0, sizeof(int32_t)));
 
-  cuda::moe::GroupedGemmArgs g;
-  g.dtype = c.dtype;
-  g.epilogue = c.D == 64 ? cuda::moe::Epilogue::rope64 : cuda::moe::Epilogue::rope128;
-  g.a = dx.data();
-  g.lda = H;
-  g.rows = T;
-  g.K = H;
-  g.w0 = dw.data();
-  g.ldw = H;
-  g.N = cols;
-  g.E = 1;
-  g.d = dy.data();
-  g.ldd = cols;
-  g.tile_counter = static_cast<int32_t*>(counter.data());
-  g.rope_table = dtab.data();
-  g.rope_cols = int64_t(c.heads + c.kv_heads) * c.D;
-  g.rope_seq = c.N;
-  for (int rep = 0; rep < 2; ++rep) cuda::moe::grouped_gemm(g, nullptr);  // twice: the counter is back at 0
+  for (int rep = 0; rep < 2; ++rep)  // twice: the counter is back at 0
+    cuda::engine::qkv_rope(c.dtype, dx.data(), dw.data(), dy.data(), T, H, cols, c.N, c.heads + c.kv_heads, c.D,
+                           static_cast<const float2*>(dtab.data()), static_cast<int32_t*>(counter.data()), nullptr);
   MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
   int32_t left = -1;
   copy_bytes(&left, Device::cpu, counter.data(), Device::cuda, sizeof(int32_t));

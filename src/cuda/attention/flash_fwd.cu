@@ -1,27 +1,22 @@
 // FlashAttention forward: parameter validation and dispatch. On compute capability 9.0, head dims 64
 // and 128 run the Hopper kernel (TMA + wgmma + warp specialisation, flash_fwd_sm90.cuh); everything
 // else runs the FlashAttention-2 kernels of flash_fwd_kernel.cuh (instantiated in
-// flash_fwd_hdim{32,64,128,256}.cu). MINILLM_ATTENTION_KERNEL=fa2 (read once) forces FlashAttention-2.
+// flash_fwd_hdim{32,64,128,256}.cu). Tests and dev/ experiments force a kernel through
+// cuda::attn::flash_attention_forward's options (flash_fwd.h).
 //
 // Layouts: padded q/o [B, Nq, H, D], k/v [B, Nk, Hkv, D] with strides in elements, or varlen
 // [total, H, D] with cu_seqlens (include/minillm/attention.h). FlashAttention-2: head_dim runs in the
 // smallest kernel of 32, 64, 128 or 256 that holds it (zero-padded columns when smaller); tiling per
 // head dim (rows per block x keys per tile): 32: 128x128 and 64: 128x64, Q in registers; 128: 128x64;
-// 256: 128x64 with 8 warps (FlashFwdConfig in flash_fwd_kernel.cuh says why).
-//
-// Measured on H100 80GB HBM3, bf16, B16 H16 N2048, TFLOP/s (torch 2.11 SDPA FLASH / cuDNN):
-//   Hopper kernel:      D64 461 full, 384 causal (288 / 451, 259 / 394); D128 581 / 512 (314 / 617, 275 / 509)
-//   FlashAttention-2:   D64 329 full, 282 causal; D128 375 / 307
-// Grid of 288 cases: median 1.62x FLASH, 1.04x cuDNN (FlashAttention-2 alone: 1.11x, 0.71x). Reproduce
-// with `PYTHONPATH=python python bench/bench_attention.py` (bench/results/h100/attention.json).
-#include <algorithm>
-#include <atomic>
+// 256: 128x64 with 8 warps (FlashFwdConfig in flash_fwd_kernel.cuh says why). Measurements:
+// docs/REPORT.md and bench/results/h100/attention.json (bench/bench_attention.py).
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
+#include <utility>
 
+#include "cuda/attention/flash_fwd.h"
 #include "cuda/attention/flash_fwd_kernel.cuh"
 #include "cuda/attention/flash_fwd_sm90.h"
+#include "cuda/device.h"
 #include "minillm/core/check.h"
 
 namespace minillm {
@@ -56,64 +51,18 @@ void check_stride(int64_t stride, const char* name) {
                                                              << " must be a multiple of 8 elements (16 bytes)");
 }
 
-// Environment, read once: MINILLM_ATTENTION_KERNEL=fa2 forces the FlashAttention-2 kernel (for
-// comparisons); MINILLM_SM90_VARIANT, MINILLM_SM90_BLOCK_M=128|192, MINILLM_SM90_PERSISTENT=0,
-// MINILLM_SM90_HEAD_GROUP=<n> and MINILLM_SM90_SCHEDULE=static select the sm90 kernel's variants and
-// schedule (docs/HOPPER_ATTENTION.md).
-struct KernelChoice {
-  bool force_fa2 = false;
-  cuda::attn::Sm90Options sm90;
-};
-
-const KernelChoice& kernel_choice() {
-  static const KernelChoice choice = [] {
-    KernelChoice c;
-    const char* k = std::getenv("MINILLM_ATTENTION_KERNEL");
-    c.force_fa2 = k != nullptr && std::strcmp(k, "fa2") == 0;
-    using cuda::attn::Sm90Variant;
-    if (const char* v = std::getenv("MINILLM_SM90_VARIANT")) {
-      if (std::strcmp(v, "serial") == 0) c.sm90.variant = Sm90Variant::kSerial;
-      if (std::strcmp(v, "nopingpong") == 0) c.sm90.variant = Sm90Variant::kNoPingPong;
-      if (std::strcmp(v, "serial_nopingpong") == 0) c.sm90.variant = Sm90Variant::kSerialNoPingPong;
-      if (std::strcmp(v, "exp2_quarter") == 0) c.sm90.variant = Sm90Variant::kExp2Quarter;
-      if (std::strcmp(v, "exp2_third") == 0) c.sm90.variant = Sm90Variant::kExp2Third;
-      if (std::strcmp(v, "exp2_half") == 0) c.sm90.variant = Sm90Variant::kExp2Half;
-    }
-    if (const char* v = std::getenv("MINILLM_SM90_BLOCK_M")) c.sm90.block_m = std::atoi(v);
-    if (const char* v = std::getenv("MINILLM_SM90_PERSISTENT")) c.sm90.persistent = std::strcmp(v, "0") != 0;
-    if (const char* v = std::getenv("MINILLM_SM90_HEAD_GROUP")) c.sm90.head_group = std::max(0, std::atoi(v));
-    if (const char* v = std::getenv("MINILLM_SM90_SCHEDULE")) c.sm90.dynamic = std::strcmp(v, "static") != 0;
-    return c;
-  }();
-  return choice;
-}
-
-std::atomic<int> g_override{0};  // cuda::attn::KernelOverride, set by tests
-
-// Compute capability 9.0 (Hopper), cached per device.
-bool is_sm90_device() {
-  static std::atomic<int8_t> cached[64] = {};  // 0: unknown, 1: sm90, 2: other
-  int dev = 0;
-  MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 64 && cached[dev].load(std::memory_order_relaxed) != 0) return cached[dev].load() == 1;
-  int major = 0, minor = 0;
-  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-  const bool sm90 = major == 9 && minor == 0;
-  if (dev < 64) cached[dev].store(sm90 ? 1 : 2);
-  return sm90;
-}
-
 // The Hopper kernel for head dims 64 and 128 on sm_90; false when it did not run.
-bool try_sm90(const cuda::attn::FlashFwdArgs& args, cudaStream_t stream) {
-  using cuda::attn::KernelOverride;
-  const auto ov = static_cast<KernelOverride>(g_override.load(std::memory_order_relaxed));
-  const KernelChoice& choice = kernel_choice();
-  if (ov == KernelOverride::kFa2 || (ov == KernelOverride::kNone && choice.force_fa2)) return false;
-  if ((args.p.head_dim != 64 && args.p.head_dim != 128) || !is_sm90_device()) return false;
-  const bool ran = args.p.head_dim == 64 ? cuda::attn::run_flash_fwd_sm90_hdim64(args, choice.sm90, stream)
-                                         : cuda::attn::run_flash_fwd_sm90_hdim128(args, choice.sm90, stream);
-  MINILLM_CHECK(ran || ov != KernelOverride::kSm90,
+bool try_sm90(const cuda::attn::FlashFwdArgs& args, const cuda::attn::FlashFwdOptions& opt, cudaStream_t stream) {
+  using cuda::attn::Kernel;
+  if (opt.kernel == Kernel::kFa2) return false;
+  const bool takes = (args.p.head_dim == 64 || args.p.head_dim == 128) && cuda::device_is_sm90();
+  MINILLM_CHECK(takes || opt.kernel != Kernel::kSm90,
+                "flash_attention_forward: the sm90 kernel needs head_dim 64 or 128 on compute capability 9.0, got "
+                "head_dim = " << args.p.head_dim);
+  if (!takes) return false;
+  const bool ran = args.p.head_dim == 64 ? cuda::attn::run_flash_fwd_sm90_hdim64(args, opt.sm90, stream)
+                                         : cuda::attn::run_flash_fwd_sm90_hdim128(args, opt.sm90, stream);
+  MINILLM_CHECK(ran || opt.kernel != Kernel::kSm90,
                 "flash_attention_forward: the sm90 kernel cannot describe this layout with TMA descriptors");
   return ran;
 }
@@ -134,7 +83,9 @@ void dispatch_head_dim(const cuda::attn::FlashFwdArgs& args, cudaStream_t stream
 
 }  // namespace
 
-void flash_attention_forward(const FlashAttentionParams& p, cudaStream_t stream) {
+namespace cuda::attn {
+
+bool make_flash_fwd_args(const FlashAttentionParams& p, FlashFwdArgs& args) {
   MINILLM_CHECK(p.dtype == DType::bf16 || p.dtype == DType::f16,
                 "flash_attention_forward: dtype = " << dtype_name(p.dtype) << " must be bf16 or f16");
   MINILLM_CHECK(p.batch >= 0, "flash_attention_forward: batch = " << p.batch << " must be >= 0");
@@ -153,7 +104,7 @@ void flash_attention_forward(const FlashAttentionParams& p, cudaStream_t stream)
                                                             << " must be finite and > 0 (or 0 for 1/sqrt(head_dim))");
   MINILLM_CHECK((p.cu_seqlens_q == nullptr) == (p.cu_seqlens_k == nullptr),
                 "flash_attention_forward: cu_seqlens_q and cu_seqlens_k must be both set (varlen) or both null");
-  if (p.batch == 0 || p.seqlen_q == 0) return;  // no query: nothing to compute
+  if (p.batch == 0 || p.seqlen_q == 0) return false;  // no query: nothing to compute
 
   check_pointer(p.q, "q");
   check_pointer(p.o, "o");
@@ -162,28 +113,28 @@ void flash_attention_forward(const FlashAttentionParams& p, cudaStream_t stream)
     check_pointer(p.v, "v");
   }
   MINILLM_CHECK(p.o != p.q && p.o != p.k && p.o != p.v, "flash_attention_forward: o must not alias q, k or v");
-  const bool varlen = p.cu_seqlens_q != nullptr;
-  if (!varlen) {
-    check_stride(p.q_batch_stride, "q_batch_stride");
-    check_stride(p.k_batch_stride, "k_batch_stride");
-    check_stride(p.v_batch_stride, "v_batch_stride");
-    check_stride(p.o_batch_stride, "o_batch_stride");
-  }
-  check_stride(p.q_row_stride, "q_row_stride");
-  check_stride(p.k_row_stride, "k_row_stride");
-  check_stride(p.v_row_stride, "v_row_stride");
-  check_stride(p.o_row_stride, "o_row_stride");
-  check_stride(p.q_head_stride, "q_head_stride");
-  check_stride(p.k_head_stride, "k_head_stride");
-  check_stride(p.v_head_stride, "v_head_stride");
-  check_stride(p.o_head_stride, "o_head_stride");
+  const bool varlen = p.cu_seqlens_q != nullptr;  // (the batch strides are not read then)
+  const std::pair<int64_t, const char*> strides[] = {
+      {varlen ? 0 : p.q_batch_stride, "q_batch_stride"}, {varlen ? 0 : p.k_batch_stride, "k_batch_stride"},
+      {varlen ? 0 : p.v_batch_stride, "v_batch_stride"}, {varlen ? 0 : p.o_batch_stride, "o_batch_stride"},
+      {p.q_row_stride, "q_row_stride"},                   {p.k_row_stride, "k_row_stride"},
+      {p.v_row_stride, "v_row_stride"},                   {p.o_row_stride, "o_row_stride"},
+      {p.q_head_stride, "q_head_stride"},                 {p.k_head_stride, "k_head_stride"},
+      {p.v_head_stride, "v_head_stride"},                 {p.o_head_stride, "o_head_stride"}};
+  for (const auto& [stride, name] : strides) check_stride(stride, name);
 
-  cuda::attn::FlashFwdArgs args{};
+  args = FlashFwdArgs{};
   args.p = p;
   args.scale = p.softmax_scale > 0.f ? p.softmax_scale : 1.f / std::sqrt(static_cast<float>(p.head_dim));
   args.scale_log2 = args.scale * 1.4426950408889634f;
   args.kv_group = p.num_heads / p.num_kv_heads;
-  if (try_sm90(args, stream)) return;
+  return true;
+}
+
+void flash_attention_forward(const FlashAttentionParams& p, const FlashFwdOptions& opt, cudaStream_t stream) {
+  FlashFwdArgs args;
+  if (!make_flash_fwd_args(p, args)) return;
+  if (try_sm90(args, opt, stream)) return;
   if (p.dtype == DType::bf16) {
     dispatch_head_dim<__nv_bfloat16>(args, stream);
   } else {
@@ -191,8 +142,10 @@ void flash_attention_forward(const FlashAttentionParams& p, cudaStream_t stream)
   }
 }
 
-namespace cuda::attn {
-void set_kernel_override(KernelOverride k) { g_override.store(static_cast<int>(k)); }
 }  // namespace cuda::attn
+
+void flash_attention_forward(const FlashAttentionParams& p, cudaStream_t stream) {
+  cuda::attn::flash_attention_forward(p, cuda::attn::FlashFwdOptions{}, stream);
+}
 
 }  // namespace minillm

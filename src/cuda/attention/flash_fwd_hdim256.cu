@@ -1,9 +1,7 @@
 // FlashAttention-2 forward, the kernels for head_dim <= 256 (bf16 and fp16); smaller head dims run
 // zero-padded in them. One file per head dim so that the instantiations compile in parallel.
 // Algorithm and layouts: flash_fwd_kernel.cuh. Tiling: 128 query rows x 64 keys per tile, 8 warps
-// of 16 rows, Q from shared memory, 1 block/SM. H100 80GB HBM3: B8 H16 N2048 D256 bf16: 1.773 ms =
-// 310 TFLOP/s full, 1.009 ms = 273 TFLOP/s causal; measured with a timing harness over
-// FlashFwdTraits variants (CUDA events, median of 15 launches).
+// of 16 rows, Q from shared memory, 1 block/SM (FlashFwdConfig says why; measurements: docs/REPORT.md).
 #include "cuda/attention/flash_fwd_kernel.cuh"
 
 namespace minillm::cuda::attn {

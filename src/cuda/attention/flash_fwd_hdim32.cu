@@ -1,9 +1,7 @@
 // FlashAttention-2 forward, the kernels for head_dim <= 32 (bf16 and fp16); smaller head dims run
 // zero-padded in them. One file per head dim so that the instantiations compile in parallel.
 // Algorithm and layouts: flash_fwd_kernel.cuh. Tiling: 128 query rows x 128 keys per tile, 4 warps,
-// Q in registers, 2 blocks/SM. H100 80GB HBM3: B16 H16 N2048 D32 bf16: 0.611 ms = 225 TFLOP/s full,
-// 0.358 ms = 192 TFLOP/s causal; measured with a timing harness over FlashFwdTraits variants (CUDA
-// events, median of 15 launches).
+// Q in registers, 2 blocks/SM (FlashFwdConfig says why; measurements: docs/REPORT.md).
 #include "cuda/attention/flash_fwd_kernel.cuh"
 
 namespace minillm::cuda::attn {

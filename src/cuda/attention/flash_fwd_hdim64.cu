@@ -1,9 +1,7 @@
 // FlashAttention-2 forward, the kernels for head_dim <= 64 (bf16 and fp16); smaller head dims run
 // zero-padded in them. One file per head dim so that the instantiations compile in parallel.
 // Algorithm and layouts: flash_fwd_kernel.cuh. Tiling: 128 query rows x 64 keys per tile, 4 warps
-// of 32 rows, Q in registers, 2 blocks/SM. H100 80GB HBM3: B16 H16 N2048 D64 bf16: 0.836 ms = 329
-// TFLOP/s full, 0.487 ms = 282 TFLOP/s causal (torch SDPA FLASH 297 / 259); measured with
-// PYTHONPATH=python python bench/bench_attention.py.
+// of 32 rows, Q in registers, 2 blocks/SM (FlashFwdConfig says why; measurements: docs/REPORT.md).
 #include "cuda/attention/flash_fwd_kernel.cuh"
 
 namespace minillm::cuda::attn {

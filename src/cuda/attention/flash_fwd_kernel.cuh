@@ -20,24 +20,17 @@
 // kHeadDim runs zero-padded); scores of keys beyond Nk or above the causal diagonal are set to -inf in
 // the masked tiles only; a row with no visible key keeps m = -inf, l = 0 and yields o = 0, lse = -inf.
 //
-// Measured on H100 80GB HBM3 (SXM), bf16, B16 H16 N2048 (ms, TFLOP/s; torch 2.11 SDPA in the same
-// process: FLASH_ATTENTION = FlashAttention-2, CUDNN_ATTENTION):
-//   D64 full    0.836 ms 329  | flash 0.926 ms 297 (1.11x) | cudnn 0.592 ms 464 (0.71x)
-//   D64 causal  0.487 ms 282  | flash 0.531 ms 259 (1.09x) | cudnn 0.350 ms 393 (0.72x)
-//   D128 full   1.465 ms 375  | flash 1.580 ms 348 (1.08x) | cudnn 0.838 ms 656 (0.57x)
-//   D128 causal 0.897 ms 307  | flash 0.974 ms 282 (1.09x) | cudnn 0.528 ms 520 (0.59x)
-// Over the 288-case grid of bench/bench_attention.py: median 1.11x FlashAttention-2, 0.71x cuDNN.
-// Command: PYTHONPATH=python python bench/bench_attention.py  (bench/results/h100/attention.json)
+// Measurements: docs/REPORT.md, bench/results/h100/attention.json.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
 #include "cuda/common.cuh"
+#include "cuda/device.h"
 #include "minillm/attention.h"
 #include "minillm/core/cuda_check.h"
 
@@ -50,6 +43,10 @@ struct FlashFwdArgs {
   float scale_log2;  // scale * log2(e): scores go through exp2
   int kv_group;      // num_heads / num_kv_heads
 };
+
+// Validates p (throws minillm::Error naming the field and its value) and resolves the arguments of a
+// launch; false when there is nothing to compute (no query). Defined in flash_fwd.cu.
+bool make_flash_fwd_args(const FlashAttentionParams& p, FlashFwdArgs& args);
 
 // One instantiation per (kernel head dim, element type); defined in flash_fwd_hdim*.cu.
 template <int kHeadDim, typename T>
@@ -91,10 +88,10 @@ struct FlashFwdTraits {
 // The configuration each head dim runs (measured on H100 against the alternatives with
 // build-time variants of these traits: rows x keys per tile, warps, Q in registers, blocks per SM).
 //  32: 128 x 128, Q in registers (16 registers per thread), 2 blocks/SM.
-//  64: 128 x 64, Q in registers (32 registers); 128 x 128 with Q re-read from shared memory was 10%
+//  64: 128 x 64, Q in registers (32 registers); 128 x 128 with Q re-read from shared memory was
 //      slower (the 128 x 128 S tile spills); the O rescale runs every tile (the vote costs more here).
 // 128: 128 x 64, Q from shared memory (Q fragments would need 64 registers), lazy O rescale: it
-//      cuts 128 multiplies per tile and the register pressure that made this tile spill (+15%).
+//      cuts 128 multiplies per tile and the register pressure that made this tile spill.
 // 256: 128 x 64 with 8 warps of 16 rows (O alone is 128 registers per thread), 1 block/SM.
 template <int kHeadDim> struct FlashFwdConfig;
 template <> struct FlashFwdConfig<32> { using Traits = FlashFwdTraits<32, 128, 128, 4, true, 2>; };
@@ -105,14 +102,6 @@ template <> struct FlashFwdConfig<256> { using Traits = FlashFwdTraits<256, 128,
 namespace detail {
 
 // ---- PTX wrappers ----
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-using minillm::cuda::cp_async_16;
-using minillm::cuda::cp_async_commit;
-using minillm::cuda::cp_async_wait;
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -141,24 +130,6 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
-}
-
-// Packs two fp32 into one b16x2 register (lo in the low half), round to nearest even.
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  uint32_t r;
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-  } else {
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-  }
-  return r;
-}
-
-__device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: exp2(-inf) = +0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
 }
 
 // Element offset of (row, 16-byte chunk) in a swizzled [rows][kChunks * 8] tile.
@@ -226,7 +197,7 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
   const FlashAttentionParams& p = args.p;
 
   extern __shared__ __align__(128) unsigned char smem[];
-  const uint32_t sQ = smem_addr(smem);                // [BM][D]; reused for O at the end
+  const uint32_t sQ = smem_u32(smem);                // [BM][D]; reused for O at the end
   const uint32_t sKV = sQ + Kt::kSmemQ;               // stage s: K at + 2 s kSmemKV, V at + (2 s + 1) kSmemKV
 
   // Heavy blocks first: with causal masking the last query blocks see the most keys.
@@ -511,16 +482,7 @@ template <typename Kt, typename T>
 void launch_flash_fwd(const FlashFwdArgs& args, cudaStream_t stream) {
   constexpr int kSmem = Kt::kSmemBytes;
   auto kernel = flash_fwd_kernel<Kt, T>;
-  if constexpr (kSmem > 48 * 1024) {
-    static std::atomic<uint64_t> configured{0};  // bit d: device d done
-    int dev = 0;
-    MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
-    const uint64_t bit = dev < 64 ? (uint64_t{1} << dev) : 0;
-    if (bit == 0 || !(configured.load(std::memory_order_relaxed) & bit)) {
-      MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-      configured.fetch_or(bit, std::memory_order_relaxed);
-    }
-  }
+  if constexpr (kSmem > 48 * 1024) set_max_dynamic_smem<flash_fwd_kernel<Kt, T>>(kSmem);
   const FlashAttentionParams& p = args.p;
   const dim3 grid((p.seqlen_q + Kt::kBlockM - 1) / Kt::kBlockM, p.num_heads, p.batch);
   kernel<<<grid, Kt::kNThreads, kSmem, stream>>>(args);

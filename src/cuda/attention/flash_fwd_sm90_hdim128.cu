@@ -1,8 +1,6 @@
 // Hopper FlashAttention forward, head dim 128 (bf16 and fp16). Kernel and design: flash_fwd_sm90.cuh.
 // Tiling: 2 consumer warpgroups = 128 query rows x 128 keys per tile, 2-stage K/V ring, intra-warpgroup
-// overlap and ping-pong between the consumers. H100, bf16, B16 H16 N2048: 622 TFLOP/s full, 525
-// causal (SDPA cuDNN 633 / 506); measured with PYTHONPATH=python python3 bench/bench_attention.py
-// (more in docs/HOPPER_ATTENTION.md).
+// overlap and ping-pong between the consumers (measurements: docs/REPORT.md, docs/HOPPER_ATTENTION.md).
 #include "cuda/attention/flash_fwd_sm90.cuh"
 
 namespace minillm::cuda::attn {
@@ -10,10 +8,9 @@ namespace minillm::cuda::attn {
 using Sm90Hdim128 = Sm90FwdTraits<128, 2, 128, 2, true, true>;
 using Sm90Hdim128DoubleP = Sm90FwdTraits<128, 2, 128, 2, true, true, 0, true>;
 
-// Two P buffers from 2048 keys on: +3-5% at N >= 2048 (D128 full, B16 H16 N2048 and B4 H16 N8192),
-// -2-8% at N = 512-1024, where a tile's few key blocks do not amortise the longer code (same run).
+// Two P buffers from 2048 keys on: they pay off on long rows and cost time at N = 512-1024, where a
+// tile's few key blocks do not amortise the longer code (docs/HOPPER_ATTENTION.md).
 bool run_flash_fwd_sm90_hdim128(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
-  if (opt.variant != Sm90Variant::kDefault) return run_flash_fwd_sm90_ablation(args, opt, stream);
   const bool long_keys = args.p.seqlen_k >= 2048;  // (varlen: the longest sequence)
   return long_keys ? launch_flash_fwd_sm90_any<Sm90Hdim128DoubleP>(args, opt, stream)
                    : launch_flash_fwd_sm90_any<Sm90Hdim128>(args, opt, stream);

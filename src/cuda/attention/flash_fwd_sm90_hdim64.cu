@@ -1,15 +1,14 @@
 // Hopper FlashAttention forward, head dim 64 (bf16 and fp16). Kernel and design: flash_fwd_sm90.cuh.
 // Tiling: 2 or 3 consumer warpgroups = 128 or 192 query rows x 128 keys per tile (see pick_block_m),
 // 3-stage K/V ring, intra-warpgroup overlap and ping-pong between the consumers.
-// H100, bf16, B16 H16 N2048: 486 TFLOP/s full, 412 causal (SDPA cuDNN 464 / 392); measured with
-// PYTHONPATH=python python3 bench/bench_attention.py (more in docs/HOPPER_ATTENTION.md).
+// Measurements: docs/REPORT.md, docs/HOPPER_ATTENTION.md.
 #include "cuda/attention/flash_fwd_sm90.cuh"
 
 namespace minillm::cuda::attn {
 
-// 3 K/V stages: a 128-key block of head dim 64 is consumed in ~0.6 us, less than a load's latency.
-// All exponentials on the MUFU: moving 1/4, 1/3 or 1/2 of them to the FMA pipe (kExp2Poly 4, 3, 2)
-// measured 7%, 9% and 16% slower (docs/HOPPER_ATTENTION.md).
+// 3 K/V stages: a 128-key block of head dim 64 is consumed in less time than a load's latency.
+// All exponentials on the MUFU: moving a part of them to the FMA pipe (kExp2Poly) measured slower
+// (dev/cuda/01_attention_sm90_ablation.cu, docs/HOPPER_ATTENTION.md).
 using Sm90Hdim64M128 = Sm90FwdTraits<64, 2, 128, 3, true, true>;
 using Sm90Hdim64M192 = Sm90FwdTraits<64, 3, 128, 3, true, true>;
 
@@ -20,13 +19,12 @@ namespace {
 // sequences (192-row tiles cover more masked keys).
 int pick_block_m(const FlashAttentionParams& p) {
   const int64_t tiles = (int64_t(p.seqlen_q) + 191) / 192 * p.batch * p.num_heads;
-  return tiles >= 4 * int64_t(sm90_detail::sm_count()) && (!p.causal || p.seqlen_q >= 1024) ? 192 : 128;
+  return tiles >= 4 * int64_t(device_sm_count()) && (!p.causal || p.seqlen_q >= 1024) ? 192 : 128;
 }
 
 }  // namespace
 
 bool run_flash_fwd_sm90_hdim64(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
-  if (opt.variant != Sm90Variant::kDefault) return run_flash_fwd_sm90_ablation(args, opt, stream);
   const int block_m = opt.block_m > 0 ? opt.block_m : pick_block_m(args.p);
   return block_m == 192 ? launch_flash_fwd_sm90_any<Sm90Hdim64M192>(args, opt, stream)
                         : launch_flash_fwd_sm90_any<Sm90Hdim64M128>(args, opt, stream);

@@ -13,16 +13,13 @@
 // Layout: x, out [T, H] row-major bf16/fp16, delta [T, parts, H] (the MoE layer's k weighted expert
 // rows per token, MoELayer::forward_pairs: their sum in fp32, slot order, is the row's delta; this
 // replaces the MoE's separate combine pass), w, b [H] fp32.
-// Cost: (1 + parts) reads + 1 or 2 writes of T x H x 2 bytes. Measured on H100
-// (torch.profiler over the medium B8 N2048 forward, post-norm, out aliasing x): 48 calls 2.00 ms,
-// 41.7 us on average for 96 MB (after attention) and 128 MB (after the MoE, 2 parts) = 2.7 TB/s (90%
-// of the measured 3.0 TB/s copy); summing the parts here replaced the MoE combine kernel (43.7 us
-// per layer). Loading the parts one after the other (a runtime loop) took 53.8 us on average; the
-// kernel is specialised for 1 and 2 parts so that all loads of a row are in flight together. The
-// one-block-per-row shared-memory kernel it replaced took 3.55 ms (medium) and 19.3 ms (large).
+// Cost: (1 + parts) reads + 1 or 2 writes of T x H x 2 bytes: bandwidth-bound. The kernel is
+// specialised for 1 and 2 parts so that all loads of a row are in flight together (a runtime loop
+// over the parts measured slower). Measurements: docs/REPORT.md.
 #include <algorithm>
 
-#include "cuda/engine/common.cuh"
+#include "cuda/common.cuh"
+#include "cuda/device.h"
 #include "cuda/engine/ops.h"
 #include "minillm/core/cuda_check.h"
 
@@ -242,7 +239,11 @@ void launch(void* x, const void* delta, int parts, const float* w, const float* 
   const size_t smem = static_cast<size_t>(H) * sizeof(float);
   auto kernel = vec ? add_norm_kernel<T, true> : add_norm_kernel<T, false>;
   if (smem > 48 * 1024) {
-    MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    if (vec) {
+      set_max_dynamic_smem<add_norm_kernel<T, true>>(static_cast<int>(smem));
+    } else {
+      set_max_dynamic_smem<add_norm_kernel<T, false>>(static_cast<int>(smem));
+    }
   }
   kernel<<<static_cast<unsigned>(T_rows), threads, smem, stream>>>(static_cast<T*>(x), static_cast<const T*>(delta),
                                                                    parts, w, b, rmsnorm, eps, static_cast<T*>(out), H);

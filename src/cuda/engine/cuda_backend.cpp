@@ -8,12 +8,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
 #include "cuda/engine/gemm.h"
 #include "cuda/engine/ops.h"
-#include "cuda/moe/moe_ops.h"
 #include "minillm/attention.h"
 #include "minillm/core/cuda_check.h"
 #include "minillm/moe.h"
@@ -22,20 +19,11 @@ namespace minillm {
 namespace {
 
 namespace ke = cuda::engine;
-namespace km = cuda::moe;
 
-// The QKV projection with RoPE fused into its epilogue (the grouped GEMM kernel, sm_90a only): on
-// compute capability 9.0, head dim 64 or 128, hidden and qkv_dim multiples of 8. MINILLM_FUSED_QKV=0
-// (read per engine) runs cuBLASLt and the rope kernel instead, for comparisons.
+// The QKV projection with RoPE fused into its epilogue (ops.h: qkv_rope) where it runs; else
+// cuBLASLt and the rope kernel.
 bool fused_qkv_supported(const ModelConfig& c) {
-  if (const char* v = std::getenv("MINILLM_FUSED_QKV"); v && std::strcmp(v, "0") == 0) return false;
-  if (c.position != PositionType::rope || (c.head_dim != 64 && c.head_dim != 128)) return false;
-  if (c.hidden_size % 8 != 0 || c.qkv_dim() % 8 != 0) return false;
-  int dev = 0, major = 0, minor = 0;
-  MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
-  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-  return major == 9 && minor == 0;
+  return c.position == PositionType::rope && ke::qkv_rope_supported(c.head_dim, c.hidden_size, c.qkv_dim());
 }
 
 // The MoE config of the model, and whether minillm::MoELayer takes it.
@@ -45,7 +33,7 @@ MoEConfig moe_config(const ModelConfig& c) {
   m.num_experts = c.moe.num_experts;
   m.top_k = c.moe.top_k;
   m.ffn = c.moe.ffn_size;
-  m.activation = c.moe.activation == ExpertActivation::swiglu ? MoEActivation::swiglu : MoEActivation::gelu;
+  m.activation = c.moe.activation;
   m.normalize_topk = c.moe.normalize_topk;
   m.dtype = c.dtype;
   return m;
@@ -196,24 +184,9 @@ void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, int B,
                 "qkv: x " << x.shape_str() << ", w " << w.shape_str() << ", y " << y.shape_str() << " do not match");
   MINILLM_CHECK(N <= impl_->rope_max_pos, "qkv: seq_len = " << N << " exceeds the planned " << impl_->rope_max_pos);
   OpScope s(*this, "qkv");
-  km::GroupedGemmArgs g;
-  g.dtype = c.dtype;
-  g.epilogue = c.head_dim == 64 ? km::Epilogue::rope64 : km::Epilogue::rope128;
-  g.a = x.data;
-  g.lda = H;
-  g.rows = T;
-  g.K = H;
-  g.w0 = w.data;
-  g.ldw = H;
-  g.N = c.qkv_dim();
-  g.E = 1;
-  g.d = y.data;
-  g.ldd = c.qkv_dim();
-  g.tile_counter = static_cast<int32_t*>(impl_->tile_counter.data());
-  g.rope_table = impl_->rope_table.data();
-  g.rope_cols = static_cast<int64_t>(c.num_heads + c.num_kv_heads) * c.head_dim;
-  g.rope_seq = N;
-  km::grouped_gemm(g, stream_);
+  ke::qkv_rope(c.dtype, x.data, w.data, y.data, T, H, c.qkv_dim(), N, c.num_heads + c.num_kv_heads, c.head_dim,
+               static_cast<const float2*>(impl_->rope_table.data()), static_cast<int32_t*>(impl_->tile_counter.data()),
+               stream_);
 }
 
 void CudaBackend::attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) {

@@ -2,9 +2,9 @@
 // owns, bf16 or fp16 activations and weights (the config's dtype), fp32 accumulation and norm math.
 //   embedding, rope, add_norm: the kernels of src/cuda/engine/*.cu
 //   linear: cuBLASLt (gemm.h); attention: minillm::flash_attention_forward on strided views of qkv
-//   qkv: on Hopper, head dim 64 / 128, the QKV projection with RoPE in its epilogue (one kernel: the
-//        MoE grouped GEMM as a dense GEMM, cuda/moe/moe_ops.h); else (and with q/k/v bias or
-//        qk-norm) linear, then qkv_bias_norm (bias + qk-norm, one pass), then rope
+//   qkv: on Hopper, head dim 64 / 128, the QKV projection with RoPE in its epilogue (one kernel,
+//        engine/qkv_rope.cu: the grouped GEMM of cuda/gemm/ as a dense GEMM); else (and with q/k/v
+//        bias or qk-norm) linear, then qkv_bias_norm (bias + qk-norm, one pass), then rope
 //   moe: one minillm::MoELayer per layer (weights borrowed, scratch from the engine's workspace; its
 //        output left as k weighted rows per token, summed by the next add_norm), or
 //        a plain fallback for shapes MoELayer does not take; with a shared expert (Qwen2-MoE) the

@@ -7,11 +7,7 @@
 // Algorithm choice: the first time a shape is seen outside of a stream capture, up to 8 of the
 // heuristic's candidates are timed on the call's own operands (CUDA events, 1 warm-up + 3 runs
 // each) and the fastest is kept; during a capture (or if timing fails) the heuristic's first one.
-// 32 MiB workspace (what cuBLAS recommends on Hopper).
-// Measured on H100 (rows "qkv", "o_proj", "lm_head" of `minillm bench --model medium --batch 8 --seq 2048`,
-// T = 16384 tokens; the 8192^3 bf16 cuBLAS GEMM measured 794-811 TFLOP/s in the same runs):
-// qkv [16384 x 1024] x [3072 x 1024]^T, 24 calls 3.50 ms = 707 TFLOP/s; o_proj (N = K = 1024)
-// 1.31 ms = 629 TFLOP/s; lm_head [16384 x 1024] x [32000 x 1024]^T 1.35 ms = 795 TFLOP/s.
+// 32 MiB workspace (what cuBLAS recommends on Hopper). Measurements: docs/REPORT.md.
 #include "cuda/engine/gemm.h"
 
 #include <cublasLt.h>

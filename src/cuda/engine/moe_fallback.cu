@@ -13,7 +13,7 @@
 // (tests/cuda/test_engine_gpu.cu: tiny_pre_gqa); never on the presets, not benchmarked.
 #include <cmath>
 
-#include "cuda/engine/common.cuh"
+#include "cuda/common.cuh"
 #include "cuda/engine/ops.h"
 #include "minillm/core/cuda_check.h"
 

@@ -1,5 +1,5 @@
-// Launchers of the engine's glue kernels (embedding, RoPE, fused residual add + norm, and a plain
-// MoE fallback). Raw device pointers, explicit sizes and a stream; each enqueues its kernel(s) and
+// Launchers of the engine's glue kernels (embedding, RoPE, the QKV projection with RoPE, fused
+// residual add + norm, and a plain MoE fallback). Raw device pointers, explicit sizes and a stream; each enqueues its kernel(s) and
 // never synchronises. Activations are bf16 or fp16 (`dtype`), norm weights and math are fp32.
 #pragma once
 #include <cuda_runtime.h>
@@ -21,6 +21,15 @@ void embedding(DType dtype, const int32_t* ids, const void* table, void* out, in
 // heads follow q's in a fused qkv row.
 void rope(DType dtype, void* x, int64_t T, int N, int heads, int D, int64_t row_stride, const float2* cos_sin,
           cudaStream_t stream);
+// The QKV projection with RoPE fused into its epilogue, one kernel (qkv_rope.cu: the grouped GEMM
+// as a dense GEMM, Hopper only): y = x w^T, then heads [0, rope_heads) of every row t rotated as by
+// rope() at position t % N. x: [T, H], w: [qkv_dim, H] (HF Linear layout), y: [T, qkv_dim], all
+// dense; cos_sin as for rope(); tile_counter: [1] int32 on the device, zero (the kernel leaves it zero).
+// qkv_rope_supported: head_dim 64 or 128, H and qkv_dim multiples of 8, on a compute capability 9.0
+// device.
+bool qkv_rope_supported(int head_dim, int64_t H, int64_t qkv_dim);
+void qkv_rope(DType dtype, const void* x, const void* w, void* y, int64_t T, int64_t H, int64_t qkv_dim, int N,
+              int rope_heads, int head_dim, const float2* cos_sin, int32_t* tile_counter, cudaStream_t stream);
 // Host: fills cos_sin [max_pos, D/2] as (cos, sin) of the angle pos * theta^(-2i/D), computed in double
 // exactly as the CPU reference (src/cpu/rope.cpp), then rounded to fp32.
 void rope_table(float2* host_cos_sin, int max_pos, int D, float theta);

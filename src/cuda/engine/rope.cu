@@ -8,13 +8,11 @@
 // [q heads | k heads | v heads] the k heads directly follow the q heads.
 // Layout: x [T, heads, D] with row stride row_stride elements (qkv_dim). One thread rotates kV
 // consecutive pairs (8-byte loads for kV = 4), grid-stride over T * heads * D/(2 kV) items.
-// Cost: reads and writes q and k once: medium B8 N2048, 2 x 67 MB per layer. Measured on H100 as
-// "rope" by `minillm bench --model medium --batch 8 --seq 2048`: 24 calls 1.25 ms = 52 us per
-// call = 2.58 TB/s (86% of the measured copy peak).
+// Cost: reads and writes q and k once (bandwidth-bound; measurements: docs/REPORT.md).
 #include <algorithm>
 #include <cmath>
 
-#include "cuda/engine/common.cuh"
+#include "cuda/common.cuh"
 #include "cuda/engine/ops.h"
 #include "minillm/core/cuda_check.h"
 

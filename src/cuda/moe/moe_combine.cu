@@ -6,12 +6,10 @@
 // written once by one thread, so the result is bitwise identical from run to run.
 // Layout: y_perm [rows, H] (the down projection's output in permuted order), y [T, H].
 // Memory-bound: reads T*k*H*2 bytes, writes T*H*2.
-// Measured on the H100: router + permutation + gather + combine = 1.2% of the layer's GPU time at
-// T=32768 H4096 E32 top-2 F14336, 15.3% at the OLMoE shape T=32768 H2048 E64 top-8 F1024 (kernel
-// times from torch.profiler). Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3, commit bcd7bc4, bench/results/h100/moe.json).
+// Measurements (the routing kernels' share of the layer): docs/REPORT.md.
 #include <cuda_runtime.h>
 
-#include "cuda/moe/moe_common.cuh"
+#include "cuda/common.cuh"
 #include "cuda/moe/moe_ops.h"
 #include "minillm/core/cuda_check.h"
 

@@ -13,15 +13,11 @@
 // swiglu: the block reads 16 gate and 16 up rows and writes silu(gate) * up; gelu / none: 16 rows.
 // Layouts: A [rows, K] permuted tokens (expert e: rows row_offset[e] .. + counts[e]), W [E, N, K],
 // D [rows, N], each with its own row stride.
-// Measured on the H100 (whole layer; weights read = active experts x 3*H*F*2 bytes; copy = 2999 GB/s):
-//   H4096 E8 top-2 F14336: T=1 0.284 ms = 2479 GB/s (83% of copy), T=16 1.03 ms = 2744 GB/s (92%),
-//   T=64 1.17 ms = 2416 GB/s (81%); H2048 E64 top-8 F1024: T=64 0.336 ms = 2397 GB/s (80%), T=1 0.086 ms
-//   (39%, launch-bound). Compiling the tile count into the block (decode_block) moved T=64 from 53%: the
-//   activation loads of a step are issued before its MMAs, and no register is spent on absent tiles.
-// Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3, bench/results/h100/moe.json).
+// The tile count is compiled into the block (decode_block): the activation loads of a step are issued
+// before its MMAs, and no register is spent on absent tiles. Measurements: docs/REPORT.md.
 #include <cuda_runtime.h>
 
-#include "cuda/moe/moe_common.cuh"
+#include "cuda/common.cuh"
 #include "cuda/moe/moe_ops.h"
 #include "minillm/core/cuda_check.h"
 

@@ -99,7 +99,7 @@ void MoEConfig::validate() const {
   if (top_k < 1 || top_k > 8 || top_k > num_experts)
     MINILLM_FAIL("MoEConfig.top_k = " << top_k << " must be in [1, min(8, num_experts = " << num_experts << ")]");
   if (ffn <= 0 || ffn % 64 != 0) MINILLM_FAIL("MoEConfig.ffn = " << ffn << " must be a positive multiple of 64");
-  if (activation != MoEActivation::swiglu && activation != MoEActivation::gelu)
+  if (activation != ExpertActivation::swiglu && activation != ExpertActivation::gelu)
     MINILLM_FAIL("MoEConfig.activation = " << static_cast<int>(activation) << " is not swiglu or gelu");
   if (dtype != DType::bf16 && dtype != DType::f16)
     MINILLM_FAIL("MoEConfig.dtype = " << dtype_name(dtype) << " must be bf16 or f16");
@@ -117,7 +117,7 @@ struct MoELayer::Impl {
   int64_t reserved = 0;
 
   void check_ready() const {
-    MINILLM_CHECK(router && w_gate && w_down && (w_up || cfg.activation == MoEActivation::gelu),
+    MINILLM_CHECK(router && w_gate && w_down && (w_up || cfg.activation == ExpertActivation::gelu),
                   "MoELayer: set_weights() must be called before forward()");
   }
 
@@ -139,7 +139,7 @@ void MoELayer::set_weights(const Tensor& router, const Tensor& w_gate, const Ten
   const MoEConfig& c = impl_->cfg;
   check_device_tensor(router, "MoELayer.set_weights: router", c.dtype, {c.num_experts, c.hidden});
   check_device_tensor(w_gate, "MoELayer.set_weights: w_gate", c.dtype, {c.num_experts, c.ffn, c.hidden}, true);
-  if (c.activation == MoEActivation::swiglu) {
+  if (c.activation == ExpertActivation::swiglu) {
     check_device_tensor(w_up, "MoELayer.set_weights: w_up", c.dtype, {c.num_experts, c.ffn, c.hidden}, true);
     MINILLM_CHECK(w_up.stride[1] == w_gate.stride[1], "MoELayer.set_weights: w_up's row stride "
                                                           << w_up.stride[1] << " differs from w_gate's "
@@ -160,7 +160,7 @@ int64_t MoELayer::weight_row_stride(int64_t cols) {
 void MoELayer::set_weights(const void* router, const void* w_gate, const void* w_up, const void* w_down,
                            int64_t ld_in, int64_t ld_ffn) {
   const MoEConfig& c = impl_->cfg;
-  const bool swiglu = c.activation == MoEActivation::swiglu;
+  const bool swiglu = c.activation == ExpertActivation::swiglu;
   if (ld_in == 0) ld_in = c.hidden;
   if (ld_ffn == 0) ld_ffn = c.ffn;
   MINILLM_CHECK(ld_in >= c.hidden && ld_in % 8 == 0, "MoELayer.set_weights: ld_in = "
@@ -246,7 +246,7 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
   char* base = static_cast<char*>(scratch);
   auto at = [&](size_t off) { return static_cast<void*>(base + off); };
   const int E = static_cast<int>(c.num_experts), k = static_cast<int>(c.top_k);
-  const bool swiglu = c.activation == MoEActivation::swiglu;
+  const bool swiglu = c.activation == ExpertActivation::swiglu;
 
   int32_t* ids = static_cast<int32_t*>(at(p.ids));
   float* weights = static_cast<float*>(at(p.weights));
@@ -267,9 +267,9 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
   km::gather_rows(x, T, k, c.hidden, r.dest, x_perm, stream);
 
   // The two expert projections, h = act(x_perm W_gate^T [, W_up]) and h W_down^T (to `down_d` with
-  // `down_epilogue`), through `gemm` (the decode or the grouped kernel) with `g` holding that path's
+  // `down_epilogue`), through `run_gemm` (the decode or the grouped kernel) with `g` holding that path's
   // routing fields.
-  auto projections = [&](auto& g, auto gemm, km::Epilogue down_epilogue, void* down_d) {
+  auto projections = [&](auto& g, auto run_gemm, km::Epilogue down_epilogue, void* down_d) {
     g.dtype = c.dtype;
     g.E = E;
     g.counts = r.counts;
@@ -284,7 +284,7 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
     g.N = c.ffn;
     g.d = h;
     g.ldd = c.ffn;
-    gemm(g, stream);
+    run_gemm(g, stream);
     g.epilogue = down_epilogue;
     g.a = h;
     g.lda = c.ffn;
@@ -295,7 +295,7 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
     g.N = c.hidden;
     g.d = down_d;
     g.ldd = c.hidden;
-    gemm(g, stream);
+    run_gemm(g, stream);
   };
   if (p.decode) {
     km::DecodeGemmArgs g;
@@ -304,7 +304,7 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
     km::combine(c.dtype, x_perm, r.dest, weights, pairs ? T * k : T, pairs ? 1 : k, c.hidden, y, stream);
     return;
   }
-  km::GroupedGemmArgs g;
+  cuda::gemm::GroupedGemmArgs g;
   g.rows = p.rows;
   g.num_mblocks = r.num_mblocks;
   g.mblock_expert = r.mblock_expert;
@@ -315,12 +315,12 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
   if (pairs || k == 1) {
     // The down GEMM scales its rows by their weights and stores them in token-pair order, straight
     // to the output: no combine pass.
-    projections(g, km::grouped_gemm, km::Epilogue::combine, y);
+    projections(g, cuda::gemm::grouped_gemm, km::Epilogue::combine, y);
   } else {
     // A combine pass is needed anyway: TMA stores in permuted order (y_perm in x_perm's memory) and
-    // the weighted combine. The scattering epilogue measured 3-14% slower on the down GEMM here
-    // (OLMoE shape 1.60 -> 1.82 ms).
-    projections(g, km::grouped_gemm, km::Epilogue::none, x_perm);
+    // the weighted combine (the scattering epilogue measured slower on the down GEMM here:
+    // docs/REPORT.md).
+    projections(g, cuda::gemm::grouped_gemm, km::Epilogue::none, x_perm);
     km::combine(c.dtype, x_perm, r.dest, weights, T, k, c.hidden, y, stream);
   }
 }

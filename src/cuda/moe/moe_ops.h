@@ -2,7 +2,7 @@
 // stream. MoELayer (moe_layer.cpp) strings them together:
 //
 //   router_logits -> router_topk (or router_fused) -> permute (histogram, offsets, stable scatter) -> gather_rows
-//   -> grouped_gemm(swiglu | gelu) -> grouped_gemm(none)   (T > 64; decode_gemm for T <= 64)
+//   -> gemm::grouped_gemm(swiglu | gelu) -> gemm::grouped_gemm(none)   (T > 64; decode_gemm for T <= 64)
 //   -> combine
 //
 // The permuted layout: the (token, slot) pairs sorted by expert (stable: by pair index t*k+j within an
@@ -15,9 +15,16 @@
 
 #include <cstdint>
 
+#include "cuda/gemm/grouped_gemm.h"
 #include "minillm/core/dtype.h"
+#include "minillm/moe.h"
 
 namespace minillm::cuda::moe {
+
+// The expert GEMMs are the grouped GEMM's (cuda/gemm/grouped_gemm.h): its epilogues, and its tile
+// height, which is the row alignment of each expert in the permuted layout (row_align 128).
+using gemm::Epilogue;
+using gemm::kGemmBlockM;
 
 // ---- moe_router.cu ----
 // Router GEMM: logits_part[s, t, e] = sum over the s-th slice of H of x[t, :] . router[e, :], fp32
@@ -41,7 +48,6 @@ void router_fused(DType dtype, const void* x, const void* router, int64_t T, int
 
 // ---- moe_permute.cu ----
 constexpr int kPermuteChunk = 2048;  // pairs per block of the histogram and scatter kernels
-constexpr int kGemmBlockM = 128;     // rows per tile of the grouped GEMM (and its row alignment)
 
 inline int64_t permute_num_chunks(int64_t pairs) { return (pairs + kPermuteChunk - 1) / kPermuteChunk; }
 // Rows of the permuted buffers for `pairs` pairs over E experts aligned to row_align.
@@ -49,10 +55,9 @@ inline int64_t permuted_rows(int64_t pairs, int64_t E, int64_t row_align) { retu
 
 // The row stride (elements of 2 bytes) for a matrix of `cols` columns (a multiple of 64) that the grouped
 // GEMM reads fastest: an odd multiple of 128 bytes. With a power-of-two stride the 128-byte rows of a TMA
-// box fall into few L2 sets and evict each other. Measured (ncu, H100) at T=32768 H4096 E32 top-2 F14336,
-// the gate/up GEMM: weights with 8 KB rows 134 GB read from DRAM, 47.0 ms; with 8320-byte rows 93-98 GB,
-// 34-36 ms (the layer: 56.5 -> 49.5 ms). A 16-byte pad does not help (rows must stay 128-byte aligned);
-// padding the activations' rows (x_perm, h) changed nothing measurable, so they stay dense.
+// box fall into few L2 sets and evict each other (docs/REPORT.md). A 16-byte pad does not help (rows
+// must stay 128-byte aligned); padding the activations' rows (x_perm, h) changed nothing measurable,
+// so they stay dense.
 inline int64_t fast_row_stride(int64_t cols) {
   int64_t units = (cols + 63) / 64;
   if (units % 2 == 0) ++units;
@@ -83,48 +88,6 @@ void gather_rows(const void* x, int64_t T, int k, int64_t H, const int32_t* dest
 void combine(DType dtype, const void* y_perm, const int32_t* dest, const float* weights, int64_t T, int k,
              int64_t H, void* y, cudaStream_t stream);
 
-// ---- moe_grouped_gemm*.cu ----
-enum class Epilogue { swiglu, gelu, none, combine, rope64, rope128 };
-
-// For every 128-row block m of A (expert e = mblock_expert[m]):
-//   swiglu: D[m rows, f] = silu(A . w0[e, f]) * (A . w1[e, f])   (w0 = gate, w1 = up: [E, N, K]; D: [rows, N])
-//   gelu:   D[m rows, n] = gelu(A . w0[e, n])                     (w0: [E, N, K])
-//   none:   D[m rows, n] = A . w0[e, n]                           (w0: [E, N, K]; e.g. the down projection)
-//   combine: none, each row r scaled by pair_weight[src_pair[r]] and stored to row src_pair[r] of D
-//           [pairs, N] (token-pair order t*k + j: the combine's sum over j is left to the caller);
-//           an expert's alignment rows are not stored
-//   rope64 / rope128: none, then RoPE (HF rotate_half, head dim 64 / 128) on columns [0, rope_cols) of
-//           row r at position r % rope_seq: the fused QKV projection of the engine (dense, E = 1).
-// Dense GEMM: mblock_expert == nullptr and E == 1; every row of A is expert 0's (num_mblocks, counts
-// and row_offset are not read).
-struct GroupedGemmArgs {
-  DType dtype = DType::bf16;
-  Epilogue epilogue = Epilogue::none;
-  const void* a = nullptr;  // [rows, K], row stride lda
-  int64_t lda = 0;
-  int64_t rows = 0;         // rows of A and D (multiple of 128 not required)
-  int64_t K = 0;            // multiple of 8
-  const void* w0 = nullptr;  // [E, N, K], row stride ldw (expert e's rows start at e * N)
-  const void* w1 = nullptr;
-  int64_t ldw = 0;
-  int64_t N = 0;  // output columns = rows per expert of w0 / w1; multiple of 8
-  int E = 0;
-  void* d = nullptr;                        // [rows, N], row stride ldd
-  int64_t ldd = 0;
-  const int32_t* num_mblocks = nullptr;     // [1] (device)
-  const int32_t* mblock_expert = nullptr;   // [max_mblocks] (device)
-  const int32_t* counts = nullptr;          // [E] rows per expert (device)
-  const int32_t* row_offset = nullptr;      // [E] first row per expert, multiples of 128 (device)
-  int64_t max_mblocks = 0;                  // host bound on *num_mblocks
-  int32_t* tile_counter = nullptr;          // [1] (device) zero at launch; the GEMM leaves it zero
-  const void* rope_table = nullptr;         // rope*: [positions, head dim / 2] float2 (cos, sin)
-  int64_t rope_cols = 0;                    // rope*: rotated columns (q and k heads; a multiple of the head dim)
-  int rope_seq = 1;                         // rope*: row r is at position r % rope_seq (< positions)
-  const int32_t* src_pair = nullptr;        // combine: [rows] (Routing::src_pair)
-  const float* pair_weight = nullptr;       // combine: [pairs] routing weights
-};
-void grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream);
-
 // ---- moe_decode.cu ----
 // The same three products for few tokens per expert (counts[e] <= 64): every active expert's weights
 // are streamed once. A rows of expert e: [row_offset[e], row_offset[e] + counts[e]).
@@ -144,7 +107,9 @@ struct DecodeGemmArgs {
   void* d = nullptr;  // [rows, N], row stride ldd
   int64_t ldd = 0;
 };
-constexpr int kDecodeMaxRows = 64;  // tokens per expert on the decode path
+// Rows per expert on the decode path: at most one per token (an expert appears once in a token's top-k),
+// and the decode path takes up to MoELayer::kDecodeMaxTokens tokens.
+constexpr int kDecodeMaxRows = static_cast<int>(MoELayer::kDecodeMaxTokens);
 void decode_gemm(const DecodeGemmArgs& args, cudaStream_t stream);
 
 }  // namespace minillm::cuda::moe

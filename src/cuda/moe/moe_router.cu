@@ -16,19 +16,16 @@
 // their fp32 sum taken in slot order.
 //
 // router_fused_kernel (E <= 32, T >= 1024): both in one pass, see its comment below.
-// Cost: the GEMM reads x once (T*H*2 bytes), bandwidth-bound. In the medium engine forward (T=16384
-// H1024 E8 top-2, torch.profiler, H100): router_gemm + router_topk 18.3 + 18.0 us per layer, the fused
-// kernel 16.6 us; T32768 H4096 E32: 126 + 29 us vs 123 us.
-// Measured on the H100: router + permutation + gather + combine = 1.2% of the layer's GPU time at
-// T=32768 H4096 E32 top-2 F14336, 15.3% at the OLMoE shape T=32768 H2048 E64 top-8 F1024 (kernel
-// times from torch.profiler). Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3, commit bcd7bc4, bench/results/h100/moe.json).
+// Cost: the GEMM reads x once (T*H*2 bytes), bandwidth-bound. Measurements (the fused kernel against
+// the two, the routing kernels' share of the layer): docs/REPORT.md.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cfloat>
 #include <type_traits>
 
-#include "cuda/moe/moe_common.cuh"
+#include "cuda/common.cuh"
+#include "cuda/device.h"
 #include "cuda/moe/moe_ops.h"
 #include "minillm/core/cuda_check.h"
 
@@ -216,12 +213,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // router_fused_kernel: logits and top-k in one pass for E <= 32, when there are enough tokens to fill
 // the GPU without split-K. Block of 128 threads = 64 tokens (4 warps x 16, mma.sync as above) x the E
 // experts padded to kNT * 8; x and the router rows stream through a kStages-deep cp.async pipeline
-// (the two-kernel path above keeps one load in flight and was latency-bound: 18 + 18 us at T=16384
-// H1024 E8). The [64, E] logit tile then goes through shared memory and one thread per token does
+// (the two-kernel path above keeps one load in flight and was latency-bound at T=16384 H1024 E8). The [64, E] logit tile then goes through shared memory and one thread per token does
 // the softmax (fp32, experts in ascending order) and the top-k selection (k passes of an arg-max,
 // ties to the lower expert index), as router_topk_kernel does.
 constexpr int kFusedStages = 4;
-constexpr int kFusedMaxE = 32;  // at E64 the fused kernel measured 177 us vs 73 + 87 us for the two (T32768 H2048)
+constexpr int kFusedMaxE = 32;  // at E64 the fused kernel measured slower than the two (docs/REPORT.md)
 
 template <int kNT>
 constexpr int fused_smem_bytes() {
@@ -308,7 +304,7 @@ void launch_fused(const void* x, const void* router, int64_t T_tokens, int E, in
   constexpr int smem = fused_smem_bytes<kNT>();
   static_assert(smem >= kGemmTile * (kNT * 8 + 1) * 4, "the logit tile reuses the pipeline's memory");
   auto kernel = router_fused_kernel<T, kNT>;
-  if (smem > 48 * 1024) MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  if constexpr (smem > 48 * 1024) set_max_dynamic_smem<router_fused_kernel<T, kNT>>(smem);
   const unsigned blocks = static_cast<unsigned>((T_tokens + kGemmTile - 1) / kGemmTile);
   kernel<<<blocks, kGemmThreads, smem, stream>>>(static_cast<const T*>(x), static_cast<const T*>(router), T_tokens, E,
                                                  H, k, normalize, ids, weights);

@@ -1,70 +1,20 @@
-// Grouped expert GEMM, host side: TMA descriptors, tile counts, dispatch on the epilogue; and the
-// plain and combine instantiations (the down projection). The kernel and its design: moe_grouped_gemm.cuh.
-//
-// Measured on the H100, whole layer (the GEMMs are 85-99% of it), SwiGLU, bf16, weights in the layer's
-// padded-row layout (MoELayer::weight_row_stride):
-//   T=32768 H4096 E32 top-2 F14336: 33.6-34.4 ms = 670-687 TFLOP/s, 0.94x cuBLAS dense, 1.31-1.32x
-//                                   torch._grouped_mm (two runs)
-//   T=32768 H4096 E8  top-2 F14336: 33.7 ms = 685 TFLOP/s, 0.98x dense, 1.33x torch._grouped_mm
-//   T=32768 H2048 E64 top-8 F1024 :  5.8-6.0 ms = 548-570 TFLOP/s, 0.78-0.86x dense, 2.46-2.53x torch._grouped_mm
-//   The seed's grid (108 prefill cases, before the dynamic tile order): median 0.74x dense, 1.17x
-//   torch._grouped_mm.
-// What moved the E32 headline from 58.7 ms: padded weight rows (L2 set conflicts, moe_ops.h: -> ~50 ms)
-// and raster groups that never straddle two experts (tile_coords: -> 37-40 ms); tiles from a global
-// counter (-> 35.9 ms), SiLU's approximate division (-> 34.1 ms), the tile's coordinates passed to
-// the consumers by the producer (medium engine shape's gate/up GEMM: 0.97 -> 0.74 ms). Group size (most
-// m-blocks per group; bench/tune_moe_raster.py), static order, layer at E32 / E8: 8: 45.1 / 39.5 ms,
-// 16: 40.1 / 37.8, 24: 41.4 / 37.5, 32: 41.9 / 40.6; with the dynamic order, 4-24 are within 3% of
-// each other on six shapes (E32 headline gate/up 20.9-22.5 ms). A 2-CTA B-multicast variant (commit
-// 367e7a0) measured slower. So did gathering A's rows in the loads instead of the gather pass (the
-// producer warpgroup's 128 threads copying rows with 16-byte cp.async into the swizzled layout, each
-// stage completed by cp.async.mbarrier.arrive.noinc): E32 headline layer 40.0 vs 33.4 ms, OLMoE shape
-// 6.38 vs 5.75 ms, medium engine 50.8 vs 45.8 ms, all measured in one run. Command: PYTHONPATH=python python3 bench/bench_moe.py (H100 80GB HBM3,
-// bench/results/h100/moe_quick.json).
-#include <cudaTypedefs.h>
+// Grouped GEMM, host side: TMA descriptors, tile counts, dispatch on the epilogue; and the plain and
+// combine instantiations (the MoE down projection). The kernel and its design: grouped_gemm.cuh.
+#include "cuda/device.h"
+#include "cuda/gemm/grouped_gemm.cuh"
 
-#include <cstdlib>
-
-#include "cuda/moe/moe_grouped_gemm.cuh"
-
-namespace minillm::cuda::moe {
-
-// m-blocks per raster group of the tile order. MINILLM_MOE_GROUP_M (1..1024) overrides the default,
-// read once, for tuning measurements.
-static int raster_group_m() {
-  static const int g = [] {
-    const char* s = std::getenv("MINILLM_MOE_GROUP_M");
-    const int v = s ? std::atoi(s) : 0;
-    return v >= 1 && v <= 1024 ? v : GemmTraits::kGroupM;
-  }();
-  return g;
-}
+namespace minillm::cuda::gemm {
 
 namespace {
-
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    MINILLM_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
-    MINILLM_CHECK(q == cudaDriverEntryPointSuccess && f, "cuTensorMapEncodeTiled is not available from the driver");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
 
 // A 2-D [outer, inner] tensor of 16-bit elements with row stride ld, 128-byte swizzled boxes {box_inner, box_outer}.
 CUtensorMap make_map(DType dtype, const void* ptr, int64_t inner, int64_t outer, int64_t ld, uint32_t box_inner,
                      uint32_t box_outer) {
   CUtensorMap m{};
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(outer)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld) * 2};
-  const cuuint32_t box[2] = {box_inner, box_outer};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  const CUresult r = tensor_map_encoder()(
-      &m, dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
-      const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const uint64_t dims[2] = {static_cast<uint64_t>(inner), static_cast<uint64_t>(outer)};
+  const uint64_t strides[1] = {static_cast<uint64_t>(ld) * 2};
+  const uint32_t box[2] = {box_inner, box_outer};
+  const CUresult r = encode_tensor_map(&m, dtype, ptr, 2, dims, strides, box);
   MINILLM_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (" << static_cast<int>(r) << ") for a [" << outer
                                                                      << ", " << inner << "] tensor at " << ptr);
   return m;
@@ -120,7 +70,8 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   p.b_rows_per_expert = static_cast<int>(g.N);
   p.b_block_rows = out_cols;
   p.b1_row_offset = swiglu ? 0 : 128;
-  p.group_m = raster_group_m();
+  MINILLM_CHECK(g.group_m >= 0 && g.group_m <= 1024, "grouped_gemm: group_m = " << g.group_m << " must be in [0, 1024]");
+  p.group_m = g.group_m > 0 ? g.group_m : Tr::kGroupM;
   p.dense_mblocks = dense ? static_cast<int>((g.rows + Tr::kBM - 1) / Tr::kBM) : 0;
   p.rope = static_cast<const float2*>(g.rope_table);
   p.rope_cols = static_cast<int>(g.rope_cols);
@@ -128,9 +79,7 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   MINILLM_CHECK(g.tile_counter, "grouped_gemm: no tile counter");
   p.tile_counter = g.tile_counter;
 
-  int device = 0, sms = 0;
-  MINILLM_CUDA_CHECK(cudaGetDevice(&device));
-  MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int sms = device_sm_count();
   const int64_t max_tiles = (dense ? p.dense_mblocks : g.max_mblocks) * p.n_blocks;
   const int grid = static_cast<int>(std::min<int64_t>(sms, max_tiles));
   switch (g.epilogue) {
@@ -143,4 +92,4 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   }
 }
 
-}  // namespace minillm::cuda::moe
+}  // namespace minillm::cuda::gemm

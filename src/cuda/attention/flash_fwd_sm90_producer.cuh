@@ -1,0 +1,129 @@
+// Producer of the Hopper FlashAttention forward kernel (flash_fwd_sm90.cuh): one warp of the first
+// warpgroup; lane 0 issues the TMA loads. Per work tile: the Q tile into its Q buffer, then key
+// blocks n_blocks - 1 .. 0 (last first, as the consumers read them), K_n and V_n into the stages of
+// the K/V ring, each behind its "empty" barrier and completing its "full" barrier.
+//
+// Where the K/V rows come from is one seam, the K/V tile source: Sm90ContiguousKV reads the rows of
+// one (batch, kv head) of k and v (padded or varlen layout). A paged KV cache plugs in a source whose
+// load_k / load_v map key block n to its page.
+#pragma once
+#include <climits>
+
+#include "cuda/attention/flash_fwd_sm90_scheduler.cuh"
+#include "cuda/attention/flash_fwd_sm90_traits.cuh"
+
+namespace minillm::cuda::attn {
+
+// Loads rows [row0, row0 + kRows) of one head, all kBoxes x 64 columns, into kBoxes 128-byte-swizzled
+// boxes at dst, completing on `bar` (expected arrivals: 1). TMA zero-fills rows past the tensor map's
+// extent. rows_total < INT_MAX (varlen) is the real row count: a tile crossing it is copied by the
+// warp with 16-byte loads instead (rows past it zero-filled), since the map does not know the end.
+// `src` points at row 0 of this head. Called by all 32 lanes of the producer warp.
+template <int kRows, int kBoxes, typename T>
+__device__ __forceinline__ void load_rows(uint32_t dst, const CUtensorMap* map, uint32_t bar, int row0, int head,
+                                          int batch, int rows_total, const T* src, int64_t row_stride, int lane) {
+  using namespace sm90;
+  if (row0 + kRows <= rows_total) {
+    if (lane == 0) {
+      mbar_arrive_expect_tx(bar, kRows * kBoxes * 128);
+#pragma unroll
+      for (int b = 0; b < kBoxes; ++b) tma_load_4d(dst + b * kRows * 128, map, bar, b * 64, row0, head, batch);
+    }
+    return;
+  }
+  constexpr int kChunks = kBoxes * 8;  // 16-byte chunks per row
+  for (int i = lane; i < kRows * kChunks; i += 32) {
+    const int r = i / kChunks, c = i % kChunks;
+    uint4 val = make_uint4(0u, 0u, 0u, 0u);
+    if (row0 + r < rows_total) val = *reinterpret_cast<const uint4*>(src + int64_t(row0 + r) * row_stride + c * 8);
+    const uint32_t addr = dst + (c / 8) * kRows * 128 + r * 128 + (((c % 8) ^ (r % 8)) << 4);
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(val.x), "r"(val.y), "r"(val.z),
+                 "r"(val.w)
+                 : "memory");
+  }
+  fence_proxy_async();  // the wgmma reads of these rows go through the async proxy
+  __syncwarp();
+  if (lane == 0) mbar_arrive(bar);
+}
+
+// The K/V tile source of one work tile: key block n is rows [k_tok0 + n kBlockN, + kBlockN) of the
+// tile's (batch, kv head) in k and v, as 128-byte-swizzled boxes {64, kBlockN}.
+template <typename Kt, typename T>
+struct Sm90ContiguousKV {
+  const Sm90FwdParams& P;
+  int kv_head, tma_batch, k_tok0, total_k;
+  const T* k_src;  // row 0 of this kv head in k (and v): the copy path of load_rows
+  const T* v_src;
+
+  __device__ __forceinline__ void load_k(uint32_t dst, uint32_t bar, int n, int lane) const {
+    load_rows<Kt::kBlockN, Kt::kBoxes>(dst, &P.k, bar, k_tok0 + n * Kt::kBlockN, kv_head, tma_batch, total_k, k_src,
+                                       P.args.p.k_row_stride, lane);
+  }
+  __device__ __forceinline__ void load_v(uint32_t dst, uint32_t bar, int n, int lane) const {
+    load_rows<Kt::kBlockN, Kt::kBoxes>(dst, &P.v, bar, k_tok0 + n * Kt::kBlockN, kv_head, tma_batch, total_k, v_src,
+                                       P.args.p.v_row_stride, lane);
+  }
+};
+
+template <typename Kt, typename T>
+struct Sm90Producer {
+  const Sm90FwdParams& P;
+  const Sm90Smem<Kt>& smem;
+  int lane;
+  int total_q = INT_MAX, total_k = INT_MAX;  // varlen: rows of q and k (the copy path's bound)
+  PipelineState<Kt::kStages> kv;
+  int q_count = 0;
+
+  // Key blocks n_blocks - 1 .. 0 of one tile from `src` into the K/V ring.
+  template <typename KVSource>
+  __device__ __forceinline__ void load_kv(const KVSource& src, int n_blocks) {
+    for (int n = n_blocks - 1; n >= 0; --n) {
+      sm90::mbar_wait(smem.k_empty(kv.stage), kv.phase ^ 1u, 2);
+      src.load_k(smem.k(kv.stage), smem.k_full(kv.stage), n, lane);
+      sm90::mbar_wait(smem.v_empty(kv.stage), kv.phase ^ 1u, 3);
+      src.load_v(smem.v(kv.stage), smem.v_full(kv.stage), n, lane);
+      kv.advance();
+    }
+  }
+
+  // Q, then K and V of one work tile.
+  __device__ __forceinline__ void load_tile(const Sm90Tile& ti) {
+    const FlashAttentionParams& p = P.args.p;
+    const bool varlen = p.cu_seqlens_q != nullptr;
+    const int m0 = ti.m_block * Kt::kBlockM;
+    const int kv_head = ti.head / P.args.kv_group;
+    const int tma_batch = varlen ? 0 : ti.batch;
+    const QSlot<Kt::kQStages> q = QSlot<Kt::kQStages>::next(q_count);
+    sm90::mbar_wait(smem.q_empty(q.slot), q.phase ^ 1u, 1);  // the consumers are done with its previous Q
+    load_rows<Kt::kBlockM, Kt::kBoxes>(smem.q(q.slot), &P.q, smem.q_full(q.slot), ti.q_tok0 + m0, ti.head, tma_batch,
+                                       total_q, static_cast<const T*>(p.q) + ti.head * p.q_head_stride,
+                                       p.q_row_stride, lane);
+    const Sm90ContiguousKV<Kt, T> src{P,
+                                      kv_head,
+                                      tma_batch,
+                                      ti.k_tok0,
+                                      total_k,
+                                      static_cast<const T*>(p.k) + kv_head * p.k_head_stride,
+                                      static_cast<const T*>(p.v) + kv_head * p.v_head_stride};
+    load_kv(src, ti.n_blocks);
+  }
+
+  // The producer warp's whole life: every tile of the units it takes.
+  __device__ __forceinline__ void run(sm90::TileRing& ring) {
+    const FlashAttentionParams& p = P.args.p;
+    if (lane == 0) {
+      sm90::prefetch_tensor_map(&P.q);
+      if (p.cu_seqlens_q != nullptr || p.seqlen_k > 0) {  // else the K/V maps were not encoded (no key is loaded)
+        sm90::prefetch_tensor_map(&P.k);
+        sm90::prefetch_tensor_map(&P.v);
+      }
+    }
+    const bool varlen = p.cu_seqlens_q != nullptr;
+    total_q = varlen ? p.cu_seqlens_q[p.batch] : INT_MAX;
+    total_k = varlen ? p.cu_seqlens_k[p.batch] : INT_MAX;
+    Sm90UnitSource units{P, ring, lane, int(blockIdx.x)};
+    for_each_tile<Kt::kBlockM, Kt::kBlockN>(P, units, [&](const Sm90Tile& ti) { load_tile(ti); });
+  }
+};
+
+}  // namespace minillm::cuda::attn
