@@ -8,6 +8,9 @@
 #include <numeric>
 #include <map>
 #include <omp.h>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sys/wait.h>
 
@@ -439,7 +442,10 @@ TEST(Cli, GenerateGreedyMatchesTheEngine) {
   ASSERT_EQ(code, 0) << out;
   const auto want = make_llm(1024).generate({{3, 1, 4, 1, 5}}, greedy(6))[0].token_ids;
   std::string ids;
-  for (size_t i = 0; i < want.size(); ++i) ids += (i ? " " : "") + std::to_string(want[i]);
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (i) ids.push_back(' ');
+    ids.append(std::to_string(want[i]));
+  }
   EXPECT_EQ(out.rfind(ids + "\n", 0), 0u) << out;
   EXPECT_NE(out.find("time to first token"), std::string::npos) << out;
   EXPECT_NE(out.find("tokens/s"), std::string::npos) << out;
@@ -449,4 +455,32 @@ TEST(Cli, GenerateGreedyMatchesTheEngine) {
   const auto [c3, bad_id] = run_cli("generate --model tiny --prompt-ids 1,999 --device cpu");
   EXPECT_EQ(c3, 1);
   EXPECT_NE(bad_id.find("prompt_token_ids[1] = 999"), std::string::npos) << bad_id;
+}
+
+// ---- golden greedy continuations from transformers (tests/fixtures/make_generation_goldens.py) ----
+
+TEST(LLMEngine, GreedyMatchesTransformersGenerate) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(MINILLM_SOURCE_DIR) / "tests/fixtures/hf";
+  int models = 0;
+  for (const char* name : {"mixtral", "olmoe", "qwen2_moe", "qwen3_moe", "qwen3_moe_e128"}) {
+    const fs::path dir = root / name;
+    std::ifstream f(dir / "generation.json");
+    ASSERT_TRUE(f) << (dir / "generation.json");
+    if (!fs::exists(dir / "config.json")) continue;  // the checkpoint arrives with its fixture commit
+    const auto doc = nlohmann::json::parse(f);
+    LLMOptions o;
+    o.device = "cpu";
+    LLMEngine llm(dir.string(), o);
+    for (const auto& c : doc["cases"]) {
+      const auto prompt = c["prompt"].get<std::vector<int32_t>>();
+      const auto want = c["output"].get<std::vector<int32_t>>();
+      const auto got = llm.generate({prompt}, greedy(32))[0];
+      EXPECT_EQ(got.token_ids, want) << name << ", prompt of " << prompt.size() << " (smallest top-2 logit gap "
+                                     << c["min_margin"].get<double>() << ")";
+      EXPECT_EQ(got.finish_reason, want.size() < 32 ? "stop" : "length") << name;
+    }
+    ++models;
+  }
+  if (models == 0) GTEST_SKIP() << "no model directories under " << root;
 }

@@ -178,12 +178,13 @@ void CudaBackend::rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) {
            b.uniform_len > 0 ? nullptr : b.positions.ptr<int32_t>());
 }
 
-void CudaBackend::qkv(const Tensor& x, const Tensor& w, Tensor& y, const StepBatch& b, const ModelConfig& c) {
+void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, const StepBatch& b, const ModelConfig& c) {
   // The RoPE epilogue computes position row % N: forward()'s padded layout only.
-  if (!impl_->fused_qkv || b.uniform_len == 0) {
-    Backend::qkv(x, w, y, b, c);
+  if (!impl_->fused_qkv || b.uniform_len == 0 || lw.bqkv.data || c.qk_norm != QkNorm::none) {
+    Backend::qkv(x, lw, y, b, c);
     return;
   }
+  const Tensor& w = lw.wqkv;
   const int N = b.uniform_len;
   const int64_t T = b.T, H = c.hidden_size;
   MINILLM_CHECK(x.size(0) == T && x.size(1) == H && w.size(0) == c.qkv_dim() && w.size(1) == H &&

@@ -36,7 +36,7 @@ class CudaBackend final : public Backend {
   void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override;
   void linear(const Tensor& x, const Tensor& w, Tensor& y) override;
   void rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) override;
-  void qkv(const Tensor& x, const Tensor& wqkv, Tensor& qkv, const StepBatch& b, const ModelConfig& c) override;
+  void qkv(const Tensor& x, const LayerWeights& w, Tensor& qkv, const StepBatch& b, const ModelConfig& c) override;
   void attention(const Tensor& qkv, Tensor& out, const StepBatch& b, const KVCache* cache, int layer,
                  const ModelConfig& c, Workspace& ws) override;
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override;
