@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "bindings.h"
+#include "minillm/checkpoint.h"
 #include "minillm/core/check.h"
 #include "minillm/llm_engine.h"
 
@@ -29,7 +30,6 @@ class PyLLM {
   PyLLM(const std::string& config, const std::optional<std::string>& weights, uint64_t weight_seed,
         const std::vector<int32_t>& eos, const std::string& device, int max_model_len, double gpu_memory_fraction,
         int64_t num_kv_tokens, int max_num_seqs, int max_step_tokens, uint64_t seed, bool cuda_graphs) {
-    const ModelConfig c = config_from_arg(config);
     LLMOptions o;
     o.device = device;
     o.max_model_len = max_model_len;
@@ -40,6 +40,12 @@ class PyLLM {
     o.seed = seed;
     o.cuda_graphs = cuda_graphs;
     o.eos_token_ids = eos;
+    if (is_model_dir(config)) {
+      if (weights) MINILLM_FAIL("LLM: weights = '" << *weights << "' with a model directory (it has its own)");
+      engine_ = std::make_unique<LLMEngine>(config, o);
+      return;
+    }
+    const ModelConfig c = config_from_arg(config);
     const WeightStore ws = weights ? WeightStore::load(*weights, c) : WeightStore::random(c, weight_seed, c.dtype);
     engine_ = std::make_unique<LLMEngine>(c, ws, o);
   }

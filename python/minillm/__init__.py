@@ -117,8 +117,10 @@ class LLM:
     max_num_seqs=256, max_step_tokens=8192, seed=0, *, weights=None, cuda_graphs=True)
 
     Generation with continuous batching (docs/GENERATION.md).
-    model: a preset name ("tiny", "small", "medium", "large"), a path to a .json config, or a dict
-      (seeded random weights, or `weights`: a .safetensors file).
+    model: a Hugging Face model directory (weights, EOS ids from config.json and
+      generation_config.json, and its tokenizer when it has one: llm.tokenizer), or a preset name
+      ("tiny", "small", "medium", "large"), a path to a .json config, or a dict (seeded random
+      weights, or `weights`: a .safetensors file).
     max_model_len: tokens per sequence (prompt + output); None: the model's max_seq_len.
     gpu_memory_fraction: of the device memory free after weights and workspace, for the KV cache;
       num_kv_tokens: an exact KV cache size in tokens instead.
@@ -134,8 +136,9 @@ class LLM:
         self.tokenizer = None
         eos = []
         if isinstance(model, (str, _os.PathLike)) and _os.path.isdir(model):
-            raise ValueError(f"LLM: model = {_os.fspath(model)!r} is a directory; this build loads presets and "
-                             ".json configs (with weights=...) only")
+            model = _os.fspath(model)
+            if any(_os.path.isfile(_os.path.join(model, f)) for f in ("tokenizer.json", "tokenizer.model")):
+                self.tokenizer = Tokenizer(model)  # noqa: F405
         if weights is not None:
             weights = _os.fspath(weights)
         self._engine = _LLM(_config_arg(model), weights, 0, eos, device, max_model_len or 0, gpu_memory_fraction,

@@ -97,3 +97,20 @@ def test_bad_input(llm):
         minillm.LLM("tiny", device="cpu", num_kv_tokens=64, max_model_len=128)
     assert llm.generate([[1, 2]], minillm.SamplingParams(max_tokens=2))[0].finish_reason == "length"
     assert not llm.has_unfinished()
+
+
+def test_model_directory_matches_transformers():
+    """A Hugging Face fixture directory: transformers' greedy continuations (generation.json) and
+    the EOS ids of its config.json."""
+    import json
+    import os
+
+    d = os.path.join(os.path.dirname(__file__), "..", "fixtures", "hf", "olmoe")
+    if not os.path.isfile(os.path.join(d, "config.json")):
+        pytest.skip("the olmoe fixture checkpoint is not in this tree")
+    llm = minillm.LLM(d, device="cpu")
+    assert llm.eos_token_ids == [2]
+    doc = json.load(open(os.path.join(d, "generation.json")))
+    for case in doc["cases"]:
+        out = llm.generate([case["prompt"]], minillm.SamplingParams(max_tokens=32, temperature=0.0))[0]
+        assert out.token_ids == case["output"]
