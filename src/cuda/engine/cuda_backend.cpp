@@ -349,11 +349,15 @@ size_t CudaBackend::op_workspace_bytes(const ModelConfig& c, int64_t T) const {
   size_t bytes = moe_layer_supports(c) ? MoELayer::workspace_bytes(moe_config(c), T)
                                        : ke::moe_fallback_workspace(T, c.moe.ffn_size, c.moe.top_k);
   // The paged attention's split-KV partials (not live at the same time as the MoE's scratch): the
-  // most over the batch shapes of T tokens (S sequences of T / S or 1 new tokens), at full context.
-  for (int64_t S = 1; S <= T; S *= 2)
+  // most over the step shapes of up to T tokens at full context: S decoding sequences (every S up
+  // to 1024, then powers of two), and S sequences of T / S new tokens; twice that, since the split
+  // count is a heuristic of the shape (an overrun is an error, never a wild write).
+  size_t paged = 0;
+  for (int64_t S = 1; S <= T; S = S < 1024 ? S + 1 : 2 * S)
     for (int64_t q : {int64_t{1}, T / S})
-      bytes = std::max(bytes, cuda::paged_attention_workspace_bytes(paged_params(
+      paged = std::max(paged, cuda::paged_attention_workspace_bytes(paged_params(
                                   c, static_cast<int>(S), static_cast<int>(S * q), static_cast<int>(q), c.max_seq_len)));
+  bytes = std::max(bytes, 2 * paged);
   return (bytes + 255) / 256 * 256 + 256;  // + the arena's alignment slack
 }
 
