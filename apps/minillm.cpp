@@ -1,4 +1,4 @@
-// minillm command line: info | init | forward | bench.
+// minillm command line: info | init | forward | bench | generate.
 //   minillm info    --model PRESET|config.json [--batch B --seq N]
 //   minillm init    --model ... --seed S --out weights.safetensors [--dtype bf16|fp16|fp32]
 //   minillm forward --model ... [--weights F | --seed S] (--ids 1,2,3 | --batch B --seq N) [--device auto|cpu|cuda]
@@ -6,12 +6,16 @@
 //   minillm bench   --model ... --batch B --seq N [--warmup W --iters I --logits bf16|f32 --no-graphs]
 //     (CUDA) latency (median ms per forward), tokens/s, peak GPU memory, TFLOP/s vs a measured
 //     8192^3 bf16 cuBLAS GEMM, bandwidth vs a measured 1 GiB device copy, and time per op kind.
+//   minillm generate --model ... [--weights F | --weight-seed S] --prompt-ids 1,2,3 [--max-tokens N --temperature T
+//     --top-p P --top-k K --min-p M --seed S --ignore-eos --device D --max-model-len L --num-kv-tokens N]
+//     prints the generated ids on stdout as they arrive, then time to first token and tokens/s on stderr.
 //   minillm --version
 // Exit codes: 0 success; 1 error ("error: <message naming the field and value>" on stderr: bad
 // input, config, weights, not enough memory); 2 usage error (the command line does not parse:
 // unknown option, missing or malformed value); 3 forward ran but produced non-finite logits.
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -20,13 +24,13 @@
 #include <memory>
 #include <numeric>
 
+#include "minillm/checkpoint.h"
 #include "minillm/engine.h"
+#include "minillm/llm_engine.h"
 
 #ifdef MINILLM_WITH_CUDA
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
-
-#include <chrono>
 
 #include "minillm/core/cuda_check.h"
 #endif
@@ -444,6 +448,65 @@ int cmd_bench(const ModelArgs& a, int B, int N, int warmup, int iters, const std
 }
 #endif
 
+struct GenerateArgs {
+  ModelArgs model;
+  std::string prompt_ids, device = "auto";
+  SamplingParams params;
+  uint64_t seed = 0;
+  bool has_seed = false;
+  int max_model_len = 0;
+  int64_t num_kv_tokens = 0;
+};
+
+int cmd_generate(GenerateArgs& g) {
+  const std::vector<int32_t> prompt = parse_ids(g.prompt_ids);
+  if (g.has_seed) g.params.seed = g.seed;
+  LLMOptions o;
+  o.device = g.device;
+  o.max_model_len = g.max_model_len;
+  o.num_kv_tokens = g.num_kv_tokens;
+  o.max_num_seqs = 1;
+  const bool dir = is_model_dir(g.model.model);
+  if (dir && g.model.weights_given) MINILLM_FAIL("--weights: not with a model directory (it has its own weights)");
+  std::unique_ptr<LLMEngine> owned;
+  if (dir) {
+    owned = std::make_unique<LLMEngine>(g.model.model, o);
+  } else {
+    const ModelConfig mc = load_config(g.model.model);
+    owned = std::make_unique<LLMEngine>(mc, load_weights(mc, g.model), o);
+  }
+  LLMEngine& eng = *owned;
+  const ModelConfig& c = eng.config();
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  eng.add_request(prompt, g.params);
+  Clock::time_point first;
+  int n = 0;
+  std::string reason;
+  while (eng.has_unfinished()) {
+    for (const StepOutput& out : eng.step()) {
+      for (int32_t t : out.new_token_ids) {
+        if (n++ == 0) first = Clock::now();
+        std::printf(n == 1 ? "%d" : " %d", t);
+      }
+      std::fflush(stdout);
+      if (out.finished) reason = out.finish_reason;
+    }
+  }
+  const auto t1 = Clock::now();
+  std::printf("\n");
+  std::fflush(stdout);
+  const double ttft = std::chrono::duration<double, std::milli>(first - t0).count();
+  const double total = std::chrono::duration<double, std::milli>(t1 - t0).count();
+  const double decode = std::chrono::duration<double, std::milli>(t1 - first).count();
+  std::fprintf(stderr, "%s on %s: %zu prompt tokens, %d generated (%s)\n", c.name.c_str(), eng.device().c_str(),
+               prompt.size(), n, reason.c_str());
+  std::fprintf(stderr, "time to first token %.2f ms, %.1f tokens/s overall", ttft, n / (total / 1e3));
+  if (n > 1) std::fprintf(stderr, ", %.1f tokens/s after the first", (n - 1) / (decode / 1e3));
+  std::fprintf(stderr, "\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -504,6 +567,27 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"model", "f32", "fp32"}));
   bench->add_flag("--no-graphs", bench_no_graphs, "run op by op instead of replaying a CUDA graph");
 
+  GenerateArgs gen;
+  auto* generate = app.add_subcommand("generate", "generate tokens after a prompt (continuous-batching engine)");
+  add_model_args(generate, gen.model);
+  auto* gw_opt = generate->add_option("--weights", gen.model.weights, "safetensors weights file (not with a model directory)");
+  generate->add_option("--weight-seed", gen.model.seed, "seed of the random weights (without --weights)")->excludes(gw_opt);
+  generate->add_option("--prompt-ids", gen.prompt_ids, "comma-separated prompt token ids")->required();
+  generate->add_option("--max-tokens", gen.params.max_tokens, "tokens to generate at most (default 16)");
+  generate->add_option("--temperature", gen.params.temperature, "0 is greedy (default 1)");
+  generate->add_option("--top-p", gen.params.top_p, "nucleus sampling mass in (0, 1] (default 1)");
+  generate->add_option("--top-k", gen.params.top_k, "keep the k most likely tokens (default 0: off)");
+  generate->add_option("--min-p", gen.params.min_p, "keep tokens at least min_p times the most likely (default 0)");
+  generate->add_option("--repetition-penalty", gen.params.repetition_penalty, "default 1 (off)");
+  generate->add_option("--presence-penalty", gen.params.presence_penalty, "default 0");
+  generate->add_option("--frequency-penalty", gen.params.frequency_penalty, "default 0");
+  generate->add_option("--seed", gen.seed, "sampling seed (same seed, same tokens)")->each([&](const std::string&) {
+    gen.has_seed = true;
+  });
+  generate->add_flag("--ignore-eos", gen.params.ignore_eos, "do not stop at EOS ids");
+  generate->add_option("--device", gen.device, "auto, cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  generate->add_option("--max-model-len", gen.max_model_len, "tokens per sequence (default: the model's max_seq_len)");
+  generate->add_option("--num-kv-tokens", gen.num_kv_tokens, "KV cache tokens (default: from free memory)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -518,6 +602,7 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   try {
+    gen.model.weights_given = gw_opt->count() > 0;
     fwd_a.weights_given = w_opt->count() > 0;
     bench_a.weights_given = bw_opt->count() > 0;
     fa.batch_given = b_opt->count() > 0;
@@ -526,6 +611,7 @@ int main(int argc, char** argv) {
     if (*info) return cmd_info(info_a, info_b, info_n);
     if (*init) return cmd_init(init_a, init_out, init_dtype);
     if (*fwd) return cmd_forward(fwd_a, fa);
+    if (*generate) return cmd_generate(gen);
     if (*bench) {
 #ifdef MINILLM_WITH_CUDA
       return cmd_bench(bench_a, bench_b, bench_n, bench_warmup, bench_iters, bench_logits, !bench_no_graphs);

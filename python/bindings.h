@@ -8,4 +8,5 @@ void bind_attention(nanobind::module_& m);  // python/attention.cpp: flash_atten
 void bind_paged(nanobind::module_& m);      // python/paged.cpp: paged_attention, kv_cache_write
 void bind_moe(nanobind::module_& m);        // python/moe.cpp: MoELayer
 void bind_tokenizer(nanobind::module_& m);  // python/tokenizer.cpp: Tokenizer, IncrementalDecoder, StopStringMatcher
+void bind_llm(nanobind::module_& m);        // python/llm.cpp: LLM engine, SamplingParams, outputs
 }  // namespace minillm::py

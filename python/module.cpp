@@ -6,6 +6,7 @@ NB_MODULE(_minillm, m) {
   minillm::py::bind_engine(m);
   minillm::py::bind_tokenizer(m);
   minillm::py::bind_paged(m);
+  minillm::py::bind_llm(m);
 #ifdef MINILLM_PY_ATTENTION
   minillm::py::bind_attention(m);
 #endif

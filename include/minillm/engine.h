@@ -35,7 +35,7 @@ struct EngineOptions {
 // engine is built, the WeightStore in the config's dtype.
 struct MemoryEstimate {
   Device device = Device::cpu;
-  size_t weights = 0, workspace = 0, ids = 0;  // on `device`
+  size_t weights = 0, workspace = 0, ids = 0;  // on `device`; ids: the packed step batch (ids first)
   size_t host_weights = 0;                     // the WeightStore (host)
   size_t device_total() const { return weights + workspace + ids; }
 };

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cpu/ops.h"
+#include "cpu/sampling.h"
 #include "engine/backend.h"
 
 namespace minillm {
@@ -20,13 +21,11 @@ class CpuBackend final : public Backend {
   void linear(const Tensor& x, const Tensor& w, Tensor& y) override {
     cpu::linear(x.ptr<float>(), w.ptr<float>(), nullptr, x.size(0), x.size(1), w.size(0), y.ptr<float>());
   }
-  void rope(Tensor& qkv, int B, int N, const ModelConfig& c) override {
-    const int64_t T = static_cast<int64_t>(B) * N;
-    pos_.resize(static_cast<size_t>(T));
-    for (int64_t t = 0; t < T; ++t) pos_[t] = static_cast<int32_t>(t % N);
+  void rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) override {
+    const int32_t* pos = b.positions.ptr<int32_t>();  // [T]
     float* base = qkv.ptr<float>();
-    cpu::rope(base, T, c.num_heads, c.head_dim, c.qkv_dim(), pos_.data(), c.rope_theta);
-    cpu::rope(base + c.q_dim(), T, c.num_kv_heads, c.head_dim, c.qkv_dim(), pos_.data(), c.rope_theta);
+    cpu::rope(base, b.T, c.num_heads, c.head_dim, c.qkv_dim(), pos, c.rope_theta);
+    cpu::rope(base + c.q_dim(), b.T, c.num_kv_heads, c.head_dim, c.qkv_dim(), pos, c.rope_theta);
   }
   void qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) override {
     const bool qkn = c.qk_norm != QkNorm::none;
@@ -34,11 +33,47 @@ class CpuBackend final : public Backend {
                        w.bqkv.data ? w.bqkv.ptr<float>() : nullptr, qkn ? w.q_norm.ptr<float>() : nullptr,
                        qkn ? w.k_norm.ptr<float>() : nullptr, c.qk_norm == QkNorm::per_head, c.norm_eps);
   }
-  void attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) override {
-    const float* q = qkv.ptr<float>();
+  void attention(const Tensor& qkv, Tensor& out, const StepBatch& b, const KVCache* cache, int layer,
+                 const ModelConfig& c, Workspace&) override {
+    const float* q = qkv.ptr<float>();  // [T, qkv_dim]: q, k, v of each new token
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-    cpu::attention(q, q + c.q_dim(), q + c.q_dim() + c.kv_dim(), out.ptr<float>(), B, N, N, c.num_heads,
-                   c.num_kv_heads, c.head_dim, c.qkv_dim(), c.qkv_dim(), c.q_dim(), c.causal, scale);
+    const int64_t qkv_dim = c.qkv_dim(), kv = c.kv_dim();
+    if (!cache && b.uniform_len > 0) {  // forward(): S sequences of N tokens, no prefix
+      const int64_t N = b.uniform_len;
+      cpu::attention(q, q + c.q_dim(), q + c.q_dim() + kv, out.ptr<float>(), b.S, N, N, c.num_heads, c.num_kv_heads,
+                     c.head_dim, qkv_dim, qkv_dim, c.q_dim(), c.causal, scale);
+      return;
+    }
+    const int32_t* cu = b.cu_seqlens_q.ptr<int32_t>();
+    if (!cache) {  // no prefix: each sequence over its own new tokens
+      for (int s = 0; s < b.S; ++s) {
+        const float* qs = q + static_cast<int64_t>(cu[s]) * qkv_dim;
+        const int64_t n = cu[s + 1] - cu[s];
+        cpu::attention(qs, qs + c.q_dim(), qs + c.q_dim() + kv, out.ptr<float>() + cu[s] * c.q_dim(), 1, n, n,
+                       c.num_heads, c.num_kv_heads, c.head_dim, qkv_dim, qkv_dim, c.q_dim(), c.causal, scale);
+      }
+      return;
+    }
+    // The new k, v into the cache, then each new token over its sequence's context in the cache.
+    const int64_t num_pages = cache->num_pages, T = b.T;
+    cpu::kv_cache_write(q + c.q_dim(), q + c.q_dim() + kv, qkv_dim, qkv_dim, b.slot_mapping.ptr<int32_t>(), T,
+                        c.num_kv_heads, c.head_dim, cache->k[layer].ptr<float>(), cache->v[layer].ptr<float>(),
+                        num_pages * kPageSize);
+    q_.resize(static_cast<size_t>(T * c.q_dim()));  // q [T, Hq, D] contiguous
+    for (int64_t t = 0; t < T; ++t) std::memcpy(q_.data() + t * c.q_dim(), q + t * qkv_dim, c.q_dim() * sizeof(float));
+    cpu::paged_attention(q_.data(), cache->k[layer].ptr<float>(), cache->v[layer].ptr<float>(),
+                         b.block_table.ptr<int32_t>(), b.max_pages, b.context_lens.ptr<int32_t>(), cu, b.S, num_pages,
+                         c.num_heads, c.num_kv_heads, c.head_dim, c.causal, scale, out.ptr<float>());
+  }
+  void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override {
+    const int64_t C = x.size(1);
+    const int32_t* r = rows.ptr<int32_t>();
+    for (int64_t i = 0; i < rows.numel(); ++i)
+      std::memcpy(out.ptr<float>() + i * C, x.ptr<float>() + static_cast<int64_t>(r[i]) * C, C * sizeof(float));
+  }
+  void sample(Tensor& logits, const SampleArgs& a) override {
+    cpu::sample(logits.ptr<float>(), logits.size(0), logits.size(1), a.params, a.penalties, a.n_top, a.tokens,
+                a.logprobs, a.top_ids, a.top_logprobs);
   }
   void add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) override {
     const int64_t T = x.size(0), H = x.size(1);
@@ -68,7 +103,7 @@ class CpuBackend final : public Backend {
   void to_host(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
 
  private:
-  std::vector<int32_t> pos_;
+  std::vector<float> q_;  // the step's queries, contiguous: [T, Hq, D]
 };
 
 }  // namespace

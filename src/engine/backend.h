@@ -1,6 +1,7 @@
 // The op interface the transformer graph calls, at the granularity of fused ops. The CPU backend
 // (fp32 reference) and the CUDA backend (bf16/fp16) implement it; the graph is written once.
-// Activations: [T, C] row-major with T = B * N tokens (padded batch layout, token t = b * N + n).
+// Every forward runs over a StepBatch (step_batch.h): activations are [T, C] row-major over its T
+// new tokens, sequence after sequence; logits are computed for its R logits rows only.
 #pragma once
 #include <functional>
 #include <memory>
@@ -9,6 +10,8 @@
 
 #include "minillm/config.h"
 #include "minillm/core/tensor.h"
+#include "engine/sampler.h"
+#include "engine/step_batch.h"
 
 namespace minillm {
 
@@ -59,20 +62,29 @@ class Backend {
   virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
   // y[T, N] = x[T, K] @ w[N, K]^T.
   virtual void linear(const Tensor& x, const Tensor& w, Tensor& y) = 0;
-  // In place on qkv [B*N, qkv_dim]: RoPE on the q and k parts, position of token b*N+n is n.
-  virtual void rope(Tensor& qkv, int B, int N, const ModelConfig& c) = 0;
+  // In place on qkv [T, qkv_dim]: RoPE on the q and k parts at each token's position.
+  virtual void rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) = 0;
   // In place on qkv [T, qkv_dim]: + w.bqkv (when present), then RMSNorm of q and k with w.q_norm /
   // w.k_norm (per head or over the whole projection, as c.qk_norm says).
   virtual void qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) = 0;
-  // qkv [B*N, qkv_dim] = x [B*N, H] @ w.wqkv^T (+ bias, qk-norm), then RoPE when the config has it.
-  // Backends may fuse the steps.
-  virtual void qkv(const Tensor& x, const LayerWeights& w, Tensor& qkv, int B, int N, const ModelConfig& c) {
+  // qkv [T, qkv_dim] = x [T, H] @ w.wqkv^T (+ bias, qk-norm), then RoPE at each token's position
+  // when the config has it. Backends may fuse the steps.
+  virtual void qkv(const Tensor& x, const LayerWeights& w, Tensor& qkv, const StepBatch& b, const ModelConfig& c) {
     linear(x, w.wqkv, qkv);
     if (w.bqkv.data || c.qk_norm != QkNorm::none) qkv_bias_norm(qkv, w, c);
-    if (c.position == PositionType::rope) rope(qkv, B, N, c);
+    if (c.position == PositionType::rope) rope(qkv, b, c);
   }
-  // out [B*N, q_dim] = attention over q, k, v inside qkv [B*N, qkv_dim].
-  virtual void attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) = 0;
+  // out [T, q_dim] = attention of each new token (q inside qkv [T, qkv_dim]) over its sequence.
+  // With a cache, the new k and v are first written into layer `layer` of it at slot_mapping, and
+  // the keys are the sequence's whole context in the cache. Without (forward(): b.uniform_len or
+  // b.no_prefix), the keys are the new tokens of the same sequence. Scratch comes from `ws`.
+  virtual void attention(const Tensor& qkv, Tensor& out, const StepBatch& b, const KVCache* cache, int layer,
+                         const ModelConfig& c, Workspace& ws) = 0;
+  // out [R, C] = x [T, C] at rows [R] (i32 on the device).
+  virtual void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) = 0;
+  // Draws one token per row of logits [R, V] (fp32) as src/engine/sampler.h describes; may
+  // overwrite the logits. Results go to the device arrays of `a`.
+  virtual void sample(Tensor& logits, const SampleArgs& a) = 0;
   // x = x + delta (when delta is given); out = norm(x). out may alias x. delta: [T * P, H], P rows per
   // token (P = 1, or moe_output_parts for a MoE output) whose sum is the token's delta.
   virtual void add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) = 0;
@@ -88,6 +100,17 @@ class Backend {
   virtual void to_device(void* dst, const void* src, size_t bytes) = 0;
   virtual void to_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void synchronize() {}
+  // Copies host -> device in order with the backend's work (the source may be reused on return).
+  virtual void to_device_async(void* dst, const void* src, size_t bytes) { to_device(dst, src, bytes); }
+  // Issues the work of `enqueue` (one forward). With use_graph on a backend that has graphs, the
+  // first call for `key` runs it and records it, later calls replay the record; `enqueue` must then
+  // issue the same work on the same pointers each time. Default: runs it.
+  virtual void run_graph(int64_t key, bool use_graph, const std::function<void()>& enqueue) {
+    (void)key, (void)use_graph;
+    enqueue();
+  }
+  // Device bytes free for the KV cache after everything allocated so far (0: not known, the CPU).
+  virtual size_t free_device_bytes() const { return 0; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();
@@ -113,11 +136,12 @@ ModelWeights upload_weights(Backend& be, const ModelConfig& c, const WeightSourc
 // A WeightStore's tensors as a WeightSource (the store must outlive it).
 std::unique_ptr<WeightSource> make_store_source(const class WeightStore& ws);
 
-// The transformer forward pass. ids: [B*N] i32 on the device; logits: [B*N, V] in `logits.dtype`
-// (fp32 on the CPU backend). All scratch comes from `ws` (reset by the caller).
-void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& w, const Tensor& ids, int B, int N,
-                         Workspace& ws, Tensor& logits);
-// Workspace bytes transformer_forward needs for B x N tokens.
-size_t transformer_workspace_bytes(const Backend& be, const ModelConfig& c, int B, int N);
+// The transformer forward pass over a step batch. cache: the paged KV cache (null for forward(),
+// whose batch has no prefix); logits: [b.R, V] in `logits.dtype` (fp32 on the CPU backend). All
+// scratch comes from `ws` (reset by the caller).
+void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& w, const StepBatch& b,
+                         const KVCache* cache, Workspace& ws, Tensor& logits);
+// Workspace bytes transformer_forward needs for T tokens and R logits rows.
+size_t transformer_workspace_bytes(const Backend& be, const ModelConfig& c, int64_t T, int64_t R);
 
 }  // namespace minillm

@@ -8,6 +8,11 @@
 // after two [max_tokens, H] slots, and the arena is max(activations + scratch, 2 slots + logits)
 // instead of their sum (medium at B8 N2048: 1.08 GB instead of 1.6 GB with bf16 logits).
 //
+// forward(ids) is one prefill step of the step-batch graph (transformer_forward over a StepBatch of
+// B sequences of N tokens, no KV cache, logits for every row). Its i32 arrays live in meta_buf with
+// the ids first; the padded layout's other arrays are host-computable, and only the CPU backend
+// reads them (positions), so CUDA uploads just the ids.
+//
 // CUDA: the backend owns a non-blocking stream; forward work is replayed from one CUDA graph per
 // (B, N) shape (EngineOptions::cuda_graphs), and token ids are always range-checked on the host
 // before any launch. forward_device orders itself after the caller's stream with events and never
@@ -73,8 +78,8 @@ MemoryEstimate plan_memory(const Backend& be, const ModelConfig& c, int B, int N
   // The logits share the arena with the activations (see the header comment).
   const size_t slot = align256(static_cast<size_t>(T * H * es));
   const size_t logits = static_cast<size_t>(T * V) * dtype_size(logits_dtype);
-  m.workspace = std::max(transformer_workspace_bytes(be, c, B, N), 2 * slot + logits);
-  m.ids = static_cast<size_t>(T) * 4;
+  m.workspace = std::max(transformer_workspace_bytes(be, c, T, T), 2 * slot + logits);
+  m.ids = static_cast<size_t>(4 * T + 2 * B + 1) * 4;  // the packed StepBatch (meta_buf)
   m.host_weights = static_cast<size_t>(c.num_parameters()) * dtype_size(c.dtype);
   return m;
 }
@@ -122,7 +127,10 @@ struct InferenceEngine::Impl {
   Workspace ws;              // activations, op scratch, and the logits at logits_offset
   size_t logits_offset = 0;  // bytes from the workspace's base
   char* ws_base = nullptr;
-  Buffer ids_buf;  // [max_batch * max_seq] i32 on the device
+  Buffer meta_buf;  // the StepBatch's i32 arrays (step_batch.h) for max_batch x max_seq, ids first
+  StepBatchBuilder batch;  // of the last (B, N)
+  int64_t batch_key = -1;
+  std::vector<int32_t> meta_host;
   DType logits_dtype = DType::f32;
   size_t weight_bytes = 0;
   bool graphs = false;
@@ -194,7 +202,8 @@ void InferenceEngine::init(const EngineOptions& opts, const WeightSource& weight
   impl_->ws = Workspace(plan.workspace, be.device());
   impl_->ws_base = static_cast<char*>(impl_->ws.alloc_bytes(1));
   impl_->ws.reset();
-  impl_->ids_buf = Buffer(static_cast<size_t>(max_tokens) * 4, be.device());
+  // packed StepBatch of the padded layout: ids, positions, slots, rows [T] each; cu_seqlens, context_lens
+  impl_->meta_buf = Buffer(plan.ids, be.device());
 }
 
 InferenceEngine::~InferenceEngine() = default;
@@ -227,22 +236,30 @@ Tensor InferenceEngine::logits_view(int B, int N) const {
                 {static_cast<int64_t>(B), static_cast<int64_t>(N), config_.vocab_size});
 }
 
-// Enqueues the forward pass over the ids already in ids_buf (CPU: runs it).
+// Enqueues the forward pass over the ids already at the start of meta_buf (CPU: runs it).
 void InferenceEngine::run(int B, int N) {
   const int64_t T = static_cast<int64_t>(B) * N;
-  Tensor ids_dev(impl_->ids_buf.data(), DType::i32, device(), {T});
+  StepBatchBuilder& sb = impl_->batch;
+  const int64_t key = static_cast<int64_t>(B) << 32 | N;
+  if (key != impl_->batch_key) {  // the padded layout depends on (B, N) only
+    sb.reset(0, kPageSize);
+    for (int b = 0; b < B; ++b) sb.add(nullptr, N, 0, nullptr, 0, false);
+    sb.set_uniform(N);
+    impl_->batch_key = key;
+  }
+  if (device() == Device::cpu) {  // the other arrays, after the ids already there
+    impl_->meta_host.resize(sb.packed_size());
+    sb.pack(impl_->meta_host.data());
+    std::memcpy(static_cast<int32_t*>(impl_->meta_buf.data()) + T, impl_->meta_host.data() + T,
+                (impl_->meta_host.size() - static_cast<size_t>(T)) * 4);
+  }
+  const StepBatch batch = sb.view(impl_->meta_buf.data(), device());
   Tensor logits(impl_->logits_data(), impl_->logits_dtype, device(), {T, config_.vocab_size});
   auto enqueue = [&] {
     impl_->ws.reset();
-    transformer_forward(*impl_->backend, config_, impl_->weights, ids_dev, B, N, impl_->ws, logits);
+    transformer_forward(*impl_->backend, config_, impl_->weights, batch, nullptr, impl_->ws, logits);
   };
-#ifdef MINILLM_WITH_CUDA
-  if (impl_->cuda) {
-    impl_->cuda->run_forward(static_cast<int64_t>(B) << 32 | N, impl_->graphs, enqueue);
-    return;
-  }
-#endif
-  enqueue();
+  impl_->backend->run_graph(key, impl_->graphs, enqueue);
 }
 
 std::vector<float> InferenceEngine::forward(const int32_t* ids, int B, int N) {
@@ -255,12 +272,12 @@ std::vector<float> InferenceEngine::forward(const int32_t* ids, int B, int N) {
   if (impl_->cuda) {
     // Pageable source: the copy is staged before the call returns, so `ids` may be reused at once.
     MINILLM_CUDA_CHECK(
-        cudaMemcpyAsync(impl_->ids_buf.data(), ids, static_cast<size_t>(T) * 4, cudaMemcpyHostToDevice, impl_->cuda->stream()));
+        cudaMemcpyAsync(impl_->meta_buf.data(), ids, static_cast<size_t>(T) * 4, cudaMemcpyHostToDevice, impl_->cuda->stream()));
   } else {
-    impl_->backend->to_device(impl_->ids_buf.data(), ids, static_cast<size_t>(T) * 4);
+    impl_->backend->to_device(impl_->meta_buf.data(), ids, static_cast<size_t>(T) * 4);
   }
 #else
-  impl_->backend->to_device(impl_->ids_buf.data(), ids, static_cast<size_t>(T) * 4);
+  impl_->backend->to_device(impl_->meta_buf.data(), ids, static_cast<size_t>(T) * 4);
 #endif
   run(B, N);
   impl_->backend->synchronize();
@@ -294,7 +311,7 @@ Tensor InferenceEngine::forward_device(const Tensor& ids, int B, int N, void* st
     const cudaStream_t caller = static_cast<cudaStream_t>(stream);
     if (ids.device == Device::cpu) {
       check_ids(ids.ptr<int32_t>(), B, N);
-      MINILLM_CUDA_CHECK(cudaMemcpyAsync(impl_->ids_buf.data(), ids.data, static_cast<size_t>(T) * 4,
+      MINILLM_CUDA_CHECK(cudaMemcpyAsync(impl_->meta_buf.data(), ids.data, static_cast<size_t>(T) * 4,
                                          cudaMemcpyHostToDevice, s));
     } else {
       // The range check stays on the host: a bad id must be an error, not a wild read. The ids are
@@ -303,7 +320,7 @@ Tensor InferenceEngine::forward_device(const Tensor& ids, int B, int N, void* st
       MINILLM_CUDA_CHECK(cudaMemcpyAsync(h.data(), ids.data, h.size() * 4, cudaMemcpyDeviceToHost, caller));
       MINILLM_CUDA_CHECK(cudaStreamSynchronize(caller));
       check_ids(h.data(), B, N);
-      MINILLM_CUDA_CHECK(cudaMemcpyAsync(impl_->ids_buf.data(), ids.data, h.size() * 4, cudaMemcpyDeviceToDevice, s));
+      MINILLM_CUDA_CHECK(cudaMemcpyAsync(impl_->meta_buf.data(), ids.data, h.size() * 4, cudaMemcpyDeviceToDevice, s));
     }
     // The previous forward's logits may still be read on the caller's stream: start after it.
     MINILLM_CUDA_CHECK(cudaEventRecord(impl_->caller_ready, caller));
@@ -319,7 +336,7 @@ Tensor InferenceEngine::forward_device(const Tensor& ids, int B, int N, void* st
   MINILLM_CHECK(ids.device == device(), "forward: ids are on " << device_name(ids.device) << ", the engine on "
                                                                << device_name(device()));
   check_ids(ids.ptr<int32_t>(), B, N);
-  impl_->backend->to_device(impl_->ids_buf.data(), ids.data, static_cast<size_t>(T) * 4);
+  impl_->backend->to_device(impl_->meta_buf.data(), ids.data, static_cast<size_t>(T) * 4);
   run(B, N);
   timings_.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return logits_view(B, N);
@@ -331,7 +348,7 @@ std::vector<std::pair<std::string, double>> InferenceEngine::profile_forward(con
 #ifdef MINILLM_WITH_CUDA
   if (impl_->cuda) {
     const int64_t T = static_cast<int64_t>(B) * N;
-    MINILLM_CUDA_CHECK(cudaMemcpyAsync(impl_->ids_buf.data(), ids, static_cast<size_t>(T) * 4, cudaMemcpyHostToDevice,
+    MINILLM_CUDA_CHECK(cudaMemcpyAsync(impl_->meta_buf.data(), ids, static_cast<size_t>(T) * 4, cudaMemcpyHostToDevice,
                                        impl_->cuda->stream()));
     impl_->cuda->begin_profile();
     try {

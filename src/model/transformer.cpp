@@ -1,24 +1,24 @@
 // The transformer graph, written once against the Backend op interface.
 //   post-norm (the seed): x = N1(x + Attn(x)); x = N2(x + MoE(x))
 //   pre-norm (Mixtral):   x = x + Attn(N1(x)); x = x + MoE(N2(x)); ...; x = Nf(x)
-//   logits = x @ lm_head^T
+//   logits = x @ lm_head^T on the step batch's logits rows
 #include "engine/backend.h"
 
 namespace minillm {
 
-size_t transformer_workspace_bytes(const Backend& be, const ModelConfig& c, int B, int N) {
-  const int64_t T = static_cast<int64_t>(B) * N;
+size_t transformer_workspace_bytes(const Backend& be, const ModelConfig& c, int64_t T, int64_t R) {
   const size_t es = dtype_size(be.act_dtype());
   const size_t align = 256;
   auto sz = [&](int64_t n) { return (static_cast<size_t>(n) * es + align - 1) / align * align; };
-  // x, h, qkv, attn, delta (the o_proj output, then the MoE output's P rows per token)
+  // x, h, qkv, attn, delta (the o_proj output, then the MoE output's P rows per token), and the
+  // gathered rows of the LM head's input when the logits rows are not all rows
   return sz(T * c.hidden_size) * 2 + sz(T * be.moe_output_parts(c) * c.hidden_size) + sz(T * c.qkv_dim()) +
-         sz(T * c.q_dim()) + be.op_workspace_bytes(c, T);
+         sz(T * c.q_dim()) + (R < T ? sz(R * c.hidden_size) : 0) + be.op_workspace_bytes(c, T);
 }
 
-void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& w, const Tensor& ids, int B, int N,
-                         Workspace& ws, Tensor& logits) {
-  const int64_t T = static_cast<int64_t>(B) * N;
+void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& w, const StepBatch& b,
+                         const KVCache* cache, Workspace& ws, Tensor& logits) {
+  const int64_t T = b.T;
   const int64_t H = c.hidden_size;
   const DType dt = be.act_dtype();
   Tensor x = ws.alloc(dt, {T, H});            // residual stream
@@ -30,14 +30,14 @@ void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& 
   Tensor delta(moe_out.data, dt, moe_out.device, {T, H});  // the attention sublayer's output
   const bool pre = c.norm_placement == NormPlacement::pre;
 
-  be.embedding(ids, w.embed, x);
+  be.embedding(b.token_ids, w.embed, x);
   // Pre-norm: the residual add of a sublayer's output is deferred into the next norm (fused).
   const Tensor* pending = nullptr;
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w.layers[l];
     if (pre) be.add_norm(x, pending, lw.norm1, c, h);  // x += moe_prev; h = N1(x)
-    be.qkv(pre ? h : x, lw, qkv, B, N, c);  // + bias, qk-norm, RoPE
-    be.attention(qkv, attn, B, N, c);
+    be.qkv(pre ? h : x, lw, qkv, b, c);  // + bias, qk-norm, RoPE
+    be.attention(qkv, attn, b, cache, l, c, ws);
     be.linear(attn, lw.wo, delta);
     if (pre) {
       be.add_norm(x, &delta, lw.norm2, c, h);  // x += attn; h = N2(x)
@@ -50,7 +50,14 @@ void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& 
     }
   }
   if (pre) be.add_norm(x, pending, w.final_norm, c, h);  // x += moe_last; h = Nf(x)
-  be.linear(pre ? h : x, w.lm_head, logits);
+  const Tensor& last = pre ? h : x;
+  if (b.all_rows) {
+    be.linear(last, w.lm_head, logits);
+  } else {  // the LM head on the logits rows only
+    Tensor rows = ws.alloc(dt, {static_cast<int64_t>(b.R), H});
+    be.gather_rows(last, b.logits_rows, rows);
+    be.linear(rows, w.lm_head, logits);
+  }
 }
 
 }  // namespace minillm

@@ -279,7 +279,7 @@ TEST(Hostile, MemoryEstimateRefusesUpFront) {
   EXPECT_EQ(m.device, minillm::Device::cpu);
   EXPECT_GE(m.weights, static_cast<size_t>(cfg.num_parameters()) * 4);  // fp32 on the CPU
   EXPECT_GE(m.workspace, static_cast<size_t>(2 * 64 * 256 * 4));         // at least the logits
-  EXPECT_EQ(m.ids, 2u * 64 * 4);
+  EXPECT_EQ(m.ids, (4u * 2 * 64 + 2 * 2 + 1) * 4);  // the packed step batch: ids, positions, slots, rows, cu, lens
   EXPECT_EQ(m.host_weights, static_cast<size_t>(cfg.num_parameters()) * 2);
   EXPECT_NO_THROW(minillm::check_memory(m, 2, 64, true));
   // The engine sizes its arena with the same plan.

@@ -11,6 +11,7 @@
 
 #include "cuda/engine/gemm.h"
 #include "cuda/engine/ops.h"
+#include "cuda/sampling/sample.h"
 #include "minillm/attention.h"
 #include "minillm/core/cuda_check.h"
 #include "minillm/moe.h"
@@ -156,11 +157,15 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, Tensor& y) {
   impl_->gemm.linear(x.data, w.data, y.data, M, N, K, x.dtype, y.dtype, stream_);
 }
 
-void CudaBackend::rope(Tensor& qkv, int B, int N, const ModelConfig& c) {
+void CudaBackend::rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) {
   OpScope s(*this, "rope");
-  MINILLM_CHECK(N <= impl_->rope_max_pos, "rope: seq_len = " << N << " exceeds the planned " << impl_->rope_max_pos);
-  ke::rope(c.dtype, qkv.data, static_cast<int64_t>(B) * N, N, c.num_heads + c.num_kv_heads, c.head_dim, c.qkv_dim(),
-           static_cast<const float2*>(impl_->rope_table.data()), stream_);
+  // forward()'s padded batch: position t % N; otherwise the batch's positions (< max_context).
+  const int N = b.uniform_len > 0 ? b.uniform_len : 1;
+  const int bound = b.uniform_len > 0 ? b.uniform_len : b.max_context;
+  MINILLM_CHECK(bound <= impl_->rope_max_pos, "rope: position " << bound - 1 << " beyond the planned " << impl_->rope_max_pos);
+  ke::rope(c.dtype, qkv.data, b.T, N, c.num_heads + c.num_kv_heads, c.head_dim, c.qkv_dim(),
+           static_cast<const float2*>(impl_->rope_table.data()), stream_,
+           b.uniform_len > 0 ? nullptr : b.positions.ptr<int32_t>());
 }
 
 void CudaBackend::qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) {
@@ -171,14 +176,15 @@ void CudaBackend::qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelC
                     c.qk_norm == QkNorm::per_head, c.norm_eps, stream_);
 }
 
-void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, int B, int N, const ModelConfig& c) {
-  // The fused GEMM + RoPE epilogue has no bias or qk-norm step: those models take linear, qkv_bias_norm, rope.
-  if (!impl_->fused_qkv || lw.bqkv.data || c.qk_norm != QkNorm::none) {
-    Backend::qkv(x, lw, y, B, N, c);
+void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, const StepBatch& b, const ModelConfig& c) {
+  // The RoPE epilogue computes position row % N: forward()'s padded layout only.
+  if (!impl_->fused_qkv || b.uniform_len == 0 || lw.bqkv.data || c.qk_norm != QkNorm::none) {
+    Backend::qkv(x, lw, y, b, c);
     return;
   }
   const Tensor& w = lw.wqkv;
-  const int64_t T = static_cast<int64_t>(B) * N, H = c.hidden_size;
+  const int N = b.uniform_len;
+  const int64_t T = b.T, H = c.hidden_size;
   MINILLM_CHECK(x.size(0) == T && x.size(1) == H && w.size(0) == c.qkv_dim() && w.size(1) == H &&
                     y.size(0) == T && y.size(1) == c.qkv_dim() && x.dtype == c.dtype && w.dtype == c.dtype,
                 "qkv: x " << x.shape_str() << ", w " << w.shape_str() << ", y " << y.shape_str() << " do not match");
@@ -189,9 +195,11 @@ void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, int B,
                stream_);
 }
 
-void CudaBackend::attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) {
-  OpScope s(*this, "attention");
-  // q, k, v: strided views of qkv [B, N, qkv_dim]; o: out [B, N, q_dim].
+namespace {
+
+// FlashAttention over the new tokens inside qkv [T, qkv_dim] (no prefix): padded [S, N] when
+// uniform_len = N, else varlen over cu_seqlens_q.
+void flash_over_qkv(const Tensor& qkv, Tensor& out, const StepBatch& b, const ModelConfig& c, cudaStream_t stream) {
   FlashAttentionParams p;
   const auto* base = static_cast<const char*>(qkv.data);
   const size_t es = dtype_size(c.dtype);
@@ -200,19 +208,87 @@ void CudaBackend::attention(const Tensor& qkv, Tensor& out, int B, int N, const 
   p.v = base + es * (c.q_dim() + c.kv_dim());
   p.o = out.data;
   p.dtype = c.dtype;
-  p.batch = B;
-  p.seqlen_q = p.seqlen_k = N;
+  p.batch = b.S;
   p.num_heads = c.num_heads;
   p.num_kv_heads = c.num_kv_heads;
   p.head_dim = c.head_dim;
-  p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = static_cast<int64_t>(N) * c.qkv_dim();
   p.q_row_stride = p.k_row_stride = p.v_row_stride = c.qkv_dim();
   p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = c.head_dim;
-  p.o_batch_stride = static_cast<int64_t>(N) * c.q_dim();
   p.o_row_stride = c.q_dim();
+  if (b.uniform_len > 0) {
+    const int N = b.uniform_len;
+    p.seqlen_q = p.seqlen_k = N;
+    p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = static_cast<int64_t>(N) * c.qkv_dim();
+    p.o_batch_stride = static_cast<int64_t>(N) * c.q_dim();
+  } else {
+    p.seqlen_q = p.seqlen_k = b.max_q_len;
+    p.cu_seqlens_q = p.cu_seqlens_k = b.cu_seqlens_q.ptr<int32_t>();
+  }
   p.causal = c.causal;
   p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  flash_attention_forward(p, stream_);
+  flash_attention_forward(p, stream);
+}
+
+cuda::PagedAttentionParams paged_params(const ModelConfig& c, int S, int T, int max_q, int max_ctx) {
+  cuda::PagedAttentionParams p;
+  p.dtype = c.dtype;
+  p.num_seqs = S;
+  p.num_tokens = T;
+  p.num_heads = c.num_heads;
+  p.num_kv_heads = c.num_kv_heads;
+  p.head_dim = c.head_dim;
+  p.q_row = c.qkv_dim();
+  p.out_row = c.q_dim();
+  p.max_query_len = max_q;
+  p.max_context_len = max_ctx;
+  p.max_pages = (max_ctx + kPageSize - 1) / kPageSize;
+  p.causal = c.causal;
+  return p;
+}
+
+}  // namespace
+
+void CudaBackend::attention(const Tensor& qkv, Tensor& out, const StepBatch& b, const KVCache* cache, int layer,
+                            const ModelConfig& c, Workspace& ws) {
+  OpScope s(*this, "attention");
+  if (!cache) {
+    flash_over_qkv(qkv, out, b, c, stream_);
+    return;
+  }
+  const auto* base = static_cast<const char*>(qkv.data);
+  const size_t es = dtype_size(c.dtype);
+  cuda::kv_cache_write(base + es * c.q_dim(), base + es * (c.q_dim() + c.kv_dim()), c.qkv_dim(), c.qkv_dim(),
+                       b.slot_mapping.ptr<int32_t>(), b.T, c.num_kv_heads, c.head_dim, cache->k[layer].data,
+                       cache->v[layer].data, c.dtype, stream_);
+  if (b.no_prefix) {  // prefills from position 0: the new tokens are the whole context
+    flash_over_qkv(qkv, out, b, c, stream_);
+    return;
+  }
+  cuda::PagedAttentionParams p = paged_params(c, b.S, b.T, b.max_q_len, b.max_context);
+  p.q = qkv.data;
+  p.k_cache = cache->k[layer].data;
+  p.v_cache = cache->v[layer].data;
+  p.out = out.data;
+  p.block_table = b.block_table.ptr<int32_t>();
+  p.context_lens = b.context_lens.ptr<int32_t>();
+  p.cu_seqlens_q = b.cu_seqlens_q.ptr<int32_t>();
+  p.max_pages = b.max_pages;
+  p.workspace_bytes = cuda::paged_attention_workspace_bytes(p);
+  const size_t mark = ws.used();
+  p.workspace = p.workspace_bytes ? ws.alloc_bytes(p.workspace_bytes) : nullptr;
+  cuda::paged_attention(p, stream_);
+  ws.rewind(mark);
+}
+
+void CudaBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) {
+  OpScope s(*this, "lm_head");
+  ke::embedding(x.dtype, rows.ptr<int32_t>(), x.data, out.data, rows.numel(), x.size(1), stream_);
+}
+
+void CudaBackend::sample(Tensor& logits, const SampleArgs& a) {
+  OpScope s(*this, "sample");
+  MINILLM_CHECK(logits.dtype == DType::f32, "sample: logits must be fp32, got " << dtype_name(logits.dtype));
+  cuda::sampling::sample(logits.ptr<float>(), logits.size(0), logits.size(1), a, stream_);
 }
 
 void CudaBackend::add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) {
@@ -281,7 +357,18 @@ size_t CudaBackend::shared_workspace_bytes(const ModelConfig& c, int64_t T) {
 }
 
 size_t CudaBackend::op_workspace_bytes(const ModelConfig& c, int64_t T) const {
-  return routed_workspace_bytes(c, T) + shared_workspace_bytes(c, T) + 256;  // + the arena's alignment slack
+  size_t bytes = routed_workspace_bytes(c, T) + shared_workspace_bytes(c, T);
+  // The paged attention's split-KV partials (not live at the same time as the MoE's scratch): the
+  // most over the step shapes of up to T tokens at full context: S decoding sequences (every S up
+  // to 1024, then powers of two), and S sequences of T / S new tokens; twice that, since the split
+  // count is a heuristic of the shape (an overrun is an error, never a wild write).
+  size_t paged = 0;
+  for (int64_t S = 1; S <= T; S = S < 1024 ? S + 1 : 2 * S)
+    for (int64_t q : {int64_t{1}, T / S})
+      paged = std::max(paged, cuda::paged_attention_workspace_bytes(paged_params(
+                                  c, static_cast<int>(S), static_cast<int>(S * q), static_cast<int>(q), c.max_seq_len)));
+  bytes = std::max(bytes, 2 * paged);
+  return (bytes + 255) / 256 * 256 + 256;  // + the arena's alignment slack
 }
 
 void CudaBackend::to_device(void* dst, const void* src, size_t bytes) {
@@ -295,7 +382,18 @@ void CudaBackend::to_host(void* dst, const void* src, size_t bytes) {
 
 void CudaBackend::synchronize() { MINILLM_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
-void CudaBackend::run_forward(int64_t key, bool use_graph, const std::function<void()>& enqueue) {
+void CudaBackend::to_device_async(void* dst, const void* src, size_t bytes) {
+  // Pageable source: staged by the driver before the call returns, so it may be reused at once.
+  MINILLM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+}
+
+size_t CudaBackend::free_device_bytes() const {
+  size_t free = 0, total = 0;
+  MINILLM_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return free;
+}
+
+void CudaBackend::run_graph(int64_t key, bool use_graph, const std::function<void()>& enqueue) {
   if (!use_graph || impl_->profiling) {
     enqueue();
     return;

@@ -2,9 +2,12 @@
 // owns, bf16 or fp16 activations and weights (the config's dtype), fp32 accumulation and norm math.
 //   embedding, rope, add_norm: the kernels of src/cuda/engine/*.cu
 //   linear: cuBLASLt (gemm.h); attention: minillm::flash_attention_forward on strided views of qkv
-//   qkv: on Hopper, head dim 64 / 128, the QKV projection with RoPE in its epilogue (one kernel,
-//        engine/qkv_rope.cu: the grouped GEMM of cuda/gemm/ as a dense GEMM); else (and with q/k/v
-//        bias or qk-norm) linear, then qkv_bias_norm (bias + qk-norm, one pass), then rope
+//        (forward() and prefills without a prefix), else the paged attention over the KV cache
+//   sample: src/cuda/sampling/sample.cu
+//   qkv: on Hopper, head dim 64 / 128, for forward()'s padded batch, the QKV projection with RoPE in
+//        its epilogue (one kernel, engine/qkv_rope.cu: the grouped GEMM of cuda/gemm/ as a dense
+//        GEMM); else (and with q/k/v bias or qk-norm) linear, then qkv_bias_norm (bias + qk-norm,
+//        one pass), then rope at the batch's positions
 //   moe: one minillm::MoELayer per layer (weights borrowed, scratch from the engine's workspace; its
 //        output left as k weighted rows per token, summed by the next add_norm), or
 //        a plain fallback for shapes MoELayer does not take; with a shared expert (Qwen2-MoE) the
@@ -35,10 +38,13 @@ class CudaBackend final : public Backend {
   DType act_dtype() const override { return config_.dtype; }
   void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override;
   void linear(const Tensor& x, const Tensor& w, Tensor& y) override;
-  void rope(Tensor& qkv, int B, int N, const ModelConfig& c) override;
+  void rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) override;
   void qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) override;
-  void qkv(const Tensor& x, const LayerWeights& w, Tensor& qkv, int B, int N, const ModelConfig& c) override;
-  void attention(const Tensor& qkv, Tensor& out, int B, int N, const ModelConfig& c) override;
+  void qkv(const Tensor& x, const LayerWeights& w, Tensor& qkv, const StepBatch& b, const ModelConfig& c) override;
+  void attention(const Tensor& qkv, Tensor& out, const StepBatch& b, const KVCache* cache, int layer,
+                 const ModelConfig& c, Workspace& ws) override;
+  void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override;
+  void sample(Tensor& logits, const SampleArgs& a) override;
   void add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) override;
   void moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y, Workspace& ws) override;
   int moe_output_parts(const ModelConfig& c) const override;
@@ -47,6 +53,8 @@ class CudaBackend final : public Backend {
   void to_device(void* dst, const void* src, size_t bytes) override;
   void to_host(void* dst, const void* src, size_t bytes) override;
   void synchronize() override;
+  void to_device_async(void* dst, const void* src, size_t bytes) override;
+  size_t free_device_bytes() const override;
 
   cudaStream_t stream() const { return stream_; }
 
@@ -54,7 +62,7 @@ class CudaBackend final : public Backend {
   // use_graph, the first call for a key runs `enqueue` eagerly and then captures it once more into
   // a CUDA graph (capturing executes nothing); later calls replay the graph. `enqueue` must issue
   // the same work with the same pointers every time (the workspace plan guarantees it).
-  void run_forward(int64_t key, bool use_graph, const std::function<void()>& enqueue);
+  void run_graph(int64_t key, bool use_graph, const std::function<void()>& enqueue) override;
   size_t num_graphs() const { return graphs_.size(); }
 
   // Profiling: between begin_profile() and end_profile(), every op is bracketed by CUDA events;

@@ -11,16 +11,17 @@
 namespace minillm::cuda::engine {
 
 // out[t, :] = table[ids[t], :]. table: [V, H], out: [T, H] row-major; ids are valid (checked on the host).
+// Also the row gather of the LM head's input (table = the activations, ids = the logits rows).
 void embedding(DType dtype, const int32_t* ids, const void* table, void* out, int64_t T, int64_t H,
                cudaStream_t stream);
 
-// In place on qkv: for tokens t in [0, T) at position t % N, rotates heads [0, heads) of the rows
+// In place on qkv: for tokens t in [0, T) at position positions[t] (device [T] i32; null: t % N), rotates heads [0, heads) of the rows
 // (HF rotate_half: the pair (x[i], x[i + D/2]) by the angle pos * theta^(-2i/D)).
 // x: [T, heads, D] with row stride row_stride (elements); cos_sin: [max_pos, D/2] float2 (cos, sin)
 // made by rope_table. All of q and k in one launch: heads = num_heads + num_kv_heads, since k's
 // heads follow q's in a fused qkv row.
 void rope(DType dtype, void* x, int64_t T, int N, int heads, int D, int64_t row_stride, const float2* cos_sin,
-          cudaStream_t stream);
+          cudaStream_t stream, const int32_t* positions = nullptr);
 // The QKV projection with RoPE fused into its epilogue, one kernel (qkv_rope.cu: the grouped GEMM
 // as a dense GEMM, Hopper only): y = x w^T, then heads [0, rope_heads) of every row t rotated as by
 // rope() at position t % N. x: [T, H], w: [qkv_dim, H] (HF Linear layout), y: [T, qkv_dim], all

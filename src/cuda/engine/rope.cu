@@ -1,6 +1,6 @@
 // Rotary position embedding, in place on the fused qkv buffer (HF rotate_half convention).
 //
-// Algorithm: for token t (position t % N), head h and i in [0, D/2), the pair (x[i], x[i + D/2])
+// Algorithm: for token t (position positions[t], or t % N without a positions array), head h and i in [0, D/2), the pair (x[i], x[i + D/2])
 // becomes (x[i] c - x[i + D/2] s, x[i + D/2] c + x[i] s) with (c, s) = (cos, sin)(pos * theta^(-2i/D)).
 // The angles and their cos/sin are computed once on the host in double, exactly as the CPU
 // reference (src/cpu/rope.cpp), and kept as an fp32 table [max_pos, D/2] of (cos, sin); the
@@ -26,7 +26,7 @@ struct alignas(sizeof(T) * kV) Pack {
 
 template <typename T, int kV>
 __global__ void rope_kernel(T* __restrict__ x, int64_t T_tokens, int N, int heads, int D, int64_t row_stride,
-                            const float2* __restrict__ cos_sin) {
+                            const float2* __restrict__ cos_sin, const int32_t* __restrict__ positions) {
   const int half = D / 2, chunks = half / kV;
   const int64_t items = T_tokens * heads * chunks;
   for (int64_t it = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; it < items;
@@ -35,7 +35,7 @@ __global__ void rope_kernel(T* __restrict__ x, int64_t T_tokens, int N, int head
     const int64_t th = it / chunks;
     const int h = static_cast<int>(th % heads);
     const int64_t t = th / heads;
-    const int pos = static_cast<int>(t % N);
+    const int pos = positions ? positions[t] : static_cast<int>(t % N);
     const int i0 = c * kV;
     T* lo_p = x + t * row_stride + static_cast<int64_t>(h) * D + i0;  // x[i0 .. i0 + kV)
     T* hi_p = lo_p + half;                                            // x[i0 + D/2 ..)
@@ -56,25 +56,25 @@ __global__ void rope_kernel(T* __restrict__ x, int64_t T_tokens, int N, int head
 
 template <typename T, int kV>
 void launch(void* x, int64_t T_tokens, int N, int heads, int D, int64_t row_stride, const float2* cos_sin,
-            cudaStream_t stream) {
+            const int32_t* positions, cudaStream_t stream) {
   const int64_t items = T_tokens * heads * (D / 2 / kV);
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((items + threads - 1) / threads, int64_t{132} * 16);
   rope_kernel<T, kV><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(static_cast<T*>(x), T_tokens, N, heads,
-                                                                            D, row_stride, cos_sin);
+                                                                            D, row_stride, cos_sin, positions);
   MINILLM_CUDA_CHECK_LAUNCH();
 }
 
 template <typename T>
 void dispatch(void* x, int64_t T_tokens, int N, int heads, int D, int64_t row_stride, const float2* cos_sin,
-              cudaStream_t stream) {
+              const int32_t* positions, cudaStream_t stream) {
   const int half = D / 2;
   if (half % 4 == 0 && row_stride % 4 == 0) {
-    launch<T, 4>(x, T_tokens, N, heads, D, row_stride, cos_sin, stream);
+    launch<T, 4>(x, T_tokens, N, heads, D, row_stride, cos_sin, positions, stream);
   } else if (half % 2 == 0 && row_stride % 2 == 0) {
-    launch<T, 2>(x, T_tokens, N, heads, D, row_stride, cos_sin, stream);
+    launch<T, 2>(x, T_tokens, N, heads, D, row_stride, cos_sin, positions, stream);
   } else {
-    launch<T, 1>(x, T_tokens, N, heads, D, row_stride, cos_sin, stream);
+    launch<T, 1>(x, T_tokens, N, heads, D, row_stride, cos_sin, positions, stream);
   }
 }
 
@@ -93,12 +93,12 @@ void rope_table(float2* host_cos_sin, int max_pos, int D, float theta) {
 }
 
 void rope(DType dtype, void* x, int64_t T, int N, int heads, int D, int64_t row_stride, const float2* cos_sin,
-          cudaStream_t stream) {
+          cudaStream_t stream, const int32_t* positions) {
   if (T <= 0 || heads <= 0 || D < 2) return;
   if (dtype == DType::bf16) {
-    dispatch<__nv_bfloat16>(x, T, N, heads, D, row_stride, cos_sin, stream);
+    dispatch<__nv_bfloat16>(x, T, N, heads, D, row_stride, cos_sin, positions, stream);
   } else {
-    dispatch<__half>(x, T, N, heads, D, row_stride, cos_sin, stream);
+    dispatch<__half>(x, T, N, heads, D, row_stride, cos_sin, positions, stream);
   }
 }
 

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Generation benchmark: minillm.LLM (continuous batching, paged KV cache, CUDA-graph decode,
+device sampling) against transformers' generate in the same process and against the roofline.
+
+Models: "olmoe" (OLMoE-1B-7B-shaped: hidden 2048, 16 layers, 16 heads of 128, 64 experts top-8,
+ffn 1024, vocab 50304; random bf16 weights; qk-norm left out, it reads no weights worth counting)
+and the "medium" preset (minillm only: transformers has no post-LayerNorm MoE of that shape).
+
+Cases (keys: model, batch, context = prompt tokens; implementations: minillm, hf_transformers,
+roofline):
+  decode     batch 1 at context 128 / 2048 / 8192: `ms` = milliseconds per output token (the steps
+             after the first token, 128 of them), `tok_s`. roofline = (active weight bytes + KV bytes
+             read per token) / the copy bandwidth measured in this run (bytes read + written of a
+             1 GiB device copy / time).
+  offline    512 requests submitted at once, prompts uniform in 128..1024, outputs uniform in
+             128..512 (ignore_eos): wall seconds, output tok/s, TTFT and per-token latency (TPOT:
+             (finish - first token) / (tokens - 1)) p50 / p99. hf_transformers: its best batched
+             generate (batch 64, 512 in, 64 out) as output tok/s.
+  concurrency  closed loop with 1 / 8 / 32 / 128 requests in flight (a new one when one finishes),
+             1024 in / 256 out, 2 x concurrency requests (at least 8): output tok/s, TTFT, TPOT.
+Every case is written to the JSON as soon as it is measured; a failing case records its error and
+the others still run.
+
+Run: PYTHONPATH=python python3 bench/bench_generate.py [--quick] [--models olmoe,medium] [--no-hf]
+Writes $OUT/generate.json when $OUT is set, else bench/results/<gpu>/generate.json.
+"""
+import argparse
+import gc
+import os
+import random
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+import minillm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+OLMOE = {"name": "olmoe-1b-7b-shape", "vocab_size": 50304, "hidden_size": 2048, "num_layers": 16, "num_heads": 16,
+         "num_kv_heads": 16, "head_dim": 128, "max_seq_len": 16384,
+         "norm": {"type": "rmsnorm", "eps": 1e-5, "placement": "pre"}, "position": {"type": "rope", "theta": 10000},
+         "moe": {"num_experts": 64, "top_k": 8, "ffn_size": 1024, "normalize_topk": False}, "dtype": "bf16"}
+
+
+def copy_bandwidth():
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(10):
+        s.record()
+        dst.copy_(src)
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    del src, dst
+    return 2 * (1 << 30) / (statistics.median(times) / 1e3)  # bytes read + written per second
+
+
+def decode_bytes(cfg, context):
+    """Bytes one batch-1 decode step reads: the active weights (bf16) and the KV cache."""
+    H, L, V = cfg["hidden_size"], cfg["num_layers"], cfg["vocab_size"]
+    D = cfg.get("head_dim", H // cfg["num_heads"])
+    q, kv = cfg["num_heads"] * D, cfg.get("num_kv_heads", cfg["num_heads"]) * D
+    m = cfg["moe"]
+    per_layer = H * (q + 2 * kv) + q * H + m["num_experts"] * H + m["top_k"] * 3 * H * m["ffn_size"]
+    weights = 2 * (L * per_layer + V * H + H)  # + lm_head and one embedding row
+    return weights + 2 * L * 2 * context * kv
+
+
+def pct(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))] if v else None
+
+
+def run_requests(llm, prompts, max_tokens, concurrency=None):
+    """Submits the requests (all at once, or `concurrency` in flight) and steps until all finish.
+    Returns wall seconds, output tokens, TTFTs and TPOTs (ms)."""
+    params = [minillm.SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for m in max_tokens]
+    t0 = time.perf_counter()
+    start, first, count, tpot, ttft = {}, {}, {}, [], []
+    pending = list(range(len(prompts)))
+    live = 0
+
+    def submit():
+        nonlocal live
+        i = pending.pop(0)
+        rid = llm.add_request(prompts[i], params[i])
+        start[rid] = time.perf_counter()
+        count[rid] = 0
+        live += 1
+
+    while pending and (concurrency is None or live < concurrency):
+        submit()
+    total = 0
+    while live:
+        for o in llm.step():
+            now = time.perf_counter()
+            n = len(o.new_token_ids)
+            if n and count[o.request_id] == 0:
+                first[o.request_id] = now
+                ttft.append((now - start[o.request_id]) * 1e3)
+            count[o.request_id] += n
+            total += n
+            if o.finished:
+                live -= 1
+                c = count[o.request_id]
+                if c > 1:
+                    tpot.append((now - first[o.request_id]) * 1e3 / (c - 1))
+                if pending and concurrency is not None:
+                    submit()
+    return time.perf_counter() - t0, total, ttft, tpot
+
+
+def lat(ttft, tpot):
+    return {"ttft_ms_p50": pct(ttft, 50), "ttft_ms_p99": pct(ttft, 99), "tpot_ms_p50": pct(tpot, 50),
+            "tpot_ms_p99": pct(tpot, 99)}
+
+
+def hf_model(cfg):
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    hc = OlmoeConfig(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+                     intermediate_size=cfg["moe"]["ffn_size"], num_hidden_layers=cfg["num_layers"],
+                     num_attention_heads=cfg["num_heads"], num_key_value_heads=cfg["num_kv_heads"],
+                     num_experts=cfg["moe"]["num_experts"], num_experts_per_tok=cfg["moe"]["top_k"],
+                     max_position_embeddings=cfg["max_seq_len"], norm_topk_prob=False, pad_token_id=0,
+                     eos_token_id=None, bos_token_id=None)
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = OlmoeForCausalLM(hc)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return model.eval()
+
+
+def hf_tok_s(model, batch, context, new):
+    ids = torch.randint(1, 50000, (batch, context), device="cuda")
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        model.generate(ids[:, :16], max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(ids, **kw)
+        torch.cuda.synchronize()
+    return batch * new / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="olmoe,medium")
+    ap.add_argument("--quick", action="store_true", help="fewer requests and contexts")
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    device = torch.cuda.get_device_name()
+    path = common.result_path(args.out, "generate.json", device)
+    bw = copy_bandwidth()
+    doc = dict(common.metadata("generate", device), copy_bandwidth_gb_s=bw / 1e9, results=[])
+
+    def record(case, **vals):
+        doc["results"].append(dict(case=case, **vals))
+        common.write_json(path, doc)
+        print(case, {k: v for k, v in vals.items()}, flush=True)
+
+    rng = random.Random(0)
+    contexts = [128, 2048] if args.quick else [128, 2048, 8192]
+    n_offline = 64 if args.quick else 512
+    for name in args.models.split(","):
+        cfg = OLMOE if name == "olmoe" else minillm.load_config(name)
+        vocab = cfg["vocab_size"]
+        try:
+            t = time.perf_counter()
+            max_len = min(8192 + 160, cfg["max_seq_len"])
+            llm = minillm.LLM(cfg, device="cuda", max_model_len=max_len, gpu_memory_fraction=0.85)
+            print(f"{name}: engine ready in {time.perf_counter() - t:.1f} s, stats {llm.stats()}", flush=True)
+        except Exception as e:
+            record({"model": name, "kind": "setup"}, error=f"{type(e).__name__}: {e}")
+            continue
+        for ctx in contexts:
+            ctx = min(ctx, max_len - 130)  # medium's max_seq_len is 8192: its longest case is 8062
+            case = {"model": name, "kind": "decode", "batch": 1, "context": ctx}
+            try:
+                prompt = [rng.randrange(vocab) for _ in range(ctx)]
+                run_requests(llm, [prompt[:64]], [8])  # warm-up: graphs for batch 1
+                wall, total, ttft, tpot = run_requests(llm, [prompt], [129])
+                ms = tpot[0]
+                roof_ms = decode_bytes(cfg, ctx) / bw * 1e3
+                record(case, ms={"minillm": ms, "roofline": roof_ms}, tok_s={"minillm": 1e3 / ms, "roofline": 1e3 / roof_ms},
+                       ttft_ms=ttft[0], fraction_of_roofline=roof_ms / ms)
+            except Exception as e:
+                record(case, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
+        case = {"model": name, "kind": "offline", "requests": n_offline, "context": "128..1024", "output": "128..512"}
+        try:
+            prompts = [[rng.randrange(vocab) for _ in range(rng.randint(128, 1024))] for _ in range(n_offline)]
+            outs = [rng.randint(128, 512) for _ in range(n_offline)]
+            wall, total, ttft, tpot = run_requests(llm, prompts, outs)
+            record(case, wall_s=wall, output_tokens=total, tok_s={"minillm": total / wall}, **lat(ttft, tpot),
+                   stats=llm.stats())
+        except Exception as e:
+            record(case, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
+        for conc in ([1, 8, 32] if args.quick else [1, 8, 32, 128]):
+            case = {"model": name, "kind": "concurrency", "batch": conc, "context": 1024, "output": 256}
+            try:
+                n = max(8, 2 * conc)
+                prompts = [[rng.randrange(vocab) for _ in range(1024)] for _ in range(n)]
+                wall, total, ttft, tpot = run_requests(llm, prompts, [256] * n, concurrency=conc)
+                record(case, wall_s=wall, output_tokens=total, tok_s={"minillm": total / wall}, **lat(ttft, tpot))
+            except Exception as e:
+                record(case, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
+        del llm
+        gc.collect()
+        torch.cuda.empty_cache()
+        if name == "olmoe" and not args.no_hf:
+            try:
+                model = hf_model(cfg)
+                for ctx in contexts[:2]:
+                    tok_s = hf_tok_s(model, 1, ctx, 32)
+                    record({"model": name, "kind": "decode", "batch": 1, "context": ctx},
+                           ms={"hf_transformers": 1e3 / tok_s}, tok_s={"hf_transformers": tok_s})
+                tok_s = hf_tok_s(model, 64, 512, 64)
+                record({"model": name, "kind": "offline_hf_batched", "batch": 64, "context": 512, "output": 64},
+                       tok_s={"hf_transformers": tok_s})
+                del model
+                gc.collect()
+                torch.cuda.empty_cache()
+            except Exception as e:
+                record({"model": name, "kind": "hf"}, error=f"{type(e).__name__}: {e}",
+                       trace=traceback.format_exc()[-2000:])
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
