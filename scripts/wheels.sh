@@ -12,7 +12,7 @@ PYVER=${PYTHON_VERSION:-3.12}
 # Pinned as scripts/setup.sh pins them, plus what they need that the GPU machine's image lacks.
 WHEELS=(fastapi==0.165.0 starlette==1.10.0 pydantic==2.13.4 pydantic-core==2.46.4 annotated-types==0.7.0
         typing-inspection==0.4.2 typing-extensions==4.16.0 annotated-doc==0.0.7 opentelemetry-api==1.45.3
-        uvicorn==0.55.0 jinja2==3.1.6)
+        uvicorn==0.55.0 httptools==0.9.0 jinja2==3.1.6)   # httptools: uvicorn's C HTTP parser
 mkdir -p .whl
 for w in "${WHEELS[@]}"; do
   name=${w%%==*}

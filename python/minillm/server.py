@@ -104,6 +104,7 @@ class _SamplingRequest(_Strict):
     logit_bias: dict[str, float] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    return_token_ids: bool = False  # vLLM's extension: each choice also carries "token_ids"
     user: str | None = None
 
 
@@ -338,8 +339,9 @@ class Generation:
     decoded so far (special tokens skipped), minus a tail that may still turn into a stop string;
     the output ends before the first stop string."""
 
-    def __init__(self, server, handle, prompt_len, stops, stop_ids, want_logprobs, arrival):
+    def __init__(self, server, handle, prompt_len, stops, stop_ids, want_logprobs, emit_ids, arrival):
         self.server = server
+        self.emit_ids = emit_ids  # send deltas that carry token ids but no text yet
         self.handle = handle
         self.prompt_len = prompt_len
         self.stops = stops
@@ -451,7 +453,7 @@ class Generation:
                     return
                 if self.pending:
                     self._release(delta)
-                if delta.text or delta.logprobs:
+                if delta.text or delta.logprobs or (self.emit_ids and delta.token_ids):
                     yield delta
         finally:
             self.server.engine.abort(self.handle)
@@ -730,14 +732,14 @@ class Server:
         # As transformers' apply_chat_template(tokenize=True): the template writes the special tokens.
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def _start(self, prompt_ids, params, stops, stop_ids, want_logprobs, arrival):
+    def _start(self, prompt_ids, params, stops, stop_ids, want_logprobs, emit_ids, arrival):
         if self.engine is None or not self.engine.alive:
             raise APIError(503, "the engine is not running", type="server_error")
         try:
             h = self.engine.submit(prompt_ids, params)
         except ValueError as e:
             raise _bad(str(e)) from None
-        return Generation(self, h, len(prompt_ids), stops, stop_ids, want_logprobs, arrival)
+        return Generation(self, h, len(prompt_ids), stops, stop_ids, want_logprobs, emit_ids, arrival)
 
     def _token_str(self, t):
         s = self._token_text.get(t)
@@ -803,7 +805,7 @@ class Server:
         prompt_ids = self._prompt_ids(req.prompt)
         max_tokens = 16 if req.max_tokens is None else req.max_tokens
         params, stops, stop_ids = self._params(req, len(prompt_ids), max_tokens, req.logprobs, "prompt")
-        gen = self._start(prompt_ids, params, stops, stop_ids, req.logprobs is not None, arrival)
+        gen = self._start(prompt_ids, params, stops, stop_ids, req.logprobs is not None, req.return_token_ids, arrival)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         want_lp = req.logprobs is not None
 
@@ -812,10 +814,11 @@ class Server:
             if isinstance(d, Response):
                 return d
             lp = self._completion_logprobs(d.logprobs, 0)[0] if want_lp else None
+            choice = {"index": 0, "text": d.text, "logprobs": lp, "finish_reason": d.finish_reason}
+            if req.return_token_ids:
+                choice["token_ids"] = d.token_ids
             return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": self.model_name,
-                                 "choices": [{"index": 0, "text": d.text, "logprobs": lp,
-                                              "finish_reason": d.finish_reason}],
-                                 "usage": self._usage(gen)})
+                                 "choices": [choice], "usage": self._usage(gen)})
 
         include_usage = req.stream_options is not None and req.stream_options.include_usage
         head = f'data: {{"id":"{rid}","object":"text_completion","created":{created},"model":{_dumps(self.model_name)},"choices":[{{"index":0,"text":'
@@ -830,7 +833,8 @@ class Server:
                     else:
                         lp = "null"
                     reason = "null" if d.finish_reason is None else f'"{d.finish_reason}"'
-                    yield f'{head}{_dumps(d.text)},"logprobs":{lp},"finish_reason":{reason}}}]}}\n\n'
+                    ids = f',"token_ids":{_dumps(d.token_ids)}' if req.return_token_ids else ""
+                    yield f'{head}{_dumps(d.text)},"logprobs":{lp},"finish_reason":{reason}{ids}}}]}}\n\n'
                 if include_usage:
                     yield "data: " + _dumps({"id": rid, "object": "text_completion", "created": created,
                                              "model": self.model_name, "choices": [],
@@ -865,18 +869,20 @@ class Server:
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params, stops, stop_ids = self._params(req, len(prompt_ids), max_tokens, logprobs, "messages")
-        gen = self._start(prompt_ids, params, stops, stop_ids, req.logprobs, arrival)
+        gen = self._start(prompt_ids, params, stops, stop_ids, req.logprobs, req.return_token_ids, arrival)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         if not req.stream:
             d = await self._collect(request, gen)
             if isinstance(d, Response):
                 return d
+            choice = {"index": 0, "message": {"role": "assistant", "content": d.text},
+                      "logprobs": self._chat_logprobs(d.logprobs) if req.logprobs else None,
+                      "finish_reason": d.finish_reason}
+            if req.return_token_ids:
+                choice["token_ids"] = d.token_ids
             return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": self.model_name,
-                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": d.text},
-                                              "logprobs": self._chat_logprobs(d.logprobs) if req.logprobs else None,
-                                              "finish_reason": d.finish_reason}],
-                                 "usage": self._usage(gen)})
+                                 "choices": [choice], "usage": self._usage(gen)})
 
         include_usage = req.stream_options is not None and req.stream_options.include_usage
         head = f'data: {{"id":"{rid}","object":"chat.completion.chunk","created":{created},"model":{_dumps(self.model_name)},"choices":[{{"index":0,"delta":'
@@ -888,7 +894,8 @@ class Server:
                     lp = _dumps(self._chat_logprobs(d.logprobs)) if req.logprobs else "null"
                     reason = "null" if d.finish_reason is None else f'"{d.finish_reason}"'
                     delta = f'{{"content":{_dumps(d.text)}}}' if d.text else "{}"
-                    yield f'{head}{delta},"logprobs":{lp},"finish_reason":{reason}}}]}}\n\n'
+                    ids = f',"token_ids":{_dumps(d.token_ids)}' if req.return_token_ids else ""
+                    yield f'{head}{delta},"logprobs":{lp},"finish_reason":{reason}{ids}}}]}}\n\n'
                 if include_usage:
                     yield "data: " + _dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
                                              "model": self.model_name, "choices": [],

@@ -136,7 +136,9 @@ def test_models_health_metrics(server):
 def test_completion_greedy_equals_generate(server, llm, prompt):
     ids = llm.tokenizer.encode(prompt)
     want, reason = _greedy(llm, ids, 20)
-    c = server.client().completions.create(model="chat_model", prompt=prompt, max_tokens=20, temperature=0)
+    c = server.client().completions.create(model="chat_model", prompt=prompt, max_tokens=20, temperature=0,
+                                           extra_body={"return_token_ids": True})
+    assert c.choices[0].token_ids == want
     assert c.choices[0].text == _text(llm, want)
     assert c.usage.prompt_tokens == len(ids) and c.usage.completion_tokens == len(want)
     assert c.choices[0].finish_reason == reason
