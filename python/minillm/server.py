@@ -192,6 +192,11 @@ class Metrics:
                        "counter")
         lines += gauge("minillm_generation_tokens_total", "Tokens generated.", stats.get("generation_tokens", 0),
                        "counter")
+        if "preemptions" in stats:
+            lines += gauge("minillm_preemptions_total", "Requests preempted (KV pages taken back, recomputed later).",
+                           stats["preemptions"], "counter")
+        if "steps" in stats:
+            lines += gauge("minillm_engine_steps_total", "Engine steps run.", stats["steps"], "counter")
         lines += ["# HELP minillm_requests_finished_total Requests finished, by finish reason.",
                   "# TYPE minillm_requests_finished_total counter"]
         lines += [f'minillm_requests_finished_total{{finish_reason="{r}"}} {n}' for r, n in sorted(self.finished.items())]
@@ -611,7 +616,7 @@ class Server:
 
     # -- requests ------------------------------------------------------------------------------------
 
-    def _params(self, req, prompt_len, max_tokens, logprobs, prompt_param):
+    def _params(self, req, prompt_len, max_tokens, logprobs, prompt_param, default_max_tokens=None):
         """Validates the sampling fields; returns (SamplingParams, stop strings, stop token ids)."""
         import minillm
 
@@ -636,8 +641,8 @@ class Server:
         top_k = req.top_k
         if top_k is not None and top_k < -1:
             raise _bad(f"top_k must be -1 or 0 (off) or a positive count, got {top_k}", param="top_k")
-        if max_tokens is None:
-            max_tokens = self.max_model_len - prompt_len
+        if max_tokens is None:  # OpenAI's default: 16 for completions, the rest of the context for chat
+            max_tokens = min(default_max_tokens or self.max_model_len, self.max_model_len - prompt_len)
         elif max_tokens < 1:
             raise _bad(f"max_tokens must be at least 1, got {max_tokens}", param="max_tokens")
         if prompt_len + max_tokens > self.max_model_len:
@@ -803,8 +808,7 @@ class Server:
         if req.logprobs is not None and not 0 <= req.logprobs <= MAX_LOGPROBS:
             raise _bad(f"logprobs must be in [0, {MAX_LOGPROBS}], got {req.logprobs}", param="logprobs")
         prompt_ids = self._prompt_ids(req.prompt)
-        max_tokens = 16 if req.max_tokens is None else req.max_tokens
-        params, stops, stop_ids = self._params(req, len(prompt_ids), max_tokens, req.logprobs, "prompt")
+        params, stops, stop_ids = self._params(req, len(prompt_ids), req.max_tokens, req.logprobs, "prompt", 16)
         gen = self._start(prompt_ids, params, stops, stop_ids, req.logprobs is not None, req.return_token_ids, arrival)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         want_lp = req.logprobs is not None
