@@ -461,6 +461,9 @@ class Generation:
                 if delta.text or delta.logprobs or (self.emit_ids and delta.token_ids):
                     yield delta
         finally:
+            if self.finish_reason is None:  # the client went away (or the engine failed)
+                self.finish_reason = "abort"
+                metrics.finished["abort"] = metrics.finished.get("abort", 0) + 1
             self.server.engine.abort(self.handle)
 
 

@@ -348,7 +348,31 @@ def test_client_disconnect_aborts_and_frees_pages(server):
             assert mid["minillm_kv_pages_used"] > 0
         # the response is closed here before the stream finished: the server aborts the request
     after = _wait_idle(server)
+    assert _aborted(server) >= 1
     assert after["minillm_generation_tokens_total"] - before["minillm_generation_tokens_total"] < MAX_MODEL_LEN - 16
+
+
+def _aborted(server):
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    m = re.search(r'^minillm_requests_finished_total\{finish_reason="abort"\} (\d+)$', text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def test_client_disconnect_without_streaming_aborts(server):
+    import socket
+
+    before = _aborted(server)
+    body = json.dumps({"model": "chat_model", "prompt": "Tell a long story", "max_tokens": MAX_MODEL_LEN - 16,
+                       "temperature": 0, "ignore_eos": True}).encode()
+    host, port = server.url.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        deadline = time.time() + 10
+        while server.metrics()["minillm_requests_running"] == 0 and time.time() < deadline:
+            time.sleep(0.005)
+    _wait_idle(server)
+    assert _aborted(server) == before + 1
 
 
 def test_curl_sse(server):
