@@ -10,8 +10,12 @@ def main(argv):
     if argv[0] != "serve":
         print(f"error: unknown command {argv[0]!r} (commands: serve)", file=sys.stderr)
         return 2
-    from .server import serve
-
+    try:
+        from .server import serve
+    except ImportError as e:
+        print(f"error: the server needs fastapi, uvicorn and jinja2 (scripts/setup.sh installs them): {e}",
+              file=sys.stderr)
+        return 1
     serve(argv[1:])
     return 0
 

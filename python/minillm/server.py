@@ -948,11 +948,11 @@ def parse_args(argv):
 
 
 def serve(argv=None):
+    args = parse_args(argv)
     import uvicorn
 
     import minillm
 
-    args = parse_args(argv)
     if not os.path.isdir(args.model):
         sys.exit(f"error: --model {args.model!r} is not a directory")
     try:
