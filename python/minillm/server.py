@@ -34,6 +34,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+import minillm
+
 from .chat_template import ChatTemplate, ChatTemplateError
 
 MAX_LOGPROBS = 20
@@ -332,13 +334,6 @@ class Delta:
         self.finish_reason = None
 
 
-def _make_decoder(tok):
-    try:
-        return tok.decoder(skip_special_tokens=True)
-    except TypeError:
-        return tok.decoder()
-
-
 class Generation:
     """Consumes one request's StepOutputs; `async for delta in gen` yields what can be sent: the text
     decoded so far (special tokens skipped), minus a tail that may still turn into a stop string;
@@ -349,44 +344,23 @@ class Generation:
         self.emit_ids = emit_ids  # send deltas that carry token ids but no text yet
         self.handle = handle
         self.prompt_len = prompt_len
-        self.stops = stops
         self.stop_ids = stop_ids  # EOS and stop_token_ids: their text is not part of the output
         self.want_logprobs = want_logprobs
         self.arrival = arrival
-        self.decoder = _make_decoder(server.tokenizer) if server.tokenizer is not None else None
-        self.pending = ""  # decoded text held back: it may begin a stop string
+        self.decoder = server.tokenizer.decoder(skip_special_tokens=True) if server.tokenizer is not None else None
+        # Holds back text that may begin a stop string; the released text ends before the first one.
+        self.matcher = minillm.StopStringMatcher(stops) if stops else None
         self.num_tokens = 0
         self.finish_reason = None
         self._last = None
 
     def _push_text(self, delta, piece):
         """Appends decoded text; True when a stop string ended the output."""
-        if not self.stops:
+        if self.matcher is None:
             delta.text += piece
             return False
-        self.pending += piece
-        best = -1
-        for s in self.stops:
-            i = self.pending.find(s)
-            if i >= 0 and (best < 0 or i < best):
-                best = i
-        if best >= 0:
-            delta.text += self.pending[:best]
-            self.pending = ""
-            return True
-        return False
-
-    def _release(self, delta):
-        """Moves the pending text out up to its longest tail that begins some stop string."""
-        p = self.pending
-        keep = 0
-        for k in range(min(len(p), max(len(s) for s in self.stops) - 1), 0, -1):
-            tail = p[-k:]
-            if any(s.startswith(tail) for s in self.stops):
-                keep = k
-                break
-        delta.text += p[:len(p) - keep]
-        self.pending = p[len(p) - keep:]
+        delta.text += self.matcher.feed(piece)
+        return self.matcher.stopped
 
     def _take(self, delta, out):
         ids = out.new_token_ids
@@ -412,8 +386,8 @@ class Generation:
                 tail = self.decoder.flush()
                 if tail and self._push_text(delta, tail):
                     return "stop"
-            delta.text += self.pending
-            self.pending = ""
+            if self.matcher is not None:
+                delta.text += self.matcher.flush()
             return out.finish_reason or "stop"
         return None
 
@@ -456,8 +430,6 @@ class Generation:
                     metrics.e2e.observe(now - self.arrival)
                     yield delta
                     return
-                if self.pending:
-                    self._release(delta)
                 if delta.text or delta.logprobs or (self.emit_ids and delta.token_ids):
                     yield delta
         finally:
@@ -621,8 +593,6 @@ class Server:
 
     def _params(self, req, prompt_len, max_tokens, logprobs, prompt_param, default_max_tokens=None):
         """Validates the sampling fields; returns (SamplingParams, stop strings, stop token ids)."""
-        import minillm
-
         if prompt_len >= self.max_model_len:
             raise _bad(f"This model's maximum context length is {self.max_model_len} tokens. However, the prompt "
                        f"has {prompt_len} tokens, which leaves no room for the completion.", param=prompt_param,
@@ -950,8 +920,6 @@ def parse_args(argv):
 def serve(argv=None):
     args = parse_args(argv)
     import uvicorn
-
-    import minillm
 
     if not os.path.isdir(args.model):
         sys.exit(f"error: --model {args.model!r} is not a directory")

@@ -231,7 +231,7 @@ def test_logprobs(server, llm):
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == c.usage.completion_tokens == 8
     for tok, v, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
         assert v <= 0 and 1 <= len(top) <= 3
-        assert max(top.values()) == pytest.approx(v, abs=1e-4)  # greedy: the chosen token is the top one
+        assert all(x <= v + 1e-4 for x in top.values())  # greedy: the chosen token is the top one
     r = client.chat.completions.create(model="chat_model", messages=[{"role": "user", "content": "hi"}],
                                        max_tokens=6, temperature=0, logprobs=True, top_logprobs=2,
                                        extra_body={"ignore_eos": True})
