@@ -23,6 +23,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,8 +43,15 @@ OLMOE = dict(vocab_size=50304, hidden_size=2048, intermediate_size=1024, num_hid
              tie_word_embeddings=False)
 
 
-def make_olmoe(out_dir):
-    """A random OLMoE-1B-7B-shaped model written by transformers (bf16), unless out_dir has one."""
+def make_olmoe(out_dir, tokenizer_dir):
+    """A random OLMoE-1B-7B-shaped model written by transformers (bf16), unless out_dir has one, with
+    the tokenizer files of tokenizer_dir (OLMoE's own GPT-NeoX BPE: .deps/tokenizers/olmoe after
+    scripts/setup.sh) so that the server detokenizes as it would for the real model."""
+    if tokenizer_dir and os.path.isdir(tokenizer_dir):
+        os.makedirs(out_dir, exist_ok=True)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if os.path.isfile(os.path.join(tokenizer_dir, name)):
+                shutil.copy(os.path.join(tokenizer_dir, name), out_dir)
     if os.path.isfile(os.path.join(out_dir, "config.json")):
         return
     import torch
@@ -202,6 +210,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--make-olmoe", metavar="DIR", help="first write a random OLMoE-1B-7B-shaped model to DIR")
+    p.add_argument("--tokenizer-dir", default=os.path.join(ROOT, ".deps", "tokenizers", "olmoe"),
+                   help="tokenizer files for --make-olmoe (default: .deps/tokenizers/olmoe)")
     p.add_argument("--num-prompts", type=int, default=256)
     p.add_argument("--input-len", default="128:1024", help="uniform range of prompt lengths, MIN:MAX")
     p.add_argument("--output-len", default="128:512", help="uniform range of output lengths, MIN:MAX")
@@ -222,7 +232,7 @@ def main():
     rates = [math.inf if r.strip() == "inf" else float(r) for r in a.rates.split(",")]
 
     if a.make_olmoe:
-        make_olmoe(a.make_olmoe)
+        make_olmoe(a.make_olmoe, a.tokenizer_dir)
     with open(os.path.join(a.model, "config.json")) as f:
         vocab = json.load(f)["vocab_size"]
     reqs = make_requests(a.num_prompts, vocab, input_len, output_len, a.seed)
