@@ -71,6 +71,8 @@ void prefetch(const void* p, size_t n) {
 }  // namespace
 
 bool is_model_dir(const std::string& path) {
+  for (const char* const* n = preset_names(); *n; ++n)
+    if (path == *n) return false;  // a preset name means the preset (a directory of that name: ./name)
   std::error_code ec;
   return fs::is_directory(path, ec) && fs::exists(fs::path(path) / "config.json", ec);
 }

@@ -254,9 +254,9 @@ double ModelConfig::flops_per_token(int64_t seq) const {
 }
 
 ModelConfig load_config(const std::string& name_or_path) {
-  if (std::filesystem::is_directory(name_or_path)) return load_model_dir_config(name_or_path);  // checkpoint.h
   for (const char* const* n = preset_names(); *n; ++n)
-    if (name_or_path == *n) return preset_config(name_or_path);  // presets win over files of that name
+    if (name_or_path == *n) return preset_config(name_or_path);  // presets win over files and dirs of that name
+  if (std::filesystem::is_directory(name_or_path)) return load_model_dir_config(name_or_path);  // checkpoint.h
   const bool looks_like_path = name_or_path.find('/') != std::string::npos || name_or_path.ends_with(".json");
   std::error_code ec;
   if (!looks_like_path && !std::filesystem::exists(name_or_path, ec)) return preset_config(name_or_path);

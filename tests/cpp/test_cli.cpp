@@ -124,7 +124,7 @@ TEST(Cli, HostileArgumentsAreRefused) {
   // A directory, a FIFO, and a preset shadowed by a file in the working directory.
   const std::string dir = tmp_path("dir");
   std::filesystem::create_directories(dir);
-  expect_fail("info --model " + dir, "is a directory");
+  expect_fail("info --model " + dir, "missing config.json");
   expect_fail("forward --model tiny --ids 1 --weights " + dir, "is a directory");
   const std::string fifo = tmp_path("fifo");
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);

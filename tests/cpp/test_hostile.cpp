@@ -341,7 +341,8 @@ TEST(Hostile, ValuesAreReadExactlyOrRefused) {
 TEST(Hostile, FifosDirectoriesAndPresetShadowing) {
   const std::string dir = tmp_path("dir");
   fs::create_directories(dir);
-  expect_error([&] { minillm::load_config(dir); }, {"is a directory, not a regular file"});
+  // A directory is a model directory (config.json + safetensors), never read as a JSON file.
+  expect_error([&] { minillm::load_config(dir); }, {"model directory", "missing config.json"});
   expect_error([&] { minillm::SafeTensorsFile f(dir); }, {"weights", "is a directory"});
   const std::string fifo = tmp_path("fifo");
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
