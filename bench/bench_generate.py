@@ -18,6 +18,9 @@ roofline):
              generate (batch 64, 512 in, 64 out) as output tok/s.
   concurrency  closed loop with 1 / 8 / 32 / 128 requests in flight (a new one when one finishes),
              1024 in / 256 out, 2 x concurrency requests (at least 8): output tok/s, TTFT, TPOT.
+  moe_crossover  batch 32..128 decoding together (128 in, 64 out): the median decode step time
+             (`step_ms`) on both sides of the MoE layer's switch from its decode kernel (<= 64 tokens
+             a step) to the grouped GEMM.
 Every case is written to the JSON as soon as it is measured; a failing case records its error and
 the others still run.
 
@@ -213,6 +216,18 @@ def main():
                 prompts = [[rng.randrange(vocab) for _ in range(1024)] for _ in range(n)]
                 wall, total, ttft, tpot = run_requests(llm, prompts, [256] * n, concurrency=conc)
                 record(case, wall_s=wall, output_tokens=total, tok_s={"minillm": total / wall}, **lat(ttft, tpot))
+            except Exception as e:
+                record(case, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
+        # MoE at decode: the layer streams the experts once (decode kernel) up to 64 tokens a step and
+        # switches to the grouped GEMM above; the per-token step time on both sides of the switch.
+        for batch in ([48, 64, 65, 96] if args.quick else [32, 48, 64, 65, 80, 96, 128]):
+            case = {"model": name, "kind": "moe_crossover", "batch": batch, "context": 128, "output": 64}
+            try:
+                prompts = [[rng.randrange(vocab) for _ in range(128)] for _ in range(batch)]
+                wall, total, ttft, tpot = run_requests(llm, prompts, [64] * batch)
+                step = statistics.median(tpot)
+                record(case, step_ms=step, tok_s={"minillm": batch * 1e3 / step}, moe_path="decode" if batch <= 64
+                       else "grouped")
             except Exception as e:
                 record(case, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
         del llm

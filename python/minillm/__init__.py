@@ -155,6 +155,18 @@ class LLM:
     def device(self):
         return self._engine.device
 
+    @property
+    def max_model_len(self):
+        return self._engine.max_model_len
+
+    @property
+    def vocab_size(self):
+        return self._engine.vocab_size
+
+    @property
+    def kv_cache_bytes(self):
+        return self._engine.kv_cache_bytes
+
     def _ids(self, prompt):
         if isinstance(prompt, str):
             if self.tokenizer is None:

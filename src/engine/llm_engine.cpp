@@ -388,9 +388,9 @@ std::vector<StepOutput> LLMEngine::step() {
   sb.pack(m.meta_host.data());
   m.be->to_device_async(m.io_at(m.off_meta), m.meta_host.data(), m.meta_host.size() * 4);
   StepBatch batch = sb.view(m.io_at(m.off_meta), m.be->device());
-  if (bucket > 0) {  // the same launches for every replay: attention over the cache, at the full context
-    batch.max_context = m.opts.max_model_len;
-    batch.no_prefix = false;
+  if (decode_only) {  // the same launches for every replay: attention over the cache, sized for the full
+    batch.max_context = m.opts.max_model_len;  // context (eager decode steps too, so that they compute
+    batch.no_prefix = false;                   // exactly what a graph replay does)
   }
   Tensor logits(m.io_at(0), DType::f32, m.be->device(), {batch.R, c.vocab_size});
   auto enqueue = [&] {

@@ -44,6 +44,8 @@ def test_stream_and_step(llm):
     s = llm.stats()
     assert s["running"] == 0 and s["waiting"] == 0 and s["kv_pages_used"] == 0 and s["kv_pages_total"] == 32
     assert s["generation_tokens"] > 0 and s["prompt_tokens"] > 0
+    assert llm.max_model_len == 512 and llm.vocab_size == 256 and llm.device == "cpu"
+    assert llm.kv_cache_bytes > 0 and llm.eos_token_ids == []
 
 
 def test_seeds_reproduce(llm):

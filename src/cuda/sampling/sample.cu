@@ -53,13 +53,14 @@ __device__ ArgMax block_argmax(ArgMax x, ArgMax* red) {
   return x;
 }
 
+// op over the block (every thread gets the result); `identity` fills the lanes beyond the warps.
 template <typename T, typename Op>
-__device__ T block_reduce(T v, T* red, Op op) {
+__device__ T block_reduce(T v, T* red, Op op, T identity) {
   for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (lane == 0) red[warp] = v;
   __syncthreads();
-  v = red[lane < kWarps ? lane : 0];
+  v = lane < kWarps ? red[lane] : identity;
   for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
   __syncthreads();
   return v;
@@ -86,10 +87,10 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(float* __restrict__ lo
   // 1. log-sum-exp and top n of the raw logits.
   float mx = -FLT_MAX;
   for (int i = tid; i < V; i += kThreads) mx = fmaxf(mx, row[i]);
-  mx = block_reduce(mx, red_f, Max{});
+  mx = block_reduce(mx, red_f, Max{}, -FLT_MAX);
   float s = 0.f;
   for (int i = tid; i < V; i += kThreads) s += __expf(row[i] - mx);
-  const float lse = mx + logf(block_reduce(s, red_f, Sum{}));
+  const float lse = mx + logf(block_reduce(s, red_f, Sum{}, 0.f));
   ArgMax prev{FLT_MAX, -1};
   for (int j = 0; j < a.n_top; ++j) {
     ArgMax best{-FLT_MAX, -1};
@@ -124,14 +125,14 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(float* __restrict__ lo
     const float t = p.temperature;  // z = l / t, divided (not multiplied by 1/t) as on the CPU
     float zm = -FLT_MAX;
     for (int i = tid; i < V; i += kThreads) zm = fmaxf(zm, row[i] / t);
-    zm = block_reduce(zm, red_f, Max{});
+    zm = block_reduce(zm, red_f, Max{}, -FLT_MAX);
     uint32_t floor = 0;
     if (p.top_k > 0 && p.top_k < V) {  // 4. top-k: the key of the k-th largest z
       for (int bit = 31; bit >= 0; --bit) {
         const uint32_t cand = floor | (1u << bit);
         int count = 0;
         for (int i = tid; i < V; i += kThreads) count += order_key(row[i] / t) >= cand;
-        if (block_reduce(count, red_i, Sum{}) >= p.top_k) floor = cand;
+        if (block_reduce(count, red_i, Sum{}, 0) >= p.top_k) floor = cand;
       }
     }
     if (p.top_p < 1.f) {  // 5. top-p within what top-k kept
@@ -140,7 +141,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(float* __restrict__ lo
         const float z = row[i] / t;
         if (order_key(z) >= floor) total += __expf(z - zm);
       }
-      const float target = p.top_p * block_reduce(total, red_f, Sum{});
+      const float target = p.top_p * block_reduce(total, red_f, Sum{}, 0.f);
       for (int bit = 31; bit >= 0; --bit) {
         const uint32_t cand = floor | (1u << bit);
         if (cand <= floor) continue;
@@ -149,7 +150,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(float* __restrict__ lo
           const float z = row[i] / t;
           if (order_key(z) >= cand) mass += __expf(z - zm);
         }
-        if (block_reduce(mass, red_f, Sum{}) >= target) floor = cand;
+        if (block_reduce(mass, red_f, Sum{}, 0.f) >= target) floor = cand;
       }
     }
     const float min_z = p.min_p > 0.f ? zm + logf(p.min_p) : -FLT_MAX;  // 6. min-p
@@ -161,6 +162,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(float* __restrict__ lo
     }
   }
   pick = block_argmax(pick, red_am);
+  if (pick.i < 0) pick.i = 0;  // only NaN logits leave nothing kept
   // The chosen token's raw logit: in the penalty entries if it was penalised.
   if (tid == 0) chosen_raw = row[pick.i];
   __syncthreads();
