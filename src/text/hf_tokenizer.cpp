@@ -889,7 +889,7 @@ std::unique_ptr<TokenizerImpl> load_hf_tokenizer(const std::string& path, const 
                                                  const json* config) {
   json j;
   try {
-    j = parse_json_strict(content, path);  // depth, duplicates, NUL: core/json.h
+    j = parse_json_strict(content, path + ": not valid JSON");  // depth, duplicates, NUL: core/json.h
   } catch (const json::exception& e) {
     MINILLM_FAIL(path << ": not valid JSON: " << e.what());
   }

@@ -46,7 +46,7 @@ std::string read_file(const std::string& path) {
 json read_config(const std::string& path) {
   const std::string s = read_file(path);
   try {
-    json j = parse_json_strict(s, path);
+    json j = parse_json_strict(s, path + ": not valid JSON");
     MINILLM_TEXT_REQUIRE(j.is_object(), path << ": not a JSON object");
     return j;
   } catch (const json::exception& e) {

@@ -19,6 +19,8 @@
 #include "minillm/engine.h"
 #include "minillm/safetensors.h"
 #include "minillm/weights.h"
+#include "model/hf_config.h"
+#include "text/tokenizer_impl.h"
 
 using minillm::Error;
 namespace fs = std::filesystem;
@@ -388,4 +390,19 @@ TEST(Hostile, ExcerptsAndCheckedArithmetic) {
   expect_error([] { minillm::checked_add(INT64_MAX, 1, "offset"); }, {"offset", "overflows"});
   EXPECT_EQ(minillm::json_excerpt(nlohmann::json::parse("[1,2,3]")), "an array of 3");
   EXPECT_EQ(minillm::json_excerpt(nlohmann::json(std::string(100, 'z')), 10), "\"zzzzzzzzz... (102 chars)");
+}
+
+// The other JSON readers (HF config.json, tokenizer.json) share the strict parser.
+TEST(Hostile, HfConfigAndTokenizerJsonAreStrict) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  expect_error([] { minillm::parse_hf_config(R"({"model_type":"mixtral","model_type":"olmoe"})", "config.json"); },
+               {"config.json", "duplicate key 'model_type'"});
+  expect_error([&] { minillm::parse_hf_config("{\"model_type\":\"mixtral\",\"x\":" + deep + "}", "config.json"); },
+               {"config.json", "nested deeper than 64"});
+  expect_error([] { minillm::parse_hf_config(R"({"model_type":"mixtral","vocab_size":1e400})", "config.json"); },
+               {"config.json", "malformed JSON"});
+  expect_error([&] { minillm::text::load_hf_tokenizer("tok.json", "{\"model\":" + deep + "}", nullptr); },
+               {"tok.json", "nested deeper than 64"});
+  expect_error([] { minillm::text::load_hf_tokenizer("tok.json", R"({"model":{},"model":{}})", nullptr); },
+               {"tok.json", "duplicate key 'model'"});
 }
