@@ -48,7 +48,7 @@ json tiny_bytelevel() {
   return {{"version", "1.0"},
           {"truncation", nullptr},
           {"padding", nullptr},
-          {"added_tokens", json::array({{{"id", 300}, {"content", "<|end|>"}, {"single_word", false}, {"lstrip", false},
+          {"added_tokens", json::array({{{"id", 264}, {"content", "<|end|>"}, {"single_word", false}, {"lstrip", false},
                                          {"rstrip", false}, {"normalized", false}, {"special", true}}})},
           {"normalizer", {{"type", "NFC"}}},
           {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
@@ -56,7 +56,7 @@ json tiny_bytelevel() {
                               {"single", json::array({{{"SpecialToken", {{"id", "<|end|>"}, {"type_id", 0}}}},
                                                       {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
                               {"pair", json::array()},
-                              {"special_tokens", {{"<|end|>", {{"id", "<|end|>"}, {"ids", {300}}, {"tokens", {"<|end|>"}}}}}}}},
+                              {"special_tokens", {{"<|end|>", {{"id", "<|end|>"}, {"ids", {264}}, {"tokens", {"<|end|>"}}}}}}}},
           {"decoder", {{"type", "ByteLevel"}}},
           {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"byte_fallback", false},
                      {"vocab", vocab}, {"merges", m}}}};
@@ -103,15 +103,15 @@ TEST(Tokenizer, ByteLevelMergesAddedTokensAndTemplate) {
                 orld = t->token_to_id("orld");
   ASSERT_GE(hello, 0);
   EXPECT_EQ(t->encode("hello world", false), (std::vector<int32_t>{hello, sw, orld}));
-  EXPECT_EQ(t->encode("hello world"), (std::vector<int32_t>{300, hello, sw, orld}));  // template BOS
-  EXPECT_EQ(t->bos_token_id(), 300);
+  EXPECT_EQ(t->encode("hello world"), (std::vector<int32_t>{264, hello, sw, orld}));  // template BOS
+  EXPECT_EQ(t->bos_token_id(), 264);
   // the special token splits the text before pre-tokenization; the text on both sides is BPE'd alone
-  EXPECT_EQ(t->encode("hello<|end|>hello", false), (std::vector<int32_t>{hello, 300, hello}));
+  EXPECT_EQ(t->encode("hello<|end|>hello", false), (std::vector<int32_t>{hello, 264, hello}));
   EXPECT_EQ(t->decode(t->encode("hello<|end|>x y")), "<|end|>hello<|end|>x y");
   EXPECT_EQ(t->decode(t->encode("hello<|end|>x y"), true), "hellox y");
-  EXPECT_TRUE(t->is_special(300));
+  EXPECT_TRUE(t->is_special(264));
   EXPECT_FALSE(t->is_special(hello));
-  EXPECT_EQ(t->vocab_size(), 301);
+  EXPECT_EQ(t->vocab_size(), 265);  // added tokens take ids after the vocabulary, as in tokenizers
 }
 
 TEST(Tokenizer, NfcNormalizesBeforeMerging) {
