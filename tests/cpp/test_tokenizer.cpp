@@ -7,6 +7,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "minillm/core/check.h"
 #include "minillm/tokenizer.h"
@@ -245,7 +247,7 @@ TEST(Tokenizer, BadFilesNameTheFileAndTheProblem) {
   const std::string p = d.write("tokenizer.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {");
   e = error_of([&] { Tokenizer::from_dir(d.str()); });
   EXPECT_NE(e.find(p), std::string::npos) << e;
-  EXPECT_NE(e.find("not valid JSON"), std::string::npos) << e;
+  EXPECT_NE(e.find("malformed JSON"), std::string::npos) << e;
 
   auto with = [&](const char* key, json v) {
     json j = tiny_bytelevel();
@@ -314,4 +316,78 @@ TEST(Tokenizer, TextStreamerStopsAcrossTokens) {
   text += all.finish();
   EXPECT_EQ(text, "hello worldhello world");
   EXPECT_FALSE(all.stopped());
+}
+
+// ---------------------------------------------------------------- the CLI's text mode
+
+namespace {
+struct CliResult {
+  int code;
+  std::string out;
+};
+CliResult run_cli(const std::string& args, bool with_stderr) {
+  const std::string cmd = std::string(MINILLM_CLI) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
+  std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p.get())) > 0) out.append(buf, n);
+  const int status = pclose(p.release());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+}  // namespace
+
+TEST(Tokenizer, CliGenerateStreamsTextAndStopsOnStrings) {
+  // the tiny preset (vocabulary 256, seeded weights) with a byte-level tokenizer of 256 ids
+  const std::string bytes256 = std::string(MINILLM_SOURCE_DIR) + "/tests/fixtures/tokenizer/bytes256";
+  TempDir d;
+  auto tok = Tokenizer::from_dir(bytes256);
+  const std::string common = "generate --model tiny --device cpu --temperature 0 --max-tokens 24 --ignore-eos --tokenizer " + bytes256;
+
+  // text mode prints exactly the decode of what id mode generates for the same prompt
+  const CliResult text = run_cli(common + " --prompt 'Hello'", false);
+  ASSERT_EQ(text.code, 0) << text.out;
+  const CliResult ids = run_cli("generate --model tiny --device cpu --temperature 0 --max-tokens 24 --ignore-eos --prompt-ids 72,101,108,108,111", false);
+  ASSERT_EQ(ids.code, 0) << ids.out;
+  std::vector<int32_t> gen;
+  for (size_t i = 0; i < ids.out.size();) {
+    size_t e = i;
+    while (e < ids.out.size() && std::isdigit(static_cast<unsigned char>(ids.out[e]))) ++e;
+    if (e > i) gen.push_back(std::stoi(ids.out.substr(i, e - i)));
+    i = e + 1;
+  }
+  ASSERT_EQ(gen.size(), 24u) << ids.out;
+  const std::string want = tok->decode(gen);
+  EXPECT_EQ(text.out, want + "\n");
+
+  // a stop string from the middle of that text (two characters, no NUL, not ending in a newline,
+  // which the shell would drop): the output ends just before its first occurrence
+  std::string stop;
+  for (size_t at = 0, k = 0; at < want.size() && stop.empty(); at += minillm::text::utf8_len(static_cast<uint8_t>(want[at])), ++k) {
+    size_t end = at;
+    for (int c = 0; c < 2 && end < want.size(); ++c) end += minillm::text::utf8_len(static_cast<uint8_t>(want[end]));
+    const std::string cand = want.substr(at, end - at);
+    if (k >= 2 && cand.size() >= 2 && cand.find('\0') == std::string::npos && cand.back() != '\n') stop = cand;
+  }
+  ASSERT_FALSE(stop.empty()) << want;
+  const std::string stop_file = d.write("stop.txt", stop);
+  const CliResult stopped = run_cli(common + " --prompt 'Hello' --stop \"$(cat " + stop_file + ")\"", true);
+  ASSERT_EQ(stopped.code, 0) << stopped.out;
+  EXPECT_EQ(stopped.out.substr(0, stopped.out.find('\n') + 1), want.substr(0, want.find(stop)) + "\n") << stopped.out;
+  EXPECT_NE(stopped.out.find("(stop: \""), std::string::npos) << stopped.out;
+  EXPECT_NE(stopped.out.find("time to first token"), std::string::npos) << stopped.out;
+
+  // bad input: named, exit 1 (or 2 for a missing prompt)
+  CliResult r = run_cli("generate --model tiny --device cpu --prompt 'Hello'", true);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("--tokenizer DIR"), std::string::npos) << r.out;
+  r = run_cli(common + " --prompt \"$(printf 'ab\\377')\"", true);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("--prompt is not valid UTF-8: byte 0xFF at offset 2"), std::string::npos) << r.out;
+  r = run_cli("generate --model tiny --device cpu --prompt-ids 1,2 --stop x", true);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("give --prompt TEXT"), std::string::npos) << r.out;
+  r = run_cli("generate --model tiny --device cpu", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("give --prompt TEXT or --prompt-ids"), std::string::npos) << r.out;
 }

@@ -15,11 +15,12 @@ sys.path.insert(0, os.path.join(HERE, "..", "fixtures", "tokenizer"))
 import exactness  # noqa: E402
 from corpus import CORPUS  # noqa: E402
 
-SEEDS = sorted(glob.glob(os.path.join(HERE, "..", "..", "fuzz", "corpus", "tokenizer", "*.json")))
+SEEDS = sorted(glob.glob(os.path.join(HERE, "..", "..", "fuzz", "corpus", "tokenizer", "*.json"))) + [
+    os.path.join(HERE, "..", "fixtures", "tokenizer", "bytes256", "tokenizer.json")]
 
 
 def test_seeds_present():
-    assert len(SEEDS) >= 4
+    assert len(SEEDS) >= 6 and all(os.path.isfile(p) for p in SEEDS)
 
 
 @pytest.mark.parametrize("path", SEEDS, ids=[os.path.basename(p) for p in SEEDS])
