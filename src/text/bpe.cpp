@@ -59,10 +59,13 @@ BpeModel::BpeModel(const json& m, const std::string& path) {
   MINILLM_TEXT_REQUIRE(vit != m.end() && vit->is_object(), where << ".vocab is missing or not an object");
   vocab_.reserve(vit->size() * 2);
   int32_t max_id = -1;
+  // ids are dense in real files; a bound keeps a hostile file from asking for a huge id table
+  const int64_t id_limit = max_token_id(vit->size());
   for (auto it = vit->begin(); it != vit->end(); ++it) {
     MINILLM_TEXT_REQUIRE(it.value().is_number_integer() && it.value().get<int64_t>() >= 0 &&
-                      it.value().get<int64_t>() < (int64_t(1) << 30),
-                  where << ".vocab[\"" << it.key() << "\"] = " << it.value().dump() << " is not a valid id");
+                      it.value().get<int64_t>() < id_limit,
+                  where << ".vocab[\"" << excerpt(it.key()) << "\"] = " << excerpt(it.value().dump())
+                        << " is not an id in [0, " << id_limit << ")");
     const auto id = it.value().get<int32_t>();
     vocab_[it.key()] = id;
     max_id = std::max(max_id, id);
@@ -97,18 +100,18 @@ BpeModel::BpeModel(const json& m, const std::string& path) {
       const auto& s = e.get_ref<const std::string&>();
       const size_t sp = s.find(' ');
       MINILLM_TEXT_REQUIRE(sp != std::string::npos && s.find(' ', sp + 1) == std::string::npos,
-                    where << ".merges[" << rank << "] = \"" << s << "\" is not two tokens separated by one space");
+                    where << ".merges[" << rank << "] = \"" << excerpt(s) << "\" is not two tokens separated by one space");
       a = s.substr(0, sp);
       b = s.substr(sp + 1);
     } else {
       MINILLM_TEXT_REQUIRE(e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string(),
-                    where << ".merges[" << rank << "] = " << e.dump() << " is not a pair of strings");
+                    where << ".merges[" << rank << "] = " << excerpt(e.dump()) << " is not a pair of strings");
       a = e[0].get<std::string>();
       b = e[1].get<std::string>();
     }
     const int32_t ia = token_to_id(a), ib = token_to_id(b), in = token_to_id(a + b);
     MINILLM_TEXT_REQUIRE(ia >= 0 && ib >= 0 && in >= 0,
-                  where << ".merges[" << rank << "] (\"" << a << "\", \"" << b
+                  where << ".merges[" << rank << "] (\"" << excerpt(a) << "\", \"" << excerpt(b)
                         << "\"): a token of the merge or its result is not in the vocabulary");
     kv.emplace_back((uint64_t(uint32_t(ia)) << 32) | uint32_t(ib), (uint64_t(rank) << 32) | uint32_t(in));
     ++rank;

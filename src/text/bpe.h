@@ -45,6 +45,9 @@ class PairMap {
   int shift_ = 63;
 };
 
+// Ids of a file with n tokens must be below this (real files number their tokens densely).
+inline int64_t max_token_id(size_t n) { return int64_t(n) * 4 + 65536; }
+
 class BpeModel {
  public:
   // model: the "model" object of tokenizer.json; path names the file in errors.
@@ -71,6 +74,7 @@ class BpeModel {
     return id >= 0 && size_t(id) < vocab_r_.size() && has_[id] ? &vocab_r_[id] : nullptr;
   }
   int32_t id_end() const { return static_cast<int32_t>(vocab_r_.size()); }  // max id + 1
+  int32_t vocab_count() const { return static_cast<int32_t>(vocab_.size()); }  // number of tokens
   bool byte_fallback() const { return byte_fallback_; }
   int32_t byte_token(uint8_t b) const { return byte_ids_[b]; }
 

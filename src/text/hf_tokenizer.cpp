@@ -42,7 +42,7 @@ std::string onig_compatible(const std::string& p, const std::string& what) {
       if (n == 's') {
         out += in_class ? "\\s\\x{85}" : "[\\s\\x{85}]";
       } else if (n == 'S') {
-        MINILLM_TEXT_REQUIRE(!in_class, what << ": \\S inside a character class is not supported in " << p);
+        MINILLM_TEXT_REQUIRE(!in_class, what << ": \\S inside a character class is not supported in " << excerpt(p));
         out += "[^\\s\\x{85}]";
       } else {
         out += c;
@@ -60,12 +60,12 @@ std::string onig_compatible(const std::string& p, const std::string& what) {
     }
     if (in_class && c == '[' && i + 1 < p.size() && p[i + 1] == ':') {  // POSIX class [:alpha:]
       const size_t e = p.find(":]", i + 2);
-      MINILLM_TEXT_REQUIRE(e != std::string::npos, what << ": unterminated POSIX class in " << p);
+      MINILLM_TEXT_REQUIRE(e != std::string::npos, what << ": unterminated POSIX class in " << excerpt(p));
       out.append(p, i, e + 2 - i);
       i = e + 1;
       continue;
     }
-    MINILLM_TEXT_REQUIRE(!(in_class && c == '['), what << ": nested character classes are not supported in " << p);
+    MINILLM_TEXT_REQUIRE(!(in_class && c == '['), what << ": nested character classes are not supported in " << excerpt(p));
     if (in_class && c == ']') in_class = false;
     out += c;
   }
@@ -86,15 +86,15 @@ std::string regex_escape(const std::string& s) {
 
 // A Split/Replace "pattern": {"String": "..."} or {"Regex": "..."}.
 Regex compile_pattern(const json& pat, const std::string& where) {
-  MINILLM_TEXT_REQUIRE(pat.is_object() && pat.size() == 1, where << ".pattern = " << pat.dump() << " is not {\"String\"|\"Regex\": ...}");
+  MINILLM_TEXT_REQUIRE(pat.is_object() && pat.size() == 1, where << ".pattern = " << excerpt(pat.dump()) << " is not {\"String\"|\"Regex\": ...}");
   if (pat.contains("String")) return Regex(regex_escape(pat["String"].get<std::string>()), where);
   if (pat.contains("Regex")) return Regex(onig_compatible(pat["Regex"].get<std::string>(), where), where);
-  MINILLM_FAIL(where << ".pattern = " << pat.dump() << " is not {\"String\"|\"Regex\": ...}");
+  MINILLM_FAIL(where << ".pattern = " << excerpt(pat.dump()) << " is not {\"String\"|\"Regex\": ...}");
 }
 
 std::string type_of(const json& j, const std::string& where) {
   MINILLM_TEXT_REQUIRE(j.is_object() && j.contains("type") && j["type"].is_string(),
-                where << " = " << j.dump().substr(0, 200) << " has no \"type\"");
+                where << " = " << excerpt(j.dump()) << " has no \"type\"");
   return j["type"].get<std::string>();
 }
 
@@ -104,10 +104,10 @@ bool get_bool(const json& j, const char* key, bool def) {
 }
 
 char32_t single_char(const std::string& s, const std::string& where) {
-  MINILLM_TEXT_REQUIRE(!s.empty() && utf8_invalid_at(s) == std::string::npos, where << " = \"" << s << "\" is not one character");
+  MINILLM_TEXT_REQUIRE(!s.empty() && utf8_invalid_at(s) == std::string::npos, where << " = \"" << excerpt(s) << "\" is not one character");
   size_t i = 0;
   const char32_t c = utf8_next(s, i);
-  MINILLM_TEXT_REQUIRE(i == s.size(), where << " = \"" << s << "\" is not one character");
+  MINILLM_TEXT_REQUIRE(i == s.size(), where << " = \"" << excerpt(s) << "\" is not one character");
   return c;
 }
 
@@ -516,20 +516,42 @@ class HfTokenizer final : public TokenizerImpl {
 
     id_end_ = bpe_->id_end();
     if (j.contains("added_tokens")) {
+      // Ids as `tokenizers` assigns them when it loads the file (AddedVocabulary::add_tokens): the
+      // model's id when the content is in the vocabulary, else the next id from the vocabulary's
+      // size on, in order; the "id" fields are not read (in real files they agree). A repeated
+      // content keeps its first id and takes the later flags.
+      int32_t next_id = bpe_->vocab_count();
+      std::unordered_map<std::string, size_t> by_content;
       for (const auto& a : j["added_tokens"]) {
-        AddedToken t{a.at("content").get<std::string>(), a.at("id").get<int32_t>(),
+        AddedToken t{a.at("content").get<std::string>(), -1,
                      get_bool(a, "single_word", false), get_bool(a, "lstrip", false),
                      get_bool(a, "rstrip", false), get_bool(a, "normalized", true), get_bool(a, "special", false)};
-        MINILLM_TEXT_REQUIRE(t.id >= 0, path << ": added token \"" << t.content << "\" has id " << t.id);
-        MINILLM_TEXT_REQUIRE(utf8_invalid_at(t.content) == std::string::npos, path << ": added token " << t.id << " is not valid UTF-8");
+        if (t.content.empty()) continue;
+        auto dup = by_content.find(t.content);
+        if (dup != by_content.end()) {
+          t.id = added_[dup->second].id;
+          added_[dup->second] = std::move(t);
+          continue;
+        }
+        t.id = bpe_->token_to_id(t.content);
+        if (t.id < 0) t.id = next_id++;
         id_end_ = std::max(id_end_, t.id + 1);
+        by_content[t.content] = added_.size();
         added_.push_back(std::move(t));
       }
     }
     added_by_id_.assign(size_t(id_end_), -1);
     for (size_t k = 0; k < added_.size(); ++k) {
       const AddedToken& t = added_[k];
+      if (added_by_id_[t.id] >= 0) {  // two contents on one id (a sparse vocabulary): the later wins
+        const int32_t old = added_by_id_[t.id];
+        added_[old].id = -1;
+      }
       added_by_id_[t.id] = static_cast<int32_t>(k);
+    }
+    for (size_t k = 0; k < added_.size(); ++k) {
+      const AddedToken& t = added_[k];
+      if (t.id < 0) continue;
       if (t.normalized) {
         std::string n = t.content;
         for (const auto& nm : norm_) nm.apply(n);
@@ -540,6 +562,8 @@ class HfTokenizer final : public TokenizerImpl {
     }
     raw_match_.finish();
     norm_match_.finish();
+    for (int32_t id : prefix_) MINILLM_TEXT_REQUIRE(token_string(id), path << ": post_processor adds id " << id << ", which is not a token");
+    for (int32_t id : suffix_) MINILLM_TEXT_REQUIRE(token_string(id), path << ": post_processor adds id " << id << ", which is not a token");
   }
 
   void encode(std::string_view text, bool add_special, std::vector<int32_t>& out) const override {
@@ -584,7 +608,7 @@ class HfTokenizer final : public TokenizerImpl {
     return s ? *s : std::string();
   }
   int32_t token_to_id(std::string_view tok) const override {
-    for (const auto& a : added_) if (a.content == tok) return a.id;
+    for (const auto& a : added_) if (a.id >= 0 && a.content == tok) return a.id;
     return bpe_->token_to_id(tok);
   }
   bool is_special(int32_t id) const override {
@@ -764,10 +788,10 @@ class HfTokenizer final : public TokenizerImpl {
           seen_seq = true;
         } else if (item.contains("SpecialToken")) {
           const std::string name = item["SpecialToken"].at("id").get<std::string>();
-          MINILLM_TEXT_REQUIRE(specials.contains(name), where << ".single names special token \"" << name << "\" that special_tokens lacks");
+          MINILLM_TEXT_REQUIRE(specials.contains(name), where << ".single names special token \"" << excerpt(name) << "\" that special_tokens lacks");
           for (const auto& id : specials[name].at("ids")) (seen_seq ? suffix_ : prefix_).push_back(id.get<int32_t>());
         } else {
-          MINILLM_FAIL(where << ".single: item " << item.dump() << " is not supported");
+          MINILLM_FAIL(where << ".single: item " << excerpt(item.dump()) << " is not supported");
         }
       }
       MINILLM_TEXT_REQUIRE(seen_seq, where << ".single has no $A");

@@ -127,7 +127,7 @@ Regex::Regex(const std::string& pattern, const std::string& what) {
   if (!code_) {
     PCRE2_UCHAR buf[256];
     pcre2_get_error_message(err, buf, sizeof buf);
-    MINILLM_FAIL(what << ": regex " << pattern << " does not compile at offset " << off << ": "
+    MINILLM_FAIL(what << ": regex " << excerpt(pattern) << " does not compile at offset " << off << ": "
                       << reinterpret_cast<const char*>(buf));
   }
   pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);  // falls back to the interpreter when unavailable
@@ -155,7 +155,11 @@ void Regex::find_all(std::string_view s, std::vector<std::pair<size_t, size_t>>&
   while (start <= s.size()) {
     const int rc = pcre2_match(code_, subject, s.size(), start, PCRE2_NO_UTF_CHECK, tl.md, nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) break;
-    MINILLM_CHECK(rc >= 0, "regex match failed with PCRE2 error " << rc);
+    if (rc < 0) {  // a match or depth limit on a pathological pattern: an error, not a wrong split
+      PCRE2_UCHAR buf[256];
+      pcre2_get_error_message(rc, buf, sizeof buf);
+      MINILLM_FAIL("regex match failed: " << reinterpret_cast<const char*>(buf));
+    }
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(tl.md);
     const size_t b = ov[0], e = ov[1];
     out.emplace_back(b, e);

@@ -44,6 +44,13 @@ inline char32_t utf8_next(std::string_view s, size_t& i) {
 
 void utf8_append(std::string& out, char32_t c);
 
+// At most n bytes of s for an error message, cut at a character boundary ("..." when cut).
+inline std::string excerpt(std::string_view s, size_t n = 64) {
+  if (s.size() <= n) return std::string(s);
+  while (n > 0 && (static_cast<uint8_t>(s[n]) & 0xC0) == 0x80) --n;
+  return std::string(s.substr(0, n)) + "...";
+}
+
 // Offset of the first invalid byte, or npos when `s` is valid UTF-8 (no surrogates, <= U+10FFFF).
 size_t utf8_invalid_at(std::string_view s);
 

@@ -24,9 +24,9 @@ int32_t config_token_id(const TokenizerImpl& t, const json* config, const char* 
   std::string name;
   if (v.is_string()) name = v.get<std::string>();
   else if (v.is_object() && v.contains("content") && v["content"].is_string()) name = v["content"].get<std::string>();
-  else MINILLM_FAIL(path << ": tokenizer_config.json " << key << " = " << v.dump() << " is neither a string nor {\"content\": ...}");
+  else MINILLM_FAIL(path << ": tokenizer_config.json " << key << " = " << text::excerpt(v.dump()) << " is neither a string nor {\"content\": ...}");
   const int32_t id = t.token_to_id(name);
-  MINILLM_TEXT_REQUIRE(id >= 0, "tokenizer_config.json: " << key << " = \"" << name << "\" is not a token of " << path);
+  MINILLM_TEXT_REQUIRE(id >= 0, "tokenizer_config.json: " << key << " = \"" << text::excerpt(name) << "\" is not a token of " << path);
   return id;
 }
 }  // namespace text
@@ -80,6 +80,10 @@ std::unique_ptr<Tokenizer> Tokenizer::from_file(const std::string& path, const s
   else
     impl = text::load_sp_tokenizer(path, content, has_config ? &config : nullptr);
   return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl)));
+}
+
+std::unique_ptr<Tokenizer> Tokenizer::from_json(const std::string& content, const std::string& name) {
+  return std::unique_ptr<Tokenizer>(new Tokenizer(text::load_hf_tokenizer(name, content, nullptr)));
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::from_dir(const std::string& dir) {

@@ -7,6 +7,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "minillm/core/check.h"
 #include "minillm/tokenizer.h"
@@ -48,7 +50,7 @@ json tiny_bytelevel() {
   return {{"version", "1.0"},
           {"truncation", nullptr},
           {"padding", nullptr},
-          {"added_tokens", json::array({{{"id", 300}, {"content", "<|end|>"}, {"single_word", false}, {"lstrip", false},
+          {"added_tokens", json::array({{{"id", 264}, {"content", "<|end|>"}, {"single_word", false}, {"lstrip", false},
                                          {"rstrip", false}, {"normalized", false}, {"special", true}}})},
           {"normalizer", {{"type", "NFC"}}},
           {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
@@ -56,7 +58,7 @@ json tiny_bytelevel() {
                               {"single", json::array({{{"SpecialToken", {{"id", "<|end|>"}, {"type_id", 0}}}},
                                                       {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
                               {"pair", json::array()},
-                              {"special_tokens", {{"<|end|>", {{"id", "<|end|>"}, {"ids", {300}}, {"tokens", {"<|end|>"}}}}}}}},
+                              {"special_tokens", {{"<|end|>", {{"id", "<|end|>"}, {"ids", {264}}, {"tokens", {"<|end|>"}}}}}}}},
           {"decoder", {{"type", "ByteLevel"}}},
           {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"byte_fallback", false},
                      {"vocab", vocab}, {"merges", m}}}};
@@ -103,15 +105,15 @@ TEST(Tokenizer, ByteLevelMergesAddedTokensAndTemplate) {
                 orld = t->token_to_id("orld");
   ASSERT_GE(hello, 0);
   EXPECT_EQ(t->encode("hello world", false), (std::vector<int32_t>{hello, sw, orld}));
-  EXPECT_EQ(t->encode("hello world"), (std::vector<int32_t>{300, hello, sw, orld}));  // template BOS
-  EXPECT_EQ(t->bos_token_id(), 300);
+  EXPECT_EQ(t->encode("hello world"), (std::vector<int32_t>{264, hello, sw, orld}));  // template BOS
+  EXPECT_EQ(t->bos_token_id(), 264);
   // the special token splits the text before pre-tokenization; the text on both sides is BPE'd alone
-  EXPECT_EQ(t->encode("hello<|end|>hello", false), (std::vector<int32_t>{hello, 300, hello}));
+  EXPECT_EQ(t->encode("hello<|end|>hello", false), (std::vector<int32_t>{hello, 264, hello}));
   EXPECT_EQ(t->decode(t->encode("hello<|end|>x y")), "<|end|>hello<|end|>x y");
   EXPECT_EQ(t->decode(t->encode("hello<|end|>x y"), true), "hellox y");
-  EXPECT_TRUE(t->is_special(300));
+  EXPECT_TRUE(t->is_special(264));
   EXPECT_FALSE(t->is_special(hello));
-  EXPECT_EQ(t->vocab_size(), 301);
+  EXPECT_EQ(t->vocab_size(), 265);  // added tokens take ids after the vocabulary, as in tokenizers
 }
 
 TEST(Tokenizer, NfcNormalizesBeforeMerging) {
@@ -314,4 +316,78 @@ TEST(Tokenizer, TextStreamerStopsAcrossTokens) {
   text += all.finish();
   EXPECT_EQ(text, "hello worldhello world");
   EXPECT_FALSE(all.stopped());
+}
+
+// ---------------------------------------------------------------- the CLI's text mode
+
+namespace {
+struct CliResult {
+  int code;
+  std::string out;
+};
+CliResult run_cli(const std::string& args, bool with_stderr) {
+  const std::string cmd = std::string(MINILLM_CLI) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
+  std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p.get())) > 0) out.append(buf, n);
+  const int status = pclose(p.release());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+}  // namespace
+
+TEST(Tokenizer, CliGenerateStreamsTextAndStopsOnStrings) {
+  // the tiny preset (vocabulary 256, seeded weights) with a byte-level tokenizer of 256 ids
+  const std::string bytes256 = std::string(MINILLM_SOURCE_DIR) + "/tests/fixtures/tokenizer/bytes256";
+  TempDir d;
+  auto tok = Tokenizer::from_dir(bytes256);
+  const std::string common = "generate --model tiny --device cpu --temperature 0 --max-tokens 24 --ignore-eos --tokenizer " + bytes256;
+
+  // text mode prints exactly the decode of what id mode generates for the same prompt
+  const CliResult text = run_cli(common + " --prompt 'Hello'", false);
+  ASSERT_EQ(text.code, 0) << text.out;
+  const CliResult ids = run_cli("generate --model tiny --device cpu --temperature 0 --max-tokens 24 --ignore-eos --prompt-ids 72,101,108,108,111", false);
+  ASSERT_EQ(ids.code, 0) << ids.out;
+  std::vector<int32_t> gen;
+  for (size_t i = 0; i < ids.out.size();) {
+    size_t e = i;
+    while (e < ids.out.size() && std::isdigit(static_cast<unsigned char>(ids.out[e]))) ++e;
+    if (e > i) gen.push_back(std::stoi(ids.out.substr(i, e - i)));
+    i = e + 1;
+  }
+  ASSERT_EQ(gen.size(), 24u) << ids.out;
+  const std::string want = tok->decode(gen);
+  EXPECT_EQ(text.out, want + "\n");
+
+  // a stop string from the middle of that text (two characters, no NUL, not ending in a newline,
+  // which the shell would drop): the output ends just before its first occurrence
+  std::string stop;
+  for (size_t at = 0, k = 0; at < want.size() && stop.empty(); at += minillm::text::utf8_len(static_cast<uint8_t>(want[at])), ++k) {
+    size_t end = at;
+    for (int c = 0; c < 2 && end < want.size(); ++c) end += minillm::text::utf8_len(static_cast<uint8_t>(want[end]));
+    const std::string cand = want.substr(at, end - at);
+    if (k >= 2 && cand.size() >= 2 && cand.find('\0') == std::string::npos && cand.back() != '\n') stop = cand;
+  }
+  ASSERT_FALSE(stop.empty()) << want;
+  const std::string stop_file = d.write("stop.txt", stop);
+  const CliResult stopped = run_cli(common + " --prompt 'Hello' --stop \"$(cat " + stop_file + ")\"", true);
+  ASSERT_EQ(stopped.code, 0) << stopped.out;
+  EXPECT_EQ(stopped.out.substr(0, stopped.out.find('\n') + 1), want.substr(0, want.find(stop)) + "\n") << stopped.out;
+  EXPECT_NE(stopped.out.find("(stop: \""), std::string::npos) << stopped.out;
+  EXPECT_NE(stopped.out.find("time to first token"), std::string::npos) << stopped.out;
+
+  // bad input: named, exit 1 (or 2 for a missing prompt)
+  CliResult r = run_cli("generate --model tiny --device cpu --prompt 'Hello'", true);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("--tokenizer DIR"), std::string::npos) << r.out;
+  r = run_cli(common + " --prompt \"$(printf 'ab\\377')\"", true);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("--prompt is not valid UTF-8: byte 0xFF at offset 2"), std::string::npos) << r.out;
+  r = run_cli("generate --model tiny --device cpu --prompt-ids 1,2 --stop x", true);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("give --prompt TEXT"), std::string::npos) << r.out;
+  r = run_cli("generate --model tiny --device cpu", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("give --prompt TEXT or --prompt-ids"), std::string::npos) << r.out;
 }

@@ -13,8 +13,14 @@ import exactness  # noqa: E402
 from corpus import CORPUS  # noqa: E402
 
 VOCABS = exactness.available()
+
+
 if not VOCABS:
-    pytest.fail("no tokenizer vocabularies in .deps/tokenizers: run scripts/setup.sh", pytrace=False)
+    # CI (CI=true) has run scripts/setup.sh: there a missing vocabulary is a failure; elsewhere (the
+    # GPU machine, which gets no .tokenizers) the test is skipped.
+    if os.environ.get("CI"):
+        pytest.fail("no tokenizer vocabularies in .tokenizers/: scripts/setup.sh did not build them", pytrace=False)
+    pytest.skip("no tokenizer vocabularies in .tokenizers/ (run scripts/setup.sh)", allow_module_level=True)
 
 
 @pytest.mark.parametrize("name", VOCABS)

@@ -1,0 +1,66 @@
+"""minillm.Tokenizer from Python: exactness on the small hand-made tokenizer.json files of the fuzz
+seeds (they use pieces the real vocabularies do not: Lowercase, Digits, Metaspace with split, the
+Roberta post-processor, lstrip/rstrip/single_word added tokens) against Hugging Face `tokenizers`,
+and the API's behaviour on bad input. The real vocabularies are test_tokenizer_exact.py."""
+import glob
+import os
+import sys
+
+import pytest
+
+import minillm
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "fixtures", "tokenizer"))
+import exactness  # noqa: E402
+from corpus import CORPUS  # noqa: E402
+
+SEEDS = sorted(glob.glob(os.path.join(HERE, "..", "..", "fuzz", "corpus", "tokenizer", "*.json"))) + [
+    os.path.join(HERE, "..", "fixtures", "tokenizer", "bytes256", "tokenizer.json")]
+
+
+def test_seeds_present():
+    assert len(SEEDS) >= 6 and all(os.path.isfile(p) for p in SEEDS)
+
+
+@pytest.mark.parametrize("path", SEEDS, ids=[os.path.basename(p) for p in SEEDS])
+def test_exact_small_files(path):
+    from tokenizers import Tokenizer
+
+    hf = Tokenizer.from_file(path)
+    tok = minillm.Tokenizer(path)
+    for texts in CORPUS.values():
+        for text in texts:
+            ids = hf.encode(text).ids
+            assert tok.encode(text) == ids, text
+            for skip in (False, True):
+                assert tok.decode(ids, skip) == hf.decode(ids, skip_special_tokens=skip), text
+                assert "".join(exactness.stream(tok, ids, skip)) == tok.decode(ids, skip), text
+
+
+def test_bad_input():
+    tok = minillm.Tokenizer(SEEDS[0])
+    with pytest.raises(ValueError, match=r"not valid UTF-8: byte 0xFF at offset 3"):
+        tok.encode(b"abc\xffdef")
+    with pytest.raises(ValueError, match="lone surrogates"):
+        tok.encode("a\ud800b")
+    assert tok.encode(b"hello") == tok.encode("hello")
+    with pytest.raises(ValueError, match="no such file or directory"):
+        minillm.Tokenizer("/nonexistent/tokenizer.json")
+    with pytest.raises(ValueError, match="no tokenizer.json or tokenizer.model"):
+        minillm.Tokenizer(HERE)
+    with pytest.raises(TypeError):
+        tok.encode(123)
+    assert tok.decode([10**6, -5]) == ""  # ids outside the vocabulary are skipped, as tokenizers does
+    assert tok.token_to_id("no such token") is None
+
+
+def test_streamer_and_batch():
+    tok = minillm.Tokenizer(SEEDS[0])
+    texts = ["hello world", "x y z", ""]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert tok.decode_batch(tok.encode_batch(texts), skip_special_tokens=True) == texts
+    s = tok.streamer(stop=["o w"])
+    shown = "".join(s.push(i) for i in tok.encode("hello world hello", add_special_tokens=False))
+    shown += s.finish()
+    assert s.stopped and s.matched == "o w" and shown == "hell"
