@@ -101,37 +101,6 @@ template <> struct FlashFwdConfig<256> { using Traits = FlashFwdTraits<256, 128,
 
 namespace detail {
 
-// ---- PTX wrappers ----
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// c += a * b for one m16n8k16 tile. a: 4 x b16x2 (row-major A), b: 2 x b16x2 (column-major B).
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
 // Element offset of (row, 16-byte chunk) in a swizzled [rows][kChunks * 8] tile.
 template <int kChunks>
 __device__ __forceinline__ int swizzle(int row, int chunk) {
@@ -203,7 +172,7 @@ using Fa2QFrag = uint32_t[Kt::kQInRegs ? Kt::kMTiles : 1][Kt::kQInRegs ? Kt::kHe
 // Q fragment (A operand) of m16 tile mt, k16 step kk.
 template <typename Kt>
 __device__ __forceinline__ void fa2_load_q_frag(uint32_t (&a)[4], uint32_t sQ, uint32_t q_off, int mt, int kk) {
-  detail::ldmatrix_x4(a, sQ + (q_off ^ (kk << 5)) + mt * 16 * (Kt::kHeadDim * 2));
+  ldmatrix_x4(a, sQ + (q_off ^ (kk << 5)) + mt * 16 * (Kt::kHeadDim * 2));
 }
 
 // O = 0, row maxima -inf (no key seen yet), row sums 0.
