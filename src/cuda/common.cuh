@@ -1,8 +1,8 @@
 // Device helpers shared by all CUDA code (the Hopper-only PTX lives in cuda/sm90.cuh):
 //   16-bit floats (bf16, fp16) <-> fp32: to_f32, from_f32, pack2 (two into one 32-bit word), 16-byte
 //   vectors of eight (unpack8, pack8); fast exp2; the expert activations (silu, gelu_erf); 16-byte
-//   loads that bypass L1 (ld_stream); shared-memory loads and stores by address; cp.async (sm_80+);
-//   a block-wide fp32 sum.
+//   loads that bypass L1 (ld_stream); shared-memory loads and stores by address; mma.sync m16n8k16,
+//   ldmatrix and cp.async (sm_80+); a block-wide fp32 sum.
 // to_f32 deduces its argument type (to_f32(v)) or takes it explicitly (to_f32<T>(v)).
 #pragma once
 #include <cuda_bf16.h>
@@ -87,6 +87,46 @@ __device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
   return v;
+}
+
+// ---- mma.sync and ldmatrix (sm_80+) ----
+
+// c += a * b for one m16n8k16 tile, fp32 accumulators: a = 4 x b16x2 (the row-major A fragment),
+// b = 2 x b16x2 (the column-major B fragment).
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1) {
+  static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>, "16-bit floats");
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  mma_16816<T>(c, a[0], a[1], a[2], a[3], b0, b1);
+}
+
+// Four 8x8 b16 matrices from shared memory (lane l gives the address of row l % 8 of matrix l / 8),
+// plain or transposed.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 
 // ---- cp.async (sm_80+) ----

@@ -101,37 +101,6 @@ template <> struct FlashFwdConfig<256> { using Traits = FlashFwdTraits<256, 128,
 
 namespace detail {
 
-// ---- PTX wrappers ----
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// c += a * b for one m16n8k16 tile. a: 4 x b16x2 (row-major A), b: 2 x b16x2 (column-major B).
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
 // Element offset of (row, 16-byte chunk) in a swizzled [rows][kChunks * 8] tile.
 template <int kChunks>
 __device__ __forceinline__ int swizzle(int row, int chunk) {
@@ -183,6 +152,188 @@ __device__ __forceinline__ float quad_sum(float x) {
 
 }  // namespace detail
 
+// The steps of the FlashAttention-2 kernel. Per warp: kMTiles m16 tiles of query rows; thread (warp,
+// lane) holds rows lane / 4 and lane / 4 + 8 (h = 0, 1) of each m16 tile, columns 2 (lane % 4) + {0, 1}
+// of each n8 tile: c[mt][nt][2 h + e]. Shared-memory tiles are [rows][D] with swizzled 16-byte chunks.
+//
+// ldmatrix addresses (q_off, k_off, v_off, kernel): each thread's byte offset is computed once for the
+// first fragment; the others follow without recomputing the swizzle: +16 rows is + 16 * row bytes (the
+// swizzle has a period of 8 rows) and chunk c ^ m is offset ^ (m << 4), so chunk 2 kk + c is
+// offset ^ (kk << 5).
+template <typename Kt>
+using Fa2S = float[Kt::kMTiles][Kt::kBlockN / 8][4];  // S (then P) of one K/V tile
+template <typename Kt>
+using Fa2O = float[Kt::kMTiles][Kt::kHeadDim / 8][4];  // the O accumulators
+template <typename Kt>
+using Fa2Rows = float[Kt::kMTiles][2];  // one value per row of the thread
+template <typename Kt>
+using Fa2QFrag = uint32_t[Kt::kQInRegs ? Kt::kMTiles : 1][Kt::kQInRegs ? Kt::kHeadDim / 16 : 1][4];
+
+// Q fragment (A operand) of m16 tile mt, k16 step kk.
+template <typename Kt>
+__device__ __forceinline__ void fa2_load_q_frag(uint32_t (&a)[4], uint32_t sQ, uint32_t q_off, int mt, int kk) {
+  ldmatrix_x4(a, sQ + (q_off ^ (kk << 5)) + mt * 16 * (Kt::kHeadDim * 2));
+}
+
+// O = 0, row maxima -inf (no key seen yet), row sums 0.
+template <typename Kt>
+__device__ __forceinline__ void fa2_init(Fa2O<Kt>& acc_o, Fa2Rows<Kt>& row_max, Fa2Rows<Kt>& row_sum) {
+#pragma unroll
+  for (int mt = 0; mt < Kt::kMTiles; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < Kt::kHeadDim / 8; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] = 0.f;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      row_max[mt][h] = -INFINITY;
+      row_sum[mt][h] = 0.f;
+    }
+  }
+}
+
+// S = Q K^T. K fragments: ldmatrix.x4 of keys 16 np + {0..15}: registers {b0, b1} of n8 tile 2 np
+// and {b0, b1} of n8 tile 2 np + 1. Q from q_frag (kQInRegs) or re-read from sQ.
+template <typename Kt, typename T>
+__device__ __forceinline__ void fa2_qk(Fa2S<Kt>& s, const Fa2QFrag<Kt>& q_frag, uint32_t sQ, uint32_t sK,
+                                       uint32_t q_off, uint32_t k_off) {
+  using namespace detail;
+  constexpr int kMT = Kt::kMTiles, kNTiles = Kt::kBlockN / 8, kKStepsQK = Kt::kHeadDim / 16, BN = Kt::kBlockN;
+  constexpr int kRowBytes = Kt::kHeadDim * 2;
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < kKStepsQK; ++kk) {
+    uint32_t qa[Kt::kQInRegs ? 1 : kMT][4];
+    if constexpr (!Kt::kQInRegs) {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) fa2_load_q_frag<Kt>(qa[mt], sQ, q_off, mt, kk);
+    } else {
+      (void)qa;
+    }
+#pragma unroll
+    for (int np = 0; np < BN / 16; ++np) {
+      uint32_t b[4];
+      ldmatrix_x4(b, sK + (k_off ^ (kk << 5)) + np * 16 * kRowBytes);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        if constexpr (Kt::kQInRegs) {
+          mma_16816<T>(s[mt][2 * np], q_frag[mt][kk], b[0], b[1]);
+          mma_16816<T>(s[mt][2 * np + 1], q_frag[mt][kk], b[2], b[3]);
+        } else {
+          mma_16816<T>(s[mt][2 * np], qa[mt], b[0], b[1]);
+          mma_16816<T>(s[mt][2 * np + 1], qa[mt], b[2], b[3]);
+        }
+      }
+    }
+  }
+}
+
+// Scores of keys >= seqlen_k or above the causal diagonal (query i sees keys j <= i + diag) -> -inf;
+// n0: the tile's first key, row0: the warp's first row.
+template <typename Kt>
+__device__ __forceinline__ void fa2_mask(Fa2S<Kt>& s, int n0, int row0, int lane, bool causal, int seqlen_k, int diag) {
+  constexpr int kMT = Kt::kMTiles, kNTiles = Kt::kBlockN / 8;
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row0 + mt * 16 + (lane >> 2) + 8 * h;
+      const int limit = (causal ? min(seqlen_k, row + diag + 1) : seqlen_k) - n0;  // keys < limit visible
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          if (nt * 8 + (lane & 3) * 2 + e >= limit) s[mt][nt][2 * h + e] = -INFINITY;
+    }
+}
+
+// Online softmax: the new row maxima, O and the row sums rescaled, S -> P = exp2(S scale_log2 - m
+// scale_log2) in place.
+template <typename Kt, bool kMask>
+__device__ __forceinline__ void fa2_softmax(Fa2S<Kt>& s, Fa2Rows<Kt>& row_max, Fa2Rows<Kt>& row_sum, Fa2O<Kt>& acc_o,
+                                            float scale_log2) {
+  using namespace detail;
+  constexpr int kMT = Kt::kMTiles, kNTiles = Kt::kBlockN / 8, kDTiles = Kt::kHeadDim / 8;
+  float mx_scaled[kMT][2], corr[kMT][2];
+  bool max_unchanged = true;
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = row_max[mt][h];
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+      mx = quad_max(mx);
+      // A row that has seen no key yet has mx = -inf: subtract 0 instead so exp2 gives 0, not NaN.
+      mx_scaled[mt][h] = (kMask && mx == -INFINITY) ? 0.f : mx * scale_log2;
+      const float correction = fast_exp2(row_max[mt][h] * scale_log2 - mx_scaled[mt][h]);  // 0 while m was -inf
+      max_unchanged &= mx == row_max[mt][h];
+      row_max[mt][h] = mx;
+      row_sum[mt][h] *= correction;
+      corr[mt][h] = correction;
+    }
+  // Rescale O only when some row max of the warp moved (then correction != 1); after the first
+  // tiles of a long row this is rare, and skipping saves kMT * kDTiles * 4 multiplies per tile.
+  if (!Kt::kLazyRescale || !__all_sync(0xffffffffu, max_unchanged)) {
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int dt = 0; dt < kDTiles; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] *= corr[mt][e >> 1];
+  }
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float sum = row_sum[mt][h];
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float pe = fast_exp2(fmaf(s[mt][nt][2 * h + e], scale_log2, -mx_scaled[mt][h]));
+          s[mt][nt][2 * h + e] = pe;
+          sum += pe;
+        }
+      row_sum[mt][h] = sum;
+    }
+}
+
+// O += P V. P (A operand) of k16 step kk = accumulators of n8 tiles 2 kk and 2 kk + 1.
+// V fragments: ldmatrix.x4.trans of keys 16 kk + {0..15}, dims 16 dp + {0..15}.
+template <typename Kt, typename T>
+__device__ __forceinline__ void fa2_pv(const Fa2S<Kt>& s, Fa2O<Kt>& acc_o, uint32_t sV, uint32_t v_off) {
+  using namespace detail;
+  constexpr int kMT = Kt::kMTiles, kKStepsPV = Kt::kBlockN / 16, D = Kt::kHeadDim;
+  constexpr int kRowBytes = D * 2;
+#pragma unroll
+  for (int kk = 0; kk < kKStepsPV; ++kk) {
+    uint32_t pa[kMT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+      pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+      pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+      pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+    }
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, sV + (v_off ^ (dp << 5)) + kk * 16 * kRowBytes);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        mma_16816<T>(acc_o[mt][2 * dp], pa[mt], b[0], b[1]);
+        mma_16816<T>(acc_o[mt][2 * dp + 1], pa[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
 // grid: (ceil(seqlen_q / kBlockM), num_heads, batch); block: kNThreads; dynamic smem: kSmemBytes.
 template <typename Kt, typename T>
 __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kernel(const __grid_constant__ FlashFwdArgs args) {
@@ -192,7 +343,6 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
   constexpr int kNTiles = BN / 8;       // n8 tiles of S per warp row block
   constexpr int kDTiles = D / 8;        // n8 tiles of O
   constexpr int kKStepsQK = D / 16;     // k16 steps of Q K^T
-  constexpr int kKStepsPV = BN / 16;    // k16 steps of P V
   constexpr int kCh = Kt::kChunks;
   const FlashAttentionParams& p = args.p;
 
@@ -251,20 +401,13 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
   if (n_blocks > 0) load_kv(n_blocks - 1, 0);
   cp_async_commit();
 
-  // ldmatrix addresses. Each thread's byte offset is computed once for the first fragment; the others
-  // follow without recomputing the swizzle: +16 rows is + 16 * kRowBytes (the swizzle has a period of
-  // 8 rows) and chunk c ^ m is offset ^ (m << 4) (row bytes are a power of two, the chunk bits sit
-  // below them), so chunk 2 kk + c is offset ^ (kk << 5).
-  constexpr int kRowBytes = D * 2;
+  // ldmatrix addresses (see fa2_qk).
   // Q (A operand, rows 16 mt + lane % 16 of this warp, chunk 2 kk + lane / 16).
   const uint32_t q_off = 2 * swizzle<kCh>(warp_m0 + (lane & 15), lane >> 4);
   // K (B operand of S = Q K^T): keys 16 np + (lane % 8) + 8 (lane / 16), chunk 2 kk + (lane / 8) % 2.
   const uint32_t k_off = 2 * swizzle<kCh>((lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);
   // V (B operand of O = P V, transposed): keys 16 kk + (lane % 8) + 8 ((lane / 8) % 2), chunk 2 dp + lane / 16.
   const uint32_t v_off = 2 * swizzle<kCh>((lane & 7) + (((lane >> 3) & 1) << 3), lane >> 4);
-  auto load_q_frag = [&](uint32_t (&a)[4], int mt, int kk) {
-    ldmatrix_x4(a, sQ + (q_off ^ (kk << 5)) + mt * 16 * kRowBytes);
-  };
   uint32_t q_frag[Kt::kQInRegs ? kMT : 1][Kt::kQInRegs ? kKStepsQK : 1][4];
   if constexpr (Kt::kQInRegs) {
     cp_async_wait<1>();
@@ -272,24 +415,13 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-      for (int kk = 0; kk < kKStepsQK; ++kk) load_q_frag(q_frag[mt][kk], mt, kk);
+      for (int kk = 0; kk < kKStepsQK; ++kk) fa2_load_q_frag<Kt>(q_frag[mt][kk], sQ, q_off, mt, kk);
   }
 
   float acc_o[kMT][kDTiles][4];
   float row_max[kMT][2];  // running max of the raw (unscaled) scores; -inf before any visible key
   float row_sum[kMT][2];  // this thread's partial sum of exp2 terms (summed over the quad at the end)
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt) {
-#pragma unroll
-    for (int dt = 0; dt < kDTiles; ++dt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] = 0.f;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      row_max[mt][h] = -INFINITY;
-      row_sum[mt][h] = 0.f;
-    }
-  }
+  fa2_init<Kt>(acc_o, row_max, row_sum);
 
   const float scale_log2 = args.scale_log2;
 
@@ -299,125 +431,15 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
     const uint32_t sK = sKV + (2 * stage) * Kt::kSmemKV;
     const uint32_t sV = sK + Kt::kSmemKV;
 
-    // S = Q K^T. K fragments: ldmatrix.x4 of keys 16 np + {0..15}: registers {b0, b1} of n8 tile 2 np
-    // and {b0, b1} of n8 tile 2 np + 1.
+    // S = Q K^T.
     float s[kMT][kNTiles][4];
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < kKStepsQK; ++kk) {
-      uint32_t qa[Kt::kQInRegs ? 1 : kMT][4];
-      if constexpr (!Kt::kQInRegs) {
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) load_q_frag(qa[mt], mt, kk);
-      } else {
-        (void)qa;
-      }
-#pragma unroll
-      for (int np = 0; np < BN / 16; ++np) {
-        uint32_t b[4];
-        ldmatrix_x4(b, sK + (k_off ^ (kk << 5)) + np * 16 * kRowBytes);
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-          if constexpr (Kt::kQInRegs) {
-            mma_16816<T>(s[mt][2 * np], q_frag[mt][kk], b[0], b[1]);
-            mma_16816<T>(s[mt][2 * np + 1], q_frag[mt][kk], b[2], b[3]);
-          } else {
-            mma_16816<T>(s[mt][2 * np], qa[mt], b[0], b[1]);
-            mma_16816<T>(s[mt][2 * np + 1], qa[mt], b[2], b[3]);
-          }
-        }
-      }
-    }
+    fa2_qk<Kt, T>(s, q_frag, sQ, sK, q_off, k_off);
 
-    if constexpr (kMask) {
-      const int n0 = n_block * BN;
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = m0 + warp_m0 + mt * 16 + (lane >> 2) + 8 * h;
-          const int limit = (p.causal ? min(seqlen_k, row + diag + 1) : seqlen_k) - n0;  // keys < limit visible
-#pragma unroll
-          for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-            for (int e = 0; e < 2; ++e)
-              if (nt * 8 + (lane & 3) * 2 + e >= limit) s[mt][nt][2 * h + e] = -INFINITY;
-        }
-    }
+    if constexpr (kMask) fa2_mask<Kt>(s, n_block * BN, m0 + warp_m0, lane, p.causal, seqlen_k, diag);
 
-    // Online softmax. Thread holds rows (lane / 4) and (lane / 4 + 8) of each m16 tile (h = 0, 1).
-    float mx_scaled[kMT][2], corr[kMT][2];
-    bool max_unchanged = true;
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float mx = row_max[mt][h];
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
-        mx = quad_max(mx);
-        // A row that has seen no key yet has mx = -inf: subtract 0 instead so exp2 gives 0, not NaN.
-        mx_scaled[mt][h] = (kMask && mx == -INFINITY) ? 0.f : mx * scale_log2;
-        const float correction = fast_exp2(row_max[mt][h] * scale_log2 - mx_scaled[mt][h]);  // 0 while m was -inf
-        max_unchanged &= mx == row_max[mt][h];
-        row_max[mt][h] = mx;
-        row_sum[mt][h] *= correction;
-        corr[mt][h] = correction;
-      }
-    // Rescale O only when some row max of the warp moved (then correction != 1); after the first
-    // tiles of a long row this is rare, and skipping saves kMT * kDTiles * 4 multiplies per tile.
-    if (!Kt::kLazyRescale || !__all_sync(0xffffffffu, max_unchanged)) {
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int dt = 0; dt < kDTiles; ++dt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] *= corr[mt][e >> 1];
-    }
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float sum = row_sum[mt][h];
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float pe = fast_exp2(fmaf(s[mt][nt][2 * h + e], scale_log2, -mx_scaled[mt][h]));
-            s[mt][nt][2 * h + e] = pe;
-            sum += pe;
-          }
-        row_sum[mt][h] = sum;
-      }
+    fa2_softmax<Kt, kMask>(s, row_max, row_sum, acc_o, scale_log2);
 
-    // O += P V. P (A operand) of k16 step kk = accumulators of n8 tiles 2 kk and 2 kk + 1.
-    // V fragments: ldmatrix.x4.trans of keys 16 kk + {0..15}, dims 16 dp + {0..15}.
-#pragma unroll
-    for (int kk = 0; kk < kKStepsPV; ++kk) {
-      uint32_t pa[kMT][4];
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, sV + (v_off ^ (dp << 5)) + kk * 16 * kRowBytes);
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-          mma_16816<T>(acc_o[mt][2 * dp], pa[mt], b[0], b[1]);
-          mma_16816<T>(acc_o[mt][2 * dp + 1], pa[mt], b[2], b[3]);
-        }
-      }
-    }
+    fa2_pv<Kt, T>(s, acc_o, sV, v_off);
   };
 
   // Main loop, last tile first. The barrier at the top of iteration `it` (a) publishes tile n_block,
@@ -437,8 +459,8 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
     }
   }
 
-  // Epilogue: o = acc / l, staged through this warp's own rows of sQ (no other warp reads them). The
-  // barrier covers a block without keys, whose Q copies (issued by all threads) may still be landing.
+  // Epilogue. The barrier covers a block without keys, whose Q copies (issued by all threads) may still
+  // be landing.
   cp_async_wait<0>();
   __syncthreads();
   const int rows_valid = seqlen_q - m0;

@@ -100,54 +100,7 @@ struct Traits {
   static_assert(kKeysPerWarp % 16 == 0, "P V needs whole k16 steps per warp");
 };
 
-// ---- PTX wrappers ----
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// c += a * b, one m16n8k16 tile: a 4 x b16x2 (row-major), b 2 x b16x2 (column-major).
-template <typename T>
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {  // round to nearest even
-  uint32_t r;
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-  } else {
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-  }
-  return r;
-}
-
-__device__ __forceinline__ float exp2_approx(float x) {  // exp2(-inf) = 0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
+// PTX wrappers (smem_u32, ldmatrix_x4, mma_16816, pack2, fast_exp2): cuda/common.cuh.
 
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
@@ -273,7 +226,7 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const int mi = lane / 8;
-        ldsm_x4(qf[kk], sq + swz<kCh>(wm * 16 + (mi % 2) * 8 + lane % 8, kk * 2 + mi / 2));
+        ldmatrix_x4(qf[kk], sq + swz<kCh>(wm * 16 + (mi % 2) * 8 + lane % 8, kk * 2 + mi / 2));
       }
     }
     const uint32_t sk = spipe + ((t - t_begin) % kStages) * 2 * Kt::kTileBytes;
@@ -289,9 +242,9 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
       for (int j = 0; j < kNFrag / 2; ++j) {
         const int mi = lane / 8;
         uint32_t b[4];
-        ldsm_x4(b, sk + swz<kCh>(key0 + j * 16 + (mi / 2) * 8 + lane % 8, kk * 2 + mi % 2));
-        mma<T>(sc[2 * j], qf[kk], b[0], b[1]);
-        mma<T>(sc[2 * j + 1], qf[kk], b[2], b[3]);
+        ldmatrix_x4(b, sk + swz<kCh>(key0 + j * 16 + (mi / 2) * 8 + lane % 8, kk * 2 + mi % 2));
+        mma_16816<T>(sc[2 * j], qf[kk], b[0], b[1]);
+        mma_16816<T>(sc[2 * j + 1], qf[kk], b[2], b[3]);
       }
     }
     // Scale to log2 units; mask keys past a row's limit (only on tiles that reach past kv_nomask).
@@ -316,13 +269,13 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
       mx = quad_max(mx);
       const float m_new = fmaxf(m[hr], mx);
       const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = exp2_approx(m[hr] - m_use);
+      const float alpha = fast_exp2(m[hr] - m_use);
       m[hr] = m_new;
       float sum = 0.f;
 #pragma unroll
       for (int j = 0; j < kNFrag; ++j) {
-        sc[j][2 * hr] = exp2_approx(sc[j][2 * hr] - m_use);
-        sc[j][2 * hr + 1] = exp2_approx(sc[j][2 * hr + 1] - m_use);
+        sc[j][2 * hr] = fast_exp2(sc[j][2 * hr] - m_use);
+        sc[j][2 * hr + 1] = fast_exp2(sc[j][2 * hr + 1] - m_use);
         sum += sc[j][2 * hr] + sc[j][2 * hr + 1];
       }
       l[hr] = l[hr] * alpha + sum;
@@ -342,9 +295,9 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
       for (int j = 0; j < D / 16; ++j) {
         const int mi = lane / 8;
         uint32_t b[4];
-        ldsm_x4_t(b, sv + swz<kCh>(key0 + kk * 16 + (mi % 2) * 8 + lane % 8, j * 2 + mi / 2));
-        mma<T>(o[2 * j], pa, b[0], b[1]);
-        mma<T>(o[2 * j + 1], pa, b[2], b[3]);
+        ldmatrix_x4_trans(b, sv + swz<kCh>(key0 + kk * 16 + (mi % 2) * 8 + lane % 8, j * 2 + mi / 2));
+        mma_16816<T>(o[2 * j], pa, b[0], b[1]);
+        mma_16816<T>(o[2 * j + 1], pa, b[2], b[3]);
       }
     }
   }
@@ -374,8 +327,8 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
     const float m_use = mt == -INFINITY ? 0.f : mt;
     float lt = 0.f;
 #pragma unroll
-    for (int w = 0; w < Kt::kWarpsN; ++w) lt += red_l[w * kRows + r] * exp2_approx(red_m[w * kRows + r] - m_use);
-    const float f = lt > 0.f ? exp2_approx(m[hr] - m_use) / lt : 0.f;
+    for (int w = 0; w < Kt::kWarpsN; ++w) lt += red_l[w * kRows + r] * fast_exp2(red_m[w * kRows + r] - m_use);
+    const float f = lt > 0.f ? fast_exp2(m[hr] - m_use) / lt : 0.f;
     float* dst = red_o + (wn * kRows + r) * kOStride + qd * 2;
 #pragma unroll
     for (int j = 0; j < kDFrag; ++j)
@@ -398,7 +351,7 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
       float mt = -INFINITY, lt = 0.f;
       for (int w = 0; w < Kt::kWarpsN; ++w) mt = fmaxf(mt, red_m[w * kRows + r]);
       const float m_use = mt == -INFINITY ? 0.f : mt;
-      for (int w = 0; w < Kt::kWarpsN; ++w) lt += red_l[w * kRows + r] * exp2_approx(red_m[w * kRows + r] - m_use);
+      for (int w = 0; w < Kt::kWarpsN; ++w) lt += red_l[w * kRows + r] * fast_exp2(red_m[w * kRows + r] - m_use);
       if (lt > 0.f) lse2 = m_use + __log2f(lt);
     }
     if (a.num_splits == 1) {
