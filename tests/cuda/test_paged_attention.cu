@@ -368,7 +368,7 @@ TEST(PagedAttention, SmallGraphReplayWithNewLengths) {
   c2.ctx = {2900, 3, 128, 65};
   c2.nq = {2, 1, 1, 0};
   c2.seed = 77;
-  Batch b1(c1), b2(c2);
+  Batch b1(c1), b2(c2), b1_again(c1);  // b1's buffers get b2's data; b1_again restores them
   // Common bounds: both batches fit into the first batch's buffers.
   const int max_pages = std::max(b1.max_pages, b2.max_pages);
   ASSERT_EQ(b1.max_pages, max_pages);
@@ -396,15 +396,14 @@ TEST(PagedAttention, SmallGraphReplayWithNewLengths) {
     for (int s = 0; s < b.S; ++s)
       for (int j = 0; j < b.max_pages; ++j) bt[static_cast<size_t>(s) * max_pages + j] = b.block_table[s * b.max_pages + j];
     b1.dbt.host = bt, b1.dctx.host = b.c.ctx, b1.dcu.host = b.cu;
-    std::vector<uint16_t> q = b.dq.host, k = b.dk.host, v = b.dv.host;  // b may be b1 itself
-    std::copy(q.begin(), q.end(), b1.dq.host.begin());
+    std::copy(b.dq.host.begin(), b.dq.host.end(), b1.dq.host.begin());
     std::fill(b1.dk.host.begin(), b1.dk.host.end(), kPoison);
     std::fill(b1.dv.host.begin(), b1.dv.host.end(), kPoison);
-    std::copy(k.begin(), k.end(), b1.dk.host.begin());
-    std::copy(v.begin(), v.end(), b1.dv.host.begin());
+    std::copy(b.dk.host.begin(), b.dk.host.end(), b1.dk.host.begin());
+    std::copy(b.dv.host.begin(), b.dv.host.end(), b1.dv.host.begin());
     b1.dbt.upload(), b1.dctx.upload(), b1.dcu.upload(), b1.dq.upload(), b1.dk.upload(), b1.dv.upload();
   };
-  for (const Batch* b : {&b2, &b1}) {
+  for (const Batch* b : {&b2, &b1_again}) {
     load(*b);
     const int T = b->T;
     std::fill(out.host.begin(), out.host.end(), kPoison);
