@@ -465,18 +465,19 @@ def _dumps(obj):
 
 
 class Server:
-    """Server(llm, model_name, api_key=None, chat_template=None, max_body_bytes=1 MiB, max_model_len=None).
+    """Server(llm, model_name, api_key=None, chat_template=None, max_body_bytes=1 MiB, max_model_len=None,
+    tokenizer=None (llm.tokenizer)).
     `.app` is the FastAPI application; the engine thread starts with the app's lifespan."""
 
     def __init__(self, llm, model_name, api_key=None, chat_template=None, max_body_bytes=1 << 20,
-                 max_model_len=None, ready_message=None):
+                 max_model_len=None, tokenizer=None, ready_message=None):
         self.llm = llm
         self.model_name = model_name
         self.api_key = api_key
         self.chat_template = chat_template
         self.max_body_bytes = max_body_bytes
         self.max_model_len = int(getattr(llm, "max_model_len", None) or max_model_len)
-        self.tokenizer = llm.tokenizer
+        self.tokenizer = tokenizer or llm.tokenizer
         self.eos_token_ids = set(getattr(llm, "eos_token_ids", None) or [])
         self.vocab_size = getattr(llm, "vocab_size", None) or (self.tokenizer.vocab_size if self.tokenizer else None)
         self.metrics = Metrics()
@@ -890,7 +891,11 @@ class Server:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="minillm serve", description="OpenAI-compatible HTTP server over minillm.LLM.")
-    p.add_argument("--model", required=True, help="model directory (HF layout: config.json, safetensors, tokenizer)")
+    p.add_argument("--model", required=True,
+                   help="model directory (HF layout: config.json, safetensors, tokenizer), or what minillm.LLM "
+                        "also takes: a preset name or a .json config (seeded random weights, no tokenizer)")
+    p.add_argument("--tokenizer", default=None,
+                   help="a directory whose tokenizer (and chat template) to use instead of the model's")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed when ready)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
@@ -921,29 +926,27 @@ def serve(argv=None):
     args = parse_args(argv)
     import uvicorn
 
-    if not os.path.isdir(args.model):
-        sys.exit(f"error: --model {args.model!r} is not a directory")
+    text_dir = args.tokenizer or (args.model if os.path.isdir(args.model) else None)
     try:
+        tokenizer = minillm.Tokenizer(args.tokenizer) if args.tokenizer else None
+        stock = ChatTemplate.from_dir(text_dir) if text_dir else None
+        template = stock
         if args.chat_template is not None:
             with open(args.chat_template, encoding="utf-8") as f:
-                template = ChatTemplate(f.read())
-            stock = ChatTemplate.from_dir(args.model)
-            template.special_tokens = stock.special_tokens if stock is not None else {}
-        else:
-            template = ChatTemplate.from_dir(args.model)
+                template = ChatTemplate(f.read(), stock.special_tokens if stock is not None else {})
         llm = minillm.LLM(args.model, device=args.device, max_model_len=args.max_model_len,
                           gpu_memory_fraction=args.gpu_memory_fraction, num_kv_tokens=args.num_kv_tokens,
                           max_num_seqs=args.max_num_seqs, max_step_tokens=args.max_step_tokens, seed=args.seed)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
-    name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
+    name = args.served_model_name or os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0]
     sock = socket.create_server((args.host, args.port))
     host, port = sock.getsockname()[:2]
     # The engine thread needs the GIL back as soon as a step returns; a short switch interval bounds
     # how long the HTTP thread can keep it.
     sys.setswitchinterval(0.0005)
     server = Server(llm, name, api_key=args.api_key, chat_template=template, max_body_bytes=args.max_body_bytes,
-                    max_model_len=args.max_model_len,
+                    max_model_len=args.max_model_len, tokenizer=tokenizer,
                     ready_message=f"minillm serve: {name} on http://{host}:{port}/v1 "
                                   f"(chat template: {'yes' if template else 'none'})")
     config = uvicorn.Config(server.app, log_level=args.log_level, timeout_graceful_shutdown=args.shutdown_timeout,
