@@ -3,11 +3,11 @@
 Endpoints: POST /v1/completions, POST /v1/chat/completions (server-sent events with "stream": true),
 GET /v1/models, GET /health, GET /metrics (Prometheus text format).
 
-Threads: the engine thread owns the LLM. It takes requests and aborts from a command queue, runs
-`llm.step()` (which releases the GIL while the C++ step runs) and hands each step's outputs to the
-asyncio loop in one `call_soon_threadsafe`, which puts every StepOutput on its request's queue. The
-request handlers (asyncio, uvicorn) validate, tokenize, detokenize incrementally, apply stop strings
-and format JSON; nothing else happens per token in Python.
+Threads: the engine thread loops `llm.step()` (which releases the GIL while the C++ step runs) and
+hands each step's outputs to the asyncio loop in one `call_soon_threadsafe`, which puts every
+StepOutput on its request's queue. The request handlers (asyncio, uvicorn) validate, tokenize, add and
+abort requests (the engine queues them for its next step), detokenize incrementally, apply stop
+strings and format JSON; nothing else happens per token in Python.
 
 Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 for malformed JSON,
 wrong types, out-of-range values, unknown models, prompts that do not fit the context; 401 without the
@@ -26,9 +26,8 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
