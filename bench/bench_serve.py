@@ -8,7 +8,9 @@ output-token throughput, time to first token (TTFT), inter-token latency (ITL: t
 request's chunks, a chunk of k tokens counting k gaps of gap/k), time per output token (TPOT:
 (last - first) / (tokens - 1) per request) and end-to-end latency, p50/p99. The same requests run
 offline first (minillm.LLM in its own process: all added at once, stepped until done), and the
-saturation rate's output throughput is given as a fraction of the offline one.
+saturation rate's output throughput is given as a fraction of the offline one. Each request must get
+exactly its output length back. The client is aiohttp when installed (the GPU machine has it: less
+work per event than httpx, so that the client does not limit what is measured), else httpx.
 
 Model (default): the OLMoE-1B-7B shape with seeded random bf16 weights, as bench_generate.py's, with
 OLMoE's own tokenizer (.deps/tokenizers/olmoe after scripts/setup.sh) so that the server detokenizes
@@ -22,6 +24,7 @@ installs a carried .whl/).
 """
 import argparse
 import asyncio
+import importlib.util
 import json
 import math
 import os
@@ -93,37 +96,65 @@ def offline(a, reqs):
 # Online: streaming clients
 
 
-async def one_request(http, url, model, prompt, out_len, t_send, rec):
+async def _lines_aiohttp(session, url, body):
+    async with session.post(url, json=body) as r:
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {(await r.read())[:300]!r}")
+        async for raw in r.content:
+            yield raw.decode().rstrip("\r\n")
+
+
+async def _lines_httpx(session, url, body):
+    async with session.stream("POST", url, json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
+        async for line in r.aiter_lines():
+            yield line
+
+
+async def one_request(lines, session, url, model, prompt, out_len, rec):
     body = {"model": model, "prompt": prompt, "max_tokens": out_len, "temperature": 0.0, "ignore_eos": True,
             "stream": True, "return_token_ids": True}
     t0 = time.perf_counter()
     times, counts = [], []
-    async with http.stream("POST", url + "/v1/completions", json=body) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            now = time.perf_counter()
-            choice = json.loads(line[6:])["choices"][0]
-            k = len(choice.get("token_ids") or [])
-            if k:
-                times.append(now)
-                counts.append(k)
-    rec.append({"send": t0, "scheduled": t_send, "times": times, "counts": counts})
+    async for line in lines(session, url + "/v1/completions", body):
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        now = time.perf_counter()
+        choice = json.loads(line[6:])["choices"][0]
+        k = len(choice.get("token_ids") or [])
+        if k:
+            times.append(now)
+            counts.append(k)
+    if sum(counts) != out_len:
+        raise RuntimeError(f"a request for {out_len} tokens got {sum(counts)}")
+    rec.append({"send": t0, "times": times, "counts": counts})
+
+
+def _session(n):
+    """An HTTP client for n streams at once: aiohttp when installed (less work per event), else httpx."""
+    try:
+        import aiohttp
+
+        return _lines_aiohttp, aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=n),
+                                                     timeout=aiohttp.ClientTimeout(total=3600))
+    except ImportError:
+        import httpx
+
+        return _lines_httpx, httpx.AsyncClient(timeout=httpx.Timeout(3600.0),
+                                               limits=httpx.Limits(max_connections=n, max_keepalive_connections=64))
 
 
 async def run_rate(url, model, reqs, rate, seed, max_concurrency):
-    import httpx
-
     rng = random.Random(seed)
-    limits = httpx.Limits(max_connections=max_concurrency or len(reqs), max_keepalive_connections=64)
-    sem = asyncio.Semaphore(max_concurrency or len(reqs))
+    n = max_concurrency or len(reqs)
+    sem = asyncio.Semaphore(n)
     rec = []
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as http:
-        async def go(prompt, out_len, t_send):
+    lines, session = _session(n)
+    async with session:
+        async def go(prompt, out_len):
             async with sem:
-                await one_request(http, url, model, prompt, out_len, t_send, rec)
+                await one_request(lines, session, url, model, prompt, out_len, rec)
 
         tasks = []
         t_start = time.perf_counter()
@@ -132,7 +163,7 @@ async def run_rate(url, model, reqs, rate, seed, max_concurrency):
             if rate != math.inf:
                 t_next += rng.expovariate(rate)
                 await asyncio.sleep(max(0.0, t_next - time.perf_counter()))
-            tasks.append(asyncio.create_task(go(prompt, out_len, time.perf_counter())))
+            tasks.append(asyncio.create_task(go(prompt, out_len)))
         await asyncio.gather(*tasks)
         t_end = time.perf_counter()
     ttft, itl, tpot, e2e = [], [], [], []
@@ -225,6 +256,11 @@ def main():
 
     import minillm
 
+    if not a.offline_child:
+        missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+        if missing:
+            sys.exit(f"error: the server needs {' and '.join(missing)} (scripts/setup.sh; on the GPU machine carry "
+                     "the wheels of scripts/wheels.sh)")
     vocab = minillm.load_config(a.model)["vocab_size"]
     reqs = make_requests(a.num_prompts, vocab, input_len, output_len, a.seed)
 
