@@ -225,17 +225,18 @@ class Handle:
 
 
 class EngineLoop:
-    """Runs llm.step() on its own thread. submit() and abort() are called on the asyncio loop: the
-    engine queues requests and aborts given while a step runs, and takes them in at the next step;
-    the thread is woken so that it runs that step (an abort's pages return at it)."""
+    """Runs llm.step() on its own thread and hands each step's outputs to the asyncio loop, which
+    routes them to their requests' queues. submit() and abort() are called on the loop (the engine
+    queues requests and aborts given while a step runs, and takes them in at the next step); they wake
+    the thread so that it runs that step (an abort's pages return at it). The engine thread does no
+    per-request Python work: between two steps the GPU waits for it."""
 
     def __init__(self, llm, loop):
         self.llm = llm
         self.loop = loop
         self.stats = dict(llm.stats())
         self.error = None  # the exception that stopped the thread, if any
-        self._lock = threading.Lock()  # guards _handles
-        self._handles = {}  # engine request id -> Handle
+        self._handles = {}  # engine request id -> Handle (the loop's thread only)
         self._cv = threading.Condition()
         self._kick = False
         self._stop = False
@@ -257,9 +258,8 @@ class EngineLoop:
     def submit(self, prompt_ids, params):
         """Adds a request (ValueError for one the engine refuses); its outputs arrive on .queue."""
         h = Handle()
-        with self._lock:
-            h.rid = self.llm.add_request(prompt_ids, params)
-            self._handles[h.rid] = h
+        h.rid = self.llm.add_request(prompt_ids, params)
+        self._handles[h.rid] = h
         self._wake()
         return h
 
@@ -267,27 +267,35 @@ class EngineLoop:
         if h.done:
             return
         h.done = True
-        with self._lock:
-            if self._handles.pop(h.rid, None) is None:
-                return
-        self.llm.abort(h.rid)
-        self._wake()
+        if self._handles.pop(h.rid, None) is not None:
+            self.llm.abort(h.rid)
+            self._wake()
 
     def _wake(self):
         with self._cv:
             self._kick = True
             self._cv.notify()
 
-    def _deliver(self, batch):
-        for h, out in batch:
-            h.queue.put_nowait(out)
+    def _route(self, outs):
+        """On the loop: each StepOutput to its request's queue (those of aborted requests are dropped)."""
+        handles = self._handles
+        for out in outs:
+            h = handles.get(out.request_id)
+            if h is not None:
+                if out.finished:
+                    del handles[out.request_id]
+                h.queue.put_nowait(out)
 
-    def _send(self, batch):
-        if batch:
-            try:
-                self.loop.call_soon_threadsafe(self._deliver, batch)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
+    def _fail(self, error):
+        for h in self._handles.values():
+            h.queue.put_nowait(error)
+        self._handles.clear()
+
+    def _post(self, fn, arg):
+        try:
+            self.loop.call_soon_threadsafe(fn, arg)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
 
     def _run(self):
         llm = self.llm
@@ -300,22 +308,12 @@ class EngineLoop:
                         break
                     self._kick = False
                 outs = llm.step()
-                batch = []
-                with self._lock:
-                    for out in outs:
-                        h = self._handles.get(out.request_id)
-                        if h is not None:
-                            if out.finished:
-                                del self._handles[out.request_id]
-                            batch.append((h, out))
-                self._send(batch)
+                if outs:
+                    self._post(self._route, outs)
                 self.stats = dict(llm.stats())
         except BaseException as e:  # noqa: BLE001 - the engine is broken: fail every request
             self.error = e
-            with self._lock:
-                failed = [(h, RuntimeError(f"engine failed: {e}")) for h in self._handles.values()]
-                self._handles.clear()
-            self._send(failed)
+            self._post(self._fail, RuntimeError(f"engine failed: {e}"))
             raise
 
 
