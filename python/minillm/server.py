@@ -457,8 +457,8 @@ class _SSE(StreamingResponse):
             await self.body_iterator.aclose()
 
 
-def _dumps(obj):
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+# One encoder for every chunk (json.dumps with non-default options builds a new one per call).
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class Server:
