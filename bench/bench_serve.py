@@ -5,25 +5,31 @@ ids uniform over the vocabulary, ignore_eos so that each request produces exactl
 are sent with Poisson arrivals at each rate of --rates (requests/s; "inf" sends them all at once, i.e.
 saturation) to a server started on a free loopback port, streamed over SSE. Per rate: request and
 output-token throughput, time to first token (TTFT), inter-token latency (ITL: the gaps between a
-request's tokens, a chunk of k tokens counting k gaps of gap/k) and time per output token (TPOT:
-(last - first) / (tokens - 1) per request), p50/p99. The same requests run offline first (minillm.LLM in
-its own process: add all, step until done) for the overhead of the server at saturation.
+request's chunks, a chunk of k tokens counting k gaps of gap/k), time per output token (TPOT:
+(last - first) / (tokens - 1) per request) and end-to-end latency, p50/p99. The same requests run
+offline first (minillm.LLM in its own process: all added at once, stepped until done), and the
+saturation rate's output throughput is given as a fraction of the offline one. Each request must get
+exactly its output length back. The client is aiohttp when installed (the GPU machine has it: less
+work per event than httpx, so that the client does not limit what is measured), else httpx.
 
-    python3 bench/bench_serve.py --model DIR                          # an existing HF model directory
-    python3 bench/bench_serve.py --make-olmoe /tmp/olmoe --model /tmp/olmoe   # a random OLMoE-1B-7B-shaped
-                                                                      # model made first with transformers
+Model (default): the OLMoE-1B-7B shape with seeded random bf16 weights, as bench_generate.py's, with
+OLMoE's own tokenizer (.deps/tokenizers/olmoe after scripts/setup.sh) so that the server detokenizes
+every token as it would for the real model. --model takes a model directory, a preset or a .json config.
 
-Writes bench/results/<gpu>/serve.json (or $OUT/serve.json; --out overrides). The server needs FastAPI
-and uvicorn: on a machine without network, carry the wheels of scripts/wheels.sh.
+    PYTHONPATH=python python3 bench/bench_serve.py [--quick] [--model DIR] [--rates 4,8,16,inf]
+
+Writes $OUT/serve.json when $OUT is set, else bench/results/<gpu>/serve.json (--out overrides). The
+server needs FastAPI and uvicorn: on the GPU machine, carry the wheels of scripts/wheels.sh (gpu_check.sh
+installs a carried .whl/).
 """
 import argparse
 import asyncio
+import importlib.util
 import json
 import math
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,34 +42,11 @@ sys.path.append(os.path.join(ROOT, "python"))  # after $PYTHONPATH
 
 import common  # noqa: E402
 
-# OLMoE-1B-7B-0924's shape (../shared/TEST_MATERIAL.md); weights are random.
-OLMOE = dict(vocab_size=50304, hidden_size=2048, intermediate_size=1024, num_hidden_layers=16,
-             num_attention_heads=16, num_key_value_heads=16, num_experts=64, num_experts_per_tok=8,
-             max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-5, norm_topk_prob=False,
-             tie_word_embeddings=False)
-
-
-def make_olmoe(out_dir, tokenizer_dir):
-    """A random OLMoE-1B-7B-shaped model written by transformers (bf16), unless out_dir has one, with
-    the tokenizer files of tokenizer_dir (OLMoE's own GPT-NeoX BPE: .deps/tokenizers/olmoe after
-    scripts/setup.sh) so that the server detokenizes as it would for the real model."""
-    if tokenizer_dir and os.path.isdir(tokenizer_dir):
-        os.makedirs(out_dir, exist_ok=True)
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            if os.path.isfile(os.path.join(tokenizer_dir, name)):
-                shutil.copy(os.path.join(tokenizer_dir, name), out_dir)
-    if os.path.isfile(os.path.join(out_dir, "config.json")):
-        return
-    import torch
-    import transformers
-
-    cfg = transformers.OlmoeConfig(**OLMOE)
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = transformers.OlmoeForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(out_dir, max_shard_size="4GB")
-    print(f"made {out_dir}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters", flush=True)
-    del model
+# OLMoE-1B-7B-0924's shape (../shared/TEST_MATERIAL.md), as bench_generate.py's; weights are seeded random.
+OLMOE = {"name": "olmoe-1b-7b-shape", "vocab_size": 50304, "hidden_size": 2048, "num_layers": 16, "num_heads": 16,
+         "num_kv_heads": 16, "head_dim": 128, "max_seq_len": 16384,
+         "norm": {"type": "rmsnorm", "eps": 1e-5, "placement": "pre"}, "position": {"type": "rope", "theta": 10000},
+         "moe": {"num_experts": 64, "top_k": 8, "ffn_size": 1024, "normalize_topk": False}, "dtype": "bf16"}
 
 
 def make_requests(n, vocab, input_len, output_len, seed):
@@ -113,37 +96,65 @@ def offline(a, reqs):
 # Online: streaming clients
 
 
-async def one_request(http, url, model, prompt, out_len, t_send, rec):
+async def _lines_aiohttp(session, url, body):
+    async with session.post(url, json=body) as r:
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {(await r.read())[:300]!r}")
+        async for raw in r.content:
+            yield raw.decode().rstrip("\r\n")
+
+
+async def _lines_httpx(session, url, body):
+    async with session.stream("POST", url, json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
+        async for line in r.aiter_lines():
+            yield line
+
+
+async def one_request(lines, session, url, model, prompt, out_len, rec):
     body = {"model": model, "prompt": prompt, "max_tokens": out_len, "temperature": 0.0, "ignore_eos": True,
             "stream": True, "return_token_ids": True}
     t0 = time.perf_counter()
     times, counts = [], []
-    async with http.stream("POST", url + "/v1/completions", json=body) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            now = time.perf_counter()
-            choice = json.loads(line[6:])["choices"][0]
-            k = len(choice.get("token_ids") or [])
-            if k:
-                times.append(now)
-                counts.append(k)
-    rec.append({"send": t0, "scheduled": t_send, "times": times, "counts": counts})
+    async for line in lines(session, url + "/v1/completions", body):
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        now = time.perf_counter()
+        choice = json.loads(line[6:])["choices"][0]
+        k = len(choice.get("token_ids") or [])
+        if k:
+            times.append(now)
+            counts.append(k)
+    if sum(counts) != out_len:
+        raise RuntimeError(f"a request for {out_len} tokens got {sum(counts)}")
+    rec.append({"send": t0, "times": times, "counts": counts})
+
+
+def _session(n):
+    """An HTTP client for n streams at once: aiohttp when installed (less work per event), else httpx."""
+    try:
+        import aiohttp
+
+        return _lines_aiohttp, aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=n),
+                                                     timeout=aiohttp.ClientTimeout(total=3600))
+    except ImportError:
+        import httpx
+
+        return _lines_httpx, httpx.AsyncClient(timeout=httpx.Timeout(3600.0),
+                                               limits=httpx.Limits(max_connections=n, max_keepalive_connections=64))
 
 
 async def run_rate(url, model, reqs, rate, seed, max_concurrency):
-    import httpx
-
     rng = random.Random(seed)
-    limits = httpx.Limits(max_connections=max_concurrency or len(reqs), max_keepalive_connections=64)
-    sem = asyncio.Semaphore(max_concurrency or len(reqs))
+    n = max_concurrency or len(reqs)
+    sem = asyncio.Semaphore(n)
     rec = []
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as http:
-        async def go(prompt, out_len, t_send):
+    lines, session = _session(n)
+    async with session:
+        async def go(prompt, out_len):
             async with sem:
-                await one_request(http, url, model, prompt, out_len, t_send, rec)
+                await one_request(lines, session, url, model, prompt, out_len, rec)
 
         tasks = []
         t_start = time.perf_counter()
@@ -152,7 +163,7 @@ async def run_rate(url, model, reqs, rate, seed, max_concurrency):
             if rate != math.inf:
                 t_next += rng.expovariate(rate)
                 await asyncio.sleep(max(0.0, t_next - time.perf_counter()))
-            tasks.append(asyncio.create_task(go(prompt, out_len, time.perf_counter())))
+            tasks.append(asyncio.create_task(go(prompt, out_len)))
         await asyncio.gather(*tasks)
         t_end = time.perf_counter()
     ttft, itl, tpot, e2e = [], [], [], []
@@ -183,6 +194,8 @@ def start_server(a):
            "--max-step-tokens", str(a.max_step_tokens), "--served-model-name", "bench"]
     if a.max_model_len:
         cmd += ["--max-model-len", str(a.max_model_len)]
+    if a.tokenizer:
+        cmd += ["--tokenizer", a.tokenizer]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"),
                                                                      os.path.join(ROOT, "python")])),
                PYTHONUNBUFFERED="1")
@@ -208,14 +221,15 @@ def device_name(device):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--make-olmoe", metavar="DIR", help="first write a random OLMoE-1B-7B-shaped model to DIR")
-    p.add_argument("--tokenizer-dir", default=os.path.join(ROOT, ".deps", "tokenizers", "olmoe"),
-                   help="tokenizer files for --make-olmoe (default: .deps/tokenizers/olmoe)")
-    p.add_argument("--num-prompts", type=int, default=256)
+    p.add_argument("--model", default=None, help="model directory, preset or .json config (default: OLMoE-shaped)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory for the server (default: the model's; for the default model "
+                        ".deps/tokenizers/olmoe when present)")
+    p.add_argument("--quick", action="store_true", help="64 requests, rates 8 and inf")
+    p.add_argument("--num-prompts", type=int, default=None, help="requests per rate (default 256)")
     p.add_argument("--input-len", default="128:1024", help="uniform range of prompt lengths, MIN:MAX")
     p.add_argument("--output-len", default="128:512", help="uniform range of output lengths, MIN:MAX")
-    p.add_argument("--rates", default="4,8,16,inf", help="request rates (requests/s); inf: all at once")
+    p.add_argument("--rates", default=None, help="request rates (requests/s); inf: all at once (default 4,8,16,inf)")
     p.add_argument("--max-concurrency", type=int, default=0, help="clients in flight at most (0: no limit)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -227,14 +241,27 @@ def main():
     p.add_argument("--offline-child", help=argparse.SUPPRESS)  # internal: run offline, write JSON here
     p.add_argument("--out", default=None)
     a = p.parse_args()
+    a.num_prompts = a.num_prompts or (64 if a.quick else 256)
+    a.rates = a.rates or ("8,inf" if a.quick else "4,8,16,inf")
     input_len = tuple(int(x) for x in a.input_len.split(":"))
     output_len = tuple(int(x) for x in a.output_len.split(":"))
     rates = [math.inf if r.strip() == "inf" else float(r) for r in a.rates.split(",")]
+    if a.model is None:
+        a.model = os.path.join(os.environ.get("TMPDIR", "/tmp"), "olmoe-1b-7b-shape.json")
+        with open(a.model, "w") as f:
+            json.dump(OLMOE, f)
+        olmoe_tok = os.path.join(ROOT, ".deps", "tokenizers", "olmoe")
+        if a.tokenizer is None and os.path.isdir(olmoe_tok):
+            a.tokenizer = olmoe_tok
 
-    if a.make_olmoe:
-        make_olmoe(a.make_olmoe, a.tokenizer_dir)
-    with open(os.path.join(a.model, "config.json")) as f:
-        vocab = json.load(f)["vocab_size"]
+    import minillm
+
+    if not a.offline_child:
+        missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+        if missing:
+            sys.exit(f"error: the server needs {' and '.join(missing)} (scripts/setup.sh; on the GPU machine carry "
+                     "the wheels of scripts/wheels.sh)")
+    vocab = minillm.load_config(a.model)["vocab_size"]
     reqs = make_requests(a.num_prompts, vocab, input_len, output_len, a.seed)
 
     if a.offline_child:
@@ -244,7 +271,8 @@ def main():
     off = None
     if not a.skip_offline:
         tmp = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench_serve_offline_{os.getpid()}.json")
-        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--offline-child", tmp], check=True)
+        args = [*sys.argv[1:], "--model", a.model, "--num-prompts", str(a.num_prompts), "--offline-child", tmp]
+        subprocess.run([sys.executable, __file__, *args], check=True)
         with open(tmp) as f:
             off = json.load(f)
         os.remove(tmp)
@@ -270,7 +298,8 @@ def main():
 
     dev = device_name(a.device)
     doc = common.metadata("serve", dev)
-    doc.update({"model": os.path.basename(os.path.normpath(a.model)), "num_prompts": a.num_prompts,
+    doc.update({"model": os.path.splitext(os.path.basename(os.path.normpath(a.model)))[0],
+                "tokenizer": a.tokenizer and os.path.basename(os.path.normpath(a.tokenizer)), "num_prompts": a.num_prompts,
                 "input_len": list(input_len), "output_len": list(output_len), "max_num_seqs": a.max_num_seqs,
                 "max_step_tokens": a.max_step_tokens, "offline": off, "online": results})
     path = common.result_path(a.out, "serve.json", dev)

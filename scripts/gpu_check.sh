@@ -46,6 +46,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 sysroot_lib=$PWD/.deps/sysroot/usr/lib/x86_64-linux-gnu
 [[ -d $sysroot_lib ]] && export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$sysroot_lib
 [[ -f .deps/include/nlohmann/json.hpp ]] || { echo "error: .deps missing: carry .deps (run scripts/setup.sh here first)"; exit 1; }
+# The server's Python packages (FastAPI, uvicorn, ...), when carried as wheels: scripts/wheels.sh here, carry .whl.
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile .whl/*.whl || echo "warning: installing .whl/*.whl failed"
+fi
 
 step build build.log env BUILD_DIR="$BUILD_DIR" PYTHON="$PY" scripts/build.sh -DCMAKE_CUDA_ARCHITECTURES=90a || { printf '%s\n' "${SUMMARY[@]}"; exit 1; }
 step cpu cpu_tests.log bash -c "cd $BUILD_DIR && ctest -L cpu --output-on-failure -j16"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Downloads the server's Python packages as wheels into .whl/ (git-ignored) for a machine without
 # network whose Python lacks them (the GPU machine: CPython 3.12, x86-64, no FastAPI/uvicorn/pydantic).
-# There, before `python3 -m minillm serve` or bench/bench_serve.py:
-#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-#   export PYTHONPATH=/tmp/site:$PYTHONPATH
+# Carry .whl there; scripts/gpu_check.sh installs them, or by hand, before `python3 -m minillm serve`
+# or bench/bench_serve.py:
+#   python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl
 # Usage: scripts/wheels.sh   (PYTHON_VERSION=3.12 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,11 +3,11 @@
 Endpoints: POST /v1/completions, POST /v1/chat/completions (server-sent events with "stream": true),
 GET /v1/models, GET /health, GET /metrics (Prometheus text format).
 
-Threads: the engine thread owns the LLM. It takes requests and aborts from a command queue, runs
-`llm.step()` (which releases the GIL while the C++ step runs) and hands each step's outputs to the
-asyncio loop in one `call_soon_threadsafe`, which puts every StepOutput on its request's queue. The
-request handlers (asyncio, uvicorn) validate, tokenize, detokenize incrementally, apply stop strings
-and format JSON; nothing else happens per token in Python.
+Threads: the engine thread loops `llm.step()` (which releases the GIL while the C++ step runs) and
+hands each step's outputs to the asyncio loop in one `call_soon_threadsafe`, which puts every
+StepOutput on its request's queue. The request handlers (asyncio, uvicorn) validate, tokenize, add and
+abort requests (the engine queues them for its next step), detokenize incrementally, apply stop
+strings and format JSON; nothing else happens per token in Python.
 
 Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 for malformed JSON,
 wrong types, out-of-range values, unknown models, prompts that do not fit the context; 401 without the
@@ -26,9 +26,8 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -226,17 +225,18 @@ class Handle:
 
 
 class EngineLoop:
-    """Runs llm.step() on its own thread. submit() and abort() are called on the asyncio loop: the
-    engine queues requests and aborts given while a step runs, and takes them in at the next step;
-    the thread is woken so that it runs that step (an abort's pages return at it)."""
+    """Runs llm.step() on its own thread and hands each step's outputs to the asyncio loop, which
+    routes them to their requests' queues. submit() and abort() are called on the loop (the engine
+    queues requests and aborts given while a step runs, and takes them in at the next step); they wake
+    the thread so that it runs that step (an abort's pages return at it). The engine thread does no
+    per-request Python work: between two steps the GPU waits for it."""
 
     def __init__(self, llm, loop):
         self.llm = llm
         self.loop = loop
         self.stats = dict(llm.stats())
         self.error = None  # the exception that stopped the thread, if any
-        self._lock = threading.Lock()  # guards _handles
-        self._handles = {}  # engine request id -> Handle
+        self._handles = {}  # engine request id -> Handle (the loop's thread only)
         self._cv = threading.Condition()
         self._kick = False
         self._stop = False
@@ -258,9 +258,8 @@ class EngineLoop:
     def submit(self, prompt_ids, params):
         """Adds a request (ValueError for one the engine refuses); its outputs arrive on .queue."""
         h = Handle()
-        with self._lock:
-            h.rid = self.llm.add_request(prompt_ids, params)
-            self._handles[h.rid] = h
+        h.rid = self.llm.add_request(prompt_ids, params)
+        self._handles[h.rid] = h
         self._wake()
         return h
 
@@ -268,27 +267,35 @@ class EngineLoop:
         if h.done:
             return
         h.done = True
-        with self._lock:
-            if self._handles.pop(h.rid, None) is None:
-                return
-        self.llm.abort(h.rid)
-        self._wake()
+        if self._handles.pop(h.rid, None) is not None:
+            self.llm.abort(h.rid)
+            self._wake()
 
     def _wake(self):
         with self._cv:
             self._kick = True
             self._cv.notify()
 
-    def _deliver(self, batch):
-        for h, out in batch:
-            h.queue.put_nowait(out)
+    def _route(self, outs):
+        """On the loop: each StepOutput to its request's queue (those of aborted requests are dropped)."""
+        handles = self._handles
+        for out in outs:
+            h = handles.get(out.request_id)
+            if h is not None:
+                if out.finished:
+                    del handles[out.request_id]
+                h.queue.put_nowait(out)
 
-    def _send(self, batch):
-        if batch:
-            try:
-                self.loop.call_soon_threadsafe(self._deliver, batch)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
+    def _fail(self, error):
+        for h in self._handles.values():
+            h.queue.put_nowait(error)
+        self._handles.clear()
+
+    def _post(self, fn, arg):
+        try:
+            self.loop.call_soon_threadsafe(fn, arg)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
 
     def _run(self):
         llm = self.llm
@@ -301,22 +308,12 @@ class EngineLoop:
                         break
                     self._kick = False
                 outs = llm.step()
-                batch = []
-                with self._lock:
-                    for out in outs:
-                        h = self._handles.get(out.request_id)
-                        if h is not None:
-                            if out.finished:
-                                del self._handles[out.request_id]
-                            batch.append((h, out))
-                self._send(batch)
+                if outs:
+                    self._post(self._route, outs)
                 self.stats = dict(llm.stats())
         except BaseException as e:  # noqa: BLE001 - the engine is broken: fail every request
             self.error = e
-            with self._lock:
-                failed = [(h, RuntimeError(f"engine failed: {e}")) for h in self._handles.values()]
-                self._handles.clear()
-            self._send(failed)
+            self._post(self._fail, RuntimeError(f"engine failed: {e}"))
             raise
 
 
@@ -460,23 +457,24 @@ class _SSE(StreamingResponse):
             await self.body_iterator.aclose()
 
 
-def _dumps(obj):
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+# One encoder for every chunk (json.dumps with non-default options builds a new one per call).
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class Server:
-    """Server(llm, model_name, api_key=None, chat_template=None, max_body_bytes=1 MiB, max_model_len=None).
+    """Server(llm, model_name, api_key=None, chat_template=None, max_body_bytes=1 MiB, max_model_len=None,
+    tokenizer=None (llm.tokenizer)).
     `.app` is the FastAPI application; the engine thread starts with the app's lifespan."""
 
     def __init__(self, llm, model_name, api_key=None, chat_template=None, max_body_bytes=1 << 20,
-                 max_model_len=None, ready_message=None):
+                 max_model_len=None, tokenizer=None, ready_message=None):
         self.llm = llm
         self.model_name = model_name
         self.api_key = api_key
         self.chat_template = chat_template
         self.max_body_bytes = max_body_bytes
         self.max_model_len = int(getattr(llm, "max_model_len", None) or max_model_len)
-        self.tokenizer = llm.tokenizer
+        self.tokenizer = tokenizer or llm.tokenizer
         self.eos_token_ids = set(getattr(llm, "eos_token_ids", None) or [])
         self.vocab_size = getattr(llm, "vocab_size", None) or (self.tokenizer.vocab_size if self.tokenizer else None)
         self.metrics = Metrics()
@@ -890,7 +888,11 @@ class Server:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="minillm serve", description="OpenAI-compatible HTTP server over minillm.LLM.")
-    p.add_argument("--model", required=True, help="model directory (HF layout: config.json, safetensors, tokenizer)")
+    p.add_argument("--model", required=True,
+                   help="model directory (HF layout: config.json, safetensors, tokenizer), or what minillm.LLM "
+                        "also takes: a preset name or a .json config (seeded random weights, no tokenizer)")
+    p.add_argument("--tokenizer", default=None,
+                   help="a directory whose tokenizer (and chat template) to use instead of the model's")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed when ready)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
@@ -921,29 +923,27 @@ def serve(argv=None):
     args = parse_args(argv)
     import uvicorn
 
-    if not os.path.isdir(args.model):
-        sys.exit(f"error: --model {args.model!r} is not a directory")
+    text_dir = args.tokenizer or (args.model if os.path.isdir(args.model) else None)
     try:
+        tokenizer = minillm.Tokenizer(args.tokenizer) if args.tokenizer else None
+        stock = ChatTemplate.from_dir(text_dir) if text_dir else None
+        template = stock
         if args.chat_template is not None:
             with open(args.chat_template, encoding="utf-8") as f:
-                template = ChatTemplate(f.read())
-            stock = ChatTemplate.from_dir(args.model)
-            template.special_tokens = stock.special_tokens if stock is not None else {}
-        else:
-            template = ChatTemplate.from_dir(args.model)
+                template = ChatTemplate(f.read(), stock.special_tokens if stock is not None else {})
         llm = minillm.LLM(args.model, device=args.device, max_model_len=args.max_model_len,
                           gpu_memory_fraction=args.gpu_memory_fraction, num_kv_tokens=args.num_kv_tokens,
                           max_num_seqs=args.max_num_seqs, max_step_tokens=args.max_step_tokens, seed=args.seed)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
-    name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
+    name = args.served_model_name or os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0]
     sock = socket.create_server((args.host, args.port))
     host, port = sock.getsockname()[:2]
     # The engine thread needs the GIL back as soon as a step returns; a short switch interval bounds
     # how long the HTTP thread can keep it.
     sys.setswitchinterval(0.0005)
     server = Server(llm, name, api_key=args.api_key, chat_template=template, max_body_bytes=args.max_body_bytes,
-                    max_model_len=args.max_model_len,
+                    max_model_len=args.max_model_len, tokenizer=tokenizer,
                     ready_message=f"minillm serve: {name} on http://{host}:{port}/v1 "
                                   f"(chat template: {'yes' if template else 'none'})")
     config = uvicorn.Config(server.app, log_level=args.log_level, timeout_graceful_shutdown=args.shutdown_timeout,

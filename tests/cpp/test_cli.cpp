@@ -52,6 +52,15 @@ TEST(Cli, InfoReportsParametersMemoryAndFlops) {
   EXPECT_NE(r.out.find("FLOPs per forward at batch 8 x seq 2048"), std::string::npos);
 }
 
+TEST(Cli, ServeHandsOverToThePythonServer) {
+  // `minillm serve` execs python3 -m minillm serve (python/minillm/server.py) with this tree's python/.
+  Result r = run("serve --help");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("usage: minillm serve"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--api-key"), std::string::npos) << r.out;
+  expect_fail("serve --model no_such_model_dir --device cpu", "no_such_model_dir");
+}
+
 TEST(Cli, ForwardOnIdsAndRandomBatch) {
   Result r = run("forward --model tiny --ids 1,2,3,4,5 --device cpu");
   EXPECT_EQ(r.code, 0) << r.out;

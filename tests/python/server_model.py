@@ -24,7 +24,7 @@ CONFIG = {
     "head_dim": 16,
     "num_local_experts": 4,
     "num_experts_per_tok": 2,
-    "max_position_embeddings": 512,
+    "max_position_embeddings": 4096,
     "rope_theta": 10000.0,
     "rms_norm_eps": 1e-5,
     "tie_word_embeddings": False,

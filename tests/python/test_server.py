@@ -23,23 +23,24 @@ pytest.importorskip("uvicorn", reason="the server needs uvicorn (scripts/setup.s
 
 import minillm  # noqa: E402
 
-if not (hasattr(minillm, "LLM") and hasattr(minillm, "Tokenizer")):
-    pytest.skip("needs minillm.LLM (generation, #24) and minillm.Tokenizer (tokenizer, #23)", allow_module_level=True)
-
 from server_model import make_chat_model  # noqa: E402
 
 PYTHON_DIR = os.path.dirname(os.path.abspath(minillm.__file__)).rsplit(os.sep, 1)[0]
 MAX_MODEL_LEN = 256
+LONG = 2000  # tokens of a request that is still running when its client goes away (the `bare` server)
+KEY = "sekret"
 PROMPTS = ["Hello world", "The engine runs", "MoE layers route tokens to experts", "A"]
 
 
 class ServerProcess:
-    def __init__(self, model_dir, *args):
+    def __init__(self, model_dir, *args, max_model_len=MAX_MODEL_LEN):
+        # One OpenMP thread: the model is tiny, and OpenMP teams of this process and the server
+        # spinning against each other on a 2-core machine make every step tens of milliseconds.
         env = dict(os.environ, PYTHONPATH=PYTHON_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "minillm", "serve", "--model", model_dir, "--port", "0", "--device", "cpu",
-             "--max-model-len", str(MAX_MODEL_LEN), "--num-kv-tokens", "4096", *args],
+             "--max-model-len", str(max_model_len), "--num-kv-tokens", "4096", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.lines = []
         deadline = time.time() + 60
@@ -94,8 +95,35 @@ def server(model_dir):
 
 
 @pytest.fixture(scope="module")
+def bare(model_dir, tmp_path_factory):
+    """The same model without a chat template, served with an API key and a long context."""
+    path = os.path.join(str(tmp_path_factory.mktemp("server")), "bare")
+    shutil.copytree(model_dir, path)
+    with open(os.path.join(path, "tokenizer_config.json")) as f:
+        cfg = json.load(f)
+    del cfg["chat_template"]
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump(cfg, f)
+    s = ServerProcess(path, "--api-key", KEY, max_model_len=LONG + 64)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
 def llm(model_dir):
-    return minillm.LLM(model_dir, device="cpu", max_model_len=MAX_MODEL_LEN, num_kv_tokens=4096)
+    """The reference engine, in this process; with one OpenMP thread while this module runs (as the
+    servers have), since the model is tiny."""
+    import ctypes
+
+    try:
+        gomp = ctypes.CDLL("libgomp.so.1")
+        threads = gomp.omp_get_max_threads()
+        gomp.omp_set_num_threads(1)
+    except OSError:
+        gomp = None
+    yield minillm.LLM(model_dir, device="cpu", max_model_len=MAX_MODEL_LEN, num_kv_tokens=4096)
+    if gomp is not None:
+        gomp.omp_set_num_threads(threads)
 
 
 def _greedy(llm, prompt_ids, max_tokens):
@@ -309,7 +337,9 @@ def test_concurrent_streaming_clients(server, llm):
     n = 32
     prompts = [f"Request {i}: {PROMPTS[i % len(PROMPTS)]}" for i in range(n)]
     max_tokens = [8 + (i * 5) % 24 for i in range(n)]
-    want = [_text(llm, _greedy_ids(llm, llm.tokenizer.encode(p), m)) for p, m in zip(prompts, max_tokens)]
+    outs = llm.generate([llm.tokenizer.encode(p) for p in prompts],
+                        [minillm.SamplingParams(max_tokens=m, temperature=0.0) for m in max_tokens])
+    want = [_text(llm, o.token_ids) for o in outs]
 
     def one(i):
         client = server.client()
@@ -334,45 +364,49 @@ def _wait_idle(server, timeout=20):
     raise AssertionError(f"server not idle: {m}")
 
 
-def test_client_disconnect_aborts_and_frees_pages(server):
-    body = {"model": "chat_model", "prompt": "Tell a long story", "max_tokens": MAX_MODEL_LEN - 16,
-            "temperature": 0, "stream": True, "ignore_eos": True}
-    before = server.metrics()
-    with httpx.Client(timeout=30) as http:
-        with http.stream("POST", server.url + "/v1/completions", json=body) as r:
-            assert r.status_code == 200
-            lines = r.iter_lines()
-            got = [next(lines) for _ in range(6)]
-            assert all(line == "" or line.startswith("data: ") for line in got)
-            mid = server.metrics()
-            assert mid["minillm_kv_pages_used"] > 0
-        # the response is closed here before the stream finished: the server aborts the request
-    after = _wait_idle(server)
-    assert _aborted(server) >= 1
-    assert after["minillm_generation_tokens_total"] - before["minillm_generation_tokens_total"] < MAX_MODEL_LEN - 16
-
-
 def _aborted(server):
     text = httpx.get(server.url + "/metrics", timeout=10).text
     m = re.search(r'^minillm_requests_finished_total\{finish_reason="abort"\} (\d+)$', text, re.M)
     return int(m.group(1)) if m else 0
 
 
-def test_client_disconnect_without_streaming_aborts(server):
+LONG_BODY = {"model": "bare", "prompt": "Tell a long story", "max_tokens": LONG, "temperature": 0, "ignore_eos": True}
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def test_client_disconnect_aborts_and_frees_pages(bare):
+    before, aborted = bare.metrics(), _aborted(bare)
+    with httpx.Client(timeout=30) as http:
+        with http.stream("POST", bare.url + "/v1/completions", json={**LONG_BODY, "stream": True},
+                         headers=AUTH) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(6)]
+            assert all(line == "" or line.startswith("data: ") for line in got)
+            mid = bare.metrics()
+            assert mid["minillm_requests_running"] == 1 and mid["minillm_kv_pages_used"] > 0
+        # the response is closed here before the stream finished: the server aborts the request
+    after = _wait_idle(bare)
+    assert _aborted(bare) == aborted + 1
+    assert after["minillm_generation_tokens_total"] - before["minillm_generation_tokens_total"] < LONG
+
+
+def test_client_disconnect_without_streaming_aborts(bare):
     import socket
 
-    before = _aborted(server)
-    body = json.dumps({"model": "chat_model", "prompt": "Tell a long story", "max_tokens": MAX_MODEL_LEN - 16,
-                       "temperature": 0, "ignore_eos": True}).encode()
-    host, port = server.url.rsplit("/", 1)[1].split(":")
+    aborted = _aborted(bare)
+    body = json.dumps(LONG_BODY).encode()
+    host, port = bare.url.rsplit("/", 1)[1].split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + KEY.encode() + b"\r\n"
                      b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         deadline = time.time() + 10
-        while server.metrics()["minillm_requests_running"] == 0 and time.time() < deadline:
+        while bare.metrics()["minillm_requests_running"] == 0 and time.time() < deadline:
             time.sleep(0.005)
-    _wait_idle(server)
-    assert _aborted(server) == before + 1
+        assert bare.metrics()["minillm_kv_pages_used"] > 0
+    _wait_idle(bare)
+    assert _aborted(bare) == aborted + 1
 
 
 def test_curl_sse(server):
@@ -391,34 +425,35 @@ def test_curl_sse(server):
     assert chunks[0]["object"] == "chat.completion.chunk" and chunks[-1]["choices"][0]["finish_reason"]
 
 
-def test_api_key_no_chat_template_and_sigterm_drain(model_dir, tmp_path):
-    bare = tmp_path / "bare"
-    shutil.copytree(model_dir, bare)
-    cfg = json.loads((bare / "tokenizer_config.json").read_text())
-    del cfg["chat_template"]
-    (bare / "tokenizer_config.json").write_text(json.dumps(cfg))
-    s = ServerProcess(str(bare), "--api-key", "sekret")
-    try:
-        with pytest.raises(openai.AuthenticationError):
-            s.client().models.list()
-        with pytest.raises(openai.AuthenticationError):
-            s.client(api_key="wrong").completions.create(model="bare", prompt="x", max_tokens=2)
-        client = s.client(api_key="sekret")
-        assert client.models.list().data[0].id == "bare"
-        with pytest.raises(openai.BadRequestError) as e:
-            client.chat.completions.create(model="bare", messages=[{"role": "user", "content": "x"}])
-        assert "chat template" in e.value.body["message"]
-        assert httpx.get(s.url + "/health").status_code == 200  # health and metrics need no key
-        # SIGTERM while a stream runs: it runs to its end, then the server exits cleanly
-        stream = client.completions.create(model="bare", prompt="A long one", max_tokens=200, temperature=0,
-                                           stream=True, extra_body={"ignore_eos": True})
-        chunks = [next(stream)]
-        s.proc.send_signal(signal.SIGTERM)
-        chunks += list(stream)
-        assert chunks[-1].choices[0].finish_reason == "length"
-        assert s.proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
-        assert any("minillm serve: stopped" in line for line in s.lines), s.lines
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(s.url + "/health")
-    finally:
-        s.stop()
+def test_api_key_and_no_chat_template(bare):
+    with pytest.raises(openai.AuthenticationError):
+        bare.client().models.list()
+    with pytest.raises(openai.AuthenticationError):
+        bare.client(api_key="wrong").completions.create(model="bare", prompt="x", max_tokens=2)
+    r = httpx.post(bare.url + "/v1/completions", json={"prompt": "x"}, timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    client = bare.client(api_key=KEY)
+    assert client.models.list().data[0].id == "bare"
+    assert client.completions.create(model="bare", prompt="x", max_tokens=2).usage.completion_tokens >= 1
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="bare", messages=[{"role": "user", "content": "x"}])
+    assert "chat template" in e.value.body["message"]
+    assert httpx.get(bare.url + "/health").status_code == 200  # /health and /metrics need no key
+    assert httpx.get(bare.url + "/metrics").status_code == 200
+
+
+def test_sigterm_drains_running_requests(bare):
+    """Last in this file: it stops the `bare` server. A stream that runs when SIGTERM comes runs to
+    its end; then the server exits and refuses connections."""
+    client = bare.client(api_key=KEY)
+    stream = client.completions.create(model="bare", prompt="A long one", max_tokens=LONG, temperature=0,
+                                       stream=True, extra_body={"ignore_eos": True, "return_token_ids": True})
+    chunks = [next(stream)]
+    bare.proc.send_signal(signal.SIGTERM)
+    chunks += list(stream)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert sum(len(c.choices[0].token_ids) for c in chunks) == LONG
+    assert bare.proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    assert any("minillm serve: stopped" in line for line in bare.lines), bare.lines
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(bare.url + "/health")
