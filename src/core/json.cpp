@@ -53,17 +53,10 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& what,
 }
 
 std::string json_excerpt(const nlohmann::json& v, size_t max_chars) {
-  detail::Message m;
-  if (v.is_array()) {
-    m << "an array of " << v.size();
-    return m.str();
-  }
-  if (v.is_object()) {
-    m << "an object of " << v.size() << " keys";
-    return m.str();
-  }
+  // Nesting is bounded by parse_json_strict, so dump() cannot recurse deeply; the text is cut.
   const std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   if (s.size() <= max_chars) return s;
+  detail::Message m;
   m << s.substr(0, max_chars) << "... (" << s.size() << " chars)";
   return m.str();
 }

@@ -19,8 +19,8 @@ struct JsonLimits {
 // "<what>: <problem>" that quotes at most a short excerpt of the input.
 nlohmann::json parse_json_strict(std::string_view text, const std::string& what, const JsonLimits& limits = {});
 
-// A short one-line rendering of a JSON value for error messages: scalars as JSON text (cut to
-// `max_chars`), arrays and objects by their kind and size.
+// A short one-line rendering of a JSON value for error messages: its JSON text, cut to `max_chars`
+// (with "..." and the full length). For values from parse_json_strict (nesting at most 64).
 std::string json_excerpt(const nlohmann::json& v, size_t max_chars = 48);
 
 }  // namespace minillm

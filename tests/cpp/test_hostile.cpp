@@ -14,6 +14,7 @@
 
 #include "core/file.h"
 #include "core/json.h"
+#include "minillm/checkpoint.h"
 #include "minillm/config.h"
 #include "minillm/core/check.h"
 #include "minillm/engine.h"
@@ -149,7 +150,7 @@ TEST(Hostile, DeeplyNestedJsonIsRejectedWithoutRecursion) {
   expect_st_error(st_file(R"({"t":{"dtype":"F32","shape":)" + deep + R"(,"data_offsets":[0,8]}})", k8),
                   {"header", "nested deeper than 64"});
   // Shallow nesting in a wrong place is an ordinary type error quoting a bounded excerpt.
-  expect_config_error(tiny_with("vocab_size", "[[[1]]]"), {"vocab_size must be an integer, got an array of 1"});
+  expect_config_error(tiny_with("vocab_size", "[[[1]]]"), {"vocab_size must be an integer, got [[[1]]]"});
 }
 
 // ---- 3. shape products overflowing int64 ----
@@ -360,8 +361,11 @@ TEST(Hostile, FifosDirectoriesAndPresetShadowing) {
   fs::current_path(work);
   write_all("tiny", "not json");
   fs::create_directories("small");
+  write_all("small/config.json", "{}");  // looks like a model directory
   EXPECT_EQ(minillm::load_config("tiny").name, "tiny");
   EXPECT_EQ(minillm::load_config("small").name, "small");
+  EXPECT_FALSE(minillm::is_model_dir("small"));
+  EXPECT_TRUE(minillm::is_model_dir("./small"));
   expect_error([&] { minillm::load_config("./tiny"); }, {"./tiny", "malformed JSON"});
   fs::current_path(cwd);
   fs::remove_all(work);
@@ -388,7 +392,8 @@ TEST(Hostile, ExcerptsAndCheckedArithmetic) {
   EXPECT_EQ(minillm::checked_mul(int64_t{1} << 31, int64_t{1} << 31, "x"), int64_t{1} << 62);
   expect_error([] { minillm::checked_mul(int64_t{1} << 32, int64_t{1} << 32, "shape"); }, {"shape = 4294967296 x 4294967296 overflows 64 bits"});
   expect_error([] { minillm::checked_add(INT64_MAX, 1, "offset"); }, {"offset", "overflows"});
-  EXPECT_EQ(minillm::json_excerpt(nlohmann::json::parse("[1,2,3]")), "an array of 3");
+  EXPECT_EQ(minillm::json_excerpt(nlohmann::json::parse("[1,2,3]")), "[1,2,3]");
+  EXPECT_EQ(minillm::json_excerpt(nlohmann::json::parse("[1,2,3]"), 4), "[1,2... (7 chars)");
   EXPECT_EQ(minillm::json_excerpt(nlohmann::json(std::string(100, 'z')), 10), "\"zzzzzzzzz... (102 chars)");
 }
 

@@ -113,7 +113,7 @@ def test_unknown_model_type_names_the_supported_ones(tmp_path):
     ("mixtral", "sliding_window", 4096, "sliding_window = 4096"),
     ("qwen3_moe", "rope_parameters", {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}, 'rope_parameters.rope_type = "yarn"'),
     ("olmoe", "rope_scaling", {"type": "linear", "factor": 2.0}, 'rope_scaling.type = "linear"'),
-    ("qwen2_moe", "mlp_only_layers", [0], "mlp_only_layers = an array of 1"),
+    ("qwen2_moe", "mlp_only_layers", [0], "mlp_only_layers = [0]"),
     ("qwen3_moe", "decoder_sparse_step", 2, "decoder_sparse_step = 2"),
     ("qwen3_moe", "attention_bias", True, "attention_bias = true"),
     ("olmoe", "clip_qkv", 8.0, "clip_qkv = 8.0"),
