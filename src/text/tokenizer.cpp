@@ -53,6 +53,18 @@ json read_config(const std::string& path) {
     MINILLM_FAIL(path << ": not valid JSON: " << e.what());
   }
 }
+// Loader errors may quote bytes of the file (a JSON parser's "last read" token); a message must be
+// valid UTF-8 (Python turns it into a str), so invalid bytes become U+FFFD.
+template <typename F>
+auto clean_errors(F&& load) -> decltype(load()) {
+  try {
+    return load();
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    if (text::utf8_invalid_at(m) == std::string::npos) throw;
+    throw Error(text::utf8_lossy(m));
+  }
+}
 }  // namespace
 
 void check_utf8(std::string_view s, std::string_view what) {
@@ -70,20 +82,20 @@ std::unique_ptr<Tokenizer> Tokenizer::from_file(const std::string& path, const s
   const std::string content = read_file(path);
   json config;
   const bool has_config = !config_path.empty();
-  if (has_config) config = read_config(config_path);
+  if (has_config) config = clean_errors([&] { return read_config(config_path); });
   size_t i = 0;
   while (i < content.size() && std::isspace(static_cast<unsigned char>(content[i]))) ++i;
   MINILLM_TEXT_REQUIRE(i < content.size(), path << ": the file is empty");
-  std::unique_ptr<text::TokenizerImpl> impl;
-  if (content[i] == '{')
-    impl = text::load_hf_tokenizer(path, content, has_config ? &config : nullptr);
-  else
-    impl = text::load_sp_tokenizer(path, content, has_config ? &config : nullptr);
+  auto impl = clean_errors([&] {
+    return content[i] == '{' ? text::load_hf_tokenizer(path, content, has_config ? &config : nullptr)
+                             : text::load_sp_tokenizer(path, content, has_config ? &config : nullptr);
+  });
   return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl)));
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::from_json(const std::string& content, const std::string& name) {
-  return std::unique_ptr<Tokenizer>(new Tokenizer(text::load_hf_tokenizer(name, content, nullptr)));
+  return std::unique_ptr<Tokenizer>(
+      new Tokenizer(clean_errors([&] { return text::load_hf_tokenizer(name, content, nullptr); })));
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::from_dir(const std::string& dir) {

@@ -248,6 +248,9 @@ TEST(Tokenizer, BadFilesNameTheFileAndTheProblem) {
   e = error_of([&] { Tokenizer::from_dir(d.str()); });
   EXPECT_NE(e.find(p), std::string::npos) << e;
   EXPECT_NE(e.find("malformed JSON"), std::string::npos) << e;
+  d.write("tokenizer.json", "{\"model\": {\"a\", \xF6\xF6}}");  // the parser quotes the invalid bytes
+  e = error_of([&] { Tokenizer::from_dir(d.str()); });
+  EXPECT_EQ(minillm::text::utf8_invalid_at(e), std::string::npos) << "the message is not valid UTF-8: " << e;
 
   auto with = [&](const char* key, json v) {
     json j = tiny_bytelevel();
