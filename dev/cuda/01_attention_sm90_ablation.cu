@@ -72,7 +72,8 @@ Runner traits_variant() {
   return [](const FlashAttentionParams& p, cudaStream_t s) {
     FlashFwdArgs args;
     if (!make_flash_fwd_args(p, args)) return;
-    MINILLM_CHECK(launch_variant<kOverlap, kPingPong, kPoly>(args, s), "variant: TMA descriptors rejected");
+    const bool launched = launch_variant<kOverlap, kPingPong, kPoly>(args, s);
+    MINILLM_CHECK(launched, "variant: TMA descriptors rejected");
   };
 }
 
