@@ -11,7 +11,7 @@
 // q_norm, k_norm fp32 [D] (per head) or [Hq * D] / [Hkv * D] (whole), or null.
 // Cost: a read and a write of q and k (and v when biased): a memory-bound pass, separate from the
 // QKV GEMM for now (the fused QKV+RoPE epilogue is used only for models without bias and qk-norm).
-#include "cuda/engine/common.cuh"
+#include "cuda/common.cuh"
 #include "cuda/engine/ops.h"
 #include "minillm/core/cuda_check.h"
 
