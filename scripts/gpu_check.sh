@@ -24,9 +24,9 @@ STEPS=${STEPS:-"build cpu gpu pytest sanitize main bench"}
 BENCH_ARGS=${BENCH_ARGS:-}
 BENCHES=${BENCHES:-}
 CLIBENCH_ARGS=${CLIBENCH_ARGS:-"--model medium --batch 8 --seq 2048"}
-SAN_FILTER=${SAN_FILTER:-"*Small*:QkvRope*"}
+SAN_FILTER=${SAN_FILTER:-"*Small*:QkvRope*:CheckpointOpsCuda.*"}
 # racecheck: our kernels only (cuBLAS's own kernels report hazards racecheck cannot model).
-RACE_FILTER=${RACE_FILTER:-"FlashAttention.Small*:FlashAttentionSm90.Small*:MoECuda.Small*:QkvRopeCuda.*:PagedAttention.Small*"}
+RACE_FILTER=${RACE_FILTER:-"FlashAttention.Small*:FlashAttentionSm90.Small*:MoECuda.Small*:QkvRopeCuda.*:PagedAttention.Small*:CheckpointOpsCuda.*"}
 declare -a SUMMARY=()
 
 step() {  # step NAME LOGFILE COMMAND...: runs, records pass/fail and the seconds it took

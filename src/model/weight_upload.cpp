@@ -25,26 +25,44 @@ struct Slot {
   bool filled = false;
 };
 
-// Converts n elements of `src` (dtype s) to `dst` (dtype d), serially. Float dtypes only.
+// Converts n elements of `src` (dtype s) to `dst` (dtype d), serially, one loop per dtype pair
+// (bf16 <-> f32 inline bit operations). Float dtypes only.
 void convert(const char* src, DType s, char* dst, DType d, int64_t n) {
   if (s == d) {
     std::memcpy(dst, src, static_cast<size_t>(n) * dtype_size(d));
     return;
   }
-  for (int64_t i = 0; i < n; ++i) {
-    float v;
+  auto in = [&](int64_t i) {
     uint16_t h;
-    if (s == DType::f32) {
-      std::memcpy(&v, src + 4 * i, 4);
-    } else {
-      std::memcpy(&h, src + 2 * i, 2);
-      v = s == DType::bf16 ? bf16_to_f32(h) : f16_to_f32(h);
-    }
-    if (d == DType::f32) {
+    std::memcpy(&h, src + 2 * i, 2);
+    return h;
+  };
+  if (s == DType::bf16 && d == DType::f32) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = bf16_to_f32(in(i));
       std::memcpy(dst + 4 * i, &v, 4);
-    } else {
-      h = d == DType::bf16 ? f32_to_bf16(v) : f32_to_f16(v);
+    }
+  } else if (s == DType::f32 && d == DType::bf16) {
+    for (int64_t i = 0; i < n; ++i) {
+      float v;
+      std::memcpy(&v, src + 4 * i, 4);
+      const uint16_t h = f32_to_bf16(v);
       std::memcpy(dst + 2 * i, &h, 2);
+    }
+  } else {  // any pair with f16: through fp32
+    for (int64_t i = 0; i < n; ++i) {
+      float v;
+      if (s == DType::f32) {
+        std::memcpy(&v, src + 4 * i, 4);
+      } else {
+        v = s == DType::bf16 ? bf16_to_f32(in(i)) : f16_to_f32(in(i));
+      }
+      if (d == DType::f32) {
+        std::memcpy(dst + 4 * i, &v, 4);
+      } else {
+        const uint16_t h = d == DType::bf16 ? f32_to_bf16(v) : f32_to_f16(v);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
     }
   }
 }

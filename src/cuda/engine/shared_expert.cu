@@ -8,6 +8,8 @@
 // once. Layouts row-major, bf16 or fp16; gate [H] in the model dtype.
 // Cost: memory-bound passes over [T, 3 Fs] and [T, 3 H]; not fused into the routed experts' grouped
 // GEMMs yet (a first step: the shared expert runs beside them as dense GEMMs).
+#include <algorithm>
+
 #include "cuda/common.cuh"
 #include "cuda/engine/ops.h"
 #include "minillm/core/cuda_check.h"
