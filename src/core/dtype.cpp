@@ -1,6 +1,7 @@
 #include "minillm/core/dtype.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "minillm/core/check.h"
 
@@ -63,6 +64,29 @@ float round_to(DType t, float x) {
     case DType::f16: return f16_to_f32(f32_to_f16(x));
     default: return x;
   }
+}
+
+// Index of the first NaN or Inf among `n` elements of a float tensor's raw bytes, or -1. Reads
+// only the exponent bits (all ones: NaN or Inf), so it runs at memory speed.
+int64_t first_non_finite(DType dt, const uint8_t* p, int64_t n) {
+  int64_t first = n;
+  if (dt == DType::f32) {
+#pragma omp parallel for simd reduction(min : first) schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      uint32_t u;
+      std::memcpy(&u, p + 4 * i, 4);
+      if ((u & 0x7f800000u) == 0x7f800000u) first = i < first ? i : first;
+    }
+  } else if (dt == DType::bf16 || dt == DType::f16) {
+    const uint16_t mask = dt == DType::bf16 ? 0x7f80 : 0x7c00;
+#pragma omp parallel for simd reduction(min : first) schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, p + 2 * i, 2);
+      if ((h & mask) == mask) first = i < first ? i : first;
+    }
+  }
+  return first == n ? -1 : first;
 }
 
 }  // namespace minillm

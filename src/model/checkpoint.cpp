@@ -180,6 +180,11 @@ void CheckpointSource::for_each(const Sink& sink) const {
         auto it = ours.find(t.name);
         MINILLM_CHECK(it != ours.end(), "weights: '" << info_.shards[i] << "': unexpected tensor '" << t.name << "'");
         prefetch(f.data(t), t.end - t.begin);
+        int64_t n = 1;
+        for (int64_t d : t.shape) n *= d;
+        const int64_t bad = is_float(t.dtype) ? first_non_finite(t.dtype, static_cast<const uint8_t*>(f.data(t)), n) : -1;
+        MINILLM_CHECK(bad < 0, "weights: '" << info_.shards[i] << "': tensor '" << t.name << "' holds NaN or Inf at element "
+                                            << bad << "; weights must be finite");
         sink(it->second, t.dtype, t.shape, f.data(t));
       }
     }  // unmapped here

@@ -27,29 +27,6 @@ bool ends_with(const std::string& s, const char* suf) {
   return s.size() >= n && s.compare(s.size() - n, n, suf) == 0;
 }
 
-// Index of the first NaN or Inf among `n` elements of a float tensor's raw bytes, or -1. Reads
-// only the exponent bits (all ones: NaN or Inf), so it runs at memory speed.
-int64_t first_non_finite(DType dt, const uint8_t* p, int64_t n) {
-  int64_t first = n;
-  if (dt == DType::f32) {
-#pragma omp parallel for simd reduction(min : first) schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      uint32_t u;
-      std::memcpy(&u, p + 4 * i, 4);
-      if ((u & 0x7f800000u) == 0x7f800000u) first = i < first ? i : first;
-    }
-  } else if (dt == DType::bf16 || dt == DType::f16) {
-    const uint16_t mask = dt == DType::bf16 ? 0x7f80 : 0x7c00;
-#pragma omp parallel for simd reduction(min : first) schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * i, 2);
-      if ((h & mask) == mask) first = i < first ? i : first;
-    }
-  }
-  return first == n ? -1 : first;
-}
-
 // The host memory a WeightStore of `bytes` takes, refused up front when the host lacks it.
 void check_host_bytes(int64_t bytes, const ModelConfig& c, const char* what) {
   const size_t avail = available_memory(Device::cpu);

@@ -167,3 +167,15 @@ def test_shape_mismatch_names_tensor(tmp_path):
     d = copy_model(tmp_path, "qwen2_moe")
     edit_config(d, shared_expert_intermediate_size=64)
     expect_error(d, "model.safetensors", "model.layers.0.mlp.shared_expert.down_proj.weight", "has shape [64, 128], expected [64, 64]")
+
+
+def test_non_finite_weight_names_the_tensor(tmp_path):
+    d = copy_model(tmp_path, "olmoe")  # bfloat16
+    p = d / "model.safetensors"
+    raw = bytearray(p.read_bytes())
+    n = struct.unpack("<Q", raw[:8])[0]
+    name = "model.layers.1.mlp.experts.3.down_proj.weight"
+    b = json.loads(raw[8:8 + n])[name]["data_offsets"][0]
+    raw[8 + n + b + 10:8 + n + b + 12] = b"\xc0\x7f"  # element 5: a bf16 NaN
+    p.write_bytes(bytes(raw))
+    expect_error(d, "model.safetensors", name, "NaN or Inf at element 5")

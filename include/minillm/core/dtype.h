@@ -42,5 +42,7 @@ float f16_to_f32(uint16_t h);
 
 // Rounds an fp32 value to the nearest value representable in `t` (identity for f32).
 float round_to(DType t, float x);
+// Index of the first NaN or Inf among the `n` elements of a float tensor's raw bytes `p`, or -1.
+int64_t first_non_finite(DType t, const uint8_t* p, int64_t n);
 
 }  // namespace minillm
