@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The main job: set up, build, and run one forward pass of a preset with seeded weights, saying what
-# each step does and how long it took.
-#   GPU machine: the medium preset, batch 8 x seq 2048, on CUDA (build dir build/).
-#   No GPU:      the small preset, batch 1 x 128 tokens, on the CPU backend (build dir build-cpu/,
-#                configured with -DMINILLM_CUDA=OFF so that nvcc is not run; MINILLM_CUDA=ON builds
-#                the CUDA backend anyway, into build/). CI (scripts/test.sh) always compiles CUDA
-#                when nvcc is there.
-# Arguments replace the forward's: scripts/run.sh --model tiny --ids 1,2,3
-# BUILD_DIR overrides the build directory.
+# The main job: set up, build, and run minillm, saying what each step does and how long it took.
+#   scripts/run.sh --model DIR [generate options]
+#       text generation from a Hugging Face model directory (config.json, safetensors, tokenizer):
+#       `minillm generate --model DIR --prompt "$PROMPT"` (default prompt below), streaming the text.
+#   scripts/run.sh
+#       no model at hand: one forward pass of a preset with seeded random weights (the numbers it
+#       prints are not from a trained model), then 16 greedy tokens generated from them.
+#       GPU machine: the medium preset, batch 8 x seq 2048, on CUDA (build dir build/).
+#       No GPU:      the small preset, batch 1 x 128 tokens, on the CPU backend (build dir build-cpu/,
+#                    configured with -DMINILLM_CUDA=OFF so that nvcc is not run; MINILLM_CUDA=ON
+#                    builds the CUDA backend anyway, into build/). CI (scripts/test.sh) always
+#                    compiles CUDA when nvcc is there.
+#   scripts/run.sh --model tiny --ids 1,2,3     other arguments: `minillm forward` with them
+# BUILD_DIR overrides the build directory; PROMPT the text prompt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T0=$SECONDS
@@ -39,6 +44,17 @@ fi
 scripts/build.sh -DMINILLM_CUDA="$CUDA"
 BIN=$BUILD_DIR/minillm
 
+# A model directory after --model: generate text from it.
+for ((i = 1; i < $#; ++i)); do
+  if [[ ${!i} == --model ]]; then
+    j=$((i + 1))
+    if [[ -f ${!j}/config.json ]]; then
+      PROMPT=${PROMPT:-"The capital of France is"}
+      say "run: minillm generate $* --prompt \"$PROMPT\" (the model directory's weights and tokenizer)"
+      exec "$BIN" generate "$@" --prompt "$PROMPT"
+    fi
+  fi
+done
 if [[ $# -gt 0 ]]; then
   say "run: minillm forward $*"
   exec "$BIN" forward "$@"
@@ -53,3 +69,6 @@ say "run: minillm forward ${ARGS[*]} (seeded weights, seed 0: generated in memor
 T1=$SECONDS
 "$BIN" forward "${ARGS[@]}"
 say "done: the forward command took $((SECONDS - T1)) s (weight generation + engine set-up + forward)"
+say "run: minillm generate ${ARGS[*]:0:2} --prompt-ids 1,2,3 --max-tokens 16 --temperature 0: seeded random weights, so the tokens are random too (scripts/run.sh --model DIR generates text from a real model)"
+"$BIN" generate "${ARGS[@]:0:2}" --device "${ARGS[-1]}" --prompt-ids 1,2,3 --max-tokens 16 --temperature 0 --max-model-len 64
+say "done"
