@@ -56,8 +56,10 @@ std::string json_excerpt(const nlohmann::json& v, size_t max_chars) {
   // Nesting is bounded by parse_json_strict, so dump() cannot recurse deeply; the text is cut.
   const std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   if (s.size() <= max_chars) return s;
+  size_t cut = max_chars;  // dump() wrote valid UTF-8 (error_handler_t::replace): cut at a character
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xc0) == 0x80) --cut;
   detail::Message m;
-  m << s.substr(0, max_chars) << "... (" << s.size() << " chars)";
+  m << s.substr(0, cut) << "... (" << s.size() << " chars)";
   return m.str();
 }
 

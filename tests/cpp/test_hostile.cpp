@@ -389,6 +389,12 @@ TEST(Hostile, ExcerptsAndCheckedArithmetic) {
   EXPECT_EQ(minillm::excerpt("abc"), "'abc'");
   EXPECT_EQ(minillm::excerpt(std::string(100, 'a'), 4), "'aaaa...' (100 bytes)");
   EXPECT_EQ(minillm::excerpt(std::string("a\nb\0", 4)), "'a\\x0ab\\x00'");
+  // Bytes that are not UTF-8 are escaped; a cut never splits a character.
+  EXPECT_EQ(minillm::excerpt("\xef"), "'\\xef'");
+  EXPECT_EQ(minillm::excerpt("\xc3\xa9t\xc3\xa9"), "'\xc3\xa9t\xc3\xa9'");
+  EXPECT_EQ(minillm::excerpt("\xc3\xa9\xc3\xa9", 3), "'\xc3\xa9...' (4 bytes)");
+  EXPECT_EQ(minillm::excerpt("\xed\xa0\x80"), "'\\xed\\xa0\\x80'");  // a surrogate
+  expect_config_error("\xef", {"malformed JSON", "\\xef"});
   EXPECT_EQ(minillm::checked_mul(int64_t{1} << 31, int64_t{1} << 31, "x"), int64_t{1} << 62);
   expect_error([] { minillm::checked_mul(int64_t{1} << 32, int64_t{1} << 32, "shape"); }, {"shape = 4294967296 x 4294967296 overflows 64 bits"});
   expect_error([] { minillm::checked_add(INT64_MAX, 1, "offset"); }, {"offset", "overflows"});
