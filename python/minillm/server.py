@@ -800,25 +800,35 @@ class Server:
 
         async def chunks():
             offset = 0
+            async for d in gen:
+                if want_lp:
+                    lp, offset = self._completion_logprobs(d.logprobs, offset)
+                    lp = _dumps(lp)
+                else:
+                    lp = "null"
+                reason = "null" if d.finish_reason is None else f'"{d.finish_reason}"'
+                ids = f',"token_ids":{_dumps(d.token_ids)}' if req.return_token_ids else ""
+                yield f'{head}{_dumps(d.text)},"logprobs":{lp},"finish_reason":{reason}{ids}}}]}}\n\n'
+
+        return self._sse(chunks(), gen, rid, created, "text_completion", include_usage)
+
+    def _sse(self, chunks, gen, rid, created, obj, include_usage):
+        """The SSE response around a request's chunks: then the usage chunk when asked, an error chunk
+        if the stream fails, and [DONE]. A client that goes away aborts the request."""
+        async def stream():
             try:
-                async for d in gen:
-                    if want_lp:
-                        lp, offset = self._completion_logprobs(d.logprobs, offset)
-                        lp = _dumps(lp)
-                    else:
-                        lp = "null"
-                    reason = "null" if d.finish_reason is None else f'"{d.finish_reason}"'
-                    ids = f',"token_ids":{_dumps(d.token_ids)}' if req.return_token_ids else ""
-                    yield f'{head}{_dumps(d.text)},"logprobs":{lp},"finish_reason":{reason}{ids}}}]}}\n\n'
+                async for c in chunks:
+                    yield c
                 if include_usage:
-                    yield "data: " + _dumps({"id": rid, "object": "text_completion", "created": created,
-                                             "model": self.model_name, "choices": [],
-                                             "usage": self._usage(gen)}) + "\n\n"
+                    yield "data: " + _dumps({"id": rid, "object": obj, "created": created, "model": self.model_name,
+                                             "choices": [], "usage": self._usage(gen)}) + "\n\n"
             except Exception as e:  # noqa: BLE001 - reported in the stream
                 yield "data: " + _dumps(APIError(500, str(e)).body()) + "\n\n"
+            finally:
+                await chunks.aclose()
             yield "data: [DONE]\n\n"
 
-        return _SSE(chunks(), lambda: self.engine.abort(gen.handle))
+        return _SSE(stream(), lambda: self.engine.abort(gen.handle))
 
     # -- /v1/chat/completions ------------------------------------------------------------------------
 
@@ -864,22 +874,14 @@ class Server:
 
         async def chunks():
             yield f'{head}{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}]}}\n\n'
-            try:
-                async for d in gen:
-                    lp = _dumps(self._chat_logprobs(d.logprobs)) if req.logprobs else "null"
-                    reason = "null" if d.finish_reason is None else f'"{d.finish_reason}"'
-                    delta = f'{{"content":{_dumps(d.text)}}}' if d.text else "{}"
-                    ids = f',"token_ids":{_dumps(d.token_ids)}' if req.return_token_ids else ""
-                    yield f'{head}{delta},"logprobs":{lp},"finish_reason":{reason}{ids}}}]}}\n\n'
-                if include_usage:
-                    yield "data: " + _dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
-                                             "model": self.model_name, "choices": [],
-                                             "usage": self._usage(gen)}) + "\n\n"
-            except Exception as e:  # noqa: BLE001 - reported in the stream
-                yield "data: " + _dumps(APIError(500, str(e)).body()) + "\n\n"
-            yield "data: [DONE]\n\n"
+            async for d in gen:
+                lp = _dumps(self._chat_logprobs(d.logprobs)) if req.logprobs else "null"
+                reason = "null" if d.finish_reason is None else f'"{d.finish_reason}"'
+                delta = f'{{"content":{_dumps(d.text)}}}' if d.text else "{}"
+                ids = f',"token_ids":{_dumps(d.token_ids)}' if req.return_token_ids else ""
+                yield f'{head}{delta},"logprobs":{lp},"finish_reason":{reason}{ids}}}]}}\n\n'
 
-        return _SSE(chunks(), lambda: self.engine.abort(gen.handle))
+        return self._sse(chunks(), gen, rid, created, "chat.completion.chunk", include_usage)
 
 
 # ---------------------------------------------------------------------------------------------------
