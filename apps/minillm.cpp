@@ -384,14 +384,14 @@ int cmd_bench(const ModelArgs& a, int B, int N, int warmup, int iters, const std
   size_t free0 = 0, total = 0;
   MINILLM_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
   const auto t0 = std::chrono::steady_clock::now();
+  EngineOptions o;
+  o.device = "cuda";
+  o.max_batch = B;
+  o.max_seq = N;
+  o.cuda_graphs = graphs;
+  o.logits_dtype = logits_dtype;
   std::unique_ptr<InferenceEngine> eng;
   if (is_model_dir(a.model)) {
-    EngineOptions o;
-    o.device = "cuda";
-    o.max_batch = B;
-    o.max_seq = N;
-    o.cuda_graphs = graphs;
-    o.logits_dtype = logits_dtype;
     eng = make_engine(c, a, o);
     const double s_load = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double gb = static_cast<double>(inspect_checkpoint(a.model).tensor_bytes) / 1e9;
@@ -402,12 +402,6 @@ int cmd_bench(const ModelArgs& a, int B, int N, int warmup, int iters, const std
   } else {
     const WeightStore ws = load_weights(c, a);
     const auto t1 = std::chrono::steady_clock::now();
-    EngineOptions o;
-    o.device = "cuda";
-    o.max_batch = B;
-    o.max_seq = N;
-    o.cuda_graphs = graphs;
-    o.logits_dtype = logits_dtype;
     eng = std::make_unique<InferenceEngine>(c, ws, o);
     const auto t2 = std::chrono::steady_clock::now();
     std::printf("model %s (%.3f B params): weights %.1f s (%s), engine + upload %.1f s; weights %.2f GB, workspace "
