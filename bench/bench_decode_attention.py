@@ -261,8 +261,8 @@ def main():
         print(f"{B:>4} {ctx:>6} {hq:>3}/{hkv:<2} {kv / 1e6:>8.1f} | {f('minillm')} {f('copy_floor')} "
               f"{f('sdpa_flash')} {f('sdpa_cudnn')} | {r['floor_ratio']:>13.2f} {kv / r['minillm'] / 1e3:>6.0f}",
               flush=True)
+        dump()  # after every case: a run cut short keeps what it measured
         torch.cuda.empty_cache()
-    dump()
 
     print("\nprefill over the cache (32/8 D128, causal within the chunk)")
     hdr = f"{'B':>3} {'prefix':>6} {'chunk':>6} | {'minillm':>9} {'contig':>9} {'sdpa':>9} us | {'TFLOP/s':>7} {'vs contig':>9}"
@@ -277,8 +277,8 @@ def main():
         sd = f"{r['sdpa']:9.1f}" if "sdpa" in r else "        -"
         print(f"{B:>3} {prefix:>6} {chunk:>6} | {r['minillm']:9.1f} {r['contiguous']:9.1f} {sd} | "
               f"{r['tflops']:7.1f} {r['vs_contiguous']:9.2f}", flush=True)
+        dump()
         torch.cuda.empty_cache()
-    dump()
     s = summary()
     print(f"\nsummary: {s}")
     ok = s.get("median_floor_ratio_ge_4mb", 0) >= 0.8
