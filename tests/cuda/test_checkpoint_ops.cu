@@ -1,10 +1,11 @@
 // The CUDA ops of the Hugging Face architectures against their CPU references on the same 16-bit
-// inputs: qkv_bias_norm (q/k/v bias, qk-norm per head and over the whole projection) against
-// cpu::qkv_bias_norm, and the shared expert's elementwise kernels (swiglu_rows, shared_expert_add)
-// against host loops in fp32. Criterion: one rounding of the output to 16 bits, so per element
-// |y - y_ref| <= 2^-7 * |y_ref| + 1e-3 (bf16) and the relative RMS error <= 5e-3.
+// inputs: qkv_bias_norm_rope (q/k/v bias, qk-norm per head and over the whole projection, RoPE at
+// per-token positions) against cpu::qkv_bias_norm + cpu::rope, and the shared expert's elementwise kernels (swiglu_rows, shared_expert_add)
+// against host loops in fp32. Criterion: the output rounded to 16 bits (twice with both norm and
+// RoPE), so per element |y - y_ref| <= 2^-7 * |y_ref| + 1e-3 (bf16) and the relative RMS error <= 5e-3.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -50,10 +51,12 @@ std::vector<float> download_bf16(const Buffer& b, size_t n) {
   return f;
 }
 
-void expect_close(const std::vector<float>& y, const std::vector<float>& ref) {
+// abs_tol: the per-element absolute slack (1e-3 for one rounding; more where an intermediate
+// rounding of a RoPE input can flip by one unit of its last place).
+void expect_close(const std::vector<float>& y, const std::vector<float>& ref, double abs_tol = 1e-3) {
   double err2 = 0, ref2 = 0;
   for (size_t i = 0; i < y.size(); ++i) {
-    ASSERT_LE(std::fabs(y[i] - ref[i]), std::ldexp(1.0, -7) * std::fabs(ref[i]) + 1e-3) << "element " << i;
+    ASSERT_LE(std::fabs(y[i] - ref[i]), std::ldexp(1.0, -7) * std::fabs(ref[i]) + abs_tol) << "element " << i;
     err2 += double(y[i] - ref[i]) * (y[i] - ref[i]);
     ref2 += double(ref[i]) * ref[i];
   }
@@ -63,12 +66,12 @@ void expect_close(const std::vector<float>& y, const std::vector<float>& ref) {
 struct QkvCase {
   int64_t T;
   int Hq, Hkv, D;
-  bool bias, norm, per_head;
+  bool bias, norm, per_head, rope;
 };
 
 void run_qkv(const QkvCase& c) {
   SCOPED_TRACE(testing::Message() << "T" << c.T << " Hq" << c.Hq << " Hkv" << c.Hkv << " D" << c.D << " bias "
-                                  << c.bias << " norm " << c.norm << " per_head " << c.per_head);
+                                  << c.bias << " norm " << c.norm << " per_head " << c.per_head << " rope " << c.rope);
   std::mt19937 rng(7);
   const int64_t row = int64_t(c.Hq + 2 * c.Hkv) * c.D, qd = int64_t(c.Hq) * c.D, kvd = int64_t(c.Hkv) * c.D;
   Host16 qkv(size_t(c.T * row), rng, 2.f);
@@ -82,22 +85,38 @@ void run_qkv(const QkvCase& c) {
   std::vector<float> ref = qkv.f;  // [T, row]
   cpu::qkv_bias_norm(ref.data(), c.T, c.Hq, c.Hkv, c.D, c.bias ? bias.data() : nullptr, c.norm ? qn.data() : nullptr,
                      c.norm ? kn.data() : nullptr, c.per_head, eps);
-  Buffer d = upload(qkv.bits), db = upload(bias), dq = upload(qn), dk = upload(kn);
-  cuda::engine::qkv_bias_norm(DType::bf16, d.data(), c.bias ? static_cast<const float*>(db.data()) : nullptr,
-                              c.norm ? static_cast<const float*>(dq.data()) : nullptr,
-                              c.norm ? static_cast<const float*>(dk.data()) : nullptr, c.T, c.Hq, c.Hkv, c.D,
-                              c.per_head, eps, nullptr);
+  const int max_pos = 50;
+  const float theta = 10000.f;
+  std::vector<int32_t> pos(static_cast<size_t>(c.T));
+  for (auto& p : pos) p = static_cast<int32_t>(rng() % max_pos);
+  const bool two_roundings = c.rope && (c.bias || c.norm);
+  if (two_roundings)  // the kernel rounds to bf16 between the norm and RoPE, as transformers' bf16 does
+    for (auto& v : ref) v = bf16_to_f32(f32_to_bf16(v));
+  if (c.rope) cpu::rope(ref.data(), c.T, c.Hq + c.Hkv, c.D, row, pos.data(), theta);
+  double ref_max = 0;
+  for (float v : ref) ref_max = std::max(ref_max, double(std::fabs(v)));
+  std::vector<float2> table(static_cast<size_t>(max_pos * c.D / 2));
+  cuda::engine::rope_table(table.data(), max_pos, c.D, theta);
+  Buffer d = upload(qkv.bits), db = upload(bias), dq = upload(qn), dk = upload(kn), dt = upload(table), dp = upload(pos);
+  cuda::engine::qkv_bias_norm_rope(DType::bf16, d.data(), c.bias ? static_cast<const float*>(db.data()) : nullptr,
+                                   c.norm ? static_cast<const float*>(dq.data()) : nullptr,
+                                   c.norm ? static_cast<const float*>(dk.data()) : nullptr, c.T, c.Hq, c.Hkv, c.D,
+                                   c.per_head, eps, c.rope ? static_cast<const float2*>(dt.data()) : nullptr, 1,
+                                   static_cast<const int32_t*>(dp.data()), nullptr);
   MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
-  expect_close(download_bf16(d, ref.size()), ref);
+  expect_close(download_bf16(d, ref.size()), ref, two_roundings ? std::ldexp(ref_max, -6) : 1e-3);
 }
 
-TEST(CheckpointOpsCuda, QkvBiasNorm) {
+TEST(CheckpointOpsCuda, QkvBiasNormRope) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
-  run_qkv({5, 4, 2, 16, true, false, false});     // Qwen2-MoE: bias only
-  run_qkv({37, 32, 4, 128, false, true, true});   // Qwen3-30B-A3B: per-head qk-norm
-  run_qkv({19, 16, 16, 128, false, true, false});  // OLMoE-1B-7B: qk-norm over q (2048) and k (2048)
-  run_qkv({3, 4, 2, 32, true, true, true});       // bias then per-head norm
-  run_qkv({3, 6, 3, 24, true, true, false});      // bias then whole-projection norm, odd sizes
+  for (bool rope : {false, true}) {
+    run_qkv({5, 4, 2, 16, true, false, false, rope});     // Qwen2-MoE: bias only
+    run_qkv({37, 32, 4, 128, false, true, true, rope});   // Qwen3-30B-A3B: per-head qk-norm
+    run_qkv({19, 16, 16, 128, false, true, false, rope});  // OLMoE-1B-7B: qk-norm over q (2048) and k (2048)
+    run_qkv({3, 4, 2, 32, true, true, true, rope});       // bias then per-head norm
+    run_qkv({3, 6, 3, 24, true, true, false, rope});      // bias then whole-projection norm, odd sizes
+  }
+  run_qkv({7, 8, 2, 64, false, false, false, true});  // RoPE alone
 }
 
 TEST(CheckpointOpsCuda, SharedExpertElementwise) {

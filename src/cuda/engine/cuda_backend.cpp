@@ -157,29 +157,57 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, Tensor& y) {
   impl_->gemm.linear(x.data, w.data, y.data, M, N, K, x.dtype, y.dtype, stream_);
 }
 
+namespace {
+
+// RoPE's positions for a step batch: forward()'s padded batch rotates row t at t % N; otherwise each
+// token has its position (< max_context) in b.positions.
+struct RopePositions {
+  int N;
+  const int32_t* positions;
+};
+
+RopePositions rope_positions(const StepBatch& b, int planned) {
+  const int bound = b.uniform_len > 0 ? b.uniform_len : b.max_context;
+  MINILLM_CHECK(bound <= planned, "rope: position " << bound - 1 << " beyond the planned " << planned);
+  return {b.uniform_len > 0 ? b.uniform_len : 1, b.uniform_len > 0 ? nullptr : b.positions.ptr<int32_t>()};
+}
+
+}  // namespace
+
 void CudaBackend::rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) {
   OpScope s(*this, "rope");
-  // forward()'s padded batch: position t % N; otherwise the batch's positions (< max_context).
-  const int N = b.uniform_len > 0 ? b.uniform_len : 1;
-  const int bound = b.uniform_len > 0 ? b.uniform_len : b.max_context;
-  MINILLM_CHECK(bound <= impl_->rope_max_pos, "rope: position " << bound - 1 << " beyond the planned " << impl_->rope_max_pos);
-  ke::rope(c.dtype, qkv.data, b.T, N, c.num_heads + c.num_kv_heads, c.head_dim, c.qkv_dim(),
-           static_cast<const float2*>(impl_->rope_table.data()), stream_,
-           b.uniform_len > 0 ? nullptr : b.positions.ptr<int32_t>());
+  const RopePositions rp = rope_positions(b, impl_->rope_max_pos);
+  ke::rope(c.dtype, qkv.data, b.T, rp.N, c.num_heads + c.num_kv_heads, c.head_dim, c.qkv_dim(),
+           static_cast<const float2*>(impl_->rope_table.data()), stream_, rp.positions);
 }
 
 void CudaBackend::qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) {
   OpScope s(*this, "qkv_bias_norm");
   const bool qkn = c.qk_norm != QkNorm::none;
-  ke::qkv_bias_norm(c.dtype, qkv.data, w.bqkv.data ? w.bqkv.ptr<float>() : nullptr, qkn ? w.q_norm.ptr<float>() : nullptr,
-                    qkn ? w.k_norm.ptr<float>() : nullptr, qkv.size(0), c.num_heads, c.num_kv_heads, c.head_dim,
-                    c.qk_norm == QkNorm::per_head, c.norm_eps, stream_);
+  ke::qkv_bias_norm_rope(c.dtype, qkv.data, w.bqkv.data ? w.bqkv.ptr<float>() : nullptr,
+                         qkn ? w.q_norm.ptr<float>() : nullptr, qkn ? w.k_norm.ptr<float>() : nullptr, qkv.size(0),
+                         c.num_heads, c.num_kv_heads, c.head_dim, c.qk_norm == QkNorm::per_head, c.norm_eps, nullptr, 1,
+                         nullptr, stream_);
 }
 
 void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, const StepBatch& b, const ModelConfig& c) {
+  const bool extra = lw.bqkv.data || c.qk_norm != QkNorm::none;
   // The RoPE epilogue computes position row % N: forward()'s padded layout only.
-  if (!impl_->fused_qkv || b.uniform_len == 0 || lw.bqkv.data || c.qk_norm != QkNorm::none) {
-    Backend::qkv(x, lw, y, b, c);
+  if (!impl_->fused_qkv || b.uniform_len == 0 || extra) {
+    linear(x, lw.wqkv, y);
+    if (!extra) {
+      if (c.position == PositionType::rope) rope(y, b, c);
+      return;
+    }
+    // bias, qk-norm and RoPE in one pass over q and k
+    OpScope s(*this, "qkv_bias_norm_rope");
+    const bool qkn = c.qk_norm != QkNorm::none, has_rope = c.position == PositionType::rope;
+    const RopePositions rp = has_rope ? rope_positions(b, impl_->rope_max_pos) : RopePositions{1, nullptr};
+    ke::qkv_bias_norm_rope(c.dtype, y.data, lw.bqkv.data ? lw.bqkv.ptr<float>() : nullptr,
+                           qkn ? lw.q_norm.ptr<float>() : nullptr, qkn ? lw.k_norm.ptr<float>() : nullptr, y.size(0),
+                           c.num_heads, c.num_kv_heads, c.head_dim, c.qk_norm == QkNorm::per_head, c.norm_eps,
+                           has_rope ? static_cast<const float2*>(impl_->rope_table.data()) : nullptr, rp.N,
+                           rp.positions, stream_);
     return;
   }
   const Tensor& w = lw.wqkv;

@@ -43,11 +43,14 @@ void rope_table(float2* host_cos_sin, int max_pos, int D, float theta);
 void add_norm(DType dtype, void* x, const void* delta, int delta_parts, const float* w, const float* b, bool rmsnorm,
               float eps, void* out, int64_t T, int64_t H, cudaStream_t stream);
 
-// In place on qkv [T, (Hq + 2 Hkv) * D]: + bias (fp32 [(Hq + 2 Hkv) * D], or null), then RMSNorm (eps)
-// of q and k with the fp32 weights q_norm / k_norm (null: none): per_head over each head's D values
-// (weights [D]), else over all of q (weights [Hq * D]) and all of k ([Hkv * D]). As cpu::qkv_bias_norm.
-void qkv_bias_norm(DType dtype, void* qkv, const float* bias, const float* q_norm, const float* k_norm, int64_t T,
-                   int Hq, int Hkv, int D, bool per_head, float eps, cudaStream_t stream);
+// In place on qkv [T, (Hq + 2 Hkv) * D], one pass: + bias (fp32 [(Hq + 2 Hkv) * D], or null), then
+// RMSNorm (eps) of q and k with the fp32 weights q_norm / k_norm (null: none): per_head over each
+// head's D values (weights [D]), else over all of q (weights [Hq * D]) and all of k ([Hkv * D]); then,
+// when cos_sin is given, RoPE on the q and k heads at position positions[t] (or t % N without
+// positions), as rope(). As cpu::qkv_bias_norm followed by cpu::rope.
+void qkv_bias_norm_rope(DType dtype, void* qkv, const float* bias, const float* q_norm, const float* k_norm, int64_t T,
+                        int Hq, int Hkv, int D, bool per_head, float eps, const float2* cos_sin, int N,
+                        const int32_t* positions, cudaStream_t stream);
 
 // Shared expert (Qwen2-MoE) elementwise steps: a [T, Fs] = silu(gu[:, :Fs]) * gu[:, Fs:] with gu [T, 2 Fs];
 // y [T, H] += sigmoid(x [T, H] . gate [H]) * o [T, H]. As cpu::shared_expert.
