@@ -192,8 +192,9 @@ void CudaBackend::qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelC
 
 void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, const StepBatch& b, const ModelConfig& c) {
   const bool extra = lw.bqkv.data || c.qk_norm != QkNorm::none;
-  // The RoPE epilogue computes position row % N: forward()'s padded layout only.
-  if (!impl_->fused_qkv || b.uniform_len == 0 || extra) {
+  // The RoPE epilogue computes position row % N: forward()'s padded layout only. It adds the bias and
+  // normalises per head; a norm over the whole projection spans tiles and takes the separate pass.
+  if (!impl_->fused_qkv || b.uniform_len == 0 || c.qk_norm == QkNorm::full) {
     linear(x, lw.wqkv, y);
     if (!extra) {
       if (c.position == PositionType::rope) rope(y, b, c);
@@ -218,9 +219,17 @@ void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, const 
                 "qkv: x " << x.shape_str() << ", w " << w.shape_str() << ", y " << y.shape_str() << " do not match");
   MINILLM_CHECK(N <= impl_->rope_max_pos, "qkv: seq_len = " << N << " exceeds the planned " << impl_->rope_max_pos);
   OpScope s(*this, "qkv");
+  ke::QkvExtras ex;
+  ex.bias = lw.bqkv.data ? lw.bqkv.ptr<float>() : nullptr;
+  if (c.qk_norm == QkNorm::per_head) {
+    ex.q_norm = lw.q_norm.ptr<float>();
+    ex.k_norm = lw.k_norm.ptr<float>();
+  }
+  ex.q_heads = c.num_heads;
+  ex.eps = c.norm_eps;
   ke::qkv_rope(c.dtype, x.data, w.data, y.data, T, H, c.qkv_dim(), N, c.num_heads + c.num_kv_heads, c.head_dim,
                static_cast<const float2*>(impl_->rope_table.data()), static_cast<int32_t*>(impl_->tile_counter.data()),
-               stream_);
+               stream_, ex);
 }
 
 namespace {

@@ -26,11 +26,22 @@ void rope(DType dtype, void* x, int64_t T, int N, int heads, int D, int64_t row_
 // as a dense GEMM, Hopper only): y = x w^T, then heads [0, rope_heads) of every row t rotated as by
 // rope() at position t % N. x: [T, H], w: [qkv_dim, H] (HF Linear layout), y: [T, qkv_dim], all
 // dense; cos_sin as for rope(); tile_counter: [1] int32 on the device, zero (the kernel leaves it zero).
+// extras: before the rotation, + bias (fp32 [qkv_dim]) and RMSNorm of each q head (the first q_heads)
+// and k head with the fp32 weights q_norm / k_norm [head_dim], each when given (Qwen3's per-head
+// qk-norm; a norm over the whole projection cannot be done in a tile: qkv_bias_norm_rope does it).
 // qkv_rope_supported: head_dim 64 or 128, H and qkv_dim multiples of 8, on a compute capability 9.0
 // device.
+struct QkvExtras {
+  const float* bias = nullptr;
+  const float* q_norm = nullptr;
+  const float* k_norm = nullptr;
+  int q_heads = 0;
+  float eps = 1e-6f;
+};
 bool qkv_rope_supported(int head_dim, int64_t H, int64_t qkv_dim);
 void qkv_rope(DType dtype, const void* x, const void* w, void* y, int64_t T, int64_t H, int64_t qkv_dim, int N,
-              int rope_heads, int head_dim, const float2* cos_sin, int32_t* tile_counter, cudaStream_t stream);
+              int rope_heads, int head_dim, const float2* cos_sin, int32_t* tile_counter, cudaStream_t stream,
+              const QkvExtras& extras = {});
 // Host: fills cos_sin [max_pos, D/2] as (cos, sin) of the angle pos * theta^(-2i/D), computed in double
 // exactly as the CPU reference (src/cpu/rope.cpp), then rounded to fp32.
 void rope_table(float2* host_cos_sin, int max_pos, int D, float theta);

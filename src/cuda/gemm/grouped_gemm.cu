@@ -39,12 +39,17 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   MINILLM_CHECK(!dense || g.E == 1, "grouped_gemm: a dense GEMM (no mblock_expert) has E = 1, got " << g.E);
   const bool combine = g.epilogue == Epilogue::combine;
   MINILLM_CHECK(!combine || (!dense && g.src_pair && g.pair_weight), "grouped_gemm: combine needs the routing");
-  const bool rope = g.epilogue == Epilogue::rope64 || g.epilogue == Epilogue::rope128;
-  const int rope_dim = g.epilogue == Epilogue::rope64 ? 64 : 128;
+  const int rope_dim = rope_dim_of(g.epilogue);
+  const bool rope = rope_dim > 0, rope_norm = g.epilogue == Epilogue::rope_norm64 || g.epilogue == Epilogue::rope_norm128;
   MINILLM_CHECK(!rope || (g.rope_table && g.rope_seq >= 1 && g.rope_cols >= 0 && g.rope_cols % rope_dim == 0 &&
                           g.rope_cols <= g.N),
                 "grouped_gemm: rope_cols = " << g.rope_cols << " (head dim " << rope_dim << ", N = " << g.N
                                              << "), rope_seq = " << g.rope_seq);
+  MINILLM_CHECK(!rope_norm || (!g.q_norm == !g.k_norm && g.q_cols >= 0 && g.q_cols % rope_dim == 0 &&
+                               g.q_cols <= g.rope_cols && g.norm_eps > 0.f),
+                "grouped_gemm: rope_norm with q_norm " << (g.q_norm ? "set" : "null") << ", k_norm "
+                                                        << (g.k_norm ? "set" : "null") << ", q_cols = " << g.q_cols
+                                                        << " (rope_cols " << g.rope_cols << "), eps " << g.norm_eps);
   MINILLM_CHECK(g.lda >= g.K && g.ldw >= g.K && g.ldd >= g.N && g.lda % 8 == 0 && g.ldw % 8 == 0 && g.ldd % 8 == 0,
                 "grouped_gemm: row strides lda = " << g.lda << ", ldw = " << g.ldw << ", ldd = " << g.ldd
                                                    << " (K = " << g.K << ", N = " << g.N << ")");
@@ -76,6 +81,11 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
   p.rope = static_cast<const float2*>(g.rope_table);
   p.rope_cols = static_cast<int>(g.rope_cols);
   p.rope_seq = g.rope_seq;
+  p.bias = g.bias;
+  p.q_norm = g.q_norm;
+  p.k_norm = g.k_norm;
+  p.q_cols = static_cast<int>(g.q_cols);
+  p.norm_eps = g.norm_eps;
   MINILLM_CHECK(g.tile_counter, "grouped_gemm: no tile counter");
   p.tile_counter = g.tile_counter;
 
@@ -89,6 +99,8 @@ void grouped_gemm(const GroupedGemmArgs& g, cudaStream_t stream) {
     case Epilogue::combine: launch_grouped_gemm_combine(g.dtype, p, grid, stream); break;
     case Epilogue::rope64:
     case Epilogue::rope128: launch_grouped_gemm_rope(g.dtype, p, rope_dim, grid, stream); break;
+    case Epilogue::rope_norm64:
+    case Epilogue::rope_norm128: launch_grouped_gemm_rope_norm(g.dtype, p, rope_dim, grid, stream); break;
   }
 }
 

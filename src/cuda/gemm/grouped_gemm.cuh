@@ -89,7 +89,16 @@ struct GemmParams {
   const float2* rope = nullptr;     // rope epilogues: [positions, D / 2] (cos, sin)
   int rope_cols = 0;                // columns [0, rope_cols) are rotated
   int rope_seq = 1;                 // row r is at position r % rope_seq
+  const float* bias = nullptr;      // rope_norm epilogues: [N] or null
+  const float* q_norm = nullptr;    // rope_norm epilogues: [D] or null (then no norm)
+  const float* k_norm = nullptr;    // rope_norm epilogues: [D]
+  int q_cols = 0;                   // columns [0, q_cols) are q heads, [q_cols, rope_cols) k heads
+  float norm_eps = 1e-6f;
 };
+
+__host__ __device__ constexpr int rope_dim_of(Epilogue e) {
+  return e == Epilogue::rope64 || e == Epilogue::rope_norm64 ? 64 : e == Epilogue::rope128 || e == Epilogue::rope_norm128 ? 128 : 0;
+}
 
 // Shared memory: kStages x (A tile | B box 0 | B box 1) | epilogue chunks [kConsumers][2][64 x 64] |
 // full[kStages], empty[kStages] mbarriers | the tile ring. Base 1024-byte aligned.
@@ -191,7 +200,7 @@ __device__ __forceinline__ void gemm_mainloop(float (&acc)[128], const GemmParam
 // consumer's 64 rows, columns 8 j + 2 q + {0, 1} (q = l % 4) of every 8-column block j.
 template <Epilogue kEpi>
 struct GemmEpilogueRows {
-  static constexpr int kRopeDim = kEpi == Epilogue::rope64 ? 64 : kEpi == Epilogue::rope128 ? 128 : 0;
+  static constexpr int kRopeDim = rope_dim_of(kEpi);
   // RoPE: the (cos, sin) of frequencies 8 jf + 2q, 8 jf + 2q + 1 (jf < D/16) at this thread's two rows.
   float4 rope_cs[2][kRopeDim > 0 ? kRopeDim / 16 : 1];
   // Combine: the routing weights of this thread's two rows, and the pairs of the four rows it stores
@@ -230,6 +239,56 @@ struct GemmEpilogueRows {
     }
   }
 };
+
+// rope_norm epilogues, before the chunks: + bias, then RMSNorm of each q / k head, in place on the
+// accumulators (rows r0 and r0 + 8: acc[4 j + 2 h + b] is column col0 + 8 j + 2 q + b of row r0 + 8 h).
+// A head of kD columns is kD / 8 blocks j of this thread and of the three other lanes of its row (lane
+// ^ 1, ^ 2): the sum of squares is theirs together. The tile's 256 columns hold whole heads (256 % kD
+// == 0 and q_cols, rope_cols are multiples of kD), so a norm never needs another tile.
+template <int kD>
+__device__ __forceinline__ void bias_norm_acc(float (&acc)[128], const GemmParams& p, int col0, int q) {
+  if (p.bias) {
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      const int col = col0 + 8 * j + 2 * q;
+      if (col < p.b_rows_per_expert) {  // N % 8 == 0: col + 1 < N too
+        const float2 bb = *reinterpret_cast<const float2*>(p.bias + col);
+        acc[4 * j] += bb.x;
+        acc[4 * j + 1] += bb.y;
+        acc[4 * j + 2] += bb.x;
+        acc[4 * j + 3] += bb.y;
+      }
+    }
+  }
+  if (!p.q_norm) return;
+  constexpr int kBlocks = kD / 8;  // blocks j per head
+#pragma unroll
+  for (int hd = 0; hd < 32 / kBlocks; ++hd) {
+    const int hcol = col0 + hd * kD;
+    if (hcol >= p.rope_cols) continue;  // v heads: bias only (uniform over the warp)
+    const float* w = (hcol < p.q_cols ? p.q_norm : p.k_norm) + 2 * q;  // [kD], this thread's pairs
+    float ss[2] = {0.f, 0.f};
+#pragma unroll
+    for (int j = hd * kBlocks; j < (hd + 1) * kBlocks; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) ss[h] += acc[4 * j + 2 * h] * acc[4 * j + 2 * h] + acc[4 * j + 2 * h + 1] * acc[4 * j + 2 * h + 1];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      ss[h] += __shfl_xor_sync(0xffffffffu, ss[h], 1);
+      ss[h] += __shfl_xor_sync(0xffffffffu, ss[h], 2);
+      ss[h] = rsqrtf(ss[h] / static_cast<float>(kD) + p.norm_eps);
+    }
+#pragma unroll
+    for (int j = hd * kBlocks; j < (hd + 1) * kBlocks; ++j) {
+      const float2 ww = *reinterpret_cast<const float2*>(w + 8 * (j - hd * kBlocks));
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        acc[4 * j + 2 * h] *= ss[h] * ww.x;
+        acc[4 * j + 2 * h + 1] *= ss[h] * ww.y;
+      }
+    }
+  }
+}
 
 // The epilogue's math for output block j (8 columns) of this thread's two rows: v[2 h + b] is row
 // r0 + 8 h, column 8 j + 2 q + b, from the fp32 accumulators. `col0`: the tile's first output column.
@@ -356,6 +415,8 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
     GemmEpilogueRows<kEpi> rows;
     rows.load(p, mb, nb, c, r0, q, tid);
     gemm_mainloop<T>(acc, p, sm, c, lane, stage, phase);
+    if constexpr (kEpi == Epilogue::rope_norm64 || kEpi == Epilogue::rope_norm128)
+      bias_norm_acc<GemmEpilogueRows<kEpi>::kRopeDim>(acc, p, nb * Tr::kBN, q);
     gemm_epilogue<T, kEpi>(acc, p, sm, rows, mb, nb, c, tid, r0, q);
   }
   if (tid == 0) sm90::bulk_wait_all();
@@ -363,12 +424,13 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 1) grouped_gemm_kernel(c
 
 // Launchers of the instantiations, one per .cu file so that they compile in parallel:
 // grouped_gemm_swiglu.cu, grouped_gemm_gelu.cu, grouped_gemm.cu (none, combine), grouped_gemm_rope.cu
-// (rope64 and rope128).
+// (rope64 and rope128), grouped_gemm_rope_norm.cu (rope_norm64 and rope_norm128).
 void launch_grouped_gemm_swiglu(DType dtype, const GemmParams& p, int grid, cudaStream_t stream);
 void launch_grouped_gemm_gelu(DType dtype, const GemmParams& p, int grid, cudaStream_t stream);
 void launch_grouped_gemm_none(DType dtype, const GemmParams& p, int grid, cudaStream_t stream);
 void launch_grouped_gemm_combine(DType dtype, const GemmParams& p, int grid, cudaStream_t stream);
 void launch_grouped_gemm_rope(DType dtype, const GemmParams& p, int head_dim, int grid, cudaStream_t stream);
+void launch_grouped_gemm_rope_norm(DType dtype, const GemmParams& p, int head_dim, int grid, cudaStream_t stream);
 
 // The body of those launchers: grouped_gemm_kernel<T, kEpi> on `grid` persistent CTAs.
 template <Epilogue kEpi>

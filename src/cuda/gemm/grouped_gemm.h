@@ -23,9 +23,12 @@ namespace minillm::cuda::gemm {
 //           a group's alignment rows are not stored
 //   rope64 / rope128: none, then RoPE (HF rotate_half, head dim 64 / 128) on columns [0, rope_cols) of
 //           row r at position r % rope_seq (the QKV projection: q and k heads rotated, v not).
+//   rope_norm64 / rope_norm128: + bias[n] (when given), then RMSNorm of each head of columns
+//           [0, rope_cols) over its 64 / 128 values with weights q_norm (columns < q_cols) or k_norm
+//           (when given: Qwen3's per-head qk-norm), then the RoPE above (Qwen2-MoE, Qwen3-MoE QKV).
 // A new epilogue: an enumerator here, its per-tile row data and per-element math in grouped_gemm.cuh
 // (GemmEpilogueRows, epilogue_block), an instantiation file, a case in grouped_gemm.cu's dispatch.
-enum class Epilogue { swiglu, gelu, none, combine, rope64, rope128 };
+enum class Epilogue { swiglu, gelu, none, combine, rope64, rope128, rope_norm64, rope_norm128 };
 
 // Dense GEMM: mblock_expert == nullptr and E == 1; every row of A is group 0's (num_mblocks, counts
 // and row_offset are not read).
@@ -52,6 +55,11 @@ struct GroupedGemmArgs {
   const void* rope_table = nullptr;         // rope*: [positions, head dim / 2] float2 (cos, sin)
   int64_t rope_cols = 0;                    // rope*: rotated columns (q and k heads; a multiple of the head dim)
   int rope_seq = 1;                         // rope*: row r is at position r % rope_seq (< positions)
+  const float* bias = nullptr;              // rope_norm*: [N] fp32, or null
+  const float* q_norm = nullptr;            // rope_norm*: [head dim] fp32 RMSNorm weights of q heads, or null
+  const float* k_norm = nullptr;            // rope_norm*: [head dim] of k heads (with q_norm)
+  int64_t q_cols = 0;                       // rope_norm*: columns [0, q_cols) are q heads, then k up to rope_cols
+  float norm_eps = 1e-6f;                   // rope_norm*: RMSNorm epsilon
   const int32_t* src_pair = nullptr;        // combine: [rows] (moe::Routing::src_pair)
   const float* pair_weight = nullptr;       // combine: [pairs] routing weights
   int group_m = 0;                          // most m-blocks per raster group; 0: the default (GemmTraits::kGroupM)

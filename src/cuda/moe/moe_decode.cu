@@ -167,7 +167,9 @@ void launch_typed(const DecodeGemmArgs& g, cudaStream_t stream) {
     case Epilogue::none: launch<T, Epilogue::none>(g, stream); break;
     case Epilogue::combine:
     case Epilogue::rope64:
-    case Epilogue::rope128: break;  // rejected by decode_gemm
+    case Epilogue::rope128:
+    case Epilogue::rope_norm64:
+    case Epilogue::rope_norm128: break;  // rejected by decode_gemm
   }
 }
 
