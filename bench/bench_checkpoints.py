@@ -10,13 +10,18 @@ save_pretrained as sharded safetensors, then loaded by minillm from that directo
                        head_dim 128), 128 experts top-8, ffn 768, vocab 151936, per-head qk-norm
 
 Cases: prefill at batch 1 and 8, seq 2048 (--batches, --seqlen). Keys: minillm (InferenceEngine,
-CUDA graphs, bf16 logits), hf_transformers (model(ids).logits under torch.no_grad, attn sdpa).
+CUDA graphs, bf16 logits), hf_transformers (model(ids, use_cache=False).logits under torch.no_grad,
+attn sdpa, transformers' default experts implementation: both recorded under "hf_implementation").
 Times: CUDA events around each forward, median of --iters after --warmup. Load: the wall time of
 InferenceEngine(dir) (validation, shard by shard upload, engine set-up) with the files in the page
-cache (they were just written), and the checkpoint's bytes over it.
+cache (they were just written), and the checkpoint's bytes over it. A sanity check, recorded, never
+asserted: at the smallest batch, minillm's bf16 logits against transformers' bf16 logits
+("logits_vs_hf_transformers_bf16": relative L2, top-1 agreement; two bf16 forwards of a random MoE
+disagree on some routes, so these are not zero: tests/python/test_checkpoints_gpu.py judges accuracy).
 
-The JSON is rewritten after every measurement, and a failure (out of memory, an error in either
-implementation) is recorded under "errors" without losing the other results.
+The JSON is rewritten after every measurement (transformers' times are in before minillm loads), and a
+failure (out of memory, an error in either implementation) is recorded under "errors" without losing
+the other results.
 
 Run: PYTHONPATH=python python3 bench/bench_checkpoints.py [--models olmoe-1b-7b,qwen3-30b-a3b-12l]
      [--batches 1,8] [--seqlen 2048] [--workdir /tmp] [--tiny (a small config of each, for a dry run)]
@@ -53,7 +58,7 @@ MODELS = {
                                max_position_embeddings=40960)),
 }
 TINY = dict(vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=32, max_position_embeddings=4096)
+            max_position_embeddings=4096)  # head_dim: hidden / heads = 32 (set for Qwen3 only: OlmoeConfig has none)
 
 
 def time_ms(fn, iters, warmup):
@@ -78,6 +83,8 @@ def build_hf(name, tiny):
     kw = dict(kw)
     if tiny:
         kw.update(TINY)
+        if "head_dim" in kw:
+            kw["head_dim"] = TINY["hidden_size"] // TINY["num_attention_heads"]
         for k in ("intermediate_size", "moe_intermediate_size"):
             if k in kw:
                 kw[k] = 64
@@ -92,6 +99,13 @@ def build_hf(name, tiny):
         torch.set_default_device(None)
         torch.set_default_dtype(torch.float32)
     return model, cfg
+
+
+def logits_agreement(x, ref):
+    """Relative L2 and top-1 agreement of logits x against ref (same shape, any float dtype, on the GPU)."""
+    x, ref = x.float(), ref.float()
+    rel = (torch.linalg.vector_norm(x - ref) / torch.linalg.vector_norm(ref)).item()
+    return {"rel_l2": rel, "top1_agreement": (x.argmax(-1) == ref.argmax(-1)).float().mean().item()}
 
 
 def main():
@@ -121,34 +135,44 @@ def main():
     N = a.seqlen
     for name in a.models.split(","):
         work = os.path.join(a.workdir or "/tmp", f"minillm_ckpt_{name}")
-        model = eng = None
+        model = eng = hf_ref = None
+        entries = {}  # B -> its entry in doc["results"], filled by transformers, then minillm
         try:
             model, cfg = build_hf(name, a.tiny)
             nparams = sum(p.numel() for p in model.parameters())
+            impl = {k: str(getattr(model.config, f"_{k}_implementation", None)) for k in ("attn", "experts")}
             shutil.rmtree(work, ignore_errors=True)
             t0 = time.perf_counter()
             model.save_pretrained(work, max_shard_size="4GB")
             save_s = time.perf_counter() - t0
             files = sorted(f for f in os.listdir(work) if f.endswith(".safetensors"))
             nbytes = sum(os.path.getsize(os.path.join(work, f)) for f in files)
+            load = {"model": name, "parameters": nparams, "shards": len(files), "bytes": nbytes, "save_s": save_s}
+            doc["loads"].append(load)
+            save()
             print(f"{name}: {nparams / 1e9:.2f} B parameters, {len(files)} shards, {nbytes / 1e9:.2f} GB, "
-                  f"saved in {save_s:.1f} s", flush=True)
+                  f"saved in {save_s:.1f} s; transformers {impl}", flush=True)
             rng = np.random.default_rng(0)
             ids = {B: rng.integers(0, cfg.vocab_size, size=(B, N)).astype(np.int32) for B in batches}
-            ms_hf = {}
+            b_ref = min(batches)
             for B in batches:  # transformers first, then it leaves the GPU to minillm
+                entry = {"case": {"model": name, "batch": B, "seqlen": N}, "ms": {}, "hf_implementation": impl}
+                entries[B] = entry
+                doc["results"].append(entry)
                 try:
                     x = torch.as_tensor(ids[B], dtype=torch.long, device="cuda")
 
                     def hf_forward():
                         with torch.no_grad():
-                            return model(x).logits
+                            return model(x, use_cache=False).logits
 
-                    ms_hf[B] = time_ms(hf_forward, a.iters, a.warmup)
-                    print(f"  hf_transformers B{B} N{N}: {ms_hf[B]:.2f} ms", flush=True)
+                    entry["ms"]["hf_transformers"] = time_ms(hf_forward, a.iters, a.warmup)
+                    print(f"  hf_transformers B{B} N{N}: {entry['ms']['hf_transformers']:.2f} ms", flush=True)
+                    if B == b_ref:
+                        hf_ref = hf_forward().cpu()  # bf16, host: the GPU goes to minillm
                 except Exception as e:  # noqa: BLE001
-                    doc["errors"].append({"model": name, "impl": "hf_transformers", "batch": B, "error": repr(e)})
-                    save()
+                    doc["errors"].append({"model": name, "impl": "hf_transformers", "batch": B, "error": repr(e)[:500]})
+                save()
                 torch.cuda.empty_cache()
             del model
             model = None
@@ -157,31 +181,30 @@ def main():
             t0 = time.perf_counter()
             eng = minillm.InferenceEngine(work, device="cuda", max_batch=max(batches), max_seq=N, logits_dtype="bf16")
             load_s = time.perf_counter() - t0
-            doc["loads"].append({"model": name, "parameters": nparams, "shards": len(files), "bytes": nbytes,
-                                 "save_s": save_s, "load_s": load_s, "gb_per_s": nbytes / 1e9 / load_s})
+            load.update(load_s=load_s, gb_per_s=nbytes / 1e9 / load_s)
             print(f"  minillm load: {load_s:.2f} s, {nbytes / 1e9 / load_s:.2f} GB/s", flush=True)
             save()
             for B in batches:
-                case = {"model": name, "batch": B, "seqlen": N}
-                entry = {"case": case, "ms": {}}
+                entry = entries[B]
                 try:
                     x = torch.as_tensor(ids[B], device="cuda")
                     entry["ms"]["minillm"] = time_ms(lambda: eng.forward(x, copy=False), a.iters, a.warmup)
+                    if B == b_ref and hf_ref is not None:
+                        entry["logits_vs_hf_transformers_bf16"] = logits_agreement(eng.forward(x, copy=False),
+                                                                                   hf_ref.to("cuda"))
+                        hf_ref = None
                 except Exception as e:  # noqa: BLE001
-                    doc["errors"].append({"model": name, "impl": "minillm", "batch": B, "error": repr(e)})
-                if B in ms_hf:
-                    entry["ms"]["hf_transformers"] = ms_hf[B]
+                    doc["errors"].append({"model": name, "impl": "minillm", "batch": B, "error": repr(e)[:500]})
                 if len(entry["ms"]) == 2:
-                    entry["speedup_vs_hf_transformers"] = ms_hf[B] / entry["ms"]["minillm"]
-                print(f"  {case}: {entry}", flush=True)
-                doc["results"].append(entry)
+                    entry["speedup_vs_hf_transformers"] = entry["ms"]["hf_transformers"] / entry["ms"]["minillm"]
+                print(f"  {entry}", flush=True)
                 save()
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
-            doc["errors"].append({"model": name, "stage": "build/save/load", "error": repr(e)})
+            doc["errors"].append({"model": name, "stage": "build/save/load", "error": repr(e)[:500]})
             save()
         finally:
-            del model, eng
+            del model, eng, hf_ref
             gc.collect()
             torch.cuda.empty_cache()
             shutil.rmtree(work, ignore_errors=True)

@@ -10,7 +10,7 @@ Implementations (keys of the JSON):
   torch_eager_loop         SDPA (causal) + MoE by a per-expert loop of matmuls
   torch_compile            torch.compile of the fastest eager variant's layer (one graph, shared by
                            all layers; embedding gather and LM head stay eager), in each of --compile-modes
-                           ("max-autotune", "reduce-overhead"), the faster kept; the weights are marked
+                           ("reduce-overhead", "max-autotune"), the faster kept; the weights are marked
                            static so the CUDA graphs do not copy them. Compile time (the first call:
                            tracing, Inductor, autotuning, CUDA graph capture; caches disabled) and
                            any failure are recorded under "torch_compile", never fatal
@@ -33,13 +33,17 @@ a 4-shape sweep). --no-sweep: compare cases only; --keep-from OLD.json keeps OLD
 cases not measured in this run (e.g. its sweeps), each marked with OLD's commit and date.
 
 Run: PYTHONPATH=python python3 bench/bench_engine.py [--quick] [--sweep-models small,medium]
-     [--compile-models small,medium] [--compile-modes max-autotune,reduce-overhead]
-Writes $OUT/engine.json when $OUT is set, else bench/results/<gpu>/engine.json.
+     [--compile-models small,medium] [--compile-modes reduce-overhead,max-autotune]
+Writes $OUT/engine.json when $OUT is set, else bench/results/<gpu>/engine.json. The JSON is rewritten
+after every stage (engine, fp32 reference, each eager variant, each torch.compile mode, each sweep), so a
+run killed by a timeout keeps what it measured; the stage it was killed in says so ("error": did not
+finish, with the seconds it had run when the kill was a SIGTERM).
 """
 import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import sys
 import time
@@ -51,6 +55,28 @@ import minillm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+
+# Stages in progress: (entry dict, start time). An entry carries a "did not finish" error while its
+# stage runs (so a SIGKILL leaves it in the JSON); SIGTERM (timeout's first signal) adds the seconds.
+_RUNNING = []
+_UNFINISHED = "did not finish: the process ended during this stage (killed, e.g. by a timeout)"
+
+
+def _start(entry):
+    entry["error"] = _UNFINISHED
+    _RUNNING.append((entry, time.time()))
+
+
+def _done(entry):
+    if entry.get("error") == _UNFINISHED:
+        del entry["error"]
+    _RUNNING[:] = [(e, t) for e, t in _RUNNING if e is not entry]
+
+
+def _on_sigterm(signum, frame):
+    for entry, t0 in _RUNNING:
+        entry["error"] = f"did not finish: killed by signal {signum} after {time.time() - t0:.0f} s (e.g. a timeout)"
+    raise SystemExit(128 + signum)  # not an Exception: the stages' `except Exception` do not swallow it
 
 
 def time_ms(fn, iters, warmup=2):
@@ -249,15 +275,18 @@ def fp32_reference(cfg, W, ids):
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def compile_peer(cfg, W, impl, ids, iters, modes, ref32):
-    """torch.compile of Eager(impl).layer in each mode. Returns a dict: per mode the compile time (the
-    first call, synchronised), the median ms per forward, the logits' accuracy vs ref32, or the
-    error that stopped it. Never raises."""
-    info = {"impl": "torch_eager_" + impl, "scope": "each layer (one graph shared by all layers; embedding "
-            "gather and LM head eager); weights marked static", "caches": "Inductor caches disabled", "modes": {}}
+def compile_peer(cfg, W, impl, ids, iters, modes, ref32, info, save=lambda: None):
+    """torch.compile of Eager(impl).layer in each mode, filling `info` (already in the results, so that
+    save() writes each mode as it ends): per mode the compile time (the first call, synchronised), the
+    median ms per forward, the logits' accuracy vs ref32 (when there is one), or the error that stopped
+    it. Never raises an Exception."""
+    info.update({"impl": "torch_eager_" + impl, "scope": "each layer (one graph shared by all layers; embedding "
+                 "gather and LM head eager); weights marked static", "caches": "Inductor caches disabled",
+                 "modes": {}})
     try:
         import torch._dynamo
         import torch._inductor.config as inductor_config
+        from torch._dynamo.utils import counters
 
         if hasattr(inductor_config, "force_disable_caches"):
             inductor_config.force_disable_caches = True  # compile time measured cold
@@ -268,6 +297,9 @@ def compile_peer(cfg, W, impl, ids, iters, modes, ref32):
         return info
     for mode in modes:
         entry = {}
+        info["modes"][mode] = entry
+        _start(entry)
+        save()
         model_t = fn = None
         try:
             torch._dynamo.reset()
@@ -283,8 +315,6 @@ def compile_peer(cfg, W, impl, ids, iters, modes, ref32):
                 torch.compiler.cudagraph_mark_step_begin()
                 return model_t.forward(ids, fn)
 
-            from torch._dynamo.utils import counters
-
             counters.clear()
             torch.cuda.synchronize()
             t0 = time.time()
@@ -294,14 +324,17 @@ def compile_peer(cfg, W, impl, ids, iters, modes, ref32):
             # 1 graph and no breaks expected: more graphs would mean a recompile per layer.
             entry["graphs"] = int(counters["stats"]["unique_graphs"])
             entry["graph_breaks"] = int(sum(counters["graph_break"].values()))
+            save()
             entry["ms"] = time_ms(run, max(3, iters // 2), warmup=3)  # CUDA graph trees: warm-up, record, replay
-            y = run().clone()
-            entry["accuracy_vs_fp32"] = accuracy(y, ref32)
-            del y
+            _done(entry)
+            if ref32 is not None:
+                y = run().clone()
+                entry["accuracy_vs_fp32"] = accuracy(y, ref32)
+                del y
         except Exception as exc:  # report, keep going
             msg = str(exc).strip().splitlines()
             entry["error"] = f"{type(exc).__name__}: {msg[0][:300] if msg else ''}"
-        info["modes"][mode] = entry
+        _done(entry)
         print(f"    torch.compile {mode}: " + (f"compile {entry['compile_s']:.1f} s ({entry['graphs']} graph(s), "
                                                f"{entry['graph_breaks']} break(s)), {entry['ms']:.3f} ms"
                                                if "ms" in entry else entry.get("error", "?")), flush=True)
@@ -311,13 +344,34 @@ def compile_peer(cfg, W, impl, ids, iters, modes, ref32):
         except Exception:
             pass
         torch.cuda.empty_cache()
+        save()
     ok = {m: e for m, e in info["modes"].items() if "ms" in e}
     if ok:
         info["mode"] = min(ok, key=lambda m: ok[m]["ms"])
     return info
 
 
-def compare_case(model, B, N, iters, peak_tf, peak_bw, compile_modes=()):
+def derive(res, B, N, flops, peak_tf):
+    """Throughput keys from res["ms"] (recomputed before every write, as implementations are added)."""
+    res["tokens_per_s"] = {k: B * N / (v / 1e3) for k, v in res["ms"].items()}
+    res["tflops"] = {k: flops / (v / 1e3) / 1e12 for k, v in res["ms"].items()}
+    res["minillm_pct_of_matmul_peak"] = 100 * res["tflops"]["minillm"] / peak_tf
+    eager = [k for k in ("torch_eager_grouped_mm", "torch_eager_grouped_mm_fused", "torch_eager_loop") if k in res["ms"]]
+    if eager:
+        best = min(eager, key=lambda k: res["ms"][k])
+        res["ms"]["torch_eager"] = res["ms"][best]
+        res["peak_memory_gb"]["torch_eager"] = res["peak_memory_gb"][best]
+        res["torch_eager_impl"] = best
+        res["speedup_vs_torch_eager"] = res["ms"]["torch_eager"] / res["ms"]["minillm"]
+        if best in res.get("accuracy_vs_fp32", {}):
+            res["accuracy_vs_fp32"]["torch_eager"] = res["accuracy_vs_fp32"][best]
+        res["tokens_per_s"]["torch_eager"] = B * N / (res["ms"]["torch_eager"] / 1e3)
+        res["tflops"]["torch_eager"] = flops / (res["ms"]["torch_eager"] / 1e3) / 1e12
+
+
+def compare_case(model, B, N, iters, peak_tf, peak_bw, compile_modes=(), record=lambda res: None):
+    """record(res) puts res (a dict updated in place) into the results and writes the JSON; it is
+    called after each stage."""
     cfg = minillm.load_config(model)
     gen = torch.Generator(device="cuda").manual_seed(1234)
     ids = torch.randint(0, cfg["vocab_size"], (B, N), device="cuda", generator=gen)
@@ -329,6 +383,12 @@ def compare_case(model, B, N, iters, peak_tf, peak_bw, compile_modes=()):
     res = {"case": {"model": model, "batch": B, "seqlen": N, "dtype": "bf16", "logits": "bf16"},
            "ms": {"minillm": ms}, "peak_memory_gb": {"minillm": peak / 1e9}, "minillm_ops_ms": ops,
            "minillm_build_s": build_s, "weight_gb": eng.weight_bytes / 1e9}
+
+    def save():
+        derive(res, B, N, flops, peak_tf)
+        record(res)
+
+    save()
     # PyTorch eager on the engine's weights (views: nothing copied).
     weight_bytes = eng.weight_bytes
     W = eng.weights()
@@ -336,12 +396,14 @@ def compare_case(model, B, N, iters, peak_tf, peak_bw, compile_modes=()):
     try:
         ref32, ref_s = fp32_reference(cfg, W, ids)
         res["fp32_reference_s"] = ref_s
-        res["accuracy_vs_fp32"] = {"minillm": accuracy(out, ref32)}
+        res.setdefault("accuracy_vs_fp32", {})["minillm"] = accuracy(out, ref32)
     except Exception as exc:  # report, keep going
         res.setdefault("errors", {})["fp32_reference"] = str(exc).splitlines()[0][:200]
     torch.cuda.empty_cache()
+    save()
     for impl in ("grouped_mm", "grouped_mm_fused", "loop"):
         key = "torch_eager_" + impl
+        model_t = ref = None
         try:
             torch.cuda.synchronize()
             before_init = torch.cuda.memory_allocated()
@@ -356,37 +418,34 @@ def compare_case(model, B, N, iters, peak_tf, peak_bw, compile_modes=()):
             err = ((ref.float() - out.float()).norm() / ref.float().norm()).item()
             agree = (ref.argmax(-1) == out.argmax(-1)).float().mean().item()
             if ref32 is not None:
-                res["accuracy_vs_fp32"][key] = accuracy(ref, ref32)
+                try:  # an accuracy failure (e.g. out of memory) must not cost the timing
+                    res.setdefault("accuracy_vs_fp32", {})[key] = accuracy(ref, ref32)
+                except Exception as exc:
+                    res.setdefault("errors", {})[key + "_accuracy"] = str(exc).splitlines()[0][:200]
             del ref
+            ref = None
             res["ms"][key] = time_ms(lambda: model_t.forward(ids), max(3, iters // 2))
             # eager's own weights: the engine's bytes, plus what __init__ allocated (bf16 norm weights,
             # rope tables) except copies that replace engine weights one for one (fused gate|up).
             res["peak_memory_gb"][key] = (weight_bytes + init_bytes - model_t.dup_bytes + extra) / 1e9
             res.setdefault("logits_vs_minillm", {})[key] = {"rel_l2": err, "top1_agreement": agree}
-            del model_t
         except Exception as exc:  # report, keep going
             res.setdefault("errors", {})[key] = str(exc).splitlines()[0][:200]
+        del model_t, ref
         torch.cuda.empty_cache()
-    eager = [k for k in ("torch_eager_grouped_mm", "torch_eager_grouped_mm_fused", "torch_eager_loop") if k in res["ms"]]
-    if eager:
-        best = min(eager, key=lambda k: res["ms"][k])
-        res["ms"]["torch_eager"] = res["ms"][best]
-        res["peak_memory_gb"]["torch_eager"] = res["peak_memory_gb"][best]
-        res["torch_eager_impl"] = best
-        res["speedup_vs_torch_eager"] = res["ms"]["torch_eager"] / ms
-        if ref32 is not None:
-            res["accuracy_vs_fp32"]["torch_eager"] = res["accuracy_vs_fp32"][best]
-        if compile_modes and ref32 is not None:
-            tc = compile_peer(cfg, W, best[len("torch_eager_"):], ids, iters, compile_modes, ref32)
-            res["torch_compile"] = tc
-            if "mode" in tc:
-                m = tc["modes"][tc["mode"]]
-                res["ms"]["torch_compile"] = m["ms"]
-                res["accuracy_vs_fp32"]["torch_compile"] = m["accuracy_vs_fp32"]
-                res["speedup_vs_torch_compile"] = m["ms"] / ms
-    res["tokens_per_s"] = {k: B * N / (v / 1e3) for k, v in res["ms"].items()}
-    res["tflops"] = {k: flops / (v / 1e3) / 1e12 for k, v in res["ms"].items()}
-    res["minillm_pct_of_matmul_peak"] = 100 * res["tflops"]["minillm"] / peak_tf
+        save()
+    if compile_modes and "torch_eager_impl" in res:
+        tc = {}
+        res["torch_compile"] = tc
+        compile_peer(cfg, W, res["torch_eager_impl"][len("torch_eager_"):], ids, iters, compile_modes, ref32, tc,
+                     save)
+        if "mode" in tc:
+            m = tc["modes"][tc["mode"]]
+            res["ms"]["torch_compile"] = m["ms"]
+            if "accuracy_vs_fp32" in m:
+                res.setdefault("accuracy_vs_fp32", {})["torch_compile"] = m["accuracy_vs_fp32"]
+            res["speedup_vs_torch_compile"] = m["ms"] / ms
+        save()
     del W, eng, out, ref32
     torch.cuda.empty_cache()
     return res
@@ -428,7 +487,8 @@ def main():
     ap.add_argument("--batches", default="1,4,16,32")
     ap.add_argument("--seqs", default="128,512,2048,8192")
     ap.add_argument("--compile-models", default="medium", help="compare cases that also run torch.compile ('' for none)")
-    ap.add_argument("--compile-modes", default="max-autotune,reduce-overhead")
+    ap.add_argument("--compile-modes", default="reduce-overhead,max-autotune",
+                    help="in this order (the cheaper compile first, so a timeout keeps its result)")
     ap.add_argument("--no-sweep", action="store_true", help="compare cases only")
     ap.add_argument("--keep-from", default=None,
                     help="an earlier engine.json: its results for the cases this run does not measure are kept, "
@@ -439,63 +499,83 @@ def main():
     if args.quick:
         args.compare, args.sweep_models, args.batches, args.seqs = "small:8x2048", "small", "1,8", "128,2048"
         args.compile_models = "small"
-    dev = torch.cuda.get_device_name()
-    peak_tf, peak_bw = peaks()
-    print(f"device {dev}: bf16 matmul 8192^3 {peak_tf:.0f} TFLOP/s, copy 1 GiB {peak_bw:.0f} GB/s", flush=True)
-    results = []
-    for item in filter(None, args.compare.split(",")):
-        model, shape = item.split(":")
-        B, N = (int(v) for v in shape.split("x"))
-        try:
-            modes = [m for m in args.compile_modes.split(",") if m] if model in args.compile_models.split(",") else []
-            r = compare_case(model, B, N, args.iters, peak_tf, peak_bw, modes)
-        except Exception as exc:
-            print(f"  {model} B={B} N={N}: FAILED {exc}", flush=True)
-            results.append({"case": {"model": model, "batch": B, "seqlen": N}, "error": str(exc)[:300]})
-            continue
-        results.append(r)
-        ms = r["ms"]
-        print(f"  {model:6s} B={B} N={N}: minillm {ms['minillm']:.3f} ms, torch eager {ms.get('torch_eager', math.nan):.3f} ms "
-              f"({r.get('torch_eager_impl', '-')}), x{r.get('speedup_vs_torch_eager', math.nan):.2f}; peak memory "
-              f"{r['peak_memory_gb']['minillm']:.2f} GB vs {r['peak_memory_gb'].get('torch_eager', math.nan):.2f} GB; "
-              f"{r['tflops']['minillm']:.0f} TFLOP/s ({r['minillm_pct_of_matmul_peak']:.0f}% of peak)", flush=True)
-        total = sum(r["minillm_ops_ms"].values())
-        print("    per op: " + ", ".join(f"{k} {v:.2f} ms ({100 * v / total:.0f}%)" for k, v in r["minillm_ops_ms"].items()),
-              flush=True)
-        if "logits_vs_minillm" in r:
-            print(f"    logits vs eager: {r['logits_vs_minillm']}", flush=True)
-        for k, v in r.get("accuracy_vs_fp32", {}).items():
-            print(f"    logits vs fp32 reference, {k}: rel L2 {v['rel_l2']:.4f}, top-1 agreement {v['top1_agreement']:.4f}",
-                  flush=True)
-        if "torch_compile" in r["ms"]:
-            print(f"    torch.compile ({r['torch_compile']['mode']}): {r['ms']['torch_compile']:.3f} ms, minillm "
-                  f"x{r['speedup_vs_torch_compile']:.2f}", flush=True)
-        if r.get("errors"):
-            print(f"    errors: {r['errors']}", flush=True)
     if args.no_sweep:
         args.sweep_models = ""
-    batches = [int(v) for v in args.batches.split(",")]
-    seqs = [int(v) for v in args.seqs.split(",")]
-    for model in filter(None, args.sweep_models.split(",")):
-        try:
-            results += sweep(model, batches, seqs, max(3, args.iters // 3))
-        except Exception as exc:
-            print(f"  sweep {model}: FAILED {exc}", flush=True)
-            results.append({"case": {"model": model, "sweep": True}, "error": str(exc)[:300]})
-    if args.keep_from:
+    old = None
+    if args.keep_from:  # read first: a bad path fails before anything is measured
         with open(args.keep_from) as f:
             old = json.load(f)
-        key = lambda r: (json.dumps(r["case"], sort_keys=True), "minillm_ops_ms" in r or "error" in r)  # noqa: E731
-        measured = {key(r) for r in results}
-        for r in old["results"]:
-            if key(r) not in measured:
-                r.setdefault("commit", old.get("commit"))
-                r.setdefault("date", old.get("date"))
-                results.append(r)
-    doc = {**common.metadata("engine", dev),
-           "peaks": {"matmul_bf16_8192_tflops": peak_tf, "copy_1gib_gbps": peak_bw}, "results": results}
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    dev = torch.cuda.get_device_name()
     path = common.result_path(args.out, "engine.json", dev)
-    common.write_json(path, doc)
+    results = []
+    doc = {**common.metadata("engine", dev), "peaks": {}, "results": results}
+    key = lambda r: (json.dumps(r["case"], sort_keys=True), "minillm_ops_ms" in r or "error" in r)  # noqa: E731
+
+    def save():
+        out = dict(doc)
+        if old is not None:  # OLD's entries for the cases not measured (so far) in this run
+            measured = {key(r) for r in results}
+            out["results"] = results + [{**r, "commit": r.get("commit", old.get("commit")),
+                                         "date": r.get("date", old.get("date"))}
+                                        for r in old["results"] if key(r) not in measured]
+        common.write_json(path, out)
+
+    def record(res):
+        if not any(r is res for r in results):
+            results.append(res)
+        save()
+
+    try:
+        peak_tf, peak_bw = peaks()
+        doc["peaks"] = {"matmul_bf16_8192_tflops": peak_tf, "copy_1gib_gbps": peak_bw}
+        save()
+        print(f"device {dev}: bf16 matmul 8192^3 {peak_tf:.0f} TFLOP/s, copy 1 GiB {peak_bw:.0f} GB/s", flush=True)
+        for item in filter(None, args.compare.split(",")):
+            model, shape = item.split(":")
+            B, N = (int(v) for v in shape.split("x"))
+            n_before = len(results)
+            try:
+                modes = [m for m in args.compile_modes.split(",") if m] if model in args.compile_models.split(",") else []
+                r = compare_case(model, B, N, args.iters, peak_tf, peak_bw, modes, record)
+            except Exception as exc:
+                print(f"  {model} B={B} N={N}: FAILED {exc}", flush=True)
+                if len(results) > n_before:  # the partial result of this case is in: keep it, say why it stopped
+                    results[-1]["error"] = str(exc)[:300]
+                else:
+                    results.append({"case": {"model": model, "batch": B, "seqlen": N}, "error": str(exc)[:300]})
+                save()
+                continue
+            save()
+            ms = r["ms"]
+            print(f"  {model:6s} B={B} N={N}: minillm {ms['minillm']:.3f} ms, torch eager {ms.get('torch_eager', math.nan):.3f} ms "
+                  f"({r.get('torch_eager_impl', '-')}), x{r.get('speedup_vs_torch_eager', math.nan):.2f}; peak memory "
+                  f"{r['peak_memory_gb']['minillm']:.2f} GB vs {r['peak_memory_gb'].get('torch_eager', math.nan):.2f} GB; "
+                  f"{r['tflops']['minillm']:.0f} TFLOP/s ({r['minillm_pct_of_matmul_peak']:.0f}% of peak)", flush=True)
+            total = sum(r["minillm_ops_ms"].values())
+            print("    per op: " + ", ".join(f"{k} {v:.2f} ms ({100 * v / total:.0f}%)" for k, v in r["minillm_ops_ms"].items()),
+                  flush=True)
+            if "logits_vs_minillm" in r:
+                print(f"    logits vs eager: {r['logits_vs_minillm']}", flush=True)
+            for k, v in r.get("accuracy_vs_fp32", {}).items():
+                print(f"    logits vs fp32 reference, {k}: rel L2 {v['rel_l2']:.4f}, top-1 agreement {v['top1_agreement']:.4f}",
+                      flush=True)
+            if "torch_compile" in r["ms"]:
+                print(f"    torch.compile ({r['torch_compile']['mode']}): {r['ms']['torch_compile']:.3f} ms, minillm "
+                      f"x{r['speedup_vs_torch_compile']:.2f}", flush=True)
+            if r.get("errors"):
+                print(f"    errors: {r['errors']}", flush=True)
+        batches = [int(v) for v in args.batches.split(",")]
+        seqs = [int(v) for v in args.seqs.split(",")]
+        for model in filter(None, args.sweep_models.split(",")):
+            try:
+                results.extend(sweep(model, batches, seqs, max(3, args.iters // 3)))
+            except Exception as exc:
+                print(f"  sweep {model}: FAILED {exc}", flush=True)
+                results.append({"case": {"model": model, "sweep": True}, "error": str(exc)[:300]})
+            save()
+    finally:
+        save()
     print(f"wrote {path}")
 
 

@@ -11,18 +11,26 @@ roofline):
   decode     batch 1 at context 128 / 2048 / 8192: `ms` = milliseconds per output token (the steps
              after the first token, 128 of them), `tok_s`. roofline = (active weight bytes + KV bytes
              read per token) / the copy bandwidth measured in this run (bytes read + written of a
-             1 GiB device copy / time).
+             1 GiB device copy / time). hf_transformers (contexts 128 / 2048): (time of a generate
+             of 33 tokens - time of one of 1 token) / 32 (16 + 1 and 16 with --quick).
   offline    512 requests submitted at once, prompts uniform in 128..1024, outputs uniform in
              128..512 (ignore_eos): wall seconds, output tok/s, TTFT and per-token latency (TPOT:
              (finish - first token) / (tokens - 1)) p50 / p99. hf_transformers: its best batched
              generate (batch 64, 512 in, 64 out) as output tok/s.
   concurrency  closed loop with 1 / 8 / 32 / 128 requests in flight (a new one when one finishes),
              1024 in / 256 out, 2 x concurrency requests (at least 8): output tok/s, TTFT, TPOT.
-  moe_crossover  batch 32..128 decoding together (128 in, 64 out): the median decode step time
-             (`step_ms`) on both sides of the MoE layer's switch from its decode kernel (<= 64 tokens
-             a step) to the grouped GEMM.
-Every case is written to the JSON as soon as it is measured; a failing case records its error and
-the others still run.
+  moe_crossover  batch 32..128 decoding together (128 in, 64 out): the median time of the steps in
+             which all of them decode (`step_ms`, timed around llm.step()) on both sides of the MoE
+             layer's switch from its decode kernel (<= 64 tokens a step) to the grouped GEMM. A
+             decode step replays the CUDA graph of the smallest bucket (1, 2, 4, ..., 128, 256) that
+             holds the batch, padded with dummy rows that run through the MoE layer too:
+             `graph_batch` is that bucket, and `moe_path` follows it (batch 65 runs 128 rows).
+Before any case, one decode step runs at every graph bucket, so that no graph capture falls in a
+timed region. Every case is written to the JSON as soon as it is measured; a failing case records
+its error and the others still run.
+
+--quick: contexts 128 / 2048, 64 offline requests, concurrency 1 / 8 / 32, crossover batches
+48 / 64 / 65 / 96 (about 2 minutes on an H100, a third of it transformers; the full run about 4).
 
 Run: PYTHONPATH=python python3 bench/bench_generate.py [--quick] [--models olmoe,medium] [--no-hf]
 Writes $OUT/generate.json when $OUT is set, else bench/results/<gpu>/generate.json.
@@ -63,7 +71,38 @@ def copy_bandwidth():
         torch.cuda.synchronize()
         times.append(s.elapsed_time(e))
     del src, dst
+    torch.cuda.empty_cache()  # else torch's caching allocator keeps 2 GiB away from minillm's KV pool
     return 2 * (1 << 30) / (statistics.median(times) / 1e3)  # bytes read + written per second
+
+
+MAX_NUM_SEQS = 256  # minillm.LLM's default, passed explicitly: the decode graph buckets follow from it
+
+
+def graph_buckets(max_num_seqs=MAX_NUM_SEQS):
+    """The engine's decode graph batch sizes (src/engine/llm_engine.cpp): 1, 2, 4, ... below
+    max_num_seqs, then max_num_seqs."""
+    b, out = 1, []
+    while b < max_num_seqs:
+        out.append(b)
+        b *= 2
+    return out + [max_num_seqs]
+
+
+def graph_batch(batch, max_num_seqs=MAX_NUM_SEQS):
+    """The bucket a decode step of `batch` sequences is padded to."""
+    return next(b for b in graph_buckets(max_num_seqs) if b >= batch)
+
+
+def warm_graphs(llm, vocab, max_num_seqs=MAX_NUM_SEQS):
+    """Runs one decode step at every graph bucket (the first use of a bucket runs eagerly and
+    captures its graph), so that no capture falls in a timed region. Request i gets
+    max_tokens = 2 + #{buckets > i}: after the prefill step the number of decoding sequences goes
+    max_num_seqs, max_num_seqs, ..., 4, 2, 1, one step each (~12 steps in all)."""
+    buckets = graph_buckets(max_num_seqs)
+    prompts = [[(7 * i + j) % vocab for j in range(4)] for i in range(max_num_seqs)]
+    params = [minillm.SamplingParams(max_tokens=2 + sum(b > i for b in buckets), temperature=0.0, ignore_eos=True)
+              for i in range(max_num_seqs)]
+    llm.generate(prompts, params)
 
 
 def decode_bytes(cfg, context):
@@ -82,14 +121,16 @@ def pct(v, p):
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))] if v else None
 
 
-def run_requests(llm, prompts, max_tokens, concurrency=None):
+def run_requests(llm, prompts, max_tokens, concurrency=None, decode_steps=None):
     """Submits the requests (all at once, or `concurrency` in flight) and steps until all finish.
-    Returns wall seconds, output tokens, TTFTs and TPOTs (ms)."""
+    Returns wall seconds, output tokens, TTFTs and TPOTs (ms). decode_steps (a list), when given,
+    gets (ms, batch) of every step in which all live requests decode (no prefill in the step)."""
     params = [minillm.SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for m in max_tokens]
     t0 = time.perf_counter()
     start, first, count, tpot, ttft = {}, {}, {}, [], []
     pending = list(range(len(prompts)))
     live = 0
+    started = 0  # live requests that have their first token
 
     def submit():
         nonlocal live
@@ -99,25 +140,47 @@ def run_requests(llm, prompts, max_tokens, concurrency=None):
         count[rid] = 0
         live += 1
 
-    while pending and (concurrency is None or live < concurrency):
-        submit()
     total = 0
-    while live:
-        for o in llm.step():
-            now = time.perf_counter()
-            n = len(o.new_token_ids)
-            if n and count[o.request_id] == 0:
-                first[o.request_id] = now
-                ttft.append((now - start[o.request_id]) * 1e3)
-            count[o.request_id] += n
-            total += n
-            if o.finished:
-                live -= 1
-                c = count[o.request_id]
-                if c > 1:
-                    tpot.append((now - first[o.request_id]) * 1e3 / (c - 1))
-                if pending and concurrency is not None:
-                    submit()
+    try:
+        while pending and (concurrency is None or live < concurrency):
+            submit()
+        while live:
+            pure_decode = started == live
+            batch = live
+            ts = time.perf_counter()
+            outs = llm.step()
+            if decode_steps is not None and pure_decode:
+                decode_steps.append(((time.perf_counter() - ts) * 1e3, batch))
+            for o in outs:
+                if o.request_id not in count:
+                    continue  # not one of ours
+                now = time.perf_counter()
+                n = len(o.new_token_ids)
+                if n and count[o.request_id] == 0:
+                    first[o.request_id] = now
+                    ttft.append((now - start[o.request_id]) * 1e3)
+                    started += 1
+                count[o.request_id] += n
+                total += n
+                if o.finished:
+                    live -= 1
+                    c = count[o.request_id]
+                    if c > 0:
+                        started -= 1
+                    if c > 1:
+                        tpot.append((now - first[o.request_id]) * 1e3 / (c - 1))
+                    if pending and concurrency is not None:
+                        submit()
+    except BaseException:
+        # Leave the engine empty for the next case: abort what was submitted and step the aborts through.
+        try:
+            for rid in count:
+                llm.abort(rid)
+            while llm.has_unfinished():
+                llm.step()
+        except Exception:  # noqa: BLE001 - the engine itself is broken: the original error says more
+            pass
+        raise
     return time.perf_counter() - t0, total, ttft, tpot
 
 
@@ -141,114 +204,165 @@ def hf_model(cfg):
             model = OlmoeForCausalLM(hc)
     finally:
         torch.set_default_dtype(torch.float32)
+    if next(model.parameters()).dtype != torch.bfloat16:  # built in bf16 above; make sure of it
+        model.to(torch.bfloat16)
     return model.eval()
 
 
-def hf_tok_s(model, batch, context, new):
-    ids = torch.randint(1, 50000, (batch, context), device="cuda")
-    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+def hf_generate_s(model, ids, new):
+    """Seconds of one greedy transformers generate of exactly `new` tokens after the prompt ids."""
+    kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new, do_sample=False,
+              pad_token_id=0)
     with torch.no_grad():
-        model.generate(ids[:, :16], max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
         torch.cuda.synchronize()
         t = time.perf_counter()
-        model.generate(ids, **kw)
+        out = model.generate(ids, **kw)
         torch.cuda.synchronize()
-    return batch * new / (time.perf_counter() - t)
+    dt = time.perf_counter() - t
+    assert out.shape[1] == ids.shape[1] + new, f"generate gave {out.shape[1] - ids.shape[1]} tokens, not {new}"
+    return dt
+
+
+def hf_warm(model, batch):
+    ids = torch.randint(1, 50000, (batch, 16), device="cuda")
+    hf_generate_s(model, ids, 4)
+
+
+def hf_decode_ms(model, context, new):
+    """Batch-1 milliseconds per output token after the first, as minillm's `ms` (TPOT): a generate of
+    new + 1 tokens minus one of 1 token (the prefill and the first token), over new."""
+    ids = torch.randint(1, 50000, (1, context), device="cuda")
+    hf_generate_s(model, ids, 1)  # the first prefill of this length pays one-time costs: not in t1
+    t1 = hf_generate_s(model, ids, 1)
+    tn = hf_generate_s(model, ids, new + 1)
+    return (tn - t1) * 1e3 / new
+
+
+def hf_batched_tok_s(model, batch, context, new):
+    """Output tokens per second of one batched generate (prefill included, as minillm's offline)."""
+    ids = torch.randint(1, 50000, (batch, context), device="cuda")
+    return batch * new / hf_generate_s(model, ids, new)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="olmoe,medium")
-    ap.add_argument("--quick", action="store_true", help="fewer requests and contexts")
+    ap.add_argument("--quick", action="store_true", help="fewer requests, contexts and batch sizes")
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.cuda.get_device_name()
     path = common.result_path(args.out, "generate.json", device)
     bw = copy_bandwidth()
-    doc = dict(common.metadata("generate", device), copy_bandwidth_gb_s=bw / 1e9, results=[])
+    doc = dict(common.metadata("generate", device), copy_bandwidth_gb_s=bw / 1e9, quick=args.quick, results=[])
+    common.write_json(path, doc)
 
     def record(case, **vals):
         doc["results"].append(dict(case=case, **vals))
         common.write_json(path, doc)
-        print(case, {k: v for k, v in vals.items()}, flush=True)
+        print(case, {k: v for k, v in vals.items() if k != "trace"}, flush=True)
+        if "trace" in vals:
+            print(vals["trace"], flush=True)
+
+    def failed(case, e):
+        record(case, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
 
     rng = random.Random(0)
     contexts = [128, 2048] if args.quick else [128, 2048, 8192]
     n_offline = 64 if args.quick else 512
     for name in args.models.split(","):
-        cfg = OLMOE if name == "olmoe" else minillm.load_config(name)
-        vocab = cfg["vocab_size"]
+        llm = None
         try:
+            cfg = OLMOE if name == "olmoe" else minillm.load_config(name)
+            vocab = cfg["vocab_size"]
             t = time.perf_counter()
             max_len = min(8192 + 160, cfg["max_seq_len"])
-            llm = minillm.LLM(cfg, device="cuda", max_model_len=max_len, gpu_memory_fraction=0.85)
+            llm = minillm.LLM(cfg, device="cuda", max_model_len=max_len, gpu_memory_fraction=0.85,
+                              max_num_seqs=MAX_NUM_SEQS)
             print(f"{name}: engine ready in {time.perf_counter() - t:.1f} s, stats {llm.stats()}", flush=True)
         except Exception as e:
-            record({"model": name, "kind": "setup"}, error=f"{type(e).__name__}: {e}")
+            failed({"model": name, "kind": "setup"}, e)
+            llm = None
+            gc.collect()
             continue
+        try:
+            t = time.perf_counter()
+            warm_graphs(llm, vocab)
+            print(f"{name}: decode graphs of {graph_buckets()} captured in {time.perf_counter() - t:.1f} s", flush=True)
+        except Exception as e:  # the cases still run (capturing their graphs as they go)
+            failed({"model": name, "kind": "warmup"}, e)
         for ctx in contexts:
             ctx = min(ctx, max_len - 130)  # medium's max_seq_len is 8192: its longest case is 8062
             case = {"model": name, "kind": "decode", "batch": 1, "context": ctx}
             try:
                 prompt = [rng.randrange(vocab) for _ in range(ctx)]
-                run_requests(llm, [prompt[:64]], [8])  # warm-up: graphs for batch 1
                 wall, total, ttft, tpot = run_requests(llm, [prompt], [129])
                 ms = tpot[0]
                 roof_ms = decode_bytes(cfg, ctx) / bw * 1e3
                 record(case, ms={"minillm": ms, "roofline": roof_ms}, tok_s={"minillm": 1e3 / ms, "roofline": 1e3 / roof_ms},
                        ttft_ms=ttft[0], fraction_of_roofline=roof_ms / ms)
             except Exception as e:
-                record(case, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
+                failed(case, e)
         case = {"model": name, "kind": "offline", "requests": n_offline, "context": "128..1024", "output": "128..512"}
         try:
             prompts = [[rng.randrange(vocab) for _ in range(rng.randint(128, 1024))] for _ in range(n_offline)]
             outs = [rng.randint(128, 512) for _ in range(n_offline)]
+            before = llm.stats()
             wall, total, ttft, tpot = run_requests(llm, prompts, outs)
+            after = llm.stats()
             record(case, wall_s=wall, output_tokens=total, tok_s={"minillm": total / wall}, **lat(ttft, tpot),
-                   stats=llm.stats())
+                   steps=after["steps"] - before["steps"], preemptions=after["preemptions"] - before["preemptions"],
+                   kv_pages_total=after["kv_pages_total"])
         except Exception as e:
-            record(case, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
+            failed(case, e)
         for conc in ([1, 8, 32] if args.quick else [1, 8, 32, 128]):
             case = {"model": name, "kind": "concurrency", "batch": conc, "context": 1024, "output": 256}
             try:
                 n = max(8, 2 * conc)
                 prompts = [[rng.randrange(vocab) for _ in range(1024)] for _ in range(n)]
                 wall, total, ttft, tpot = run_requests(llm, prompts, [256] * n, concurrency=conc)
-                record(case, wall_s=wall, output_tokens=total, tok_s={"minillm": total / wall}, **lat(ttft, tpot))
+                record(case, requests=n, wall_s=wall, output_tokens=total, tok_s={"minillm": total / wall},
+                       **lat(ttft, tpot))
             except Exception as e:
-                record(case, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
+                failed(case, e)
         # MoE at decode: the layer streams the experts once (decode kernel) up to 64 tokens a step and
-        # switches to the grouped GEMM above; the per-token step time on both sides of the switch.
+        # switches to the grouped GEMM above; the step time on both sides of the switch. The MoE layer
+        # sees the graph bucket's rows (padding included), so the path follows graph_batch.
         for batch in ([48, 64, 65, 96] if args.quick else [32, 48, 64, 65, 80, 96, 128]):
             case = {"model": name, "kind": "moe_crossover", "batch": batch, "context": 128, "output": 64}
             try:
                 prompts = [[rng.randrange(vocab) for _ in range(128)] for _ in range(batch)]
-                wall, total, ttft, tpot = run_requests(llm, prompts, [64] * batch)
-                step = statistics.median(tpot)
-                record(case, step_ms=step, tok_s={"minillm": batch * 1e3 / step}, moe_path="decode" if batch <= 64
-                       else "grouped")
+                steps = []
+                run_requests(llm, prompts, [64] * batch, decode_steps=steps)
+                full = [ms for ms, b in steps if b == batch]
+                step = statistics.median(full)
+                gb = graph_batch(batch)
+                record(case, step_ms=step, decode_steps=len(full), tok_s={"minillm": batch * 1e3 / step},
+                       graph_batch=gb, moe_path="decode" if gb <= 64 else "grouped")
             except Exception as e:
-                record(case, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
-        del llm
+                failed(case, e)
+        llm = None  # frees the engine's weights and KV cache before the next model
         gc.collect()
         torch.cuda.empty_cache()
         if name == "olmoe" and not args.no_hf:
+            model = None
             try:
                 model = hf_model(cfg)
+                hf_warm(model, 1)
                 for ctx in contexts[:2]:
-                    tok_s = hf_tok_s(model, 1, ctx, 32)
+                    ms = hf_decode_ms(model, ctx, 16 if args.quick else 32)
                     record({"model": name, "kind": "decode", "batch": 1, "context": ctx},
-                           ms={"hf_transformers": 1e3 / tok_s}, tok_s={"hf_transformers": tok_s})
-                tok_s = hf_tok_s(model, 64, 512, 64)
+                           ms={"hf_transformers": ms}, tok_s={"hf_transformers": 1e3 / ms})
+                hf_warm(model, 64)
+                tok_s = hf_batched_tok_s(model, 64, 512, 64)
                 record({"model": name, "kind": "offline_hf_batched", "batch": 64, "context": 512, "output": 64},
                        tok_s={"hf_transformers": tok_s})
+            except Exception as e:
+                failed({"model": name, "kind": "hf"}, e)
+            finally:
                 del model
                 gc.collect()
                 torch.cuda.empty_cache()
-            except Exception as e:
-                record({"model": name, "kind": "hf"}, error=f"{type(e).__name__}: {e}",
-                       trace=traceback.format_exc()[-2000:])
     print(f"wrote {path}")
 
 

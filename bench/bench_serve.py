@@ -9,14 +9,24 @@ request's chunks, a chunk of k tokens counting k gaps of gap/k), time per output
 (last - first) / (tokens - 1) per request) and end-to-end latency, p50/p99. The same requests run
 offline first (minillm.LLM in its own process: all added at once, stepped until done), and the
 saturation rate's output throughput is given as a fraction of the offline one. Each request must get
-exactly its output length back. The client is aiohttp when installed (the GPU machine has it: less
-work per event than httpx, so that the client does not limit what is measured), else httpx.
+exactly its output length back; one that fails is counted (`failed`, `errors`) and the others still
+run. The client is aiohttp when installed (the GPU machine has it: less work per event than httpx, so
+that the client does not limit what is measured), else httpx.
+
+Warm-up, outside every timed region: the engine replays one CUDA graph per decode batch bucket (1, 2,
+4, ..., max_num_seqs), captured on first use. Offline, one decode step runs at every bucket before the
+clock starts; the server first gets min(max_num_seqs, num_prompts) short requests at once, with
+output lengths 2, 3, 4, ..., so that its batch shrinks through every bucket it can reach. The JSON is
+written after the offline run and after every rate.
 
 Model (default): the OLMoE-1B-7B shape with seeded random bf16 weights, as bench_generate.py's, with
 OLMoE's own tokenizer (.deps/tokenizers/olmoe after scripts/setup.sh) so that the server detokenizes
 every token as it would for the real model. --model takes a model directory, a preset or a .json config.
 
     PYTHONPATH=python python3 bench/bench_serve.py [--quick] [--model DIR] [--rates 4,8,16,inf]
+
+--quick: 64 requests, rates 8 and inf (about 1 to 1.5 minutes on an H100, half of it loading the
+model twice); the full run takes about 4 (at 4 requests/s, sending 256 requests alone takes 64 s).
 
 Writes $OUT/serve.json when $OUT is set, else bench/results/<gpu>/serve.json (--out overrides). The
 server needs FastAPI and uvicorn: on the GPU machine, carry the wheels of scripts/wheels.sh (gpu_check.sh
@@ -28,11 +38,13 @@ import importlib.util
 import json
 import math
 import os
+import queue
 import random
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -74,12 +86,27 @@ def engine_args(a):
 # Offline: the engine alone, all requests added at once (run in a child process: it owns the GPU).
 
 
+def graph_buckets(max_num_seqs):
+    """The engine's decode graph batch sizes (src/engine/llm_engine.cpp): 1, 2, 4, ... below
+    max_num_seqs, then max_num_seqs."""
+    b, out = 1, []
+    while b < max_num_seqs:
+        out.append(b)
+        b *= 2
+    return out + [max_num_seqs]
+
+
 def offline(a, reqs):
     import minillm
 
     llm = minillm.LLM(a.model, **engine_args(a))
-    warm = minillm.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
-    llm.generate([reqs[0][0]], warm)
+    # One decode step at every graph bucket (its first use captures the graph): request i gets
+    # 2 + #{buckets > i} tokens, so the decoding batch goes max_num_seqs, max_num_seqs, ..., 2, 1.
+    n, buckets = a.max_num_seqs, graph_buckets(a.max_num_seqs)
+    vocab = llm.vocab_size
+    llm.generate([[(7 * i + j) % vocab for j in range(4)] for i in range(n)],
+                 [minillm.SamplingParams(max_tokens=2 + sum(b > i for b in buckets), temperature=0.0, ignore_eos=True)
+                  for i in range(n)])
     t0 = time.perf_counter()
     for prompt, out_len in reqs:
         llm.add_request(prompt, minillm.SamplingParams(max_tokens=out_len, temperature=0.0, ignore_eos=True))
@@ -121,7 +148,10 @@ async def one_request(lines, session, url, model, prompt, out_len, rec):
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue
         now = time.perf_counter()
-        choice = json.loads(line[6:])["choices"][0]
+        event = json.loads(line[6:])
+        if "error" in event:  # the server reports a failure inside the stream (HTTP 200 already sent)
+            raise RuntimeError(f"stream error: {event['error'].get('message')}")
+        choice = event["choices"][0]
         k = len(choice.get("token_ids") or [])
         if k:
             times.append(now)
@@ -137,11 +167,11 @@ def _session(n):
         import aiohttp
 
         return _lines_aiohttp, aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=n),
-                                                     timeout=aiohttp.ClientTimeout(total=3600))
+                                                     timeout=aiohttp.ClientTimeout(total=None, sock_read=300))
     except ImportError:
         import httpx
 
-        return _lines_httpx, httpx.AsyncClient(timeout=httpx.Timeout(3600.0),
+        return _lines_httpx, httpx.AsyncClient(timeout=httpx.Timeout(300.0),
                                                limits=httpx.Limits(max_connections=n, max_keepalive_connections=64))
 
 
@@ -149,12 +179,15 @@ async def run_rate(url, model, reqs, rate, seed, max_concurrency):
     rng = random.Random(seed)
     n = max_concurrency or len(reqs)
     sem = asyncio.Semaphore(n)
-    rec = []
+    rec, errors = [], []
     lines, session = _session(n)
     async with session:
         async def go(prompt, out_len):
             async with sem:
-                await one_request(lines, session, url, model, prompt, out_len, rec)
+                try:
+                    await one_request(lines, session, url, model, prompt, out_len, rec)
+                except Exception as e:  # noqa: BLE001 - counted; the other requests go on
+                    errors.append(f"{type(e).__name__}: {e}"[:300])
 
         tasks = []
         t_start = time.perf_counter()
@@ -181,32 +214,67 @@ async def run_rate(url, model, reqs, rate, seed, max_concurrency):
             tpot.append((r["times"][-1] - r["times"][0]) / (n - 1))
     dt = t_end - t_start
     ms = lambda xs, q: None if not xs else round(1000 * pct(xs, q), 3)  # noqa: E731
-    return {"rate": "inf" if rate == math.inf else rate, "requests": len(rec), "duration_s": round(dt, 3),
+    return {"rate": "inf" if rate == math.inf else rate, "requests": len(rec), "failed": len(errors),
+            "errors": sorted(set(errors))[:5], "duration_s": round(dt, 3),
             "output_tokens": tokens, "request_throughput": len(rec) / dt, "output_throughput": tokens / dt,
             "ttft_ms_p50": ms(ttft, 50), "ttft_ms_p99": ms(ttft, 99), "itl_ms_p50": ms(itl, 50),
             "itl_ms_p99": ms(itl, 99), "tpot_ms_p50": ms(tpot, 50), "tpot_ms_p99": ms(tpot, 99),
             "e2e_ms_p50": ms(e2e, 50), "e2e_ms_p99": ms(e2e, 99)}
 
 
-def start_server(a):
-    cmd = [sys.executable, "-m", "minillm", "serve", "--model", a.model, "--port", "0", "--device", a.device,
-           "--gpu-memory-fraction", str(a.gpu_memory_fraction), "--max-num-seqs", str(a.max_num_seqs),
-           "--max-step-tokens", str(a.max_step_tokens), "--served-model-name", "bench"]
-    if a.max_model_len:
-        cmd += ["--max-model-len", str(a.max_model_len)]
-    if a.tokenizer:
-        cmd += ["--tokenizer", a.tokenizer]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"),
-                                                                     os.path.join(ROOT, "python")])),
-               PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        m = re.search(r"on (http://[\d.]+:\d+)/v1", line)
-        if m:
-            return proc, m.group(1)
-    raise RuntimeError("the server did not start:\n" + "".join(lines))
+class Server:
+    """`python -m minillm serve` on a free loopback port (--port 0: the server prints the one it got).
+    A thread keeps reading its output (a full pipe would block the server) and keeps the last lines."""
+
+    def __init__(self, a, timeout=600):
+        cmd = [sys.executable, "-m", "minillm", "serve", "--model", a.model, "--port", "0", "--device", a.device,
+               "--gpu-memory-fraction", str(a.gpu_memory_fraction), "--max-num-seqs", str(a.max_num_seqs),
+               "--max-step-tokens", str(a.max_step_tokens), "--served-model-name", "bench"]
+        if a.max_model_len:
+            cmd += ["--max-model-len", str(a.max_model_len)]
+        if a.tokenizer:
+            cmd += ["--tokenizer", a.tokenizer]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"),
+                                                                         os.path.join(ROOT, "python")])),
+                   PYTHONUNBUFFERED="1")
+        self.lines = []
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        ready = queue.Queue()
+        threading.Thread(target=self._read, args=(ready,), daemon=True).start()
+        try:
+            self.url = ready.get(timeout=timeout)
+        except queue.Empty:
+            self.url = None
+        if self.url is None:
+            self.stop()
+            raise RuntimeError(f"the server did not start (exit code {self.proc.returncode}):\n" + self.log())
+
+    def _read(self, ready):
+        told = False
+        for line in self.proc.stdout:
+            self.lines = self.lines[-200:] + [line]
+            m = None if told else re.search(r"on (http://[\d.]+:\d+)/v1", line)
+            if m:
+                told = True
+                ready.put(m.group(1))
+        if not told:
+            ready.put(None)  # it exited before it was ready
+
+    def log(self, n=40):
+        return "".join(self.lines[-n:])
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        """SIGTERM (running requests finish first), then SIGKILL if it has not exited within a minute."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def device_name(device):
@@ -253,14 +321,18 @@ def main():
         olmoe_tok = os.path.join(ROOT, ".deps", "tokenizers", "olmoe")
         if a.tokenizer is None and os.path.isdir(olmoe_tok):
             a.tokenizer = olmoe_tok
+        elif a.tokenizer is None and not a.offline_child:
+            print(f"note: no {olmoe_tok}: the server runs without a tokenizer (no detokenization)", flush=True)
 
     import minillm
 
     if not a.offline_child:
-        missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+        missing = [m for m in ("fastapi", "uvicorn", "jinja2") if importlib.util.find_spec(m) is None]
+        if importlib.util.find_spec("aiohttp") is None and importlib.util.find_spec("httpx") is None:
+            missing.append("aiohttp or httpx (the client)")
         if missing:
-            sys.exit(f"error: the server needs {' and '.join(missing)} (scripts/setup.sh; on the GPU machine carry "
-                     "the wheels of scripts/wheels.sh)")
+            sys.exit(f"error: the server bench needs {' and '.join(missing)} (scripts/setup.sh; on the GPU machine "
+                     "carry the wheels of scripts/wheels.sh)")
     vocab = minillm.load_config(a.model)["vocab_size"]
     reqs = make_requests(a.num_prompts, vocab, input_len, output_len, a.seed)
 
@@ -268,42 +340,86 @@ def main():
         common.write_json(a.offline_child, offline(a, reqs))
         return
 
-    off = None
-    if not a.skip_offline:
-        tmp = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench_serve_offline_{os.getpid()}.json")
-        args = [*sys.argv[1:], "--model", a.model, "--num-prompts", str(a.num_prompts), "--offline-child", tmp]
-        subprocess.run([sys.executable, __file__, *args], check=True)
-        with open(tmp) as f:
-            off = json.load(f)
-        os.remove(tmp)
-        print(f"offline: {off['output_throughput']:.0f} output tok/s, {off['request_throughput']:.2f} req/s "
-              f"({off['duration_s']:.1f} s)", flush=True)
-
-    proc, url = start_server(a)
-    results = []
-    try:
-        asyncio.run(run_rate(url, "bench", reqs[:4], math.inf, a.seed, 0))  # warm-up
-        for i, rate in enumerate(rates):
-            r = asyncio.run(run_rate(url, "bench", reqs, rate, a.seed + i, a.max_concurrency))
-            if off is not None and rate == math.inf:
-                r["vs_offline_output_throughput"] = r["output_throughput"] / off["output_throughput"]
-            results.append(r)
-            print(f"rate {r['rate']}: {r['request_throughput']:.2f} req/s, {r['output_throughput']:.0f} tok/s, "
-                  f"TTFT p50/p99 {r['ttft_ms_p50']}/{r['ttft_ms_p99']} ms, ITL p50/p99 {r['itl_ms_p50']}/"
-                  f"{r['itl_ms_p99']} ms" + (f", {r['vs_offline_output_throughput']:.3f}x offline"
-                                              if "vs_offline_output_throughput" in r else ""), flush=True)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
-
     dev = device_name(a.device)
+    path = common.result_path(a.out, "serve.json", dev)
     doc = common.metadata("serve", dev)
     doc.update({"model": os.path.splitext(os.path.basename(os.path.normpath(a.model)))[0],
                 "tokenizer": a.tokenizer and os.path.basename(os.path.normpath(a.tokenizer)), "num_prompts": a.num_prompts,
                 "input_len": list(input_len), "output_len": list(output_len), "max_num_seqs": a.max_num_seqs,
-                "max_step_tokens": a.max_step_tokens, "offline": off, "online": results})
-    path = common.result_path(a.out, "serve.json", dev)
-    common.write_json(path, doc)
+                "max_step_tokens": a.max_step_tokens, "max_concurrency": a.max_concurrency, "offline": None,
+                "online": []})
+
+    def save():
+        common.write_json(path, doc)
+
+    save()
+    off = None
+    if not a.skip_offline:
+        tmp = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench_serve_offline_{os.getpid()}.json")
+        args = [*sys.argv[1:], "--model", a.model, "--num-prompts", str(a.num_prompts), "--offline-child", tmp]
+        try:
+            subprocess.run([sys.executable, __file__, *args], check=True)
+            with open(tmp) as f:
+                off = json.load(f)
+            print(f"offline: {off['output_throughput']:.0f} output tok/s, {off['request_throughput']:.2f} req/s "
+                  f"({off['duration_s']:.1f} s)", flush=True)
+        except (subprocess.CalledProcessError, OSError, ValueError) as e:  # the online part still runs
+            print(f"offline failed: {e}", flush=True)
+            doc["offline"] = {"error": f"{type(e).__name__}: {e}"}
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        if off is not None:
+            doc["offline"] = off
+        save()
+
+    try:
+        server = Server(a)
+    except RuntimeError as e:
+        doc["server_error"] = str(e)[-4000:]
+        save()
+        raise
+    try:
+        # Warm-up: short requests, all at once, with output lengths 2, 3, 4, ...: the batch shrinks by
+        # about one a step through every graph bucket up to the largest batch the rates can reach.
+        n_warm = min(a.max_num_seqs, a.max_concurrency or a.num_prompts, a.num_prompts)
+        warm = [([(7 * i + j) % vocab for j in range(4)], 2 + i) for i in range(n_warm)]
+        t = time.perf_counter()
+        try:
+            w = asyncio.run(run_rate(server.url, "bench", warm, math.inf, a.seed, 0))
+            print(f"warm-up: {n_warm} requests in {time.perf_counter() - t:.1f} s ({w['failed']} failed)", flush=True)
+            if w["failed"]:
+                doc["warmup_errors"] = w["errors"]
+        except Exception as e:  # noqa: BLE001 - recorded; the rates still run
+            doc["warmup_errors"] = [f"{type(e).__name__}: {e}"]
+            print(f"warm-up failed: {e}", flush=True)
+        for i, rate in enumerate(rates):
+            try:
+                r = asyncio.run(run_rate(server.url, "bench", reqs, rate, a.seed + i, a.max_concurrency))
+            except Exception as e:  # noqa: BLE001 - recorded; the next rate still runs if the server lives
+                r = {"rate": "inf" if rate == math.inf else rate, "error": f"{type(e).__name__}: {e}"}
+            if off is not None and rate == math.inf and r.get("output_throughput"):
+                r["vs_offline_output_throughput"] = r["output_throughput"] / off["output_throughput"]
+            doc["online"].append(r)
+            save()
+            if "error" in r:
+                print(f"rate {r['rate']}: {r['error']}", flush=True)
+            else:
+                print(f"rate {r['rate']}: {r['request_throughput']:.2f} req/s, {r['output_throughput']:.0f} tok/s, "
+                      f"TTFT p50/p99 {r['ttft_ms_p50']}/{r['ttft_ms_p99']} ms, ITL p50/p99 {r['itl_ms_p50']}/"
+                      f"{r['itl_ms_p99']} ms" + (f", {r['vs_offline_output_throughput']:.3f}x offline"
+                                                  if "vs_offline_output_throughput" in r else "")
+                      + (f", {r['failed']} FAILED: {r['errors'][:1]}" if r["failed"] else ""), flush=True)
+            if not server.alive():
+                doc["server_error"] = f"the server exited (code {server.proc.returncode}):\n" + server.log()
+                save()
+                print(doc["server_error"], flush=True)
+                break
+    finally:
+        server.stop()
+    if any(r.get("failed") or "error" in r for r in doc["online"]):
+        doc["server_log_tail"] = server.log()
+    save()
     print(f"wrote {path}")
 
 

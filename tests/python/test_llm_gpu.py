@@ -74,22 +74,34 @@ def test_olmoe_shape_decode_against_transformers_teacher_forced():
     minillm.LLM generates greedily through the paged cache (prefill, then CUDA-graph decode steps);
     transformers' fp32 forward over prompt + those tokens is the reference at every generated
     position. minillm's logprobs of its tokens must be about as close to fp32 as transformers' own
-    bf16 forward is (the bf16 criterion), and its tokens the fp32 argmax almost everywhere."""
+    bf16 forward is (the bf16 criterion), and its tokens the fp32 argmax almost everywhere.
+
+    Dtype changes go through params_to, never Module.to: that would also round the rotary
+    embedding's inv_freq buffer to bf16 (and .float() would not bring the bits back), moving every
+    rotary angle of the references by up to ~0.5 rad at position 300 while minillm uses exact ones."""
     import shutil
     import tempfile
 
     import torch
     from transformers import OlmoeConfig, OlmoeForCausalLM
 
+    def params_to(m, dtype):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.data = p.data.to(dtype)
+        return m
+
     cfg = OlmoeConfig(vocab_size=50304, hidden_size=2048, num_hidden_layers=2, num_attention_heads=16,
                       num_key_value_heads=16, intermediate_size=1024, num_experts=64, num_experts_per_tok=8,
                       rms_norm_eps=1e-5, norm_topk_prob=False, max_position_embeddings=4096, eos_token_id=None)
     torch.manual_seed(0)
     model = OlmoeForCausalLM(cfg).eval()
+    buffers = {n: b.dtype for n, b in model.named_buffers()}
     d = tempfile.mkdtemp()
     try:
-        model.to(torch.bfloat16).save_pretrained(d)
-        ref = model.float().cuda()
+        params_to(model, torch.bfloat16).save_pretrained(d)  # the checkpoint: bf16 (config.json "dtype" too)
+        ref = params_to(model, torch.float32).cuda()  # fp32 holding exactly the checkpoint's values
+        assert {n: b.dtype for n, b in ref.named_buffers()} == buffers
         llm = minillm.LLM(d, device="cuda", max_model_len=1024, num_kv_tokens=16384, max_num_seqs=8)
         prompts_ = prompts(4, 50304, seed=5, lo=20, hi=300)
         outs = llm.generate(prompts_, minillm.SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True,
@@ -100,8 +112,8 @@ def test_olmoe_shape_decode_against_transformers_teacher_forced():
             ids = torch.tensor([p + o.token_ids], device="cuda")
             with torch.no_grad():
                 lp32 = torch.log_softmax(ref(ids).logits.float(), -1)[0, len(p) - 1:-1]
-                lp16 = torch.log_softmax(ref.to(torch.bfloat16)(ids).logits.float(), -1)[0, len(p) - 1:-1]
-                ref.float()
+                lp16 = torch.log_softmax(params_to(ref, torch.bfloat16)(ids).logits.float(), -1)[0, len(p) - 1:-1]
+                params_to(ref, torch.float32)  # exact: the values are bf16 ones
             tok = torch.tensor(o.token_ids, device="cuda")
             ar = torch.arange(len(o.token_ids), device="cuda")
             agree += int((lp32.argmax(-1) == tok).sum())
