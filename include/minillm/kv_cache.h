@@ -102,7 +102,8 @@ struct PagedAttentionParams {
 
 // The split count that paged_attention will use for `p` (depends on the host fields only).
 int paged_attention_num_splits(const PagedAttentionParams& p);
-// Bytes of workspace that `p` needs (0 when it runs without split-KV).
+// Bytes of workspace that `p` needs (0 when it runs without split-KV). Reads the shape fields only
+// (no pointers), so a memory plan can ask before any step exists.
 size_t paged_attention_workspace_bytes(const PagedAttentionParams& p);
 
 // Validates the host fields (throws minillm::Error naming the field and value) and enqueues the

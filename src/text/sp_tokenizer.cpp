@@ -1,11 +1,20 @@
 // tokenizer.model (SentencePiece) through Debian's libsentencepiece: encode/decode are the
 // library's own; BOS/EOS come from tokenizer_config.json (add_bos_token defaults to true and
 // add_eos_token to false, as in transformers' LlamaTokenizer) or the model's bos/eos ids.
-#include <sentencepiece_processor.h>
+// libsentencepiece (and its protobuf runtime) live in a plugin, libminillm_sentencepiece.so
+// (sentencepiece/sp_api.h says why), found beside the binary or Python extension that holds this
+// code, or in its parent folder, else on the loader's search path; it is loaded once, on first use,
+// with its own symbols bound first (RTLD_DEEPBIND, except under AddressSanitizer, which refuses it).
+#include <dlfcn.h>
+
+#include <filesystem>
+#include <mutex>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "minillm/core/check.h"
+#include "text/sentencepiece/sp_api.h"
 #include "text/text_util.h"
 #include "text/tokenizer_impl.h"
 
@@ -15,18 +24,74 @@ using json = nlohmann::json;
 
 namespace {
 
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAsan = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAsan = true;
+#else
+constexpr bool kAsan = false;
+#endif
+#else
+constexpr bool kAsan = false;
+#endif
+
+// The plugin's function table, loaded on the first call (thread-safe); throws when it cannot be.
+const SpApi& sp_api() {
+  static const SpApi* api = nullptr;
+  static std::string failure;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    namespace fs = std::filesystem;
+    std::vector<std::string> candidates;
+    Dl_info info{};
+    if (dladdr(reinterpret_cast<const void*>(&sp_api), &info) && info.dli_fname) {
+      const fs::path dir = fs::path(info.dli_fname).parent_path();
+      candidates.push_back((dir / kSpPluginFile).string());
+      candidates.push_back((dir.parent_path() / kSpPluginFile).string());
+    }
+    candidates.push_back(kSpPluginFile);
+    const int flags = RTLD_NOW | RTLD_LOCAL | (kAsan ? 0 : RTLD_DEEPBIND);
+    std::ostringstream why;
+    for (const std::string& c : candidates) {
+      if (c.find('/') != std::string::npos && !fs::exists(c)) continue;
+      void* h = dlopen(c.c_str(), flags);
+      if (!h) {
+        why << "; " << dlerror();
+        continue;
+      }
+      using Get = const SpApi* (*)();
+      auto get = reinterpret_cast<Get>(dlsym(h, kSpApiSymbol));
+      const SpApi* a = get ? get() : nullptr;
+      if (a && a->version == kSpApiVersion) {
+        api = a;
+        return;
+      }
+      why << "; " << c << ": no " << kSpApiSymbol << " of version " << kSpApiVersion;
+    }
+    failure = why.str();
+  });
+  MINILLM_TEXT_REQUIRE(api, "tokenizer.model needs " << kSpPluginFile << " (built beside minillm; not found or not "
+                                                     << "loadable" << failure << ")");
+  return *api;
+}
+
 class SpTokenizer final : public TokenizerImpl {
  public:
-  SpTokenizer(const std::string& path, const std::string& content) : path_(path) {
-    const auto st = sp_.LoadFromSerializedProto(content);
-    MINILLM_TEXT_REQUIRE(st.ok(), path << ": not a SentencePiece model: " << st.ToString());
-    n_ = sp_.GetPieceSize();
+  SpTokenizer(const std::string& path, const std::string& content) : api_(sp_api()), path_(path) {
+    std::string error;
+    sp_ = api_.load(content, error);
+    MINILLM_TEXT_REQUIRE(sp_, path << ": not a SentencePiece model: " << error);
+    n_ = api_.piece_size(sp_);
   }
+  ~SpTokenizer() override { api_.destroy(sp_); }
+  SpTokenizer(const SpTokenizer&) = delete;
+  SpTokenizer& operator=(const SpTokenizer&) = delete;
 
   void encode(std::string_view text, bool add_special, std::vector<int32_t>& out) const override {
     std::vector<int> ids;
-    const auto st = sp_.Encode(text, &ids);
-    MINILLM_TEXT_REQUIRE(st.ok(), path_ << ": SentencePiece encode failed: " << st.ToString());
+    std::string error;
+    MINILLM_TEXT_REQUIRE(api_.encode(sp_, text, ids, error), path_ << ": SentencePiece encode failed: " << error);
     if (add_special && add_bos && bos_id >= 0) out.push_back(bos_id);
     out.insert(out.end(), ids.begin(), ids.end());
     if (add_special && add_eos && eos_id >= 0) out.push_back(eos_id);
@@ -40,33 +105,35 @@ class SpTokenizer final : public TokenizerImpl {
       if (skip_special && is_special(id)) continue;
       keep.push_back(id);
     }
-    std::string out;
-    const auto st = sp_.Decode(keep, &out);
-    MINILLM_TEXT_REQUIRE(st.ok(), path_ << ": SentencePiece decode failed: " << st.ToString());
+    std::string out, error;
+    MINILLM_TEXT_REQUIRE(api_.decode(sp_, keep, out, error), path_ << ": SentencePiece decode failed: " << error);
     return out;
   }
 
   int32_t vocab_size() const override { return n_; }
   std::string id_to_token(int32_t id) const override {
-    return id >= 0 && id < n_ ? sp_.IdToPiece(id) : std::string();
+    std::string piece;
+    if (id >= 0 && id < n_) api_.id_to_piece(sp_, id, piece);
+    return piece;
   }
   int32_t token_to_id(std::string_view tok) const override {
-    const int id = sp_.PieceToId(tok);
-    // PieceToId answers unk_id for unknown pieces
-    return id >= 0 && id < n_ && sp_.IdToPiece(id) == tok ? id : -1;
+    const int id = api_.piece_to_id(sp_, tok);
+    // piece_to_id answers unk_id for unknown pieces
+    return id >= 0 && id < n_ && id_to_token(id) == tok ? id : -1;
   }
-  bool is_special(int32_t id) const override { return id >= 0 && id < n_ && sp_.IsControl(id); }
-  bool is_byte_token(int32_t id) const override { return id >= 0 && id < n_ && sp_.IsByte(id); }
+  bool is_special(int32_t id) const override { return id >= 0 && id < n_ && api_.is_control(sp_, id); }
+  bool is_byte_token(int32_t id) const override { return id >= 0 && id < n_ && api_.is_byte(sp_, id); }
   std::string kind() const override { return "tokenizer.model (SentencePiece)"; }
 
-  int32_t model_bos() const { return sp_.bos_id(); }
-  int32_t model_eos() const { return sp_.eos_id(); }
+  int32_t model_bos() const { return api_.bos_id(sp_); }
+  int32_t model_eos() const { return api_.eos_id(sp_); }
 
   bool add_bos = true, add_eos = false;
 
  private:
+  const SpApi& api_;
   std::string path_;
-  sentencepiece::SentencePieceProcessor sp_;
+  void* sp_ = nullptr;  // the plugin's processor
   int32_t n_ = 0;
 };
 

@@ -429,11 +429,8 @@ void check_host_fields(const PagedAttentionParams& p) {
   MINILLM_CHECK(p.num_seqs >= 0 && p.num_seqs <= 65535, "paged_attention: num_seqs = " << p.num_seqs << " must be in [0, 65535]");
   MINILLM_CHECK(p.num_kv_heads <= 65535, "paged_attention: num_kv_heads = " << p.num_kv_heads << " must be <= 65535");
   MINILLM_CHECK(p.num_tokens >= 0, "paged_attention: num_tokens = " << p.num_tokens << " must be >= 0");
-  MINILLM_CHECK(p.cu_seqlens_q != nullptr || p.num_tokens == p.num_seqs,
-                "paged_attention: without cu_seqlens_q num_tokens = " << p.num_tokens << " must equal num_seqs = " << p.num_seqs);
   MINILLM_CHECK(p.max_pages > 0, "paged_attention: max_pages = " << p.max_pages << " must be > 0");
-  MINILLM_CHECK(p.max_query_len >= 0 && (p.cu_seqlens_q != nullptr || p.max_query_len <= 1),
-                "paged_attention: max_query_len = " << p.max_query_len << " must be >= 0 (<= 1 without cu_seqlens_q)");
+  MINILLM_CHECK(p.max_query_len >= 0, "paged_attention: max_query_len = " << p.max_query_len << " must be >= 0");
   MINILLM_CHECK(p.max_context_len >= 0 && int64_t{p.max_context_len} <= int64_t{p.max_pages} * kPageSize,
                 "paged_attention: max_context_len = " << p.max_context_len << " must be in [0, max_pages * "
                                                       << kPageSize << " = " << int64_t{p.max_pages} * kPageSize << "]");
@@ -534,6 +531,11 @@ size_t paged_attention_workspace_bytes(const PagedAttentionParams& p) {
 
 void paged_attention(const PagedAttentionParams& p, cudaStream_t stream) {
   const paged::Plan pl = paged::make_plan(p);
+  // The launch's own checks (make_plan's are of the shape alone: the workspace query uses them too).
+  MINILLM_CHECK(p.cu_seqlens_q != nullptr || p.num_tokens == p.num_seqs,
+                "paged_attention: without cu_seqlens_q num_tokens = " << p.num_tokens << " must equal num_seqs = " << p.num_seqs);
+  MINILLM_CHECK(p.cu_seqlens_q != nullptr || p.max_query_len <= 1,
+                "paged_attention: max_query_len = " << p.max_query_len << " must be <= 1 without cu_seqlens_q");
   if (p.num_seqs == 0 || p.num_tokens == 0) return;
   for (const void* ptr : {p.q, p.k_cache, p.v_cache, static_cast<const void*>(p.out)})
     MINILLM_CHECK(ptr != nullptr && reinterpret_cast<uintptr_t>(ptr) % 16 == 0,

@@ -400,7 +400,8 @@ size_t CudaBackend::op_workspace_bytes(const ModelConfig& c, int64_t T) const {
   // to 1024, then powers of two), and S sequences of T / S new tokens; twice that, since the split
   // count is a heuristic of the shape (an overrun is an error, never a wild write).
   size_t paged = 0;
-  for (int64_t S = 1; S <= T; S = S < 1024 ? S + 1 : 2 * S)
+  const bool paged_supported = c.head_dim == 64 || c.head_dim == 128;  // else attention over a cache is refused
+  for (int64_t S = 1; paged_supported && S <= T; S = S < 1024 ? S + 1 : 2 * S)
     for (int64_t q : {int64_t{1}, T / S})
       paged = std::max(paged, cuda::paged_attention_workspace_bytes(paged_params(
                                   c, static_cast<int>(S), static_cast<int>(S * q), static_cast<int>(q), c.max_seq_len)));
