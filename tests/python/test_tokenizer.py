@@ -67,3 +67,30 @@ def test_streamer_and_batch():
     shown = "".join(s.push(i) for i in tok.encode("hello world hello", add_special_tokens=False))
     shown += s.finish()
     assert s.stopped and s.matched == "o w" and shown == "hell"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc/self/maps (Linux)")
+def test_sentencepiece_runtime_only_on_first_tokenizer_model(tmp_path):
+    """`import minillm` must not load libsentencepiece or a protobuf runtime: a process that has imported
+    PyTorch crashes when a second protobuf runtime initialises in it. They come in with the first
+    tokenizer.model, through the plugin libminillm_sentencepiece.so (a broken file is enough to load it)."""
+    import subprocess
+
+    (tmp_path / "tokenizer.model").write_bytes(b"\x01\x02 not a SentencePiece model")
+    code = f"""
+import minillm
+def loaded():
+    maps = open("/proc/self/maps").read()
+    return [n for n in ("libprotobuf", "libsentencepiece.so", "libminillm_sentencepiece") if n in maps]
+assert loaded() == [], loaded()
+try:
+    minillm.Tokenizer({str(tmp_path)!r})
+except ValueError as e:
+    assert "not a SentencePiece model" in str(e), e
+else:
+    raise AssertionError("a broken tokenizer.model loaded")
+assert "libminillm_sentencepiece" in loaded() and "libsentencepiece.so" in loaded(), loaded()
+"""
+    env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "..", "..", "python"))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
