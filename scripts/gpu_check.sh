@@ -13,6 +13,13 @@
 #   GOLDEN=1 also regenerates tests/golden/*_golden.safetensors with torch (copied to $OUT).
 #   MINILLM_COMMIT=<sha> is recorded in the result JSON instead of git's HEAD: set it when the tree
 #   was copied to the GPU machine with git metadata that may not match the files.
+#   Opt-in step "compare": did this tree get slower than a baseline? BASE_TREE=<dir> holds the
+#   baseline's files (e.g. `git archive <rev> | tar -x -C .base`, carried along), BASE_REV=<rev> names
+#   it; builds it into build-base, then the attention and MoE quick grids and `minillm bench` (medium,
+#   B8 N2048) run base, new, base, new, and bench/compare_runs.py judges each case against the
+#   baseline's own run-to-run noise (JSON and logs in $OUT/compare_*).
+#   DEADLINE=<seconds>: steps that would start after that many seconds are skipped (and say so);
+#   STEP_TIMEOUT=<seconds> (default 1800) stops a step that hangs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-$PWD/gpu_out}
@@ -29,13 +36,21 @@ SAN_FILTER=${SAN_FILTER:-"*Small*:QkvRope*:CheckpointOpsCuda.*"}
 RACE_FILTER=${RACE_FILTER:-"FlashAttention.Small*:FlashAttentionSm90.Small*:MoECuda.Small*:QkvRopeCuda.*:PagedAttention.Small*:CheckpointOpsCuda.*"}
 declare -a SUMMARY=()
 
+DEADLINE=${DEADLINE:-0}
+STEP_TIMEOUT=${STEP_TIMEOUT:-1800}
 step() {  # step NAME LOGFILE COMMAND...: runs, records pass/fail and the seconds it took
   local name=$1 log=$2
   shift 2
   [[ " $STEPS " == *" ${name%%:*} "* ]] || return 0
+  if ((DEADLINE > 0 && SECONDS >= DEADLINE)); then
+    SUMMARY+=("$(printf '%-22s %-5s' "$name" skip) (DEADLINE=$DEADLINE s reached)")
+    return 0
+  fi
   echo "=== $name"
   local t0=$SECONDS
-  "$@" 2>&1 | tee "$OUT/$log"
+  local run=(timeout -k 10 "$STEP_TIMEOUT")
+  declare -F "$1" >/dev/null && run=()  # a shell function (compare) runs as is
+  "${run[@]}" "$@" 2>&1 | tee "$OUT/$log"
   local rc=${PIPESTATUS[0]}
   SUMMARY+=("$(printf '%-22s %-5s %5ss  %s' "$name" "$([[ $rc == 0 ]] && echo ok || echo FAIL)" $((SECONDS - t0)) "$log")")
   return "$rc"
@@ -60,6 +75,28 @@ step sanitize:memcheck sanitizer.log compute-sanitizer --tool memcheck --leak-ch
 step sanitize:racecheck racecheck.log compute-sanitizer --tool racecheck --error-exitcode 9 \
   "$BUILD_DIR/minillm_cuda_tests" --gtest_filter="$RACE_FILTER" --gtest_brief=1
 step main main.log "$BUILD_DIR/minillm" forward --model medium --batch 8 --seq 2048 --device cuda
+compare() {  # the "compare" step: baseline $BASE_TREE vs this tree, base / new / base / new
+  [[ -d ${BASE_TREE:-} ]] || { echo "error: compare needs BASE_TREE=<dir with the baseline's files>"; return 2; }
+  local base_rev=${BASE_REV:-base} rc=0
+  cmake -S "$BASE_TREE" -B build-base -G Ninja -DMINILLM_DEPS="$PWD/.deps" -DCMAKE_CUDA_ARCHITECTURES=90a \
+    -DPython_EXECUTABLE="$PY" >/dev/null && cmake --build build-base --target _minillm minillm_cli -j"$(nproc)" || return 1
+  for run in base1 new1 base2 new2; do
+    local pp=python cli=$BUILD_DIR/minillm sha=${MINILLM_COMMIT:-}
+    [[ $run == base* ]] && { pp=$BASE_TREE/python; cli=build-base/minillm; sha=$base_rev; }
+    for b in attention moe; do
+      [[ $run == new2 ]] && continue  # two baseline runs (the noise) and one new run of the grids
+      env PYTHONPATH="$pp" MINILLM_COMMIT="$sha" "$PY" "bench/bench_$b.py" --quick --out "$OUT/compare_${b}_$run.json" || rc=1
+    done
+    "$cli" bench --model medium --batch 8 --seq 2048 | tee "$OUT/compare_cli_$run.log" || rc=1
+  done
+  for b in attention moe; do
+    "$PY" bench/compare_runs.py --base "$OUT/compare_${b}_base1.json" "$OUT/compare_${b}_base2.json" \
+      --new "$OUT/compare_${b}_new1.json" --out "$OUT/compare_${b}.json" || rc=1
+  done
+  grep -h "ms per forward" "$OUT"/compare_cli_*.log
+  return $rc
+}
+step compare compare.log compare
 # shellcheck disable=SC2086
 step clibench clibench.log "$BUILD_DIR/minillm" bench $CLIBENCH_ARGS
 # Nsight Compute on the main kernels' headline shapes (not in the default STEPS: add "ncu").
