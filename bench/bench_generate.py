@@ -78,19 +78,9 @@ def copy_bandwidth():
 MAX_NUM_SEQS = 256  # minillm.LLM's default, passed explicitly: the decode graph buckets follow from it
 
 
-def graph_buckets(max_num_seqs=MAX_NUM_SEQS):
-    """The engine's decode graph batch sizes (src/engine/llm_engine.cpp): 1, 2, 4, ... below
-    max_num_seqs, then max_num_seqs."""
-    b, out = 1, []
-    while b < max_num_seqs:
-        out.append(b)
-        b *= 2
-    return out + [max_num_seqs]
-
-
 def graph_batch(batch, max_num_seqs=MAX_NUM_SEQS):
     """The bucket a decode step of `batch` sequences is padded to."""
-    return next(b for b in graph_buckets(max_num_seqs) if b >= batch)
+    return next(b for b in common.graph_buckets(max_num_seqs) if b >= batch)
 
 
 def warm_graphs(llm, vocab, max_num_seqs=MAX_NUM_SEQS):
@@ -98,7 +88,7 @@ def warm_graphs(llm, vocab, max_num_seqs=MAX_NUM_SEQS):
     captures its graph), so that no capture falls in a timed region. Request i gets
     max_tokens = 2 + #{buckets > i}: after the prefill step the number of decoding sequences goes
     max_num_seqs, max_num_seqs, ..., 4, 2, 1, one step each (~12 steps in all)."""
-    buckets = graph_buckets(max_num_seqs)
+    buckets = common.graph_buckets(max_num_seqs)
     prompts = [[(7 * i + j) % vocab for j in range(4)] for i in range(max_num_seqs)]
     params = [minillm.SamplingParams(max_tokens=2 + sum(b > i for b in buckets), temperature=0.0, ignore_eos=True)
               for i in range(max_num_seqs)]
@@ -288,7 +278,7 @@ def main():
         try:
             t = time.perf_counter()
             warm_graphs(llm, vocab)
-            print(f"{name}: decode graphs of {graph_buckets()} captured in {time.perf_counter() - t:.1f} s", flush=True)
+            print(f"{name}: decode graphs of {common.graph_buckets(MAX_NUM_SEQS)} captured in {time.perf_counter() - t:.1f} s", flush=True)
         except Exception as e:  # the cases still run (capturing their graphs as they go)
             failed({"model": name, "kind": "warmup"}, e)
         for ctx in contexts:

@@ -86,23 +86,13 @@ def engine_args(a):
 # Offline: the engine alone, all requests added at once (run in a child process: it owns the GPU).
 
 
-def graph_buckets(max_num_seqs):
-    """The engine's decode graph batch sizes (src/engine/llm_engine.cpp): 1, 2, 4, ... below
-    max_num_seqs, then max_num_seqs."""
-    b, out = 1, []
-    while b < max_num_seqs:
-        out.append(b)
-        b *= 2
-    return out + [max_num_seqs]
-
-
 def offline(a, reqs):
     import minillm
 
     llm = minillm.LLM(a.model, **engine_args(a))
     # One decode step at every graph bucket (its first use captures the graph): request i gets
     # 2 + #{buckets > i} tokens, so the decoding batch goes max_num_seqs, max_num_seqs, ..., 2, 1.
-    n, buckets = a.max_num_seqs, graph_buckets(a.max_num_seqs)
+    n, buckets = a.max_num_seqs, common.graph_buckets(a.max_num_seqs)
     vocab = llm.vocab_size
     llm.generate([[(7 * i + j) % vocab for j in range(4)] for i in range(n)],
                  [minillm.SamplingParams(max_tokens=2 + sum(b > i for b in buckets), temperature=0.0, ignore_eos=True)

@@ -50,3 +50,13 @@ def write_json(path, doc):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
+
+
+def graph_buckets(max_num_seqs):
+    """The engine's decode graph batch sizes (src/engine/llm_engine.cpp): 1, 2, 4, ... below
+    max_num_seqs, then max_num_seqs."""
+    b, out = 1, []
+    while b < max_num_seqs:
+        out.append(b)
+        b *= 2
+    return out + [max_num_seqs]
