@@ -82,6 +82,7 @@ struct KernelArgs {
 
 template <int D, int kMTiles_>
 struct Traits {
+  static constexpr int kD = D;
   static constexpr int kMTiles = kMTiles_;
   static constexpr int kRows = 16 * kMTiles;  // query rows per CTA
   static constexpr int kWarps = kMTiles < 4 ? 4 : kMTiles;
@@ -133,14 +134,195 @@ __device__ __forceinline__ void load_page(uint32_t dst, const T* page_base, int6
   }
 }
 
+// The row block's Q rows -> shared memory (rows past the sequence's rows zero-filled); one cp.async
+// group. Row idx = query token idx / G, head kvh * G + idx % G.
+template <typename Kt, typename T>
+__device__ __forceinline__ void load_q(uint32_t sq, const T* q, const KernelArgs& a, int tok0, int row0,
+                                       int rows_here, int kvh, int tid) {
+  constexpr int kCh = Kt::kChunks, D = Kt::kD;
+  for (int i = tid; i < Kt::kRows * kCh; i += Kt::kThreads) {
+    const int r = i / kCh, c = i % kCh;
+    const int idx = row0 + r;
+    const bool ok = r < rows_here;
+    const int qi = idx / a.group, h = kvh * a.group + idx % a.group;
+    const T* src = ok ? q + (tok0 + qi) * a.q_row + int64_t{h} * D + c * 8 : q;
+    cuda::cp_async_16(sq + swz<kCh>(r, c), src, ok);
+  }
+  cuda::cp_async_commit();
+}
+
+// S = Q K^T over this warp's keys of one page: [16 rows] x [kKeysPerWarp keys] (key0: the warp's first
+// key in the page), scaled to log2 units; keys at or past a row's key_limit are -inf where the tile
+// reaches past the keys every row sees (need_mask). tile_key: the page's first key in the sequence.
+template <typename Kt, typename T>
+__device__ __forceinline__ void page_scores(float (&sc)[Kt::kNFrag][4], const uint32_t (&qf)[Kt::kD / 16][4],
+                                            uint32_t sk, int key0, int lane, float scale_log2, bool need_mask,
+                                            int tile_key, const int (&key_limit)[2]) {
+  constexpr int kCh = Kt::kChunks, kNFrag = Kt::kNFrag;
+#pragma unroll
+  for (int j = 0; j < kNFrag; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < Kt::kD / 16; ++kk) {
+#pragma unroll
+    for (int j = 0; j < kNFrag / 2; ++j) {
+      const int mi = lane / 8;
+      uint32_t b[4];
+      ldmatrix_x4(b, sk + swz<kCh>(key0 + j * 16 + (mi / 2) * 8 + lane % 8, kk * 2 + mi % 2));
+      mma_16816<T>(sc[2 * j], qf[kk], b[0], b[1]);
+      mma_16816<T>(sc[2 * j + 1], qf[kk], b[2], b[3]);
+    }
+  }
+  const int qd = lane % 4;
+#pragma unroll
+  for (int j = 0; j < kNFrag; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x = sc[j][e] * scale_log2;
+      if (need_mask) {
+        const int key = tile_key + key0 + j * 8 + qd * 2 + (e & 1);
+        if (key >= key_limit[e / 2]) x = -INFINITY;
+      }
+      sc[j][e] = x;
+    }
+}
+
+// Online softmax of this thread's two rows over one page's scores: the running max m and sum l are
+// updated, O rescaled, and sc replaced by the probabilities (unnormalised, relative to the new max).
+template <int kNFrag, int kDFrag>
+__device__ __forceinline__ void online_softmax(float (&sc)[kNFrag][4], float (&o)[kDFrag][4], float (&m)[2],
+                                               float (&l)[2]) {
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kNFrag; ++j) mx = fmaxf(mx, fmaxf(sc[j][2 * hr], sc[j][2 * hr + 1]));
+    mx = quad_max(mx);
+    const float m_new = fmaxf(m[hr], mx);
+    const float m_use = m_new == -INFINITY ? 0.f : m_new;
+    const float alpha = fast_exp2(m[hr] - m_use);
+    m[hr] = m_new;
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < kNFrag; ++j) {
+      sc[j][2 * hr] = fast_exp2(sc[j][2 * hr] - m_use);
+      sc[j][2 * hr + 1] = fast_exp2(sc[j][2 * hr + 1] - m_use);
+      sum += sc[j][2 * hr] + sc[j][2 * hr + 1];
+    }
+    l[hr] = l[hr] * alpha + sum;
+#pragma unroll
+    for (int j = 0; j < kDFrag; ++j) {
+      o[j][2 * hr] *= alpha;
+      o[j][2 * hr + 1] *= alpha;
+    }
+  }
+}
+
+// O += P V: P from the S accumulators (two n8 fragments = one k16 A operand), V by ldmatrix.trans.
+template <typename Kt, typename T>
+__device__ __forceinline__ void accumulate_pv(float (&o)[Kt::kD / 8][4], const float (&sc)[Kt::kNFrag][4],
+                                              uint32_t sv, int key0, int lane) {
+  constexpr int kCh = Kt::kChunks;
+#pragma unroll
+  for (int kk = 0; kk < Kt::kNFrag / 2; ++kk) {
+    const uint32_t pa[4] = {pack2<T>(sc[2 * kk][0], sc[2 * kk][1]), pack2<T>(sc[2 * kk][2], sc[2 * kk][3]),
+                            pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                            pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+    for (int j = 0; j < Kt::kD / 16; ++j) {
+      const int mi = lane / 8;
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, sv + swz<kCh>(key0 + kk * 16 + (mi % 2) * 8 + lane % 8, j * 2 + mi / 2));
+      mma_16816<T>(o[2 * j], pa, b[0], b[1]);
+      mma_16816<T>(o[2 * j + 1], pa, b[2], b[3]);
+    }
+  }
+}
+
+// Where a CTA's rows go: its sequence's first token, its kv head, first row, row count and split.
+struct RowBlock {
+  int tok0, kvh, row0, rows_here, split;
+};
+
+// The epilogue: merges the kWarpsN key slices of each row tile through shared memory (`red`, the
+// pipeline's, free by now), then writes O (16-bit, and lse when asked) or, with split-KV, the fp32
+// partial O and its log2-sum-exp. (wm, wn): this warp's row tile and key slice.
+template <typename Kt, typename T>
+__device__ __forceinline__ void merge_and_store(const KernelArgs& a, const RowBlock& rb, unsigned char* red,
+                                                float (&o)[Kt::kD / 8][4], float (&m)[2], float (&l)[2], int wm,
+                                                int wn, int tid) {
+  constexpr int kRows = Kt::kRows, kDFrag = Kt::kD / 8, D = Kt::kD;
+  const int lane = tid % 32, g = lane / 4, qd = lane % 4;
+  constexpr int kOStride = D + 4;  // floats per reduction row (padding against bank conflicts)
+  float* red_o = reinterpret_cast<float*>(red);           // [kWarpsN][kRows][kOStride]
+  float* red_m = red_o + Kt::kWarpsN * kRows * kOStride;  // [kWarpsN][kRows]
+  float* red_l = red_m + Kt::kWarpsN * kRows;             // [kWarpsN][kRows]
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    l[hr] = quad_sum(l[hr]);
+    if (qd == 0) {
+      red_m[wn * kRows + wm * 16 + g + hr * 8] = m[hr];
+      red_l[wn * kRows + wm * 16 + g + hr * 8] = l[hr];
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int r = wm * 16 + g + hr * 8;
+    float mt = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < Kt::kWarpsN; ++w) mt = fmaxf(mt, red_m[w * kRows + r]);
+    const float m_use = mt == -INFINITY ? 0.f : mt;
+    float lt = 0.f;
+#pragma unroll
+    for (int w = 0; w < Kt::kWarpsN; ++w) lt += red_l[w * kRows + r] * fast_exp2(red_m[w * kRows + r] - m_use);
+    const float f = lt > 0.f ? fast_exp2(m[hr] - m_use) / lt : 0.f;
+    float* dst = red_o + (wn * kRows + r) * kOStride + qd * 2;
+#pragma unroll
+    for (int j = 0; j < kDFrag; ++j)
+      *reinterpret_cast<float2*>(dst + j * 8) = make_float2(o[j][2 * hr] * f, o[j][2 * hr + 1] * f);
+  }
+  __syncthreads();
+  for (int i = tid; i < rb.rows_here * (D / 4); i += Kt::kThreads) {
+    const int r = i / (D / 4), c4 = i % (D / 4);
+    float4 acc = *reinterpret_cast<const float4*>(red_o + r * kOStride + c4 * 4);
+#pragma unroll
+    for (int w = 1; w < Kt::kWarpsN; ++w) {
+      const float4 x = *reinterpret_cast<const float4*>(red_o + (w * kRows + r) * kOStride + c4 * 4);
+      acc.x += x.x, acc.y += x.y, acc.z += x.z, acc.w += x.w;
+    }
+    const int idx = rb.row0 + r;
+    const int tok = rb.tok0 + idx / a.group, h = rb.kvh * a.group + idx % a.group;
+    float lse2 = -INFINITY;  // log2 units
+    if (c4 == 0) {
+      float mt = -INFINITY, lt = 0.f;
+      for (int w = 0; w < Kt::kWarpsN; ++w) mt = fmaxf(mt, red_m[w * kRows + r]);
+      const float m_use = mt == -INFINITY ? 0.f : mt;
+      for (int w = 0; w < Kt::kWarpsN; ++w) lt += red_l[w * kRows + r] * fast_exp2(red_m[w * kRows + r] - m_use);
+      if (lt > 0.f) lse2 = m_use + __log2f(lt);
+    }
+    if (a.num_splits == 1) {
+      T* dst = static_cast<T*>(a.out) + tok * a.out_row + int64_t{h} * D + c4 * 4;
+      const uint32_t lo = pack2<T>(acc.x, acc.y), hi = pack2<T>(acc.z, acc.w);
+      *reinterpret_cast<uint2*>(dst) = make_uint2(lo, hi);
+      if (c4 == 0 && a.lse) a.lse[int64_t{tok} * a.num_heads + h] = lse2 * 0.69314718055994531f;
+    } else {
+      const int64_t prow = (int64_t{rb.split} * a.num_tokens + tok) * a.num_heads + h;
+      *reinterpret_cast<float4*>(a.part_o + prow * D + c4 * 4) = acc;
+      if (c4 == 0) a.part_lse[prow] = lse2;
+    }
+  }
+}
+
 // grid: (row_blocks * num_splits, S, Hkv); block: Kt::kThreads; dynamic smem: Kt::kSmemBytes.
+// Parts: load_q, then per page (a kStages-deep cp.async ring fed one page ahead) page_scores ->
+// online_softmax -> accumulate_pv, then merge_and_store.
 template <typename T, int D, int kMTiles>
 __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
     paged_attention_kernel(const __grid_constant__ KernelArgs a) {
   using Kt = Traits<D, kMTiles>;
-  constexpr int kRows = Kt::kRows, kCh = Kt::kChunks, kNFrag = Kt::kNFrag, kStages = Kt::kStages;
+  constexpr int kRows = Kt::kRows, kCh = Kt::kChunks, kStages = Kt::kStages;
   constexpr int kDFrag = D / 8;  // n8 fragments of O
-  const int split = blockIdx.x % a.num_splits, rb = blockIdx.x / a.num_splits;
+  const int split = blockIdx.x % a.num_splits, rbi = blockIdx.x / a.num_splits;
   const int s = blockIdx.y, kvh = blockIdx.z;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = warp / Kt::kWarpsN, wn = warp % Kt::kWarpsN;  // row tile, key slice
@@ -149,7 +331,7 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
   const int n = a.cu_seqlens_q ? a.cu_seqlens_q[s + 1] - tok0 : 1;  // query tokens of this sequence
   const int ctx = a.context_lens[s];
   const int rows_total = n * a.group;
-  const int row0 = rb * kRows;
+  const int row0 = rbi * kRows;
   if (row0 >= rows_total) return;  // this sequence has fewer rows: nobody reads this block's outputs
   const int rows_here = min(kRows, rows_total - row0);
   // Key ranges: row r (token i = r / G) sees keys [0, ctx - n + i + 1) when causal.
@@ -162,26 +344,13 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
   const int t_end = min(num_tiles, t_begin + tiles_per_split);
 
   extern __shared__ __align__(128) unsigned char smem[];
-  unsigned char* s_q = smem;                // [kRows][D] swizzled
   unsigned char* s_pipe = smem + Kt::kQBytes;  // kStages x (K [64][D], V [64][D]) swizzled
-  const uint32_t sq = smem_u32(s_q), spipe = smem_u32(s_pipe);
-
-  const T* q = static_cast<const T*>(a.q);
+  const uint32_t sq = smem_u32(smem), spipe = smem_u32(s_pipe);  // Q: [kRows][D] swizzled
   const T* kc = static_cast<const T*>(a.k_cache);
   const T* vc = static_cast<const T*>(a.v_cache);
   const int64_t cache_row = int64_t{a.num_kv_heads} * D;  // elements per cache row (token)
 
-  // Q rows -> shared memory (zero rows past the sequence's rows).
-  for (int i = tid; i < kRows * kCh; i += Kt::kThreads) {
-    const int r = i / kCh, c = i % kCh;
-    const int idx = row0 + r;
-    const bool ok = r < rows_here;
-    const int qi = idx / a.group, h = kvh * a.group + idx % a.group;
-    const T* src = ok ? q + (tok0 + qi) * a.q_row + int64_t{h} * D + c * 8 : q;
-    cuda::cp_async_16(sq + swz<kCh>(r, c), src, ok);
-  }
-  cuda::cp_async_commit();
-
+  load_q<Kt>(sq, static_cast<const T*>(a.q), a, tok0, row0, rows_here, kvh, tid);
   const int32_t* bt = a.block_table + int64_t{s} * a.max_pages;
   auto issue = [&](int t, int page) {  // tile t (page id `page`) into its stage
     const uint32_t st = spipe + ((t - t_begin) % kStages) * 2 * Kt::kTileBytes;
@@ -198,7 +367,7 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
   int next_page = t_begin + kStages - 1 < t_end ? bt[t_begin + kStages - 1] : 0;
 
   // This thread's two rows of its warp's m16 tile: g and g + 8.
-  const int g = lane / 4, qd = lane % 4;
+  const int g = lane / 4;
   int key_limit[2];
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
@@ -230,141 +399,16 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
       }
     }
     const uint32_t sk = spipe + ((t - t_begin) % kStages) * 2 * Kt::kTileBytes;
-    const uint32_t sv = sk + Kt::kTileBytes;
-
-    // S = Q K^T over this warp's keys: [16 rows] x [kKeysPerWarp keys].
-    float sc[kNFrag][4];
-#pragma unroll
-    for (int j = 0; j < kNFrag; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-      for (int j = 0; j < kNFrag / 2; ++j) {
-        const int mi = lane / 8;
-        uint32_t b[4];
-        ldmatrix_x4(b, sk + swz<kCh>(key0 + j * 16 + (mi / 2) * 8 + lane % 8, kk * 2 + mi % 2));
-        mma_16816<T>(sc[2 * j], qf[kk], b[0], b[1]);
-        mma_16816<T>(sc[2 * j + 1], qf[kk], b[2], b[3]);
-      }
-    }
-    // Scale to log2 units; mask keys past a row's limit (only on tiles that reach past kv_nomask).
-    const bool need_mask = (t + 1) * kPageSize > kv_nomask;
-#pragma unroll
-    for (int j = 0; j < kNFrag; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = sc[j][e] * a.scale_log2;
-        if (need_mask) {
-          const int key = t * kPageSize + key0 + j * 8 + qd * 2 + (e & 1);
-          if (key >= key_limit[e / 2]) x = -INFINITY;
-        }
-        sc[j][e] = x;
-      }
-    // Online softmax per row.
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int j = 0; j < kNFrag; ++j) mx = fmaxf(mx, fmaxf(sc[j][2 * hr], sc[j][2 * hr + 1]));
-      mx = quad_max(mx);
-      const float m_new = fmaxf(m[hr], mx);
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = fast_exp2(m[hr] - m_use);
-      m[hr] = m_new;
-      float sum = 0.f;
-#pragma unroll
-      for (int j = 0; j < kNFrag; ++j) {
-        sc[j][2 * hr] = fast_exp2(sc[j][2 * hr] - m_use);
-        sc[j][2 * hr + 1] = fast_exp2(sc[j][2 * hr + 1] - m_use);
-        sum += sc[j][2 * hr] + sc[j][2 * hr + 1];
-      }
-      l[hr] = l[hr] * alpha + sum;
-#pragma unroll
-      for (int j = 0; j < kDFrag; ++j) {
-        o[j][2 * hr] *= alpha;
-        o[j][2 * hr + 1] *= alpha;
-      }
-    }
-    // O += P V: P from the S accumulators (two n8 fragments = one k16 A operand), V by ldmatrix.trans.
-#pragma unroll
-    for (int kk = 0; kk < kNFrag / 2; ++kk) {
-      const uint32_t pa[4] = {pack2<T>(sc[2 * kk][0], sc[2 * kk][1]), pack2<T>(sc[2 * kk][2], sc[2 * kk][3]),
-                              pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-                              pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
-#pragma unroll
-      for (int j = 0; j < D / 16; ++j) {
-        const int mi = lane / 8;
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, sv + swz<kCh>(key0 + kk * 16 + (mi % 2) * 8 + lane % 8, j * 2 + mi / 2));
-        mma_16816<T>(o[2 * j], pa, b[0], b[1]);
-        mma_16816<T>(o[2 * j + 1], pa, b[2], b[3]);
-      }
-    }
+    float sc[Kt::kNFrag][4];
+    page_scores<Kt, T>(sc, qf, sk, key0, lane, a.scale_log2, (t + 1) * kPageSize > kv_nomask, t * kPageSize,
+                       key_limit);
+    online_softmax(sc, o, m, l);
+    accumulate_pv<Kt, T>(o, sc, sk + Kt::kTileBytes, key0, lane);
   }
 
-  // ---- epilogue: merge the kWarpsN key slices of each row tile, write O (and lse) ----
   cuda::cp_async_wait<0>();
-  __syncthreads();  // the pipeline's shared memory is reused below
-  constexpr int kOStride = D + 4;  // floats per reduction row (padding against bank conflicts)
-  float* red_o = reinterpret_cast<float*>(s_pipe);     // [kWarpsN][kRows][kOStride]
-  float* red_m = red_o + Kt::kWarpsN * kRows * kOStride;  // [kWarpsN][kRows]
-  float* red_l = red_m + Kt::kWarpsN * kRows;             // [kWarpsN][kRows]
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    l[hr] = quad_sum(l[hr]);
-    if (qd == 0) {
-      red_m[wn * kRows + wm * 16 + g + hr * 8] = m[hr];
-      red_l[wn * kRows + wm * 16 + g + hr * 8] = l[hr];
-    }
-  }
-  __syncthreads();
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    const int r = wm * 16 + g + hr * 8;
-    float mt = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < Kt::kWarpsN; ++w) mt = fmaxf(mt, red_m[w * kRows + r]);
-    const float m_use = mt == -INFINITY ? 0.f : mt;
-    float lt = 0.f;
-#pragma unroll
-    for (int w = 0; w < Kt::kWarpsN; ++w) lt += red_l[w * kRows + r] * fast_exp2(red_m[w * kRows + r] - m_use);
-    const float f = lt > 0.f ? fast_exp2(m[hr] - m_use) / lt : 0.f;
-    float* dst = red_o + (wn * kRows + r) * kOStride + qd * 2;
-#pragma unroll
-    for (int j = 0; j < kDFrag; ++j)
-      *reinterpret_cast<float2*>(dst + j * 8) = make_float2(o[j][2 * hr] * f, o[j][2 * hr + 1] * f);
-  }
-  __syncthreads();
-  const int T_ = a.num_tokens;
-  for (int i = tid; i < rows_here * (D / 4); i += Kt::kThreads) {
-    const int r = i / (D / 4), c4 = i % (D / 4);
-    float4 acc = *reinterpret_cast<const float4*>(red_o + r * kOStride + c4 * 4);
-#pragma unroll
-    for (int w = 1; w < Kt::kWarpsN; ++w) {
-      const float4 x = *reinterpret_cast<const float4*>(red_o + (w * kRows + r) * kOStride + c4 * 4);
-      acc.x += x.x, acc.y += x.y, acc.z += x.z, acc.w += x.w;
-    }
-    const int idx = row0 + r;
-    const int tok = tok0 + idx / a.group, h = kvh * a.group + idx % a.group;
-    float lse2 = -INFINITY;  // log2 units
-    if (c4 == 0) {
-      float mt = -INFINITY, lt = 0.f;
-      for (int w = 0; w < Kt::kWarpsN; ++w) mt = fmaxf(mt, red_m[w * kRows + r]);
-      const float m_use = mt == -INFINITY ? 0.f : mt;
-      for (int w = 0; w < Kt::kWarpsN; ++w) lt += red_l[w * kRows + r] * fast_exp2(red_m[w * kRows + r] - m_use);
-      if (lt > 0.f) lse2 = m_use + __log2f(lt);
-    }
-    if (a.num_splits == 1) {
-      T* dst = static_cast<T*>(a.out) + tok * a.out_row + int64_t{h} * D + c4 * 4;
-      const uint32_t lo = pack2<T>(acc.x, acc.y), hi = pack2<T>(acc.z, acc.w);
-      *reinterpret_cast<uint2*>(dst) = make_uint2(lo, hi);
-      if (c4 == 0 && a.lse) a.lse[int64_t{tok} * a.num_heads + h] = lse2 * 0.69314718055994531f;
-    } else {
-      const int64_t prow = (int64_t{split} * T_ + tok) * a.num_heads + h;
-      *reinterpret_cast<float4*>(a.part_o + prow * D + c4 * 4) = acc;
-      if (c4 == 0) a.part_lse[prow] = lse2;
-    }
-  }
+  __syncthreads();  // the pipeline's shared memory is reused by the epilogue
+  merge_and_store<Kt, T>(a, RowBlock{tok0, kvh, row0, rows_here, split}, s_pipe, o, m, l, wm, wn, tid);
 }
 
 // One thread per 4 columns of one (token, head): merges the num_splits partials.
