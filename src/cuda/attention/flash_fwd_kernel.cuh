@@ -334,6 +334,49 @@ __device__ __forceinline__ void fa2_pv(const Fa2S<Kt>& s, Fa2O<Kt>& acc_o, uint3
   }
 }
 
+// Epilogue: O / l of this warp's rows, rounded to 16 bits, through the Q tile's shared memory (free
+// once the main loop is done), then 16-byte row stores of the block's rows_valid rows to o (row stride
+// o_row); lse (natural log, row 0 of the block; null: none) = max * scale + log(l), -inf for a row
+// without keys.
+template <typename Kt, typename T>
+__device__ __forceinline__ void fa2_store_o(const Fa2O<Kt>& acc_o, const Fa2Rows<Kt>& row_max, const Fa2Rows<Kt>& row_sum,
+                                            uint32_t sQ, T* o, int64_t o_row, float* lse, float scale, int rows_valid,
+                                            int head_dim, int warp_m0, int lane) {
+  using namespace detail;
+  constexpr int kCh = Kt::kChunks;
+#pragma unroll
+  for (int mt = 0; mt < Kt::kMTiles; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float l = quad_sum(row_sum[mt][h]);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int row = warp_m0 + mt * 16 + (lane >> 2) + 8 * h;
+#pragma unroll
+      for (int dt = 0; dt < Kt::kHeadDim / 8; ++dt) {
+        const uint32_t v2 = pack2<T>(acc_o[mt][dt][2 * h] * inv, acc_o[mt][dt][2 * h + 1] * inv);
+        const uint32_t addr = sQ + 2 * (swizzle<kCh>(row, dt) + (lane & 3) * 2);
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v2));
+      }
+      if (lse != nullptr && (lane & 3) == 0 && row < rows_valid)
+        lse[row] = l > 0.f ? row_max[mt][h] * scale + logf(l) : -INFINITY;
+    }
+  __syncwarp();
+#pragma unroll
+  for (int i = 0; i < Kt::kWarpM * kCh / 32; ++i) {
+    const int idx = i * 32 + lane;
+    const int row = warp_m0 + idx / kCh;
+    const int chunk = idx % kCh;
+    if (row < rows_valid && chunk * 8 < head_dim) {
+      uint4 val;
+      const uint32_t addr = sQ + 2 * swizzle<kCh>(row, chunk);
+      asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(val.x), "=r"(val.y), "=r"(val.z), "=r"(val.w)
+                   : "r"(addr));
+      *reinterpret_cast<uint4*>(o + row * o_row + chunk * 8) = val;
+    }
+  }
+}
+
 // grid: (ceil(seqlen_q / kBlockM), num_heads, batch); block: kNThreads; dynamic smem: kSmemBytes.
 template <typename Kt, typename T>
 __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kernel(const __grid_constant__ FlashFwdArgs args) {
@@ -463,40 +506,9 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
   // be landing.
   cp_async_wait<0>();
   __syncthreads();
-  const int rows_valid = seqlen_q - m0;
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float l = quad_sum(row_sum[mt][h]);
-      const float inv = l > 0.f ? 1.f / l : 0.f;
-      const int row = warp_m0 + mt * 16 + (lane >> 2) + 8 * h;
-#pragma unroll
-      for (int dt = 0; dt < kDTiles; ++dt) {
-        const uint32_t v2 = pack2<T>(acc_o[mt][dt][2 * h] * inv, acc_o[mt][dt][2 * h + 1] * inv);
-        const uint32_t addr = sQ + 2 * (swizzle<kCh>(row, dt) + (lane & 3) * 2);
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v2));
-      }
-      if (p.lse != nullptr && (lane & 3) == 0 && row < rows_valid) {
-        const float lse = l > 0.f ? row_max[mt][h] * args.scale + logf(l) : -INFINITY;
-        p.lse[lse_off + head * p.lse_head_stride + m0 + row] = lse;
-      }
-    }
-  __syncwarp();
-#pragma unroll
-  for (int i = 0; i < Kt::kWarpM * kCh / 32; ++i) {
-    const int idx = i * 32 + lane;
-    const int row = warp_m0 + idx / kCh;
-    const int chunk = idx % kCh;
-    if (row < rows_valid && chunk * 8 < p.head_dim) {
-      uint4 val;
-      const uint32_t addr = sQ + 2 * swizzle<kCh>(row, chunk);
-      asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-                   : "=r"(val.x), "=r"(val.y), "=r"(val.z), "=r"(val.w)
-                   : "r"(addr));
-      *reinterpret_cast<uint4*>(o + row * p.o_row_stride + chunk * 8) = val;
-    }
-  }
+  float* lse = p.lse ? p.lse + lse_off + head * p.lse_head_stride + m0 : nullptr;
+  fa2_store_o<Kt, T>(acc_o, row_max, row_sum, sQ, o, p.o_row_stride, lse, args.scale, seqlen_q - m0, p.head_dim,
+                     warp_m0, lane);
 }
 
 // Launches one kernel; raises the dynamic shared-memory limit first (once per device).
