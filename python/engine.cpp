@@ -22,12 +22,13 @@
 namespace nb = nanobind;
 
 namespace minillm::py {
-namespace {
 
 ModelConfig config_from_arg(const std::string& s) {
   if (!s.empty() && s.front() == '{') return parse_config_json(s);
   return load_config(s);
 }
+
+namespace {
 
 // ids: any 2-D integer array (B, N), host or CUDA; copied to host int32 with range checks. The
 // shape is checked against the engine's plan before anything is copied (a broadcast array can

@@ -20,11 +20,6 @@ namespace nb = nanobind;
 namespace minillm::py {
 namespace {
 
-ModelConfig config_from_arg(const std::string& s) {
-  if (!s.empty() && s.front() == '{') return parse_config_json(s);
-  return load_config(s);
-}
-
 class PyLLM {
  public:
   PyLLM(const std::string& config, const std::optional<std::string>& weights, uint64_t weight_seed,

@@ -2,35 +2,20 @@
 // against transformers' goldens are checked in tests/python/test_checkpoints.py).
 #include <gtest/gtest.h>
 
-#include <array>
-#include <cstdio>
-#include <memory>
 #include <string>
-#include <sys/wait.h>
 
 #include "minillm/checkpoint.h"
 #include "minillm/core/check.h"
 #include "minillm/engine.h"
 
+#include "cli_run.h"
+
 namespace {
 
 const std::string kHf = std::string(MINILLM_SOURCE_DIR) + "/tests/fixtures/hf/";
 
-struct Result {
-  int code;
-  std::string out;
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string(MINILLM_CLI) + " " + args + " 2>&1";
-  std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
-  std::string out;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p.get())) > 0) out.append(buf.data(), n);
-  const int status = pclose(p.release());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using Result = minillm::test::CliResult;
+using minillm::test::run_cli;
 
 }  // namespace
 
@@ -66,13 +51,13 @@ TEST(Checkpoint, EngineFromDirectoryReportsEachShard) {
 }
 
 TEST(Checkpoint, CliForwardAndInfoOnADirectory) {
-  Result r = run("forward --model " + kHf + "qwen2_moe --ids 5,6,7 --device cpu");
+  Result r = run_cli("forward --model " + kHf + "qwen2_moe --ids 5,6,7 --device cpu");
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("loaded shard 1/1 model.safetensors"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("GB/s"), std::string::npos) << r.out;
-  r = run("info --model " + kHf + "qwen3_moe_e128");
+  r = run_cli("info --model " + kHf + "qwen3_moe_e128");
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("experts 128 top-8"), std::string::npos) << r.out;
-  r = run("forward --model " + kHf + "nothing_here --ids 1");
+  r = run_cli("forward --model " + kHf + "nothing_here --ids 1");
   EXPECT_NE(r.code, 0) << r.out;
 }

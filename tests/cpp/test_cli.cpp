@@ -1,36 +1,21 @@
 // The minillm CLI end to end: info, init, forward, and a non-zero exit with a clear message on bad input.
 #include <gtest/gtest.h>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
-#include <memory>
 #include <fstream>
 #include <string>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
+
+#include "cli_run.h"
 
 namespace {
 
-struct Result {
-  int code;
-  std::string out;
-};
-
-Result run(const std::string& args, const std::string& cwd = "") {
-  const std::string cmd = (cwd.empty() ? "" : "cd '" + cwd + "' && ") + std::string(MINILLM_CLI) + " " + args + " 2>&1";
-  std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
-  std::string out;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p.get())) > 0) out.append(buf.data(), n);
-  const int status = pclose(p.release());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using Result = minillm::test::CliResult;
+using minillm::test::run_cli;
 
 void expect_fail(const std::string& args, const char* fragment, int code = 1) {
-  const Result r = run(args);
+  const Result r = run_cli(args);
   EXPECT_EQ(r.code, code) << args << "\n" << r.out;
   EXPECT_NE(r.out.find(fragment), std::string::npos) << args << "\n" << r.out;
   EXPECT_EQ(r.out.rfind("error: ", 0), 0u) << "no 'error: ' prefix: " << args << "\n" << r.out;
@@ -45,7 +30,7 @@ const std::string kGolden = std::string(MINILLM_SOURCE_DIR) + "/tests/golden/";
 }  // namespace
 
 TEST(Cli, InfoReportsParametersMemoryAndFlops) {
-  const Result r = run("info --model medium --batch 8 --seq 2048");
+  const Result r = run_cli("info --model medium --batch 8 --seq 2048");
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("parameters: 2.58 B total (2582413312), 770.47 M active"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("weight memory"), std::string::npos);
@@ -54,7 +39,7 @@ TEST(Cli, InfoReportsParametersMemoryAndFlops) {
 
 TEST(Cli, ServeHandsOverToThePythonServer) {
   // `minillm serve` execs python3 -m minillm serve (python/minillm/server.py) with this tree's python/.
-  Result r = run("serve --help");
+  Result r = run_cli("serve --help");
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("usage: minillm serve"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("--api-key"), std::string::npos) << r.out;
@@ -62,21 +47,21 @@ TEST(Cli, ServeHandsOverToThePythonServer) {
 }
 
 TEST(Cli, ForwardOnIdsAndRandomBatch) {
-  Result r = run("forward --model tiny --ids 1,2,3,4,5 --device cpu");
+  Result r = run_cli("forward --model tiny --ids 1,2,3,4,5 --device cpu");
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("logits: float32 [1, 5, 256]; the 5 largest at the last position"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("  batch 0, position 4: "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("finite yes"), std::string::npos) << r.out;
-  r = run("forward --model " + kGolden + "tiny.json --weights " + kGolden + "tiny.safetensors --batch 2 --seq 9");
+  r = run_cli("forward --model " + kGolden + "tiny.json --weights " + kGolden + "tiny.safetensors --batch 2 --seq 9");
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("batch 1, position 8:"), std::string::npos) << r.out;
 }
 
 TEST(Cli, InitWritesLoadableWeights) {
   const std::string p = (std::filesystem::temp_directory_path() / "minillm_cli_init.safetensors").string();
-  Result r = run("init --model tiny --seed 5 --out " + p);
+  Result r = run_cli("init --model tiny --seed 5 --out " + p);
   ASSERT_EQ(r.code, 0) << r.out;
-  r = run("forward --model tiny --weights " + p + " --ids 7,8,9");
+  r = run_cli("forward --model tiny --weights " + p + " --ids 7,8,9");
   EXPECT_EQ(r.code, 0) << r.out;
   std::filesystem::remove(p);
 }
@@ -96,15 +81,15 @@ TEST(Cli, BadInputExitsNonZeroWithAClearMessage) {
 
 // Issue 20's papercuts: --version, small models in M, specific errors for batch/seq, --out.
 TEST(Cli, VersionAndSmallModelsInMillions) {
-  Result r = run("--version");
+  Result r = run_cli("--version");
   EXPECT_EQ(r.code, 0);
   EXPECT_EQ(r.out.rfind("minillm " MINILLM_VERSION, 0), 0u) << r.out;
-  r = run("info --model tiny");
+  r = run_cli("info --model tiny");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("parameters: 0.26 M total (263168), 0.16 M active"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("weight memory: bf16/fp16 526.34 kB, fp32 1.05 MB"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("0.000"), std::string::npos) << r.out;
-  r = run("--help");
+  r = run_cli("--help");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("Exit codes: 0 success, 1 error"), std::string::npos) << r.out;
 }
@@ -141,7 +126,7 @@ TEST(Cli, HostileArgumentsAreRefused) {
   expect_fail("forward --model tiny --ids 1 --weights " + fifo, "is a FIFO");
   std::filesystem::remove(fifo);
   std::ofstream(dir + "/tiny") << "not json";
-  const Result r = run("info --model tiny", dir);
+  const Result r = run_cli("info --model tiny", dir);
   EXPECT_NE(r.out.find("model tiny:"), std::string::npos) << r.out;
   std::filesystem::remove_all(dir);
   // The issue's crashing config: an error naming the file and the field, exit 1.
@@ -154,7 +139,7 @@ TEST(Cli, HostileArgumentsAreRefused) {
 
 TEST(Cli, OutWritesTheLogitsAsNpy) {
   const std::string p = tmp_path("logits.npy");
-  const Result r = run("forward --model tiny --batch 2 --seq 3 --device cpu --out " + p);
+  const Result r = run_cli("forward --model tiny --batch 2 --seq 3 --device cpu --out " + p);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("wrote " + p + ": logits float32 [2, 3, 256]"), std::string::npos) << r.out;
   std::ifstream f(p, std::ios::binary);
