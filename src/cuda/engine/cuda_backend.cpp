@@ -182,12 +182,18 @@ void CudaBackend::rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) {
 }
 
 void CudaBackend::qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) {
-  OpScope s(*this, "qkv_bias_norm");
+  bias_norm_rope(qkv, w, c, nullptr);
+}
+
+void CudaBackend::bias_norm_rope(Tensor& qkv, const LayerWeights& w, const ModelConfig& c, const StepBatch* b) {
+  OpScope s(*this, b ? "qkv_bias_norm_rope" : "qkv_bias_norm");
   const bool qkn = c.qk_norm != QkNorm::none;
+  const RopePositions rp = b ? rope_positions(*b, impl_->rope_max_pos) : RopePositions{1, nullptr};
   ke::qkv_bias_norm_rope(c.dtype, qkv.data, w.bqkv.data ? w.bqkv.ptr<float>() : nullptr,
                          qkn ? w.q_norm.ptr<float>() : nullptr, qkn ? w.k_norm.ptr<float>() : nullptr, qkv.size(0),
-                         c.num_heads, c.num_kv_heads, c.head_dim, c.qk_norm == QkNorm::per_head, c.norm_eps, nullptr, 1,
-                         nullptr, stream_);
+                         c.num_heads, c.num_kv_heads, c.head_dim, c.qk_norm == QkNorm::per_head, c.norm_eps,
+                         b ? static_cast<const float2*>(impl_->rope_table.data()) : nullptr, rp.N, rp.positions,
+                         stream_);
 }
 
 void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, const StepBatch& b, const ModelConfig& c) {
@@ -200,15 +206,7 @@ void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, const 
       if (c.position == PositionType::rope) rope(y, b, c);
       return;
     }
-    // bias, qk-norm and RoPE in one pass over q and k
-    OpScope s(*this, "qkv_bias_norm_rope");
-    const bool qkn = c.qk_norm != QkNorm::none, has_rope = c.position == PositionType::rope;
-    const RopePositions rp = has_rope ? rope_positions(b, impl_->rope_max_pos) : RopePositions{1, nullptr};
-    ke::qkv_bias_norm_rope(c.dtype, y.data, lw.bqkv.data ? lw.bqkv.ptr<float>() : nullptr,
-                           qkn ? lw.q_norm.ptr<float>() : nullptr, qkn ? lw.k_norm.ptr<float>() : nullptr, y.size(0),
-                           c.num_heads, c.num_kv_heads, c.head_dim, c.qk_norm == QkNorm::per_head, c.norm_eps,
-                           has_rope ? static_cast<const float2*>(impl_->rope_table.data()) : nullptr, rp.N,
-                           rp.positions, stream_);
+    bias_norm_rope(y, lw, c, c.position == PositionType::rope ? &b : nullptr);  // one pass over q and k
     return;
   }
   const Tensor& w = lw.wqkv;

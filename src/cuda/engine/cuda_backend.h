@@ -4,10 +4,10 @@
 //   linear: cuBLASLt (gemm.h); attention: minillm::flash_attention_forward on strided views of qkv
 //        (forward() and prefills without a prefix), else the paged attention over the KV cache
 //   sample: src/cuda/sampling/sample.cu
-//   qkv: on Hopper, head dim 64 / 128, for forward()'s padded batch, the QKV projection with RoPE in
-//        its epilogue (one kernel, engine/qkv_rope.cu: the grouped GEMM of cuda/gemm/ as a dense
-//        GEMM); else (and with q/k/v bias or qk-norm) linear, then qkv_bias_norm (bias + qk-norm,
-//        one pass), then rope at the batch's positions
+//   qkv: on Hopper, head dim 64 / 128, for forward()'s padded batch, the QKV projection with the
+//        q/k/v bias, per-head qk-norm and RoPE in its epilogue (one kernel, engine/qkv_rope.cu: the
+//        grouped GEMM of cuda/gemm/ as a dense GEMM); else linear, then bias + qk-norm + RoPE at the
+//        batch's positions in one pass (qkv_bias_norm_rope.cu), or RoPE alone
 //   moe: one minillm::MoELayer per layer (weights borrowed, scratch from the engine's workspace; its
 //        output left as k weighted rows per token, summed by the next add_norm), or
 //        a plain fallback for shapes MoELayer does not take; with a shared expert (Qwen2-MoE) the
@@ -73,6 +73,8 @@ class CudaBackend final : public Backend {
 
  private:
   class OpScope;
+  // In place on qkv [T, qkv_dim]: + bias, qk-norm, then RoPE at b's positions (b null: no RoPE), one pass.
+  void bias_norm_rope(Tensor& qkv, const LayerWeights& w, const ModelConfig& c, const StepBatch* b);
   // Scratch of moe(): the routed experts' (MoELayer or the fallback), then the shared expert's.
   static size_t routed_workspace_bytes(const ModelConfig& c, int64_t T);
   static size_t shared_workspace_bytes(const ModelConfig& c, int64_t T);
