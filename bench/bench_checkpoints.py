@@ -8,6 +8,8 @@ save_pretrained as sharded safetensors, then loaded by minillm from that directo
                        ffn 1024, vocab 50304, qk-norm over the projection (6.9 B parameters, 13.8 GB)
   qwen3-30b-a3b-12l    Qwen3-30B-A3B's shape with 12 of its 48 layers: hidden 2048, 32 heads (kv 4,
                        head_dim 128), 128 experts top-8, ffn 768, vocab 151936, per-head qk-norm
+  qwen1.5-moe-a2.7b-8l Qwen1.5-MoE-A2.7B's shape with 8 of its 24 layers: hidden 2048, 16 heads, q/k/v
+                       bias, 60 experts top-4, ffn 1408, a gated shared expert of 5632, vocab 151936
 
 Cases: prefill at batch 1 and 8, seq 2048 (--batches, --seqlen). Keys: minillm (InferenceEngine,
 CUDA graphs, bf16 logits), hf_transformers (model(ids, use_cache=False).logits under torch.no_grad,
@@ -56,6 +58,13 @@ MODELS = {
                                num_experts_per_tok=8, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
                                rms_norm_eps=1e-6, norm_topk_prob=True, tie_word_embeddings=False,
                                max_position_embeddings=40960)),
+    "qwen1.5-moe-a2.7b-8l": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                             dict(vocab_size=151936, hidden_size=2048, num_hidden_layers=8, num_attention_heads=16,
+                                  num_key_value_heads=16, moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+                                  num_experts=60, num_experts_per_tok=4, intermediate_size=5632,
+                                  rope_parameters={"rope_type": "default", "rope_theta": 1e6}, rms_norm_eps=1e-6,
+                                  norm_topk_prob=False, tie_word_embeddings=False, max_position_embeddings=8192,
+                                  use_sliding_window=False, qkv_bias=True)),
 }
 TINY = dict(vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=4096)  # head_dim: hidden / heads = 32 (set for Qwen3 only: OlmoeConfig has none)

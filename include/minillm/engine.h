@@ -79,7 +79,9 @@ class InferenceEngine {
   // "final_norm.w/.b", and per layer "layers.{l}." + "wqkv" [qkv_dim, H] (q, k, v rows), "wo",
   // "norm1.w/.b", "norm2.w/.b", "router" [E, H], "w1", "w3" [E, F, H], "w2" [E, H, F], and when the
   // config has them "bqkv" [qkv_dim] fp32, "q_norm", "k_norm" fp32, "ws13" [2 Fs, H], "ws2" [H, Fs],
-  // "shared_gate" [1, H]. Views: valid while the engine lives. Empty tensors are left out.
+  // "shared_gate" [1, H]. On CUDA a shared expert of width Fs = S * F usually lives among the experts
+  // instead ("w1", "w3" [E + S, F, H], "w2" [E + S, H, F]; no "ws13", "ws2": docs/ARCHITECTURE.md).
+  // Views: valid while the engine lives. Empty tensors are left out.
   std::vector<std::pair<std::string, Tensor>> weights() const;
 
   const ModelConfig& config() const { return config_; }

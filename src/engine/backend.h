@@ -31,7 +31,8 @@ struct LayerWeights {
   Tensor w1;      // [E, F, H] gate
   Tensor w3;      // [E, F, H] up (empty for gelu)
   Tensor w2;      // [E, H, F] down
-  // Shared expert (moe.shared_expert_ffn = Fs > 0), else empty:
+  // Shared expert (moe.shared_expert_ffn = Fs > 0), else empty (ws13, ws2 also when the backend
+  // stores it among the experts: Backend::shared_expert_chunks):
   Tensor ws13;         // [2 Fs, H]: gate_proj rows, then up_proj rows
   Tensor ws2;          // [H, Fs] down_proj
   Tensor shared_gate;  // [1, H] sigmoid gate
@@ -57,6 +58,10 @@ class Backend {
   Tensor alloc_weight(std::initializer_list<int64_t> shape, DType dtype, std::vector<Buffer>& storage, int64_t ld = 0);
   // The row stride at which this backend wants expert matrices of `cols` columns stored.
   virtual int64_t expert_row_stride(int64_t cols) const { return cols; }
+  // S > 0: the shared expert (moe.shared_expert_ffn = S * F) is stored as S more experts of width F
+  // after the routed ones (w1, w3 [E + S, F, H], w2 [E + S, H, F]: chunk j holds gate_proj / up_proj
+  // rows [j F, (j+1) F) and down_proj columns [j F, (j+1) F)), and ws13 / ws2 stay empty. 0: apart.
+  virtual int64_t shared_expert_chunks(const ModelConfig&) const { return 0; }
 
   // out[t] = table[ids[t]]. ids: [T] i32 on the backend's device.
   virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out) = 0;

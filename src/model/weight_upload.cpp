@@ -19,9 +19,12 @@ namespace {
 constexpr size_t kStagingBytes = size_t{64} << 20;
 
 // Where one named tensor goes: rows [row0, row0 + rows) of `dst` viewed as [R, cols] with row stride ld.
+// With chunks > 1 the source is [rows, chunks * cols], and its column chunk j goes to the rows
+// [row0 + j * chunk_step, + rows) (a shared expert's down_proj, cut into experts).
 struct Slot {
   Tensor dst;
   int64_t row0 = 0, rows = 0, cols = 0, ld = 0;
+  int64_t chunks = 1, chunk_step = 0;
   bool filled = false;
 };
 
@@ -67,13 +70,15 @@ void convert(const char* src, DType s, char* dst, DType d, int64_t n) {
   }
 }
 
-// Copies a [rows, cols] host tensor (dtype sdt, dense) into its slot, converting as needed.
-void write_slot(Backend& be, const Slot& s, DType sdt, const void* data, std::vector<uint8_t>& staging) {
+// Copies column chunk `part` of a [rows, chunks * cols] host tensor (dtype sdt, dense) into its slot,
+// converting as needed.
+void write_chunk(Backend& be, const Slot& s, int64_t part, DType sdt, const void* data, std::vector<uint8_t>& staging) {
   const DType ddt = s.dst.dtype;
   const size_t ses = dtype_size(sdt), des = dtype_size(ddt);
-  char* base = static_cast<char*>(s.dst.data) + static_cast<size_t>(s.row0 * s.ld) * des;
-  const auto* src = static_cast<const char*>(data);
-  if (sdt == ddt && s.ld == s.cols) {  // the bytes as they are
+  char* base = static_cast<char*>(s.dst.data) + static_cast<size_t>((s.row0 + part * s.chunk_step) * s.ld) * des;
+  const int64_t src_ld = s.chunks * s.cols;
+  const char* src = static_cast<const char*>(data) + static_cast<size_t>(part * s.cols) * ses;
+  if (sdt == ddt && s.ld == s.cols && s.chunks == 1) {  // the bytes as they are
     be.to_device(base, src, static_cast<size_t>(s.rows * s.cols) * des);
     return;
   }
@@ -88,7 +93,7 @@ void write_slot(Backend& be, const Slot& s, DType sdt, const void* data, std::ve
 #pragma omp parallel for schedule(static) if (n * s.cols > (int64_t{1} << 16))
     for (int64_t r = 0; r < n; ++r) {
       char* d = dst + static_cast<size_t>(r * s.ld) * des;
-      convert(src + static_cast<size_t>((r0 + r) * s.cols) * ses, sdt, d, ddt, s.cols);
+      convert(src + static_cast<size_t>((r0 + r) * src_ld) * ses, sdt, d, ddt, s.cols);
       if (s.ld > s.cols) std::memset(d + static_cast<size_t>(s.cols) * des, 0, static_cast<size_t>(s.ld - s.cols) * des);
     }
     if (!host) be.to_device(base + static_cast<size_t>(r0 * s.ld) * des, dst, static_cast<size_t>(n * s.ld) * des);
@@ -134,12 +139,13 @@ ModelWeights upload_weights(Backend& be, const ModelConfig& c, const WeightSourc
   const DType dt = be.act_dtype();
   const int64_t H = c.hidden_size, V = c.vocab_size, E = c.moe.num_experts, F = c.moe.ffn_size;
   const int64_t Fs = c.moe.shared_expert_ffn;
+  const int64_t S = Fs > 0 ? be.shared_expert_chunks(c) : 0;  // the shared expert stored as S more experts
   std::map<std::string, Slot> slots;
   // Tensor `t` (already allocated) receives `name` at rows [row0, row0 + rows) of its [R, cols] view.
   auto place = [&](const std::string& name, const Tensor& t, int64_t row0, int64_t rows) {
     const int64_t cols = t.ndim >= 2 ? t.shape[t.ndim - 1] : 1;
     const int64_t ld = t.ndim >= 2 ? t.stride[t.ndim - 2] : 1;
-    slots[name] = Slot{t, row0, rows, cols, ld, false};
+    slots[name] = Slot{t, row0, rows, cols, ld};
   };
   auto tensor = [&](const std::string& name, std::initializer_list<int64_t> shape, DType dtype) {
     Tensor t = be.alloc_weight(shape, dtype, mw.storage);
@@ -176,16 +182,25 @@ ModelWeights upload_weights(Backend& be, const ModelConfig& c, const WeightSourc
     lw.norm2 = norm(layer_name(l, "post_attention_layernorm"));
     lw.router = tensor(layer_name(l, "block_sparse_moe.gate.weight"), {E, H}, dt);
     // Expert matrices at the backend's preferred row stride (padded rows on CUDA, see MoELayer).
-    lw.w1 = be.alloc_weight({E, F, H}, dt, mw.storage, be.expert_row_stride(H));
+    lw.w1 = be.alloc_weight({E + S, F, H}, dt, mw.storage, be.expert_row_stride(H));
     if (c.moe.activation == ExpertActivation::swiglu)
-      lw.w3 = be.alloc_weight({E, F, H}, dt, mw.storage, be.expert_row_stride(H));
-    lw.w2 = be.alloc_weight({E, H, F}, dt, mw.storage, be.expert_row_stride(F));
+      lw.w3 = be.alloc_weight({E + S, F, H}, dt, mw.storage, be.expert_row_stride(H));
+    lw.w2 = be.alloc_weight({E + S, H, F}, dt, mw.storage, be.expert_row_stride(F));
     for (int e = 0; e < E; ++e) {
       place(expert_name(l, e, "w1"), lw.w1, e * F, F);
       if (lw.w3.data) place(expert_name(l, e, "w3"), lw.w3, e * F, F);
       place(expert_name(l, e, "w2"), lw.w2, e * H, H);
     }
-    if (Fs > 0) {
+    if (S > 0) {  // experts E .. E+S-1: gate/up rows [j F, (j+1) F), down_proj columns [j F, (j+1) F)
+      MINILLM_CHECK(Fs == S * F && lw.w3.data, "weights: shared expert of width " << Fs << " as " << S << " experts of " << F);
+      place(layer_name(l, "mlp.shared_expert.gate_proj.weight"), lw.w1, E * F, Fs);
+      place(layer_name(l, "mlp.shared_expert.up_proj.weight"), lw.w3, E * F, Fs);
+      place(layer_name(l, "mlp.shared_expert.down_proj.weight"), lw.w2, E * H, H);
+      Slot& down = slots[layer_name(l, "mlp.shared_expert.down_proj.weight")];
+      down.chunks = S;
+      down.chunk_step = H;
+      lw.shared_gate = tensor(layer_name(l, "mlp.shared_expert_gate.weight"), {1, H}, dt);
+    } else if (Fs > 0) {
       lw.ws13 = be.alloc_weight({2 * Fs, H}, dt, mw.storage);
       place(layer_name(l, "mlp.shared_expert.gate_proj.weight"), lw.ws13, 0, Fs);
       place(layer_name(l, "mlp.shared_expert.up_proj.weight"), lw.ws13, Fs, Fs);
@@ -204,12 +219,13 @@ ModelWeights upload_weights(Backend& be, const ModelConfig& c, const WeightSourc
     Slot& s = it->second;
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
-    MINILLM_CHECK(n == s.rows * s.cols && !shape.empty() && shape.back() == (s.cols == 1 ? shape.back() : s.cols),
-                  "weights: tensor '" << name << "' has " << n << " elements, expected " << s.rows * s.cols);
+    const int64_t cols = s.chunks * s.cols;
+    MINILLM_CHECK(n == s.rows * cols && !shape.empty() && shape.back() == (s.cols == 1 ? shape.back() : cols),
+                  "weights: tensor '" << name << "' has " << n << " elements, expected " << s.rows * cols);
     MINILLM_CHECK(is_float(dtype), "weights: tensor '" << name << "' has dtype " << dtype_name(dtype)
                                                        << ", expected a float dtype");
     MINILLM_CHECK(!s.filled, "weights: tensor '" << name << "' given twice");
-    write_slot(be, s, dtype, data, staging);
+    for (int64_t j = 0; j < s.chunks; ++j) write_chunk(be, s, j, dtype, data, staging);
     s.filled = true;
   });
   for (const auto& [name, s] : slots) MINILLM_CHECK(s.filled, "weights: missing tensor '" << name << "'");

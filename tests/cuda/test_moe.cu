@@ -121,6 +121,16 @@ void set_weights(MoELayer& layer, const Problem& p) {
                     p.dw2.data());
 }
 
+template <typename F>
+void expect_error(F&& f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
 // Runs the layer on p.x; returns y (as float).
 std::vector<float> run_gpu(MoELayer& layer, const Problem& p) {
   const Case& c = p.c;
@@ -353,6 +363,107 @@ TEST(MoECuda, ForwardPairsSumToForward) {
   }
 }
 
+// A shared expert (Qwen2-MoE) of width S * F inside the layer as S more experts, against cpu::moe plus
+// cpu::shared_expert: forward and the sum of forward_pairs' k + S rows, on the decode and grouped
+// paths (with the two-kernel and the fused router), and route()'s shared slots.
+TEST(MoECuda, SharedExpertsMatchCpuReference) {
+  REQUIRE_GPU();
+  struct SharedCase {
+    Case c;
+    int64_t S;
+  };
+  uint32_t seed = 200;
+  for (const SharedCase& sc : {SharedCase{{5, 1024, 8, 2, 512}, 2}, SharedCase{{37, 2048, 60, 4, 512, ExpertActivation::swiglu, false}, 4},
+                               SharedCase{{700, 2048, 60, 4, 512, ExpertActivation::swiglu, false}, 4},
+                               SharedCase{{1100, 1024, 8, 2, 256}, 3}}) {
+    const Case& c = sc.c;
+    const int64_t S = sc.S, Es = c.E + S, Fs = S * c.F, k2 = c.k + S;
+    SCOPED_TRACE(name(c) + " S" + std::to_string(S));
+    Problem p = make_problem(c, seed++);
+    std::mt19937 rng(seed++);
+    const float sh = 1.0f / std::sqrt(static_cast<float>(c.H));
+    HostArray ws1 = make_array(Fs * c.H, sh, c.dtype, rng), ws3 = make_array(Fs * c.H, sh, c.dtype, rng);
+    HostArray ws2 = make_array(c.H * Fs, 1.0f / std::sqrt(static_cast<float>(Fs)), c.dtype, rng);
+    HostArray gate = make_array(c.H, sh, c.dtype, rng);
+    // The stored experts: the routed ones, then chunk j of the shared expert (gate/up rows [jF, (j+1)F),
+    // down_proj columns [jF, (j+1)F)).
+    HostArray w1{p.w1.f, p.w1.bits}, w3{p.w3.f, p.w3.bits}, w2{p.w2.f, p.w2.bits};
+    w1.bits.insert(w1.bits.end(), ws1.bits.begin(), ws1.bits.end());
+    w3.bits.insert(w3.bits.end(), ws3.bits.begin(), ws3.bits.end());
+    for (int64_t j = 0; j < S; ++j)
+      for (int64_t h = 0; h < c.H; ++h)
+        for (int64_t f = 0; f < c.F; ++f) w2.bits.push_back(ws2.bits[h * Fs + j * c.F + f]);
+    upload_problem(p);
+    Buffer dw1 = upload(w1), dw3 = upload(w3), dw2 = upload(w2), dgate = upload(gate);
+    MoEConfig cfg = config_of(c);
+    cfg.shared_experts = S;
+    MoELayer layer(cfg, c.T);
+    Tensor router(p.drouter.data(), c.dtype, Device::cuda, {c.E, c.H});
+    Tensor tw1(dw1.data(), c.dtype, Device::cuda, {Es, c.F, c.H}), tw3(dw3.data(), c.dtype, Device::cuda, {Es, c.F, c.H});
+    Tensor tw2(dw2.data(), c.dtype, Device::cuda, {Es, c.H, c.F}), tg(dgate.data(), c.dtype, Device::cuda, {1, c.H});
+    expect_error([&] { layer.set_weights(router, tw1, tw3, tw2); }, "shared_gate: expected bf16 [1, ");
+    layer.set_weights(router, tw1, tw3, tw2, tg);
+
+    // Reference: routed experts, then the gated shared expert added on.
+    std::vector<float> ref(c.T * c.H), w13(ws1.f);
+    w13.insert(w13.end(), ws3.f.begin(), ws3.f.end());
+    cpu::moe(p.x.f.data(), p.router.f.data(), p.w1.f.data(), p.w3.f.data(), p.w2.f.data(), c.T, c.H, c.E, c.F, c.k,
+             c.normalize, c.act, ref.data());
+    cpu::shared_expert(p.x.f.data(), w13.data(), ws2.f.data(), gate.f.data(), c.T, c.H, Fs, ref.data());
+
+    Buffer y(c.T * c.H * 2, Device::cuda), pairs(c.T * k2 * c.H * 2, Device::cuda);
+    Buffer scratch(layer.workspace_bytes(c.T), Device::cuda);
+    MINILLM_CUDA_CHECK(cudaMemset(pairs.data(), 0xff, pairs.bytes()));  // poison
+    layer.forward(p.dx.data(), y.data(), c.T, scratch.data(), scratch.bytes(), nullptr);
+    const std::vector<float> yf = download(y, c.T * c.H, c.dtype);
+    layer.forward_pairs(p.dx.data(), pairs.data(), c.T, scratch.data(), scratch.bytes(), nullptr);
+    std::vector<int32_t> ids(c.T * k2);
+    std::vector<float> rw(c.T * k2);
+    Buffer dids(ids.size() * 4, Device::cuda), dw(rw.size() * 4, Device::cuda);
+    layer.route(p.dx.data(), c.T, static_cast<int32_t*>(dids.data()), static_cast<float*>(dw.data()), scratch.data(),
+                scratch.bytes(), nullptr);
+    MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
+    copy_bytes(ids.data(), Device::cpu, dids.data(), Device::cuda, ids.size() * 4);
+    copy_bytes(rw.data(), Device::cpu, dw.data(), Device::cuda, rw.size() * 4);
+    const std::vector<float> yp = download(pairs, c.T * k2 * c.H, c.dtype);
+    std::vector<float> ysum(c.T * c.H, 0.0f);
+    for (int64_t t = 0; t < c.T; ++t)
+      for (int64_t j = 0; j < k2; ++j)
+        for (int64_t i = 0; i < c.H; ++i) ysum[t * c.H + i] += yp[(t * k2 + j) * c.H + i];
+
+    const std::vector<char> clear = clear_tokens(p, /*boundary_only=*/true, 1e-3);
+    double max_ref = 0;
+    for (float v : ref) max_ref = std::max(max_ref, static_cast<double>(std::fabs(v)));
+    for (const std::vector<float>* out : std::initializer_list<const std::vector<float>*>{&yf, &ysum}) {
+      double err2 = 0, ref2 = 0;
+      int64_t bad = 0, used = 0;
+      for (int64_t t = 0; t < c.T; ++t) {
+        if (!clear[t]) continue;
+        ++used;
+        for (int64_t i = 0; i < c.H; ++i) {
+          const double r = ref[t * c.H + i], d = std::fabs((*out)[t * c.H + i] - r);
+          err2 += d * d;
+          ref2 += r * r;
+          if (!(d <= 0.02 * max_ref + 0.02 * std::fabs(r)) && bad++ < 5)
+            ADD_FAILURE() << (out == &yf ? "forward" : "forward_pairs") << " y[" << t << ", " << i << "] = " << (*out)[t * c.H + i]
+                          << ", reference " << r;
+        }
+      }
+      EXPECT_EQ(bad, 0);
+      EXPECT_GT(used, c.T / 2);
+      EXPECT_LE(std::sqrt(err2 / std::max(ref2, 1e-30)), 1e-2) << "relative RMS error";
+    }
+    for (int64_t t = 0; t < c.T; ++t) {
+      double dot = 0;
+      for (int64_t i = 0; i < c.H; ++i) dot += double(p.x.f[t * c.H + i]) * gate.f[i];
+      for (int64_t j = 0; j < S; ++j) {
+        ASSERT_EQ(ids[t * k2 + c.k + j], c.E + j) << "token " << t;
+        ASSERT_NEAR(rw[t * k2 + c.k + j], 1.0 / (1.0 + std::exp(-dot)), 1e-5) << "token " << t;
+      }
+    }
+  }
+}
+
 // Bitwise identical outputs: twice on one layer, on a second layer, and replayed from a CUDA graph.
 TEST(MoECuda, DeterministicAndGraphCapturable) {
   REQUIRE_GPU();
@@ -396,16 +507,6 @@ TEST(MoECuda, DeterministicAndGraphCapturable) {
   }
 }
 
-template <typename F>
-void expect_error(F&& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
-
 TEST(MoECuda, BadConfig) {
   // Validation happens before any CUDA call: runs (and must pass) without a GPU too.
   auto cfg = [](auto edit) {
@@ -426,6 +527,8 @@ TEST(MoECuda, BadConfig) {
   expect_error([&] { cfg([](MoEConfig& c) { c.ffn = -64; }).validate(); }, "MoEConfig.ffn = -64");
   expect_error([&] { cfg([](MoEConfig& c) { c.dtype = DType::f32; }).validate(); }, "MoEConfig.dtype = f32");
   expect_error([&] { MoELayer l(cfg([](MoEConfig& c) { c.ffn = 100; })); }, "MoEConfig.ffn = 100");
+  expect_error([&] { cfg([](MoEConfig& c) { c.shared_experts = 7; }).validate(); }, "MoEConfig.shared_experts = 7");
+  expect_error([&] { cfg([](MoEConfig& c) { c.shared_experts = -1; }).validate(); }, "MoEConfig.shared_experts = -1");
 }
 
 TEST(MoECuda, BadInputs) {

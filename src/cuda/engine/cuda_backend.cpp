@@ -27,7 +27,18 @@ bool fused_qkv_supported(const ModelConfig& c) {
   return c.position == PositionType::rope && ke::qkv_rope_supported(c.head_dim, c.hidden_size, c.qkv_dim());
 }
 
-// The MoE config of the model, and whether minillm::MoELayer takes it.
+bool valid(const MoEConfig& m) {
+  try {
+    m.validate();
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+// The MoE config of the model, and whether minillm::MoELayer takes it. A shared expert whose width
+// is a multiple of the experts' runs inside the layer as that many more experts (MoEConfig.shared_experts)
+// when the layer takes that too; otherwise it runs beside it (cuBLASLt, shared_expert.cu).
 MoEConfig moe_config(const ModelConfig& c) {
   MoEConfig m;
   m.hidden = c.hidden_size;
@@ -37,19 +48,18 @@ MoEConfig moe_config(const ModelConfig& c) {
   m.activation = c.moe.activation;
   m.normalize_topk = c.moe.normalize_topk;
   m.dtype = c.dtype;
+  const int64_t Fs = c.moe.shared_expert_ffn, F = c.moe.ffn_size;
+  if (Fs > 0 && F > 0 && Fs % F == 0 && m.activation == ExpertActivation::swiglu) {
+    MoEConfig fused = m;
+    fused.shared_experts = Fs / F;
+    if (valid(fused)) return fused;
+  }
   return m;
 }
 
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
-bool moe_layer_supports(const ModelConfig& c) {
-  try {
-    moe_config(c).validate();
-    return true;
-  } catch (const Error&) {
-    return false;
-  }
-}
+bool moe_layer_supports(const ModelConfig& c) { return valid(moe_config(c)); }
 
 }  // namespace
 
@@ -338,17 +348,20 @@ void CudaBackend::add_norm(Tensor& x, const Tensor* delta, const NormWeights& n,
 void CudaBackend::moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y,
                       Workspace& ws) {
   OpScope s(*this, "moe");
-  const int64_t T = x.size(0), H = c.hidden_size, Fs = c.moe.shared_expert_ffn;
+  const int64_t T = x.size(0), H = c.hidden_size;
+  const int64_t Fs = shared_expert_chunks(c) > 0 ? 0 : c.moe.shared_expert_ffn;  // a shared expert run apart
   const size_t routed = routed_workspace_bytes(c, T);
   const size_t mark = ws.used();
   char* scratch = static_cast<char*>(ws.alloc_bytes(routed + shared_workspace_bytes(c, T)));
   if (!impl_->moe.empty()) {
     MoELayer& m = impl_->moe.at(static_cast<size_t>(layer));
-    m.set_weights(w.router.data, w.w1.data, w.w3.data, w.w2.data, w.w1.stride[1], w.w2.stride[1]);
+    m.set_weights(w.router.data, w.w1.data, w.w3.data, w.w2.data, w.w1.stride[1], w.w2.stride[1],
+                  shared_expert_chunks(c) > 0 ? w.shared_gate.data : nullptr);
     if (Fs > 0) {
       m.forward(x.data, y.data, T, scratch, routed, stream_);  // y [T, H]: the shared expert is added onto it
     } else {
-      m.forward_pairs(x.data, y.data, T, scratch, routed, stream_);  // y [T * k, H]: add_norm sums the k rows
+      // y [T * slots, H]: add_norm sums the rows (the routed experts' and the shared expert's chunks).
+      m.forward_pairs(x.data, y.data, T, scratch, routed, stream_);
     }
   } else {
     ke::moe_fallback(c.dtype, x.data, w.router.data, w.w1.data, w.w3.data, w.w2.data, T, H, c.moe.num_experts,
@@ -369,7 +382,13 @@ void CudaBackend::moe(const Tensor& x, const LayerWeights& w, int layer, const M
 }
 
 int CudaBackend::moe_output_parts(const ModelConfig& c) const {
-  return moe_layer_supports(c) && c.moe.shared_expert_ffn == 0 ? c.moe.top_k : 1;
+  if (!moe_layer_supports(c)) return 1;
+  const MoEConfig m = moe_config(c);
+  return c.moe.shared_expert_ffn > 0 && m.shared_experts == 0 ? 1 : static_cast<int>(m.slots());
+}
+
+int64_t CudaBackend::shared_expert_chunks(const ModelConfig& c) const {
+  return moe_layer_supports(c) ? moe_config(c).shared_experts : 0;
 }
 
 int64_t CudaBackend::expert_row_stride(int64_t cols) const {
@@ -385,7 +404,7 @@ size_t CudaBackend::routed_workspace_bytes(const ModelConfig& c, int64_t T) {
 
 size_t CudaBackend::shared_workspace_bytes(const ModelConfig& c, int64_t T) {
   const int64_t Fs = c.moe.shared_expert_ffn;
-  if (Fs == 0) return 0;
+  if (Fs == 0 || (moe_layer_supports(c) && moe_config(c).shared_experts > 0)) return 0;
   const size_t es = dtype_size(c.dtype);
   return align256(static_cast<size_t>(T * 2 * Fs) * es) + align256(static_cast<size_t>(T * Fs) * es) +
          align256(static_cast<size_t>(T * c.hidden_size) * es);

@@ -9,10 +9,12 @@
 //        grouped GEMM of cuda/gemm/ as a dense GEMM); else linear, then bias + qk-norm + RoPE at the
 //        batch's positions in one pass (qkv_bias_norm_rope.cu), or RoPE alone
 //   moe: one minillm::MoELayer per layer (weights borrowed, scratch from the engine's workspace; its
-//        output left as k weighted rows per token, summed by the next add_norm), or
-//        a plain fallback for shapes MoELayer does not take; with a shared expert (Qwen2-MoE) the
-//        routed output is combined to one row per token and the gated shared expert (two cuBLASLt
-//        GEMMs and two elementwise kernels, shared_expert.cu) is added onto it
+//        output left as k weighted rows per token, summed by the next add_norm). A shared expert
+//        (Qwen2-MoE) of S times the experts' width runs inside it as S more experts that every
+//        token goes through, weighted by its sigmoid gate (k + S rows per token; the weights are
+//        stored that way: shared_expert_chunks). Shapes MoELayer does not take go to a plain
+//        fallback, and a shared expert it cannot take runs after the combined routed output (two
+//        cuBLASLt GEMMs and two elementwise kernels, shared_expert.cu)
 // Beyond the interface, the engine uses: the stream, CUDA-graph replay per (B, N) shape, and a
 // profiling mode that brackets every op with CUDA events and sums the times per op kind.
 #pragma once
@@ -50,6 +52,7 @@ class CudaBackend final : public Backend {
   int moe_output_parts(const ModelConfig& c) const override;
   size_t op_workspace_bytes(const ModelConfig& c, int64_t T) const override;
   int64_t expert_row_stride(int64_t cols) const override;
+  int64_t shared_expert_chunks(const ModelConfig& c) const override;
   void to_device(void* dst, const void* src, size_t bytes) override;
   void to_host(void* dst, const void* src, size_t bytes) override;
   void synchronize() override;
@@ -75,7 +78,8 @@ class CudaBackend final : public Backend {
   class OpScope;
   // In place on qkv [T, qkv_dim]: + bias, qk-norm, then RoPE at b's positions (b null: no RoPE), one pass.
   void bias_norm_rope(Tensor& qkv, const LayerWeights& w, const ModelConfig& c, const StepBatch* b);
-  // Scratch of moe(): the routed experts' (MoELayer or the fallback), then the shared expert's.
+  // Scratch of moe(): the routed experts' (MoELayer or the fallback), then the shared expert's when it
+  // runs apart.
   static size_t routed_workspace_bytes(const ModelConfig& c, int64_t T);
   static size_t shared_workspace_bytes(const ModelConfig& c, int64_t T);
   ModelConfig config_;

@@ -2,6 +2,8 @@
 //
 //   x [T, H] --router_logits--> logits [T, E] fp32 --router_topk--> ids, weights [T, k]
 //     (router_fused: both in one kernel when E <= 32 and T >= 1024)
+//     [--shared_slots--> slots k .. k+S-1 of ids, weights: the shared expert's S chunks; from here on
+//      "k" is k + S slots and "E" the E + S stored experts]
 //     --permute--> dest [T*k], counts/row_offset [E], mblock_expert --gather_rows--> x_perm [rows, H]
 //     --grouped_gemm swiglu|gelu (decode_gemm when T <= 64)--> h [rows, F]
 // The expert weights may have padded rows (MoELayer::weight_row_stride); x_perm and h are dense.
@@ -43,8 +45,8 @@ Plan make_plan(const MoEConfig& c, int64_t T) {
   if (T == 0) return p;
   p.decode = T <= MoELayer::kDecodeMaxTokens;
   p.row_align = p.decode ? 1 : km::kGemmBlockM;
-  p.pairs = T * c.top_k;
-  p.rows = km::permuted_rows(p.pairs, c.num_experts, p.row_align);
+  p.pairs = T * c.slots();
+  p.rows = km::permuted_rows(p.pairs, c.stored_experts(), p.row_align);
   p.mblocks = (p.rows + km::kGemmBlockM - 1) / km::kGemmBlockM;
   p.nchunks = km::permute_num_chunks(p.pairs);
   const size_t es = dtype_size(c.dtype);
@@ -58,9 +60,9 @@ Plan make_plan(const MoEConfig& c, int64_t T) {
   p.logits = take(sizeof(float) * p.splits * T * c.num_experts);
   p.ids = take(sizeof(int32_t) * p.pairs);
   p.weights = take(sizeof(float) * p.pairs);
-  p.chunk_counts = take(sizeof(int32_t) * c.num_experts * p.nchunks);
-  p.counts = take(sizeof(int32_t) * c.num_experts);
-  p.row_offset = take(sizeof(int32_t) * c.num_experts);
+  p.chunk_counts = take(sizeof(int32_t) * c.stored_experts() * p.nchunks);
+  p.counts = take(sizeof(int32_t) * c.stored_experts());
+  p.row_offset = take(sizeof(int32_t) * c.stored_experts());
   p.num_mblocks = take(sizeof(int32_t));
   p.mblock_expert = take(sizeof(int32_t) * p.mblocks);
   p.tile_counter = take(sizeof(int32_t));
@@ -103,6 +105,9 @@ void MoEConfig::validate() const {
     MINILLM_FAIL("MoEConfig.activation = " << static_cast<int>(activation) << " is not swiglu or gelu");
   if (dtype != DType::bf16 && dtype != DType::f16)
     MINILLM_FAIL("MoEConfig.dtype = " << dtype_name(dtype) << " must be bf16 or f16");
+  if (shared_experts < 0 || num_experts + shared_experts > 256 || top_k + shared_experts > 8)
+    MINILLM_FAIL("MoEConfig.shared_experts = " << shared_experts << " must be >= 0 with num_experts + shared_experts"
+                 << " <= 256 and top_k + shared_experts <= 8 (num_experts = " << num_experts << ", top_k = " << top_k << ")");
 }
 
 struct MoELayer::Impl {
@@ -111,13 +116,15 @@ struct MoELayer::Impl {
   const void* w_gate = nullptr;
   const void* w_up = nullptr;
   const void* w_down = nullptr;
+  const void* shared_gate = nullptr;  // [H], when cfg.shared_experts > 0
   int64_t ld_in = 0;   // row stride of w_gate / w_up (>= hidden)
   int64_t ld_ffn = 0;  // row stride of w_down (>= ffn)
   Buffer workspace;
   int64_t reserved = 0;
 
   void check_ready() const {
-    MINILLM_CHECK(router && w_gate && w_down && (w_up || cfg.activation == ExpertActivation::gelu),
+    MINILLM_CHECK(router && w_gate && w_down && (w_up || cfg.activation == ExpertActivation::gelu) &&
+                      (shared_gate || cfg.shared_experts == 0),
                   "MoELayer: set_weights() must be called before forward()");
   }
 
@@ -135,20 +142,28 @@ MoELayer& MoELayer::operator=(MoELayer&&) noexcept = default;
 
 const MoEConfig& MoELayer::config() const { return impl_->cfg; }
 
-void MoELayer::set_weights(const Tensor& router, const Tensor& w_gate, const Tensor& w_up, const Tensor& w_down) {
+void MoELayer::set_weights(const Tensor& router, const Tensor& w_gate, const Tensor& w_up, const Tensor& w_down,
+                           const Tensor& shared_gate) {
   const MoEConfig& c = impl_->cfg;
+  const int64_t Es = c.stored_experts();
   check_device_tensor(router, "MoELayer.set_weights: router", c.dtype, {c.num_experts, c.hidden});
-  check_device_tensor(w_gate, "MoELayer.set_weights: w_gate", c.dtype, {c.num_experts, c.ffn, c.hidden}, true);
+  check_device_tensor(w_gate, "MoELayer.set_weights: w_gate", c.dtype, {Es, c.ffn, c.hidden}, true);
+  if (c.shared_experts > 0) {
+    check_device_tensor(shared_gate, "MoELayer.set_weights: shared_gate", c.dtype, {1, c.hidden});
+  } else if (shared_gate.data != nullptr || shared_gate.ndim != 0) {
+    MINILLM_FAIL("MoELayer.set_weights: shared_gate must be empty without shared experts, got "
+                 << shared_gate.shape_str());
+  }
   if (c.activation == ExpertActivation::swiglu) {
-    check_device_tensor(w_up, "MoELayer.set_weights: w_up", c.dtype, {c.num_experts, c.ffn, c.hidden}, true);
+    check_device_tensor(w_up, "MoELayer.set_weights: w_up", c.dtype, {Es, c.ffn, c.hidden}, true);
     MINILLM_CHECK(w_up.stride[1] == w_gate.stride[1], "MoELayer.set_weights: w_up's row stride "
                                                           << w_up.stride[1] << " differs from w_gate's "
                                                           << w_gate.stride[1]);
   } else if (w_up.data != nullptr || w_up.ndim != 0) {
     MINILLM_FAIL("MoELayer.set_weights: w_up must be empty for activation gelu, got " << w_up.shape_str());
   }
-  check_device_tensor(w_down, "MoELayer.set_weights: w_down", c.dtype, {c.num_experts, c.hidden, c.ffn}, true);
-  set_weights(router.data, w_gate.data, w_up.data, w_down.data, w_gate.stride[1], w_down.stride[1]);
+  check_device_tensor(w_down, "MoELayer.set_weights: w_down", c.dtype, {Es, c.hidden, c.ffn}, true);
+  set_weights(router.data, w_gate.data, w_up.data, w_down.data, w_gate.stride[1], w_down.stride[1], shared_gate.data);
 }
 
 int64_t MoELayer::weight_row_stride(int64_t cols) {
@@ -158,7 +173,7 @@ int64_t MoELayer::weight_row_stride(int64_t cols) {
 }
 
 void MoELayer::set_weights(const void* router, const void* w_gate, const void* w_up, const void* w_down,
-                           int64_t ld_in, int64_t ld_ffn) {
+                           int64_t ld_in, int64_t ld_ffn, const void* shared_gate) {
   const MoEConfig& c = impl_->cfg;
   const bool swiglu = c.activation == ExpertActivation::swiglu;
   if (ld_in == 0) ld_in = c.hidden;
@@ -169,7 +184,9 @@ void MoELayer::set_weights(const void* router, const void* w_gate, const void* w
                                                         << ld_ffn << " must be a multiple of 8 >= ffn = " << c.ffn);
   MINILLM_CHECK(router && w_gate && w_down, "MoELayer.set_weights: null weight pointer");
   MINILLM_CHECK(!swiglu || w_up, "MoELayer.set_weights: w_up is required for activation swiglu");
-  for (const void* p : {router, w_gate, w_up, w_down}) {
+  MINILLM_CHECK((shared_gate != nullptr) == (c.shared_experts > 0),
+                "MoELayer.set_weights: shared_gate is required exactly when shared_experts = " << c.shared_experts << " > 0");
+  for (const void* p : {router, w_gate, w_up, w_down, shared_gate}) {
     MINILLM_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, "MoELayer.set_weights: pointer " << p
                                                                 << " is not 16-byte aligned");
   }
@@ -177,6 +194,7 @@ void MoELayer::set_weights(const void* router, const void* w_gate, const void* w
   impl_->w_gate = w_gate;
   impl_->w_up = swiglu ? w_up : nullptr;
   impl_->w_down = w_down;
+  impl_->shared_gate = shared_gate;
   impl_->ld_in = ld_in;
   impl_->ld_ffn = ld_ffn;
 }
@@ -190,8 +208,8 @@ size_t MoELayer::workspace_bytes(const MoEConfig& cfg, int64_t max_tokens) {
 
 void MoELayer::reserve(int64_t max_tokens) {
   MINILLM_CHECK(max_tokens >= 0, "MoELayer.reserve: max_tokens = " << max_tokens << " must be >= 0");
-  MINILLM_CHECK(max_tokens * impl_->cfg.top_k < (int64_t{1} << 30),
-                "MoELayer.reserve: max_tokens = " << max_tokens << " is too large (tokens * top_k must be < 2^30)");
+  MINILLM_CHECK(max_tokens * impl_->cfg.slots() < (int64_t{1} << 30),
+                "MoELayer.reserve: max_tokens = " << max_tokens << " is too large (tokens * slots must be < 2^30)");
   impl_->workspace = Buffer();  // free first: the two need not fit together
   impl_->workspace = Buffer(workspace_bytes(max_tokens), Device::cuda);
   impl_->reserved = max_tokens;
@@ -236,7 +254,7 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
   MINILLM_CHECK(T >= 0, "MoELayer.forward: T = " << T << " must be >= 0");
   if (T == 0) return;
   m.check_ready();
-  MINILLM_CHECK(T * c.top_k < (int64_t{1} << 30), "MoELayer.forward: T = " << T << " is too large");
+  MINILLM_CHECK(T * c.slots() < (int64_t{1} << 30), "MoELayer.forward: T = " << T << " is too large");
   const Plan p = make_plan(c, T);
   MINILLM_CHECK(scratch_bytes >= p.total, "MoELayer.forward: scratch of " << scratch_bytes << " bytes is smaller than "
                                                                           << p.total << " bytes needed for T = " << T);
@@ -245,12 +263,13 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
                 "MoELayer.forward: x and y must be non-null and 16-byte aligned");
   char* base = static_cast<char*>(scratch);
   auto at = [&](size_t off) { return static_cast<void*>(base + off); };
-  const int E = static_cast<int>(c.num_experts), k = static_cast<int>(c.top_k);
+  // Routed and shared experts alike from here on: E stored experts, k slots per token.
+  const int E = static_cast<int>(c.stored_experts()), k = static_cast<int>(c.slots());
   const bool swiglu = c.activation == ExpertActivation::swiglu;
 
   int32_t* ids = static_cast<int32_t*>(at(p.ids));
   float* weights = static_cast<float*>(at(p.weights));
-  route(x, T, ids, weights, at(p.logits), sizeof(float) * p.splits * T * E, stream);
+  route(x, T, ids, weights, at(p.logits), sizeof(float) * p.splits * T * c.num_experts, stream);
 
   km::Routing r;
   r.chunk_counts = static_cast<int32_t*>(at(p.chunk_counts));
@@ -332,9 +351,13 @@ void MoELayer::route(const void* x, int64_t T, int32_t* ids, float* weights, voi
   MINILLM_CHECK(T >= 0, "MoELayer.route: T = " << T << " must be >= 0");
   if (T == 0) return;
   MINILLM_CHECK(m.router, "MoELayer: set_weights() must be called before route()");
-  const int E = static_cast<int>(c.num_experts), k = static_cast<int>(c.top_k);
+  const int E = static_cast<int>(c.num_experts), k = static_cast<int>(c.top_k), ld = static_cast<int>(c.slots());
+  if (c.shared_experts > 0) {
+    km::shared_slots(c.dtype, x, m.shared_gate, T, c.hidden, E, k, static_cast<int>(c.shared_experts), ld, ids,
+                     weights, stream);
+  }
   if (km::router_fused_supported(T, E)) {
-    km::router_fused(c.dtype, x, m.router, T, E, c.hidden, k, c.normalize_topk, ids, weights, stream);
+    km::router_fused(c.dtype, x, m.router, T, E, c.hidden, k, ld, c.normalize_topk, ids, weights, stream);
     return;
   }
   const int splits = km::router_splits(T, c.num_experts, c.hidden);
@@ -343,7 +366,7 @@ void MoELayer::route(const void* x, int64_t T, int32_t* ids, float* weights, voi
                                                                           << logits_bytes << " bytes");
   float* logits = static_cast<float*>(scratch);
   km::router_logits(c.dtype, x, m.router, T, E, c.hidden, splits, logits, stream);
-  km::router_topk(logits, splits, T, E, k, c.normalize_topk, ids, weights, stream);
+  km::router_topk(logits, splits, T, E, k, ld, c.normalize_topk, ids, weights, stream);
 }
 
 }  // namespace minillm

@@ -36,14 +36,18 @@ void router_logits(DType dtype, const void* x, const void* router, int64_t T, in
                    float* out, cudaStream_t stream);
 // logits: [splits, T, E] fp32 -> ids [T, k] int32 (descending weight; ties to the lower expert index),
 // weights [T, k] fp32: sum of the splits, softmax over E in fp32, top-k, then w / sum(w) when
-// `normalize`. E <= 256, k <= min(8, E).
-void router_topk(const float* logits, int splits, int64_t T, int E, int k, bool normalize, int32_t* ids,
+// `normalize`. E <= 256, k <= min(8, E). ids and weights have row stride ld >= k.
+void router_topk(const float* logits, int splits, int64_t T, int E, int k, int ld, bool normalize, int32_t* ids,
                  float* weights, cudaStream_t stream);
 // Both in one kernel (router_fused_kernel): the same ids and weights up to the logits' fp32 summation
 // order. For E <= 32 and T >= kRouterFusedMinTokens (enough 64-token blocks without split-K).
 constexpr int64_t kRouterFusedMinTokens = 1024;
 bool router_fused_supported(int64_t T, int E);
-void router_fused(DType dtype, const void* x, const void* router, int64_t T, int E, int64_t H, int k, bool normalize,
+void router_fused(DType dtype, const void* x, const void* router, int64_t T, int E, int64_t H, int k, int ld,
+                  bool normalize, int32_t* ids, float* weights, cudaStream_t stream);
+// A shared expert's slots: for every token t, ids[t, k + j] = E + j and weights[t, k + j] =
+// sigmoid(x[t] . gate) (fp32) for j < S. x: [T, H], gate: [H] (2-byte floats, H % 8 == 0); row stride ld.
+void shared_slots(DType dtype, const void* x, const void* gate, int64_t T, int64_t H, int E, int k, int S, int ld,
                   int32_t* ids, float* weights, cudaStream_t stream);
 
 // ---- moe_permute.cu ----

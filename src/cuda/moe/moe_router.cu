@@ -16,6 +16,8 @@
 // their fp32 sum taken in slot order.
 //
 // router_fused_kernel (E <= 32, T >= 1024): both in one pass, see its comment below.
+// ids / weights rows have a stride ld >= k: a shared expert's S slots follow the k routed ones
+// (shared_slots_kernel fills them: sigmoid of the gate's dot product, one warp per token).
 // Cost: the GEMM reads x once (T*H*2 bytes), bandwidth-bound. Measurements (the fused kernel against
 // the two, the routing kernels' share of the layer): docs/REPORT.md.
 #include <cuda_runtime.h>
@@ -110,7 +112,7 @@ constexpr int kMaxPerLane = 8;  // E <= 256
 constexpr int kWarpsPerBlock = 8;
 
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    router_topk_kernel(const float* __restrict__ logits, int splits, int64_t T, int E, int k, bool normalize,
+    router_topk_kernel(const float* __restrict__ logits, int splits, int64_t T, int E, int k, int ld, bool normalize,
                        int32_t* __restrict__ ids, float* __restrict__ weights) {
   const int lane = threadIdx.x & 31;
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
@@ -186,8 +188,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     scale = 1.0f / s;
   }
   if (lane < k) {
-    ids[t * k + lane] = sel_e;
-    weights[t * k + lane] = sel_p * scale;
+    ids[t * ld + lane] = sel_e;
+    weights[t * ld + lane] = sel_p * scale;
   }
 }
 
@@ -209,7 +211,7 @@ constexpr int fused_smem_bytes() {
 template <typename T, int kNT>
 __global__ void __launch_bounds__(kGemmThreads)
     router_fused_kernel(const T* __restrict__ x, const T* __restrict__ router, int64_t T_tokens, int E, int64_t H,
-                        int k, bool normalize, int32_t* __restrict__ ids, float* __restrict__ weights) {
+                        int k, int ld, bool normalize, int32_t* __restrict__ ids, float* __restrict__ weights) {
   constexpr int kRows = kGemmTile + kNT * 8;  // x rows, then router rows, of one stage
   extern __shared__ __align__(16) uint8_t fused_smem[];
   T* tiles = reinterpret_cast<T*>(fused_smem);  // [kStages][kRows][kGemmLd]
@@ -275,13 +277,13 @@ __global__ void __launch_bounds__(kGemmThreads)
   }
   const float scale = normalize ? 1.0f / total : 1.0f;
   for (int j = 0; j < k; ++j) {
-    ids[t * k + j] = sel_e[j];
-    weights[t * k + j] = sel[j] * scale;
+    ids[t * ld + j] = sel_e[j];
+    weights[t * ld + j] = sel[j] * scale;
   }
 }
 
 template <typename T, int kNT>
-void launch_fused(const void* x, const void* router, int64_t T_tokens, int E, int64_t H, int k, bool normalize,
+void launch_fused(const void* x, const void* router, int64_t T_tokens, int E, int64_t H, int k, int ld, bool normalize,
                   int32_t* ids, float* weights, cudaStream_t stream) {
   constexpr int smem = fused_smem_bytes<kNT>();
   static_assert(smem >= kGemmTile * (kNT * 8 + 1) * 4, "the logit tile reuses the pipeline's memory");
@@ -289,16 +291,43 @@ void launch_fused(const void* x, const void* router, int64_t T_tokens, int E, in
   if constexpr (smem > 48 * 1024) set_max_dynamic_smem<router_fused_kernel<T, kNT>>(smem);
   const unsigned blocks = static_cast<unsigned>((T_tokens + kGemmTile - 1) / kGemmTile);
   kernel<<<blocks, kGemmThreads, smem, stream>>>(static_cast<const T*>(x), static_cast<const T*>(router), T_tokens, E,
-                                                 H, k, normalize, ids, weights);
+                                                 H, k, ld, normalize, ids, weights);
   MINILLM_CUDA_CHECK_LAUNCH();
 }
 
 template <typename T>
-void launch_fused_nt(const void* x, const void* router, int64_t T_tokens, int E, int64_t H, int k, bool normalize,
-                     int32_t* ids, float* weights, cudaStream_t stream) {
-  if (E <= 8) return launch_fused<T, 1>(x, router, T_tokens, E, H, k, normalize, ids, weights, stream);
-  if (E <= 16) return launch_fused<T, 2>(x, router, T_tokens, E, H, k, normalize, ids, weights, stream);
-  return launch_fused<T, 4>(x, router, T_tokens, E, H, k, normalize, ids, weights, stream);
+void launch_fused_nt(const void* x, const void* router, int64_t T_tokens, int E, int64_t H, int k, int ld,
+                     bool normalize, int32_t* ids, float* weights, cudaStream_t stream) {
+  if (E <= 8) return launch_fused<T, 1>(x, router, T_tokens, E, H, k, ld, normalize, ids, weights, stream);
+  if (E <= 16) return launch_fused<T, 2>(x, router, T_tokens, E, H, k, ld, normalize, ids, weights, stream);
+  return launch_fused<T, 4>(x, router, T_tokens, E, H, k, ld, normalize, ids, weights, stream);
+}
+
+// shared_slots_kernel: one warp per token; the dot product x[t] . gate over H in fp32 (16-byte loads,
+// a fixed butterfly: reproducible), then slots k .. k+S-1 of the token's row get experts E .. E+S-1
+// with weight sigmoid(dot).
+template <typename T>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    shared_slots_kernel(const uint4* __restrict__ x, const uint4* __restrict__ gate, int64_t T_tokens,
+                        int64_t vecs, int E, int k, int S, int ld, int32_t* __restrict__ ids,
+                        float* __restrict__ weights) {
+  const int lane = threadIdx.x & 31;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (t >= T_tokens) return;
+  float dot = 0.0f;
+  for (int64_t i = lane; i < vecs; i += 32) {
+    float a[8], b[8];
+    unpack8<T>(x[t * vecs + i], a);
+    unpack8<T>(gate[i], b);
+#pragma unroll
+    for (int c = 0; c < 8; ++c) dot = fmaf(a[c], b[c], dot);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+  if (lane < S) {
+    ids[t * ld + k + lane] = E + lane;
+    weights[t * ld + k + lane] = 1.0f / (1.0f + __expf(-dot));
+  }
 }
 }  // namespace
 
@@ -328,30 +357,48 @@ void router_logits(DType dtype, const void* x, const void* router, int64_t T, in
   MINILLM_CUDA_CHECK_LAUNCH();
 }
 
-void router_topk(const float* logits, int splits, int64_t T, int E, int k, bool normalize, int32_t* ids,
+void router_topk(const float* logits, int splits, int64_t T, int E, int k, int ld, bool normalize, int32_t* ids,
                  float* weights, cudaStream_t stream) {
   if (T == 0) return;
-  MINILLM_CHECK(E >= 1 && E <= 32 * kMaxPerLane && k >= 1 && k <= 8 && k <= E,
-                "router_topk: E = " << E << ", k = " << k);
+  MINILLM_CHECK(E >= 1 && E <= 32 * kMaxPerLane && k >= 1 && k <= 8 && k <= E && ld >= k,
+                "router_topk: E = " << E << ", k = " << k << ", ld = " << ld);
   const int64_t blocks = (T + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  router_topk_kernel<<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(logits, splits, T, E, k,
+  router_topk_kernel<<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(logits, splits, T, E, k, ld,
                                                                                         normalize, ids, weights);
   MINILLM_CUDA_CHECK_LAUNCH();
 }
 
 bool router_fused_supported(int64_t T, int E) { return E <= kFusedMaxE && T >= kRouterFusedMinTokens; }
 
-void router_fused(DType dtype, const void* x, const void* router, int64_t T, int E, int64_t H, int k, bool normalize,
-                  int32_t* ids, float* weights, cudaStream_t stream) {
+void router_fused(DType dtype, const void* x, const void* router, int64_t T, int E, int64_t H, int k, int ld,
+                  bool normalize, int32_t* ids, float* weights, cudaStream_t stream) {
   if (T == 0) return;
-  MINILLM_CHECK(H % kGemmTile == 0 && E >= 1 && E <= kFusedMaxE && k >= 1 && k <= 8 && k <= E,
-                "router_fused: H = " << H << ", E = " << E << ", k = " << k);
+  MINILLM_CHECK(H % kGemmTile == 0 && E >= 1 && E <= kFusedMaxE && k >= 1 && k <= 8 && k <= E && ld >= k,
+                "router_fused: H = " << H << ", E = " << E << ", k = " << k << ", ld = " << ld);
   MINILLM_CHECK((T + kGemmTile - 1) / kGemmTile < (int64_t{1} << 31), "router_fused: T = " << T << " is too large");
   if (dtype == DType::bf16) {
-    launch_fused_nt<__nv_bfloat16>(x, router, T, E, H, k, normalize, ids, weights, stream);
+    launch_fused_nt<__nv_bfloat16>(x, router, T, E, H, k, ld, normalize, ids, weights, stream);
   } else {
-    launch_fused_nt<__half>(x, router, T, E, H, k, normalize, ids, weights, stream);
+    launch_fused_nt<__half>(x, router, T, E, H, k, ld, normalize, ids, weights, stream);
   }
+}
+
+void shared_slots(DType dtype, const void* x, const void* gate, int64_t T, int64_t H, int E, int k, int S, int ld,
+                  int32_t* ids, float* weights, cudaStream_t stream) {
+  if (T == 0) return;
+  MINILLM_CHECK(H % 8 == 0 && S >= 1 && S <= 32 && k + S <= ld, "shared_slots: H = " << H << ", S = " << S
+                                                                                      << ", k = " << k << ", ld = " << ld);
+  const auto* xv = static_cast<const uint4*>(x);
+  const auto* gv = static_cast<const uint4*>(gate);
+  const unsigned blocks = static_cast<unsigned>((T + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  if (dtype == DType::bf16) {
+    shared_slots_kernel<__nv_bfloat16><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(xv, gv, T, H / 8, E, k, S, ld,
+                                                                                   ids, weights);
+  } else {
+    shared_slots_kernel<__half><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(xv, gv, T, H / 8, E, k, S, ld, ids,
+                                                                            weights);
+  }
+  MINILLM_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace minillm::cuda::moe
