@@ -377,6 +377,49 @@ __device__ __forceinline__ void fa2_store_o(const Fa2O<Kt>& acc_o, const Fa2Rows
   }
 }
 
+// This block's work: its query rows and its (batch, head)'s sequences, from the grid position
+// (x: query block, heaviest first; y: head; z: batch) and, for varlen, cu_seqlens.
+template <typename T>
+struct Fa2Block {
+  int m0 = 0;                    // first query row of the block within its sequence
+  int seqlen_q = 0, seqlen_k = 0;
+  int diag = 0;                  // query i sees keys j <= i + diag (causal)
+  int n_blocks = 0;              // K/V tiles the block visits: all keys, or (causal) up to its last row's diagonal
+  int64_t lse_off = 0;           // the sequence's first lse element (before head and row)
+  const T *q, *k, *v;            // q: the block's first row; k, v: the first key of the (batch, kv head)
+  T* o;                          // the block's first output row
+};
+
+template <typename Kt, typename T>
+__device__ __forceinline__ Fa2Block<T> fa2_block(const FlashAttentionParams& p, int kv_group) {
+  Fa2Block<T> b;
+  // Heavy blocks first: with causal masking the last query blocks see the most keys.
+  const int m_block = static_cast<int>(gridDim.x - 1 - blockIdx.x);
+  const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / kv_group;
+  b.seqlen_q = p.seqlen_q;
+  b.seqlen_k = p.seqlen_k;
+  int64_t q_tok0 = 0, k_tok0 = 0;
+  int64_t q_bs = p.q_batch_stride, k_bs = p.k_batch_stride, v_bs = p.v_batch_stride, o_bs = p.o_batch_stride;
+  b.lse_off = batch * p.lse_batch_stride;
+  if (p.cu_seqlens_q != nullptr) {
+    q_tok0 = p.cu_seqlens_q[batch];
+    b.seqlen_q = p.cu_seqlens_q[batch + 1] - static_cast<int>(q_tok0);
+    k_tok0 = p.cu_seqlens_k[batch];
+    b.seqlen_k = p.cu_seqlens_k[batch + 1] - static_cast<int>(k_tok0);
+    q_bs = k_bs = v_bs = o_bs = 0;
+    b.lse_off = q_tok0;
+  }
+  b.m0 = m_block * Kt::kBlockM;
+  b.q = static_cast<const T*>(p.q) + batch * q_bs + (q_tok0 + b.m0) * p.q_row_stride + head * p.q_head_stride;
+  b.k = static_cast<const T*>(p.k) + batch * k_bs + k_tok0 * p.k_row_stride + kv_head * p.k_head_stride;
+  b.v = static_cast<const T*>(p.v) + batch * v_bs + k_tok0 * p.v_row_stride + kv_head * p.v_head_stride;
+  b.o = static_cast<T*>(p.o) + batch * o_bs + (q_tok0 + b.m0) * p.o_row_stride + head * p.o_head_stride;
+  b.diag = b.seqlen_k - b.seqlen_q;
+  const int n_end = p.causal ? max(0, min(b.seqlen_k, b.m0 + Kt::kBlockM + b.diag)) : b.seqlen_k;
+  b.n_blocks = (n_end + Kt::kBlockN - 1) / Kt::kBlockN;
+  return b;
+}
+
 // grid: (ceil(seqlen_q / kBlockM), num_heads, batch); block: kNThreads; dynamic smem: kSmemBytes.
 template <typename Kt, typename T>
 __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kernel(const __grid_constant__ FlashFwdArgs args) {
@@ -393,38 +436,12 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
   const uint32_t sQ = smem_u32(smem);                // [BM][D]; reused for O at the end
   const uint32_t sKV = sQ + Kt::kSmemQ;               // stage s: K at + 2 s kSmemKV, V at + (2 s + 1) kSmemKV
 
-  // Heavy blocks first: with causal masking the last query blocks see the most keys.
-  const int m_block = static_cast<int>(gridDim.x - 1 - blockIdx.x);
+  const Fa2Block<T> b = fa2_block<Kt, T>(p, args.kv_group);
+  if (b.m0 >= b.seqlen_q) return;
+  const int m0 = b.m0, seqlen_q = b.seqlen_q, seqlen_k = b.seqlen_k, diag = b.diag, n_blocks = b.n_blocks;
   const int head = blockIdx.y;
-  const int batch = blockIdx.z;
-  const int kv_head = head / args.kv_group;
-
-  int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
-  int64_t q_tok0 = 0, k_tok0 = 0;
-  int64_t q_bs = p.q_batch_stride, k_bs = p.k_batch_stride, v_bs = p.v_batch_stride, o_bs = p.o_batch_stride;
-  int64_t lse_off = batch * p.lse_batch_stride;
-  if (p.cu_seqlens_q != nullptr) {
-    q_tok0 = p.cu_seqlens_q[batch];
-    seqlen_q = p.cu_seqlens_q[batch + 1] - static_cast<int>(q_tok0);
-    k_tok0 = p.cu_seqlens_k[batch];
-    seqlen_k = p.cu_seqlens_k[batch + 1] - static_cast<int>(k_tok0);
-    q_bs = k_bs = v_bs = o_bs = 0;
-    lse_off = q_tok0;
-  }
-  const int m0 = m_block * BM;
-  if (m0 >= seqlen_q) return;
-
-  // q, o: this block's first row; k, v: the first key of this (batch, kv head).
-  const T* q = static_cast<const T*>(p.q) + batch * q_bs + (q_tok0 + m0) * p.q_row_stride + head * p.q_head_stride;
-  const T* k = static_cast<const T*>(p.k) + batch * k_bs + k_tok0 * p.k_row_stride + kv_head * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + batch * v_bs + k_tok0 * p.v_row_stride + kv_head * p.v_head_stride;
-  T* o = static_cast<T*>(p.o) + batch * o_bs + (q_tok0 + m0) * p.o_row_stride + head * p.o_head_stride;
-
-  // Keys this block can see: all, or (causal) up to the diagonal of its last row.
-  const int diag = seqlen_k - seqlen_q;  // query i sees keys j <= i + diag
-  int n_end = seqlen_k;
-  if (p.causal) n_end = max(0, min(seqlen_k, m0 + BM + diag));
-  const int n_blocks = (n_end + BN - 1) / BN;
+  const T *q = b.q, *k = b.k, *v = b.v;
+  T* o = b.o;
 
   const int tid = threadIdx.x;
   const int warp = tid / 32;
@@ -506,7 +523,7 @@ __global__ void __launch_bounds__(Kt::kNThreads, Kt::kMinBlocks) flash_fwd_kerne
   // be landing.
   cp_async_wait<0>();
   __syncthreads();
-  float* lse = p.lse ? p.lse + lse_off + head * p.lse_head_stride + m0 : nullptr;
+  float* lse = p.lse ? p.lse + b.lse_off + head * p.lse_head_stride + m0 : nullptr;
   fa2_store_o<Kt, T>(acc_o, row_max, row_sum, sQ, o, p.o_row_stride, lse, args.scale, seqlen_q - m0, p.head_dim,
                      warp_m0, lane);
 }
