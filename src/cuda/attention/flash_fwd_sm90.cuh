@@ -116,13 +116,16 @@ inline bool encode_map(CUtensorMap* map, DType dtype, const void* ptr, int head_
 }
 
 // Encodes the tensor maps and launches flash_fwd_sm90_kernel<Kt, T>. Returns false, launching nothing,
-// when a map cannot be encoded (e.g. a zero stride of a dim longer than 1).
+// when a map cannot be encoded (e.g. a zero stride of a dim longer than 1). `paged`: the keys come from a
+// paged cache (Sm90PagedKV; args.p varlen over the queries, seqlen_k the longest context).
 template <typename Kt, typename T>
-bool launch_flash_fwd_sm90(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
+bool launch_flash_fwd_sm90(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream,
+                           const Sm90PagedKV* paged = nullptr) {
   const FlashAttentionParams& p = args.p;
   const bool varlen = p.cu_seqlens_q != nullptr;
   Sm90FwdParams P{};
   P.args = args;
+  if (paged != nullptr) P.paged = *paged;
   // Varlen: the maps cannot know the total row count (see the header); 2^31 - 1 rows.
   const int64_t q_rows = varlen ? INT_MAX : p.seqlen_q;
   const int64_t k_rows = varlen ? INT_MAX : p.seqlen_k;
@@ -130,7 +133,13 @@ bool launch_flash_fwd_sm90(const FlashFwdArgs& args, const Sm90Options& opt, cud
   if (!encode_map(&P.q, p.dtype, p.q, Kt::kHeadDim, q_rows, p.q_row_stride, p.num_heads, p.q_head_stride, tma_batch,
                   p.q_batch_stride, Kt::kBlockM))
     return false;
-  if (varlen || p.seqlen_k > 0) {  // otherwise no K/V tile is ever loaded (and k, v may be null)
+  if (paged != nullptr) {  // the caches {D, rows, Hkv, 1}, one page per box; only the block tables' pages are read
+    const int64_t rows = INT_MAX, row_stride = int64_t(p.num_kv_heads) * Kt::kHeadDim;
+    if (!varlen || p.k == nullptr || p.v == nullptr ||
+        !encode_map(&P.k, p.dtype, p.k, Kt::kHeadDim, rows, row_stride, p.num_kv_heads, Kt::kHeadDim, 1, 0, kPageSize) ||
+        !encode_map(&P.v, p.dtype, p.v, Kt::kHeadDim, rows, row_stride, p.num_kv_heads, Kt::kHeadDim, 1, 0, kPageSize))
+      return false;
+  } else if (varlen || p.seqlen_k > 0) {  // otherwise no K/V tile is ever loaded (and k, v may be null)
     if (p.k == nullptr || p.v == nullptr) return false;
     if (!encode_map(&P.k, p.dtype, p.k, Kt::kHeadDim, k_rows, p.k_row_stride, p.num_kv_heads, p.k_head_stride,
                     tma_batch, p.k_batch_stride, Kt::kBlockN) ||
@@ -174,9 +183,10 @@ bool launch_flash_fwd_sm90(const FlashFwdArgs& args, const Sm90Options& opt, cud
 
 // launch_flash_fwd_sm90<Kt, T> with T picked from the arguments' dtype (bf16 or fp16).
 template <typename Kt>
-bool launch_flash_fwd_sm90_any(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
-  return args.p.dtype == DType::bf16 ? launch_flash_fwd_sm90<Kt, __nv_bfloat16>(args, opt, stream)
-                                     : launch_flash_fwd_sm90<Kt, __half>(args, opt, stream);
+bool launch_flash_fwd_sm90_any(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream,
+                               const Sm90PagedKV* paged = nullptr) {
+  return args.p.dtype == DType::bf16 ? launch_flash_fwd_sm90<Kt, __nv_bfloat16>(args, opt, stream, paged)
+                                     : launch_flash_fwd_sm90<Kt, __half>(args, opt, stream, paged);
 }
 
 }  // namespace minillm::cuda::attn

@@ -10,10 +10,11 @@ using Sm90Hdim128DoubleP = Sm90FwdTraits<128, 2, 128, 2, true, true, 0, true>;
 
 // Two P buffers from 2048 keys on: they pay off on long rows and cost time at N = 512-1024, where a
 // tile's few key blocks do not amortise the longer code (docs/HOPPER_ATTENTION.md).
-bool run_flash_fwd_sm90_hdim128(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
+bool run_flash_fwd_sm90_hdim128(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream,
+                                const Sm90PagedKV* paged) {
   const bool long_keys = args.p.seqlen_k >= 2048;  // (varlen: the longest sequence)
-  return long_keys ? launch_flash_fwd_sm90_any<Sm90Hdim128DoubleP>(args, opt, stream)
-                   : launch_flash_fwd_sm90_any<Sm90Hdim128>(args, opt, stream);
+  return long_keys ? launch_flash_fwd_sm90_any<Sm90Hdim128DoubleP>(args, opt, stream, paged)
+                   : launch_flash_fwd_sm90_any<Sm90Hdim128>(args, opt, stream, paged);
 }
 
 }  // namespace minillm::cuda::attn

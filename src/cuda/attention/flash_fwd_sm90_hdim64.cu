@@ -24,10 +24,11 @@ int pick_block_m(const FlashAttentionParams& p) {
 
 }  // namespace
 
-bool run_flash_fwd_sm90_hdim64(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream) {
+bool run_flash_fwd_sm90_hdim64(const FlashFwdArgs& args, const Sm90Options& opt, cudaStream_t stream,
+                               const Sm90PagedKV* paged) {
   const int block_m = opt.block_m > 0 ? opt.block_m : pick_block_m(args.p);
-  return block_m == 192 ? launch_flash_fwd_sm90_any<Sm90Hdim64M192>(args, opt, stream)
-                        : launch_flash_fwd_sm90_any<Sm90Hdim64M128>(args, opt, stream);
+  return block_m == 192 ? launch_flash_fwd_sm90_any<Sm90Hdim64M192>(args, opt, stream, paged)
+                        : launch_flash_fwd_sm90_any<Sm90Hdim64M128>(args, opt, stream, paged);
 }
 
 }  // namespace minillm::cuda::attn

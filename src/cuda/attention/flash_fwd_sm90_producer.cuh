@@ -4,13 +4,14 @@
 // the K/V ring, each behind its "empty" barrier and completing its "full" barrier.
 //
 // Where the K/V rows come from is one seam, the K/V tile source: Sm90ContiguousKV reads the rows of
-// one (batch, kv head) of k and v (padded or varlen layout). A paged KV cache plugs in a source whose
-// load_k / load_v map key block n to its page.
+// one (batch, kv head) of k and v (padded or varlen layout); Sm90PagedKVSource reads a sequence's keys
+// from the pages of a KV cache, kBlockN / kPageSize pages per key block.
 #pragma once
 #include <climits>
 
 #include "cuda/attention/flash_fwd_sm90_scheduler.cuh"
 #include "cuda/attention/flash_fwd_sm90_traits.cuh"
+#include "minillm/kv_cache.h"
 
 namespace minillm::cuda::attn {
 
@@ -65,6 +66,63 @@ struct Sm90ContiguousKV {
   }
 };
 
+// The K/V tile source of one work tile over a paged cache: key block n is the pages holding keys
+// [n kBlockN, (n + 1) kBlockN) of sequence `seq`, each page one TMA box of kPageSize rows per 64 columns
+// (the cache maps' boxes), stacked in the tile's rows as one kBlockN-row box would be (the 128-byte
+// swizzle repeats every 8 rows). The block holding the context's end is copied by the warp with 16-byte
+// loads and its rows past the end zero-filled: cache rows past a sequence's length may hold anything,
+// and a masked key's V row still enters O = P V (as 0 * v).
+template <typename Kt, typename T>
+struct Sm90PagedKVSource {
+  static_assert(Kt::kBlockN % kPageSize == 0, "a key block is whole pages");
+  const Sm90FwdParams& P;
+  int kv_head, context;
+  const int32_t* pages;  // the sequence's block-table row
+
+  __device__ __forceinline__ void load(const CUtensorMap* map, const T* cache, uint32_t dst, uint32_t bar, int n,
+                                       int lane) const {
+    using namespace sm90;
+    constexpr int kRows = Kt::kBlockN, kBoxes = Kt::kBoxes;
+    const int key0 = n * kRows;
+    if (key0 + kRows <= context) {
+      if (lane == 0) {
+        mbar_arrive_expect_tx(bar, kRows * kBoxes * 128);
+#pragma unroll
+        for (int i = 0; i < kRows / kPageSize; ++i) {
+          const int row = pages[key0 / kPageSize + i] * kPageSize;
+#pragma unroll
+          for (int b = 0; b < kBoxes; ++b)
+            tma_load_4d(dst + b * kRows * 128 + i * kPageSize * 128, map, bar, b * 64, row, kv_head, 0);
+        }
+      }
+      return;
+    }
+    const int64_t row_stride = int64_t(P.args.p.num_kv_heads) * Kt::kHeadDim;  // elements per cache row
+    constexpr int kChunks = kBoxes * 8;                                          // 16-byte chunks per row
+    for (int i = lane; i < kRows * kChunks; i += 32) {
+      const int r = i / kChunks, c = i % kChunks, key = key0 + r;
+      uint4 val = make_uint4(0u, 0u, 0u, 0u);
+      if (key < context) {
+        const int64_t row = int64_t(pages[key / kPageSize]) * kPageSize + key % kPageSize;
+        val = *reinterpret_cast<const uint4*>(cache + row * row_stride + int64_t(kv_head) * Kt::kHeadDim + c * 8);
+      }
+      const uint32_t addr = dst + (c / 8) * kRows * 128 + r * 128 + (((c % 8) ^ (r % 8)) << 4);
+      asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(val.x), "r"(val.y), "r"(val.z),
+                   "r"(val.w)
+                   : "memory");
+    }
+    fence_proxy_async();  // the wgmma reads of these rows go through the async proxy
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bar);
+  }
+  __device__ __forceinline__ void load_k(uint32_t dst, uint32_t bar, int n, int lane) const {
+    load(&P.k, static_cast<const T*>(P.args.p.k), dst, bar, n, lane);
+  }
+  __device__ __forceinline__ void load_v(uint32_t dst, uint32_t bar, int n, int lane) const {
+    load(&P.v, static_cast<const T*>(P.args.p.v), dst, bar, n, lane);
+  }
+};
+
 template <typename Kt, typename T>
 struct Sm90Producer {
   const Sm90FwdParams& P;
@@ -98,6 +156,12 @@ struct Sm90Producer {
     load_rows<Kt::kBlockM, Kt::kBoxes>(smem.q(q.slot), &P.q, smem.q_full(q.slot), ti.q_tok0 + m0, ti.head, tma_batch,
                                        total_q, static_cast<const T*>(p.q) + ti.head * p.q_head_stride,
                                        p.q_row_stride, lane);
+    if (P.paged.block_table != nullptr) {
+      const Sm90PagedKVSource<Kt, T> src{P, kv_head, ti.seqlen_k,
+                                         P.paged.block_table + int64_t(ti.batch) * P.paged.max_pages};
+      load_kv(src, ti.n_blocks);
+      return;
+    }
     const Sm90ContiguousKV<Kt, T> src{P,
                                       kv_head,
                                       tma_batch,
@@ -120,7 +184,7 @@ struct Sm90Producer {
     }
     const bool varlen = p.cu_seqlens_q != nullptr;
     total_q = varlen ? p.cu_seqlens_q[p.batch] : INT_MAX;
-    total_k = varlen ? p.cu_seqlens_k[p.batch] : INT_MAX;
+    total_k = varlen && P.paged.block_table == nullptr ? p.cu_seqlens_k[p.batch] : INT_MAX;
     Sm90UnitSource units{P, ring, lane, int(blockIdx.x)};
     for_each_tile<Kt::kBlockM, Kt::kBlockN>(P, units, [&](const Sm90Tile& ti) { load_tile(ti); });
   }

@@ -22,7 +22,8 @@ struct Sm90Tile {
 };
 
 template <int kBlockM, int kBlockN>
-__device__ __forceinline__ Sm90Tile make_tile(const FlashAttentionParams& p, int bh, int m_block) {
+__device__ __forceinline__ Sm90Tile make_tile(const Sm90FwdParams& P, int bh, int m_block) {
+  const FlashAttentionParams& p = P.args.p;
   Sm90Tile ti;
   ti.m_block = m_block;
   ti.batch = bh / p.num_heads;
@@ -33,8 +34,12 @@ __device__ __forceinline__ Sm90Tile make_tile(const FlashAttentionParams& p, int
   if (p.cu_seqlens_q != nullptr) {
     ti.q_tok0 = p.cu_seqlens_q[ti.batch];
     ti.seqlen_q = p.cu_seqlens_q[ti.batch + 1] - ti.q_tok0;
-    ti.k_tok0 = p.cu_seqlens_k[ti.batch];
-    ti.seqlen_k = p.cu_seqlens_k[ti.batch + 1] - ti.k_tok0;
+    if (P.paged.block_table != nullptr) {  // keys: the sequence's pages
+      ti.seqlen_k = P.paged.context_lens[ti.batch];
+    } else {
+      ti.k_tok0 = p.cu_seqlens_k[ti.batch];
+      ti.seqlen_k = p.cu_seqlens_k[ti.batch + 1] - ti.k_tok0;
+    }
   }
   // Keys the tile's rows can see: all, or (causal) up to the diagonal of its last existing row.
   int n_end = ti.seqlen_k;
@@ -61,7 +66,7 @@ __device__ __forceinline__ void for_each_tile(const Sm90FwdParams& P, N&& next_u
     const int bh = first + (r - i * size);
     const int m_hi = P.num_m_blocks - 1 - i;
     for (int j = 0; j < (p.causal && i != m_hi ? 2 : 1); ++j) {
-      const Sm90Tile ti = make_tile<kBlockM, kBlockN>(p, bh, j == 0 ? m_hi : i);
+      const Sm90Tile ti = make_tile<kBlockM, kBlockN>(P, bh, j == 0 ? m_hi : i);
       if (ti.m_block * kBlockM < ti.seqlen_q) f(ti);
     }
   }

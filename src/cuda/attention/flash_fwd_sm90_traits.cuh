@@ -69,9 +69,20 @@ enum class Sm90Barrier : int { kPingPong = 1, kEpilogue = 4 };
 __device__ __forceinline__ int barrier_id(Sm90Barrier b, int consumer) { return static_cast<int>(b) + consumer; }
 
 // Kernel arguments. The tensor maps live in the kernel's parameter space (__grid_constant__).
+// A paged KV cache as the K/V source (prefill over a cached prefix: minillm::cuda::paged_attention):
+// args.p.k / .v are the caches [num_pages, kPageSize, Hkv, D]; key j of sequence b is row j % kPageSize
+// of page block_table[b * max_pages + j / kPageSize], and sequence b has context_lens[b] keys. The
+// queries are varlen (cu_seqlens_q); cu_seqlens_k is not read. block_table == nullptr: not paged.
+struct Sm90PagedKV {
+  const int32_t* block_table = nullptr;  // [batch, max_pages]
+  const int32_t* context_lens = nullptr;  // [batch]
+  int max_pages = 0;
+};
+
 struct Sm90FwdParams {
-  CUtensorMap q, k, v;  // {D, rows, heads, batch}, boxes {64, kBlockM (q) or kBlockN (k, v), 1, 1}
+  CUtensorMap q, k, v;  // {D, rows, heads, batch}, boxes {64, kBlockM (q) or kBlockN (k, v; paged: kPageSize), 1, 1}
   FlashFwdArgs args;
+  Sm90PagedKV paged;
   int num_m_blocks;  // ceil(seqlen_q / kBlockM)
   int num_bh;        // batch * num_heads
   int units_per_bh;  // work units per (batch, head): causal: pairs of m-blocks, else single m-blocks

@@ -51,7 +51,10 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/attention/flash_fwd_sm90.h"
+#include "cuda/attention/flash_fwd_sm90_traits.cuh"
 #include "cuda/common.cuh"
+#include "cuda/device.h"
 #include "minillm/core/check.h"
 #include "minillm/core/cuda_check.h"
 #include "minillm/kv_cache.h"
@@ -562,6 +565,38 @@ void dispatch_mt(const KernelArgs& args, const Plan& pl, int S, int Hkv, cudaStr
   }
 }
 
+// Prefill steps on Hopper: the Hopper FlashAttention kernel with the cache as its K/V source
+// (flash_fwd_sm90_producer.cuh, Sm90PagedKVSource): TMA page loads and wgmma, the speed of the
+// contiguous kernel, where this kernel's mma.sync tiles reach about FlashAttention-2's. Taken when the
+// step is mostly new tokens (at least kHopperMinQueries in some sequence and 16 per sequence on
+// average: a decode-heavy step keeps the GQA-packed kernel above, which reads each page once for all
+// query heads), without lse or a forced split count. Returns false when it did not launch.
+constexpr int kHopperMinQueries = 64;
+bool hopper_prefill(const PagedAttentionParams& p, const KernelArgs& a, float scale, cudaStream_t stream) {
+  if (p.lse != nullptr || p.cu_seqlens_q == nullptr || p.num_splits > 0 || p.max_query_len < kHopperMinQueries ||
+      p.num_tokens < 16 * int64_t{p.num_seqs} || !device_is_sm90())
+    return false;
+  attn::FlashFwdArgs f{};
+  FlashAttentionParams& q = f.p;
+  q.q = p.q, q.k = p.k_cache, q.v = p.v_cache, q.o = p.out;
+  q.dtype = p.dtype;
+  q.batch = p.num_seqs, q.num_heads = p.num_heads, q.num_kv_heads = p.num_kv_heads, q.head_dim = p.head_dim;
+  q.seqlen_q = p.max_query_len;
+  q.seqlen_k = p.max_context_len > 0 ? p.max_context_len : p.max_pages * kPageSize;
+  q.q_row_stride = a.q_row, q.o_row_stride = a.out_row;
+  q.k_row_stride = q.v_row_stride = int64_t{p.num_kv_heads} * p.head_dim;
+  q.q_head_stride = q.k_head_stride = q.v_head_stride = q.o_head_stride = p.head_dim;
+  q.cu_seqlens_q = p.cu_seqlens_q;
+  q.causal = p.causal;
+  f.scale = scale;
+  f.scale_log2 = a.scale_log2;
+  f.kv_group = a.group;
+  attn::Sm90PagedKV pk;
+  pk.block_table = p.block_table, pk.context_lens = p.context_lens, pk.max_pages = p.max_pages;
+  return p.head_dim == 64 ? attn::run_flash_fwd_sm90_hdim64(f, attn::Sm90Options{}, stream, &pk)
+                          : attn::run_flash_fwd_sm90_hdim128(f, attn::Sm90Options{}, stream, &pk);
+}
+
 }  // namespace paged
 
 int paged_attention_num_splits(const PagedAttentionParams& p) { return paged::make_plan(p).num_splits; }
@@ -607,6 +642,7 @@ void paged_attention(const PagedAttentionParams& p, cudaStream_t stream) {
     a.part_o = static_cast<float*>(p.workspace);
     a.part_lse = a.part_o + static_cast<size_t>(pl.num_splits) * p.num_tokens * p.num_heads * p.head_dim;
   }
+  if (paged::hopper_prefill(p, a, scale, stream)) return;
   const bool bf16 = p.dtype == DType::bf16;
   if (p.head_dim == 64) {
     bf16 ? paged::dispatch_mt<__nv_bfloat16, 64>(a, pl, p.num_seqs, p.num_kv_heads, stream)
