@@ -401,7 +401,7 @@ TEST(MoECuda, SharedExpertsMatchCpuReference) {
     Tensor router(p.drouter.data(), c.dtype, Device::cuda, {c.E, c.H});
     Tensor tw1(dw1.data(), c.dtype, Device::cuda, {Es, c.F, c.H}), tw3(dw3.data(), c.dtype, Device::cuda, {Es, c.F, c.H});
     Tensor tw2(dw2.data(), c.dtype, Device::cuda, {Es, c.H, c.F}), tg(dgate.data(), c.dtype, Device::cuda, {1, c.H});
-    expect_error([&] { layer.set_weights(router, tw1, tw3, tw2); }, "shared_gate: expected bf16 [1, ");
+    expect_error([&] { layer.set_weights(router, tw1, tw3, tw2); }, "MoELayer.set_weights: shared_gate: expected");
     layer.set_weights(router, tw1, tw3, tw2, tg);
 
     // Reference: routed experts, then the gated shared expert added on.
