@@ -15,6 +15,27 @@
 
 namespace minillm::cuda::attn {
 
+// Copies kRows rows of kBoxes x 64 columns into kBoxes 128-byte-swizzled boxes at dst (the layout a TMA
+// load gives) with 16-byte loads by the warp, then arrives on `bar`. row_src(r): the first element of
+// tile row r, or nullptr for a row of zeros. Called by all 32 lanes of the producer warp.
+template <int kRows, int kBoxes, typename T, typename RowSrc>
+__device__ __forceinline__ void copy_rows(uint32_t dst, uint32_t bar, const RowSrc& row_src, int lane) {
+  constexpr int kChunks = kBoxes * 8;  // 16-byte chunks per row
+  for (int i = lane; i < kRows * kChunks; i += 32) {
+    const int r = i / kChunks, c = i % kChunks;
+    const T* row = row_src(r);
+    uint4 val = make_uint4(0u, 0u, 0u, 0u);
+    if (row != nullptr) val = *reinterpret_cast<const uint4*>(row + c * 8);
+    const uint32_t addr = dst + (c / 8) * kRows * 128 + r * 128 + (((c % 8) ^ (r % 8)) << 4);
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(val.x), "r"(val.y), "r"(val.z),
+                 "r"(val.w)
+                 : "memory");
+  }
+  sm90::fence_proxy_async();  // the wgmma reads of these rows go through the async proxy
+  __syncwarp();
+  if (lane == 0) sm90::mbar_arrive(bar);
+}
+
 // Loads rows [row0, row0 + kRows) of one head, all kBoxes x 64 columns, into kBoxes 128-byte-swizzled
 // boxes at dst, completing on `bar` (expected arrivals: 1). TMA zero-fills rows past the tensor map's
 // extent. rows_total < INT_MAX (varlen) is the real row count: a tile crossing it is copied by the
@@ -32,19 +53,8 @@ __device__ __forceinline__ void load_rows(uint32_t dst, const CUtensorMap* map, 
     }
     return;
   }
-  constexpr int kChunks = kBoxes * 8;  // 16-byte chunks per row
-  for (int i = lane; i < kRows * kChunks; i += 32) {
-    const int r = i / kChunks, c = i % kChunks;
-    uint4 val = make_uint4(0u, 0u, 0u, 0u);
-    if (row0 + r < rows_total) val = *reinterpret_cast<const uint4*>(src + int64_t(row0 + r) * row_stride + c * 8);
-    const uint32_t addr = dst + (c / 8) * kRows * 128 + r * 128 + (((c % 8) ^ (r % 8)) << 4);
-    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(val.x), "r"(val.y), "r"(val.z),
-                 "r"(val.w)
-                 : "memory");
-  }
-  fence_proxy_async();  // the wgmma reads of these rows go through the async proxy
-  __syncwarp();
-  if (lane == 0) mbar_arrive(bar);
+  copy_rows<kRows, kBoxes, T>(
+      dst, bar, [&](int r) { return row0 + r < rows_total ? src + int64_t(row0 + r) * row_stride : nullptr; }, lane);
 }
 
 // The K/V tile source of one work tile: key block n is rows [k_tok0 + n kBlockN, + kBlockN) of the
@@ -98,22 +108,15 @@ struct Sm90PagedKVSource {
       return;
     }
     const int64_t row_stride = int64_t(P.args.p.num_kv_heads) * Kt::kHeadDim;  // elements per cache row
-    constexpr int kChunks = kBoxes * 8;                                          // 16-byte chunks per row
-    for (int i = lane; i < kRows * kChunks; i += 32) {
-      const int r = i / kChunks, c = i % kChunks, key = key0 + r;
-      uint4 val = make_uint4(0u, 0u, 0u, 0u);
-      if (key < context) {
-        const int64_t row = int64_t(pages[key / kPageSize]) * kPageSize + key % kPageSize;
-        val = *reinterpret_cast<const uint4*>(cache + row * row_stride + int64_t(kv_head) * Kt::kHeadDim + c * 8);
-      }
-      const uint32_t addr = dst + (c / 8) * kRows * 128 + r * 128 + (((c % 8) ^ (r % 8)) << 4);
-      asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(val.x), "r"(val.y), "r"(val.z),
-                   "r"(val.w)
-                   : "memory");
-    }
-    fence_proxy_async();  // the wgmma reads of these rows go through the async proxy
-    __syncwarp();
-    if (lane == 0) mbar_arrive(bar);
+    const T* head = cache + int64_t(kv_head) * Kt::kHeadDim;
+    copy_rows<kRows, kBoxes, T>(
+        dst, bar,
+        [&](int r) -> const T* {
+          const int key = key0 + r;
+          if (key >= context) return nullptr;
+          return head + (int64_t(pages[key / kPageSize]) * kPageSize + key % kPageSize) * row_stride;
+        },
+        lane);
   }
   __device__ __forceinline__ void load_k(uint32_t dst, uint32_t bar, int n, int lane) const {
     load(&P.k, static_cast<const T*>(P.args.p.k), dst, bar, n, lane);
