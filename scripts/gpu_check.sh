@@ -6,7 +6,7 @@
 #   STEPS="build cpu gpu pytest sanitize main bench" (default; also: clibench ncu)
 #   The seed's full benchmark grids: STEPS=bench BENCH_ARGS_moe=--full scripts/gpu_check.sh
 #   (BENCH_ARGS goes to every bench script, BENCH_ARGS_<name> to bench/bench_<name>.py alone)   BENCH_ARGS="--quick"
-#   BENCHES="engine moe" runs only bench/bench_{engine,moe}.py (default: every bench/bench_*.py).
+#   BENCHES="engine moe" runs only bench/bench_{engine,moe}.py, in that order (default: every bench/bench_*.py).
 #   Opt-in step "clibench": `minillm bench` on CLIBENCH_ARGS (default: medium, batch 8 x seq 2048).
 #   Prebuilt binaries: leave "build" out of STEPS and point BUILD_DIR at them. GTEST_FILTER and
 #   PYTEST_ADDOPTS (read by gtest and pytest) narrow the gpu and pytest steps.
@@ -20,6 +20,7 @@
 #   baseline's own run-to-run noise (JSON and logs in $OUT/compare_*).
 #   DEADLINE=<seconds>: steps that would start after that many seconds are skipped (and say so);
 #   STEP_TIMEOUT=<seconds> (default 1800) stops a step that hangs.
+#   ARCHIVE=<file.tgz>: $OUT packed into that file after every step (the results so far survive a kill).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-$PWD/gpu_out}
@@ -53,6 +54,10 @@ step() {  # step NAME LOGFILE COMMAND...: runs, records pass/fail and the second
   "${run[@]}" "$@" 2>&1 | tee "$OUT/$log"
   local rc=${PIPESTATUS[0]}
   SUMMARY+=("$(printf '%-22s %-5s %5ss  %s' "$name" "$([[ $rc == 0 ]] && echo ok || echo FAIL)" $((SECONDS - t0)) "$log")")
+  printf '%s\n' "${SUMMARY[@]}" > "$OUT/summary.txt"
+  if [[ -n "${ARCHIVE:-}" ]]; then
+    tar czf "$ARCHIVE.part" -C "$(dirname "$OUT")" "$(basename "$OUT")" && mv -f "$ARCHIVE.part" "$ARCHIVE"
+  fi
   return "$rc"
 }
 
@@ -106,10 +111,16 @@ step ncu ncu.csv env PYTHONPATH=python ncu --clock-control none --target-process
 if [[ -n "${GOLDEN:-}" ]]; then
   step golden golden.log "$PY" tests/golden/make_golden.py && cp tests/golden/*_golden.safetensors "$OUT"/
 fi
-for b in bench/bench_*.py; do
-  [[ -f "$b" ]] || continue
+# In the order BENCHES names them (most wanted first, for a DEADLINE), else every bench script.
+bench_files=()
+if [[ -n "$BENCHES" ]]; then
+  for n in $BENCHES; do bench_files+=("bench/bench_$n.py"); done
+else
+  bench_files=(bench/bench_*.py)
+fi
+for b in "${bench_files[@]}"; do
+  [[ -f "$b" ]] || { echo "error: no $b"; continue; }
   n=$(basename "$b" .py)
-  [[ -z "$BENCHES" || " $BENCHES " == *" ${n#bench_} "* ]] || continue
   extra_var="BENCH_ARGS_${n#bench_}"  # per-bench arguments, e.g. BENCH_ARGS_moe=--full
   # shellcheck disable=SC2086
   step "bench:${n#bench_}" "$n.log" env PYTHONPATH=python "$PY" "$b" $BENCH_ARGS ${!extra_var:-}
