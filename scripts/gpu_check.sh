@@ -20,7 +20,8 @@
 #   baseline's own run-to-run noise (JSON and logs in $OUT/compare_*).
 #   DEADLINE=<seconds>: steps that would start after that many seconds are skipped (and say so);
 #   STEP_TIMEOUT=<seconds> (default 1800) stops a step that hangs.
-#   ARCHIVE=<file.tgz>: $OUT packed into that file after every step (the results so far survive a kill).
+#   ARCHIVE=<file.tgz> (outside $OUT): $OUT packed into that file after every step (the results so far
+#   survive a kill).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-$PWD/gpu_out}
