@@ -349,14 +349,15 @@ void CudaBackend::moe(const Tensor& x, const LayerWeights& w, int layer, const M
                       Workspace& ws) {
   OpScope s(*this, "moe");
   const int64_t T = x.size(0), H = c.hidden_size;
-  const int64_t Fs = shared_expert_chunks(c) > 0 ? 0 : c.moe.shared_expert_ffn;  // a shared expert run apart
+  const bool shared_inside = !impl_->moe.empty() && impl_->moe.front().config().shared_experts > 0;
+  const int64_t Fs = shared_inside ? 0 : c.moe.shared_expert_ffn;  // a shared expert run apart
   const size_t routed = routed_workspace_bytes(c, T);
   const size_t mark = ws.used();
   char* scratch = static_cast<char*>(ws.alloc_bytes(routed + shared_workspace_bytes(c, T)));
   if (!impl_->moe.empty()) {
     MoELayer& m = impl_->moe.at(static_cast<size_t>(layer));
     m.set_weights(w.router.data, w.w1.data, w.w3.data, w.w2.data, w.w1.stride[1], w.w2.stride[1],
-                  shared_expert_chunks(c) > 0 ? w.shared_gate.data : nullptr);
+                  shared_inside ? w.shared_gate.data : nullptr);
     if (Fs > 0) {
       m.forward(x.data, y.data, T, scratch, routed, stream_);  // y [T, H]: the shared expert is added onto it
     } else {
