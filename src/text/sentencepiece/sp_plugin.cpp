@@ -26,9 +26,11 @@ void* load(const std::string& serialized, std::string& error) {
 
 void destroy(void* sp) { delete static_cast<SentencePieceProcessor*>(sp); }
 
-bool encode(const void* sp, std::string_view text, std::vector<int>& ids, std::string& error) {
+// Runs a SentencePiece call that returns a status; false with `error` set when it fails or throws.
+template <typename Call>
+bool guarded(std::string& error, Call&& call) {
   try {
-    const auto st = P(sp).Encode(text, &ids);
+    const auto st = call();
     if (!st.ok()) error = st.ToString();
     return st.ok();
   } catch (const std::exception& e) {
@@ -37,15 +39,12 @@ bool encode(const void* sp, std::string_view text, std::vector<int>& ids, std::s
   }
 }
 
+bool encode(const void* sp, std::string_view text, std::vector<int>& ids, std::string& error) {
+  return guarded(error, [&] { return P(sp).Encode(text, &ids); });
+}
+
 bool decode(const void* sp, const std::vector<int>& ids, std::string& text, std::string& error) {
-  try {
-    const auto st = P(sp).Decode(ids, &text);
-    if (!st.ok()) error = st.ToString();
-    return st.ok();
-  } catch (const std::exception& e) {
-    error = e.what();
-    return false;
-  }
+  return guarded(error, [&] { return P(sp).Decode(ids, &text); });
 }
 
 int piece_size(const void* sp) { return P(sp).GetPieceSize(); }
