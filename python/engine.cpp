@@ -41,7 +41,7 @@ std::vector<int32_t> ids_to_host(const nb::ndarray<nb::ro>& a, const InferenceEn
   if (rows == 0 || cols == 0)
     MINILLM_FAIL("forward: input_ids has shape (" << rows << ", " << cols << "); batch and seq must be at least 1");
   if (rows > static_cast<size_t>(eng.max_batch()))
-    MINILLM_FAIL("forward: batch = " << rows << " exceeds the engine's max_batch = " << eng.max_batch());
+    MINILLM_FAIL("forward: batch = " << rows << " is outside [1, " << eng.max_batch() << "] (the engine's max_batch)");
   if (cols > static_cast<size_t>(eng.max_seq()))
     MINILLM_FAIL("forward: seq_len = " << cols << " exceeds the engine's max_seq = " << eng.max_seq());
   B = static_cast<int>(rows);
