@@ -14,6 +14,9 @@ engine.png     per-op share of each compare case (with minillm's and eager's ms)
                TFLOP/s vs tokens per forward against the sustained cuBLAS rate
 roofline.png   the main kernels placed on the roofline of the measured matmul and copy peaks, with
                the sustained matmul rate under the power limit
+serving.png    decode attention GB/s vs context per batch and head layout (copy bandwidth dashed);
+               generation output tok/s vs requests in flight (bars over the runs) with the batch-1
+               roofline; the server's TTFT and inter-token latency p50 / p99 per request rate
 docs/TABLES.md every measured case of the three benchmarks, as markdown tables
 """
 import argparse
@@ -292,6 +295,76 @@ def plot_roofline(att, moe, eng, power, out, peak_tflops=761.0, copy_gbps=2929.0
     plt.close(fig)
 
 
+def plot_serving(dec_runs, gen_runs, serve_runs, out):
+    """Decode attention bandwidth, generation throughput, serving latency (bench_decode_attention,
+    bench_generate, bench_serve)."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    ax = axes[0]
+    if dec_runs:
+        d = dec_runs[0]
+        styles = {}
+        for r in d["decode"]:
+            styles.setdefault((r["heads"], r["kv_heads"]), ["-", "--", ":"][len(styles) % 3])
+        colors = dict(zip(sorted({r["batch"] for r in d["decode"]}), ["tab:red", "tab:blue", "tab:green", "tab:purple"]))
+        for (h, kv), ls in styles.items():
+            for b, col in colors.items():
+                rows = sorted((r for r in d["decode"] if r["batch"] == b and (r["heads"], r["kv_heads"]) == (h, kv)),
+                              key=lambda r: r["context"])
+                if rows:
+                    ax.plot([r["context"] for r in rows], [r["kv_bytes"] / r["minillm"] / 1e3 for r in rows], ls,
+                            marker="o", ms=3, color=col, label=f"B{b} H{h}/{kv}")
+        ax.axhline(d["copy_bandwidth_gbs"], color="k", ls="--", lw=1, label="copy bandwidth")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("KV bytes read / time (GB/s)")
+        ax.set_title("Paged decode attention, D128")
+        ax.legend(fontsize=6, ncol=2)
+    ax = axes[1]
+    if gen_runs:
+        for model, col in (("olmoe", "tab:red"), ("medium", "tab:blue")):
+            pts = collections.defaultdict(list)
+            for doc in gen_runs:
+                for r in doc["results"]:
+                    c = r.get("case", {})
+                    if c.get("model") == model and c.get("kind") == "concurrency" and "minillm" in r.get("tok_s", {}):
+                        pts[c["batch"]].append(r["tok_s"]["minillm"])
+            if not pts:
+                continue
+            xs = sorted(pts)
+            ys = [statistics.mean(pts[x]) for x in xs]
+            err = [[y - min(pts[x]) for x, y in zip(xs, ys)], [max(pts[x]) - y for x, y in zip(xs, ys)]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", color=col, capsize=3, label=f"{model}: 1024 in / 256 out")
+            roof = [r["tok_s"]["roofline"] for r in gen_runs[0]["results"]
+                    if r.get("case", {}) == {"model": model, "kind": "decode", "batch": 1, "context": 128}
+                    and "roofline" in r.get("tok_s", {})]
+            if roof:
+                ax.plot([1], roof[:1], "*", ms=10, color=col, label=f"{model}: batch-1 roofline (context 128)")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("requests in flight")
+        ax.set_ylabel("output tokens / s")
+        ax.set_title("Generation (minillm.LLM)")
+        ax.legend(fontsize=7)
+    ax = axes[2]
+    if serve_runs:
+        s = serve_runs[0]
+        labels = ["TTFT p50", "TTFT p99", "ITL p50", "ITL p99"]
+        keys = ["ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99"]
+        width = 0.8 / max(1, len(s["online"]))
+        for i, r in enumerate(s["online"]):
+            ax.bar([j + i * width for j in range(len(keys))], [r[k] for k in keys], width,
+                   label=f"rate {r['rate']} req/s: {r['output_throughput']:.0f} tok/s")
+        ax.set_xticks([j + width * (len(s["online"]) - 1) / 2 for j in range(len(keys))], labels)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms (log)")
+        ax.set_title(f"Server, {s['num_prompts']} streaming requests ({s['model']})")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "serving.png"), dpi=110)
+    plt.close(fig)
+
+
 def write_tables(docs, path):
     """Every case of every benchmark file: ms and TFLOP/s per implementation."""
     lines = ["# Benchmark tables", "",
@@ -339,6 +412,10 @@ def main():
     if eng:
         plot_engine(eng, args.out, power)
     plot_roofline(att, moe, eng, power, args.out)
+    dec_runs = load_runs(args.results, "decode_attention") or load_runs(args.results, "decode_attention_quick")
+    gen_runs, serve_runs = load_runs(args.results, "generate"), load_runs(args.results, "serve")
+    if dec_runs or gen_runs or serve_runs:
+        plot_serving(dec_runs, gen_runs, serve_runs, args.out)
     write_tables([("Attention", att), ("MoE", moe), ("Engine", eng)],
                  os.path.join(os.path.dirname(os.path.abspath(args.out)), "TABLES.md"))
     print("figures in", args.out, sorted(os.listdir(args.out)))
