@@ -44,7 +44,7 @@ def main():
             for k, v in sorted(ops.items(), key=lambda kv: -kv[1]):
                 print(f"    {k:24s} {v:8.3f} ms  {100 * v / total:5.1f}%")
             del eng
-        llm = minillm.LLM(cfg, device="cuda", max_model_len=1024, gpu_memory_fraction=0.5, max_num_seqs=8)
+        llm = minillm.LLM(cfg, device="cuda", max_model_len=512, gpu_memory_fraction=0.5, max_num_seqs=8)
         p = minillm.SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True)
         rid = llm.add_request(list(range(1, 129)), p)
         steps = []

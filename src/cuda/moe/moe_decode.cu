@@ -10,9 +10,11 @@
 // Tiling: block = 16 output rows of one expert (grid N/16 x E), 4 warps split K (chunks of 32 columns,
 // 4 consecutive chunks per warp and step: 256-byte runs per row), up to 16 x 16-byte loads in flight per
 // thread; the 4 partial sums are reduced through shared memory in warp order (deterministic).
-// swiglu: the block reads 16 gate and 16 up rows and writes silu(gate) * up; gelu / none: 16 rows.
-// Layouts: A [rows, K] permuted tokens (expert e: rows row_offset[e] .. + counts[e]), W [E, N, K],
-// D [rows, N], each with its own row stride.
+// swiglu: the block reads 16 gate and 16 up rows and writes silu(gate) * up; gelu / none / combine: 16 rows.
+// Layouts: A [rows, K] permuted tokens (expert e: rows row_offset[e] .. + counts[e]), or x [T, K] read
+// through a_pair (row r is token a_pair[r] / a_slots: the first GEMM needs no gathered copy of x);
+// W [E, N, K]; D [rows, N], or with combine [pairs, N] in pair order scaled by the pair's weight
+// (the second GEMM needs no combine pass). Each has its own row stride.
 // The tile count is compiled into the block (decode_block): the activation loads of a step are issued
 // before its MMAs, and no register is spent on absent tiles. Measurements: docs/REPORT.md.
 #include <cuda_runtime.h>
@@ -32,10 +34,18 @@ constexpr int kMaxTiles = kDecodeMaxRows / 8;  // 8-token MMA tiles
 // One block's work with kTiles 8-token tiles (the expert's token count rounded up to 1, 2, 4 or 8 tiles;
 // the extra tiles of a rounded count read clamped tokens and are not written). A compile-time tile
 // count lets every activation load of a step be issued before its MMAs.
+// Where the rows of a block live: A's row of permuted row r (a_pair) and D's row and scale (combine).
+struct RowMaps {
+  const int32_t* a_pair;
+  int a_slots;
+  const int32_t* src_pair;
+  const float* pair_weight;
+};
+
 template <typename T, Epilogue kEpi, int kTiles>
 __device__ __forceinline__ void decode_block(const T* __restrict__ a, int64_t lda, const T* __restrict__ w0,
                                              const T* __restrict__ w1, int64_t ldw, int64_t N, int64_t K, int e,
-                                             int n_tok, int64_t row0, T* __restrict__ d, int64_t ldd,
+                                             int n_tok, int64_t row0, T* __restrict__ d, int64_t ldd, const RowMaps& maps,
                                              float (&red)[kWarps][kEpi == Epilogue::swiglu ? 2 : 1][kMaxTiles][4][32]) {
   constexpr int kMats = kEpi == Epilogue::swiglu ? 2 : 1;
   // K chunks per step: up to 16 weight loads of 16 bytes in flight per thread, fewer as the tiles' activation
@@ -56,7 +66,8 @@ __device__ __forceinline__ void decode_block(const T* __restrict__ a, int64_t ld
 #pragma unroll
   for (int t = 0; t < kTiles; ++t) {
     const int tok = min(t * 8 + g, n_tok - 1);  // clamped: the extra columns are never written
-    xrow[t] = a + (row0 + tok) * lda + 8 * q;
+    const int64_t row = maps.a_pair ? maps.a_pair[row0 + tok] / maps.a_slots : row0 + tok;
+    xrow[t] = a + row * lda + 8 * q;
   }
 
   float acc[kMats][kTiles][4] = {};
@@ -116,15 +127,20 @@ __device__ __forceinline__ void decode_block(const T* __restrict__ a, int64_t ld
 #pragma unroll
         for (int w = 0; w < kWarps; ++w) v[m] += red[w][m][t][i][lane];
       }
+      if (tok >= n_tok) continue;
+      int64_t row = row0 + tok;
       float out;
       if constexpr (kEpi == Epilogue::swiglu) {
         out = silu(v[0]) * v[kMats - 1];
       } else if constexpr (kEpi == Epilogue::gelu) {
         out = gelu_erf(v[0]);
+      } else if constexpr (kEpi == Epilogue::combine) {
+        row = maps.src_pair[row];
+        out = v[0] * maps.pair_weight[row];
       } else {
         out = v[0];
       }
-      if (tok < n_tok) d[(row0 + tok) * ldd + f] = from_f32<T>(out);
+      d[row * ldd + f] = from_f32<T>(out);
     }
   }
 }
@@ -133,7 +149,7 @@ template <typename T, Epilogue kEpi>
 __global__ void __launch_bounds__(kThreads)
     decode_gemm_kernel(const T* __restrict__ a, int64_t lda, const T* __restrict__ w0, const T* __restrict__ w1,
                        int64_t ldw, int64_t N, int64_t K, const int32_t* __restrict__ counts,
-                       const int32_t* __restrict__ row_offset, T* __restrict__ d, int64_t ldd) {
+                       const int32_t* __restrict__ row_offset, T* __restrict__ d, int64_t ldd, RowMaps maps) {
   __shared__ float red[kWarps][kEpi == Epilogue::swiglu ? 2 : 1][kMaxTiles][4][32];
   const int e = blockIdx.y;
   const int n_tok = counts[e];
@@ -141,13 +157,13 @@ __global__ void __launch_bounds__(kThreads)
   const int tiles = (n_tok + 7) / 8;
   const int64_t row0 = row_offset[e];
   if (tiles == 1) {
-    decode_block<T, kEpi, 1>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, red);
+    decode_block<T, kEpi, 1>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, maps, red);
   } else if (tiles == 2) {
-    decode_block<T, kEpi, 2>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, red);
+    decode_block<T, kEpi, 2>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, maps, red);
   } else if (tiles <= 4) {
-    decode_block<T, kEpi, 4>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, red);
+    decode_block<T, kEpi, 4>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, maps, red);
   } else {
-    decode_block<T, kEpi, 8>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, red);
+    decode_block<T, kEpi, 8>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, maps, red);
   }
 }
 
@@ -156,7 +172,8 @@ void launch(const DecodeGemmArgs& g, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(g.N / kRows), static_cast<unsigned>(g.E));
   decode_gemm_kernel<T, kEpi><<<grid, kThreads, 0, stream>>>(
       static_cast<const T*>(g.a), g.lda, static_cast<const T*>(g.w0), static_cast<const T*>(g.w1 ? g.w1 : g.w0), g.ldw,
-      g.N, g.K, g.counts, g.row_offset, static_cast<T*>(g.d), g.ldd);
+      g.N, g.K, g.counts, g.row_offset, static_cast<T*>(g.d), g.ldd,
+      RowMaps{g.a_pair, g.a_slots, g.src_pair, g.pair_weight});
 }
 
 template <typename T>
@@ -165,7 +182,7 @@ void launch_typed(const DecodeGemmArgs& g, cudaStream_t stream) {
     case Epilogue::swiglu: launch<T, Epilogue::swiglu>(g, stream); break;
     case Epilogue::gelu: launch<T, Epilogue::gelu>(g, stream); break;
     case Epilogue::none: launch<T, Epilogue::none>(g, stream); break;
-    case Epilogue::combine:
+    case Epilogue::combine: launch<T, Epilogue::combine>(g, stream); break;
     case Epilogue::rope64:
     case Epilogue::rope128:
     case Epilogue::rope_norm64:
@@ -178,8 +195,12 @@ void launch_typed(const DecodeGemmArgs& g, cudaStream_t stream) {
 void decode_gemm(const DecodeGemmArgs& g, cudaStream_t stream) {
   MINILLM_CHECK(g.K % 32 == 0 && g.N % kRows == 0 && g.K > 0 && g.N > 0,
                 "decode_gemm: K = " << g.K << " (multiple of 32), N = " << g.N << " (multiple of 16)");
-  MINILLM_CHECK(g.epilogue == Epilogue::swiglu || g.epilogue == Epilogue::gelu || g.epilogue == Epilogue::none,
-                "decode_gemm: epilogue " << static_cast<int>(g.epilogue) << " is not swiglu, gelu or none");
+  MINILLM_CHECK(g.epilogue == Epilogue::swiglu || g.epilogue == Epilogue::gelu || g.epilogue == Epilogue::none ||
+                    g.epilogue == Epilogue::combine,
+                "decode_gemm: epilogue " << static_cast<int>(g.epilogue) << " is not swiglu, gelu, none or combine");
+  MINILLM_CHECK(g.epilogue != Epilogue::combine || (g.src_pair && g.pair_weight),
+                "decode_gemm: the combine epilogue needs src_pair and pair_weight");
+  MINILLM_CHECK(!g.a_pair || g.a_slots >= 1, "decode_gemm: a_slots = " << g.a_slots);
   MINILLM_CHECK(g.epilogue != Epilogue::swiglu || g.w1, "decode_gemm: swiglu needs the up matrix");
   MINILLM_CHECK(g.E >= 1 && g.E <= 65535, "decode_gemm: E = " << g.E);
   MINILLM_CHECK(g.lda >= g.K && g.ldw >= g.K && g.ldd >= g.N && g.lda % 8 == 0 && g.ldw % 8 == 0 && g.ldd % 8 == 0,

@@ -5,12 +5,14 @@
 //     [--shared_slots--> slots k .. k+S-1 of ids, weights: the shared expert's S chunks; from here on
 //      "k" is k + S slots and "E" the E + S stored experts]
 //     --permute--> dest [T*k], counts/row_offset [E], mblock_expert --gather_rows--> x_perm [rows, H]
-//     --grouped_gemm swiglu|gelu (decode_gemm when T <= 64)--> h [rows, F]
+//     --grouped_gemm swiglu|gelu--> h [rows, F]
 // The expert weights may have padded rows (MoELayer::weight_row_stride); x_perm and h are dense.
 //     --grouped_gemm none--> y_perm [rows, H] (reuses x_perm's memory) --combine--> y [T, H]
 //   forward_pairs (and top-1): --grouped_gemm combine--> the weighted rows in token-pair order
 //     [T, k, H], whose sum over k the caller fuses into its next pass.
-//   Decode: --decode_gemm none--> y_perm [rows, H] --combine (weighted, un-permuting)--> y.
+//   Decode (T <= 64): router_logits --decode_route (top-k and the sort in one launch)--> no gather: the
+//     first decode_gemm reads x's rows through src_pair; the second stores the weighted rows in pair
+//     order (forward_pairs, top-1), or y_perm [rows, H] --combine--> y.
 //
 // Nothing here waits for the GPU: every routing-dependent size stays on the device and the TMA
 // descriptors are encoded on the host from pointers and bounds, so forward can be captured in a CUDA
@@ -90,6 +92,10 @@ void check_device_tensor(const Tensor& t, const char* what, DType dtype, std::in
                 what << ": strides (" << t.stride[0] << ", " << ld << ", " << t.stride[2]
                      << ") must be (rows * ld, ld, 1) with ld >= " << t.shape[2] << " a multiple of 8");
 }
+
+// The decode GEMM's first operand may be read through a row map; the second (h) never is.
+void reset_row_map(km::DecodeGemmArgs& g) { g.a_pair = nullptr; }
+void reset_row_map(cuda::gemm::GroupedGemmArgs&) {}
 
 }  // namespace
 
@@ -269,8 +275,6 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
 
   int32_t* ids = static_cast<int32_t*>(at(p.ids));
   float* weights = static_cast<float*>(at(p.weights));
-  route(x, T, ids, weights, at(p.logits), sizeof(float) * p.splits * T * c.num_experts, stream);
-
   km::Routing r;
   r.chunk_counts = static_cast<int32_t*>(at(p.chunk_counts));
   r.counts = static_cast<int32_t*>(at(p.counts));
@@ -280,21 +284,35 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
   r.dest = static_cast<int32_t*>(at(p.dest));
   r.src_pair = static_cast<int32_t*>(at(p.src_pair));
   r.tile_counter = static_cast<int32_t*>(at(p.tile_counter));
-  km::permute(ids, T, k, E, p.row_align, r, stream);
   void* x_perm = at(p.x_perm);
   void* h = at(p.h);
-  km::gather_rows(x, T, k, c.hidden, r.dest, x_perm, stream);
+  if (p.decode) {
+    // Router GEMM, then the top-k and the sort in one launch; the first GEMM reads x's rows through src_pair.
+    float* logits = static_cast<float*>(at(p.logits));
+    if (c.shared_experts > 0)
+      km::shared_slots(c.dtype, x, m.shared_gate, T, c.hidden, static_cast<int>(c.num_experts),
+                       static_cast<int>(c.top_k), static_cast<int>(c.shared_experts), k, ids, weights, stream);
+    km::router_logits(c.dtype, x, m.router, T, static_cast<int>(c.num_experts), c.hidden, p.splits, logits, stream);
+    km::decode_route(logits, p.splits, T, static_cast<int>(c.num_experts), static_cast<int>(c.top_k), k, E,
+                     c.normalize_topk, ids, weights, r, stream);
+  } else {
+    route(x, T, ids, weights, at(p.logits), sizeof(float) * p.splits * T * c.num_experts, stream);
+    km::permute(ids, T, k, E, p.row_align, r, stream);
+    km::gather_rows(x, T, k, c.hidden, r.dest, x_perm, stream);
+  }
 
-  // The two expert projections, h = act(x_perm W_gate^T [, W_up]) and h W_down^T (to `down_d` with
+  // The two expert projections, h = act(a W_gate^T [, W_up]) and h W_down^T (to `down_d` with
   // `down_epilogue`), through `run_gemm` (the decode or the grouped kernel) with `g` holding that path's
-  // routing fields.
-  auto projections = [&](auto& g, auto run_gemm, km::Epilogue down_epilogue, void* down_d) {
+  // routing fields; `a` is x_perm, or x itself where g reads it through a_pair.
+  auto projections = [&](auto& g, auto run_gemm, const void* a, km::Epilogue down_epilogue, void* down_d) {
     g.dtype = c.dtype;
     g.E = E;
     g.counts = r.counts;
     g.row_offset = r.row_offset;
+    g.src_pair = r.src_pair;
+    g.pair_weight = weights;
     g.epilogue = swiglu ? km::Epilogue::swiglu : km::Epilogue::gelu;
-    g.a = x_perm;
+    g.a = a;
     g.lda = c.hidden;
     g.K = c.hidden;
     g.w0 = m.w_gate;
@@ -304,6 +322,7 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
     g.d = h;
     g.ldd = c.ffn;
     run_gemm(g, stream);
+    reset_row_map(g);
     g.epilogue = down_epilogue;
     g.a = h;
     g.lda = c.ffn;
@@ -316,11 +335,19 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
     g.ldd = c.hidden;
     run_gemm(g, stream);
   };
+  // pairs (or top-1): the down GEMM scales its rows by their weights and stores them in token-pair
+  // order, straight to the output: no combine pass.
+  const bool direct = pairs || k == 1;
   if (p.decode) {
     km::DecodeGemmArgs g;
-    projections(g, km::decode_gemm, km::Epilogue::none, x_perm);  // y_perm [rows, H], unweighted
-    // pairs: T*k "tokens" of one slot each, y_pairs[p] = w_p y_perm[dest[p]].
-    km::combine(c.dtype, x_perm, r.dest, weights, pairs ? T * k : T, pairs ? 1 : k, c.hidden, y, stream);
+    g.a_pair = r.src_pair;
+    g.a_slots = k;
+    if (direct) {
+      projections(g, km::decode_gemm, x, km::Epilogue::combine, y);
+    } else {
+      projections(g, km::decode_gemm, x, km::Epilogue::none, x_perm);  // y_perm [rows, H], unweighted
+      km::combine(c.dtype, x_perm, r.dest, weights, T, k, c.hidden, y, stream);
+    }
     return;
   }
   cuda::gemm::GroupedGemmArgs g;
@@ -329,17 +356,13 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
   g.mblock_expert = r.mblock_expert;
   g.max_mblocks = p.mblocks;
   g.tile_counter = r.tile_counter;  // each GEMM leaves it at zero for the next
-  g.src_pair = r.src_pair;
-  g.pair_weight = weights;
-  if (pairs || k == 1) {
-    // The down GEMM scales its rows by their weights and stores them in token-pair order, straight
-    // to the output: no combine pass.
-    projections(g, cuda::gemm::grouped_gemm, km::Epilogue::combine, y);
+  if (direct) {
+    projections(g, cuda::gemm::grouped_gemm, x_perm, km::Epilogue::combine, y);
   } else {
     // A combine pass is needed anyway: TMA stores in permuted order (y_perm in x_perm's memory) and
     // the weighted combine (the scattering epilogue measured slower on the down GEMM here:
     // docs/REPORT.md).
-    projections(g, cuda::gemm::grouped_gemm, km::Epilogue::none, x_perm);
+    projections(g, cuda::gemm::grouped_gemm, x_perm, km::Epilogue::none, x_perm);
     km::combine(c.dtype, x_perm, r.dest, weights, T, k, c.hidden, y, stream);
   }
 }

@@ -2,8 +2,9 @@
 // stream. MoELayer (moe_layer.cpp) strings them together:
 //
 //   router_logits -> router_topk (or router_fused) -> permute (histogram, offsets, stable scatter) -> gather_rows
-//   -> gemm::grouped_gemm(swiglu | gelu) -> gemm::grouped_gemm(none)   (T > 64; decode_gemm for T <= 64)
-//   -> combine
+//   -> gemm::grouped_gemm(swiglu | gelu) -> gemm::grouped_gemm(none) -> combine                  (T > 64)
+//   router_logits -> decode_route (top-k + the sort) -> decode_gemm(swiglu | gelu, x's rows through
+//   src_pair) -> decode_gemm(combine, or none -> combine)                                          (T <= 64)
 //
 // The permuted layout: the (token, slot) pairs sorted by expert (stable: by pair index t*k+j within an
 // expert); expert e owns rows [row_offset[e], row_offset[e] + counts[e]) of x_perm / h / y_perm, and
@@ -82,6 +83,15 @@ struct Routing {
 // Counting sort of the pairs by expert: fills every field of `r` from ids [T, k].
 void permute(const int32_t* ids, int64_t T, int k, int E, int row_align, const Routing& r, cudaStream_t stream);
 
+// Decode path (T * ld <= kDecodeRoutePairs): router_topk over the routed E_routed experts (ids and weights
+// rows of stride ld; slots k .. ld-1 already hold the shared experts' ids), then permute of the T * ld
+// pairs over E stored experts with row_align 1, in one single-block launch. Fills counts, row_offset,
+// dest and src_pair of `r`.
+constexpr int64_t kDecodeRoutePairs = 512;
+static_assert(kDecodeRoutePairs >= MoELayer::kDecodeMaxTokens * 8, "a decode step's pairs fit one decode_route block");
+void decode_route(const float* logits, int splits, int64_t T, int E_routed, int k, int ld, int E, bool normalize,
+                  int32_t* ids, float* weights, const Routing& r, cudaStream_t stream);
+
 // x_perm[dest[t*k + j]] = x[t] for all pairs. x: [T, H], x_perm: [rows, H]; 2-byte elements.
 void gather_rows(const void* x, int64_t T, int k, int64_t H, const int32_t* dest, void* x_perm,
                  cudaStream_t stream);
@@ -100,6 +110,9 @@ struct DecodeGemmArgs {
   Epilogue epilogue = Epilogue::none;
   const void* a = nullptr;  // [rows, K], row stride lda
   int64_t lda = 0;
+  // When set, permuted row r reads row a_pair[r] / a_slots of a (x [T, K] in token order: no gather).
+  const int32_t* a_pair = nullptr;
+  int a_slots = 1;
   int64_t K = 0;            // multiple of 32
   const void* w0 = nullptr;  // [E, N, K], row stride ldw
   const void* w1 = nullptr;
@@ -110,6 +123,10 @@ struct DecodeGemmArgs {
   const int32_t* row_offset = nullptr;
   void* d = nullptr;  // [rows, N], row stride ldd
   int64_t ldd = 0;
+  // Epilogue::combine: permuted row r is scaled by pair_weight[src_pair[r]] and stored at row src_pair[r]
+  // of d (token-pair order), as the grouped GEMM's combine epilogue does.
+  const int32_t* src_pair = nullptr;
+  const float* pair_weight = nullptr;
 };
 // Rows per expert on the decode path: at most one per token (an expert appears once in a token's top-k),
 // and the decode path takes up to MoELayer::kDecodeMaxTokens tokens.

@@ -15,12 +15,16 @@
 //      and its inverse src_pair[dest[p]] = p (for the down GEMM's combine epilogue).
 //   4. gather_kernel     (one block per token): x[t] is read once with 16-byte loads and written to
 //      its k permuted rows.
+// Decode (T * k <= 512 pairs, row_align 1): decode_route_kernel, one block, does the router's top-k
+// and steps 1-3 in one launch (a decode step's routing was five launches of a few microseconds each);
+// the decode GEMM reads x's rows through src_pair, so there is no gather.
 // Indexing: pair and row counts < 2^31 (T <= 2^28 / k); byte offsets are computed in 64 bits.
 // Cost: the gather moves T*k*H*2 bytes; the sort kernels are small.
 // Measurements (the routing kernels' share of the layer): docs/REPORT.md.
 #include <cuda_runtime.h>
 
 #include "cuda/moe/moe_ops.h"
+#include "cuda/moe/moe_topk.cuh"
 #include "minillm/core/cuda_check.h"
 
 namespace minillm::cuda::moe {
@@ -55,6 +59,19 @@ __device__ __forceinline__ int warp_inclusive_scan(int v, int lane) {
   return v;
 }
 
+// One warp: offset[e] = the exclusive scan of count[e] rounded up to row_align; returns the total.
+__device__ __forceinline__ int expert_offsets(const int* count, int E, int row_align, int* offset, int lane) {
+  int running = 0;
+  for (int e0 = 0; e0 < E; e0 += 32) {
+    const int e = e0 + lane;
+    const int v = e < E ? (count[e] + row_align - 1) / row_align * row_align : 0;
+    const int incl = warp_inclusive_scan(v, lane);
+    if (e < E) offset[e] = running + incl - v;
+    running += __shfl_sync(0xffffffffu, incl, 31);
+  }
+  return running;
+}
+
 __global__ void __launch_bounds__(kOffsetThreads)
     offsets_kernel(int32_t* __restrict__ chunk_counts, int E, int nchunks, int row_align,
                    int32_t* __restrict__ counts, int32_t* __restrict__ row_offset,
@@ -79,14 +96,7 @@ __global__ void __launch_bounds__(kOffsetThreads)
   __syncthreads();
   // 2. Expert offsets: exclusive scan of the counts rounded up to row_align (warp 0).
   if (warp == 0) {
-    int running = 0;
-    for (int e0 = 0; e0 < E; e0 += 32) {
-      const int e = e0 + lane;
-      const int v = e < E ? (s_count[e] + row_align - 1) / row_align * row_align : 0;
-      const int incl = warp_inclusive_scan(v, lane);
-      if (e < E) s_offset[e] = running + incl - v;
-      running += __shfl_sync(0xffffffffu, incl, 31);
-    }
+    const int running = expert_offsets(s_count, E, row_align, s_offset, lane);
     if (lane == 0) {
       s_offset[E] = running;
       *num_mblocks = (running + kGemmBlockM - 1) / kGemmBlockM;
@@ -107,22 +117,18 @@ __global__ void __launch_bounds__(kOffsetThreads)
   }
 }
 
-__global__ void __launch_bounds__(kThreads)
-    scatter_kernel(const int32_t* __restrict__ ids, int64_t pairs, int E, int nchunks,
-                   const int32_t* __restrict__ chunk_base, const int32_t* __restrict__ row_offset,
-                   int32_t* __restrict__ dest, int32_t* __restrict__ src_pair) {
-  constexpr int kWarps = kThreads / 32;
-  __shared__ int base[kThreads];
-  __shared__ int warp_count[kWarps][kThreads];
+constexpr int kWarps = kThreads / 32;
+
+// Stable ranks of pairs begin .. begin + rounds * 256 (< pairs) in rounds of 256: in a warp,
+// __match_any_sync groups equal experts and the rank is the popcount of the lower lanes; warps are
+// ordered through warp_count [8][E] (zero on entry, left zero). base[e]: expert e's next row, advanced.
+// (ids is not __restrict__: decode_route_kernel writes it in the same launch, so no read-only-cache loads.)
+__device__ __forceinline__ void scatter_rounds(const int32_t* ids, int64_t pairs, int E, int64_t begin,
+                                               int rounds, int* base, int (*warp_count)[kThreads],
+                                               int32_t* __restrict__ dest, int32_t* __restrict__ src_pair) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int e_own = threadIdx.x;  // this thread keeps expert e_own's running base
-  if (e_own < E) {
-    base[e_own] = row_offset[e_own] + chunk_base[static_cast<int64_t>(e_own) * nchunks + blockIdx.x];
-    for (int w = 0; w < kWarps; ++w) warp_count[w][e_own] = 0;
-  }
-  __syncthreads();
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kPermuteChunk;
-  for (int r = 0; r < kRounds; ++r) {
+  for (int r = 0; r < rounds; ++r) {
     const int64_t p = begin + r * kThreads + threadIdx.x;
     const bool valid = p < pairs;
     const int e = valid ? ids[p] : -1;
@@ -147,6 +153,50 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
   }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    scatter_kernel(const int32_t* __restrict__ ids, int64_t pairs, int E, int nchunks,
+                   const int32_t* __restrict__ chunk_base, const int32_t* __restrict__ row_offset,
+                   int32_t* __restrict__ dest, int32_t* __restrict__ src_pair) {
+  __shared__ int base[kThreads];
+  __shared__ int warp_count[kWarps][kThreads];
+  const int e_own = threadIdx.x;
+  if (e_own < E) {
+    base[e_own] = row_offset[e_own] + chunk_base[static_cast<int64_t>(e_own) * nchunks + blockIdx.x];
+    for (int w = 0; w < kWarps; ++w) warp_count[w][e_own] = 0;
+  }
+  __syncthreads();
+  scatter_rounds(ids, pairs, E, static_cast<int64_t>(blockIdx.x) * kPermuteChunk, kRounds, base, warp_count, dest,
+                 src_pair);
+}
+
+// decode_route_kernel (one block, T * ld <= 512 pairs): the decode path's routing in one launch.
+// Warp w takes the top-k of tokens w, w + 8, ... (topk_warp); then the counting sort with row_align 1:
+// a shared-memory histogram, warp 0's exclusive scan over the experts, and scatter_rounds.
+__global__ void __launch_bounds__(kThreads)
+    decode_route_kernel(const float* __restrict__ logits, int splits, int T, int E_routed, int k, int ld, int E,
+                        bool normalize, int32_t* ids, float* __restrict__ weights, Routing r) {
+  __shared__ int count[kThreads];
+  __shared__ int base[kThreads];
+  __shared__ int warp_count[kWarps][kThreads];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int t = warp; t < T; t += kWarps) topk_warp(logits, splits, T, E_routed, k, ld, normalize, t, lane, ids, weights);
+  if (threadIdx.x < E) {
+    count[threadIdx.x] = 0;
+    for (int w = 0; w < kWarps; ++w) warp_count[w][threadIdx.x] = 0;
+  }
+  __syncthreads();  // ids (and the shared slots a previous kernel wrote) visible to the block
+  const int pairs = T * ld;
+  for (int p = threadIdx.x; p < pairs; p += kThreads) atomicAdd(&count[ids[p]], 1);
+  __syncthreads();
+  if (warp == 0) expert_offsets(count, E, 1, base, lane);
+  __syncthreads();
+  if (threadIdx.x < E) {
+    r.counts[threadIdx.x] = count[threadIdx.x];
+    r.row_offset[threadIdx.x] = base[threadIdx.x];
+  }
+  scatter_rounds(ids, pairs, E, 0, (pairs + kThreads - 1) / kThreads, base, warp_count, r.dest, r.src_pair);
 }
 
 constexpr int kGatherThreads = 128;
@@ -183,6 +233,17 @@ void permute(const int32_t* ids, int64_t T, int k, int E, int row_align, const R
   MINILLM_CUDA_CHECK_LAUNCH();
   scatter_kernel<<<nchunks, kThreads, 0, stream>>>(ids, pairs, E, nchunks, r.chunk_counts, r.row_offset, r.dest,
                                                    r.src_pair);
+  MINILLM_CUDA_CHECK_LAUNCH();
+}
+
+void decode_route(const float* logits, int splits, int64_t T, int E_routed, int k, int ld, int E, bool normalize,
+                  int32_t* ids, float* weights, const Routing& r, cudaStream_t stream) {
+  if (T == 0) return;
+  MINILLM_CHECK(T * ld <= kDecodeRoutePairs && E >= E_routed && E <= kThreads && E_routed <= 32 * kTopkMaxPerLane &&
+                    k >= 1 && k <= 8 && k <= E_routed && ld >= k,
+                "decode_route: T = " << T << ", E = " << E_routed << " (" << E << " stored), k = " << k << ", ld = " << ld);
+  decode_route_kernel<<<1, kThreads, 0, stream>>>(logits, splits, static_cast<int>(T), E_routed, k, ld, E, normalize,
+                                                  ids, weights, r);
   MINILLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -8,12 +8,8 @@
 // split (split-K) so that ~2 blocks per SM still stream x and the router weights; the partial sums
 // go to [splits, T, E] and are added in split order by the top-k kernel (deterministic, no atomics).
 //
-// router_topk_kernel: one warp per token. The E <= 256 logits of a row are held 8 per lane (lane l
-// holds experts l, l+32, ...; coalesced loads). Softmax in fp32 (warp max, exp, warp sum by a fixed
-// butterfly: bitwise reproducible). Top-k selects on the LOGITS (softmax is monotone, and the exact
-// logits cannot tie where rounded probabilities might): k rounds of a warp arg-max over
-// (value, expert) with ties to the lower expert index. Renormalisation divides the k probabilities by
-// their fp32 sum taken in slot order.
+// router_topk_kernel: one warp per token (topk_warp, moe_topk.cuh): the splits summed in order,
+// softmax in fp32, top-k on the logits with ties to the lower expert index, optional renormalisation.
 //
 // router_fused_kernel (E <= 32, T >= 1024): both in one pass, see its comment below.
 // ids / weights rows have a stride ld >= k: a shared expert's S slots follow the k routed ones
@@ -29,6 +25,7 @@
 #include "cuda/common.cuh"
 #include "cuda/device.h"
 #include "cuda/moe/moe_ops.h"
+#include "cuda/moe/moe_topk.cuh"
 #include "minillm/core/cuda_check.h"
 
 namespace minillm::cuda::moe {
@@ -108,89 +105,15 @@ __global__ void __launch_bounds__(kGemmThreads)
 }
 
 
-constexpr int kMaxPerLane = 8;  // E <= 256
+constexpr int kMaxPerLane = kTopkMaxPerLane;
 constexpr int kWarpsPerBlock = 8;
 
+// router_topk_kernel: one warp per token (topk_warp, moe_topk.cuh).
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     router_topk_kernel(const float* __restrict__ logits, int splits, int64_t T, int E, int k, int ld, bool normalize,
                        int32_t* __restrict__ ids, float* __restrict__ weights) {
-  const int lane = threadIdx.x & 31;
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (t >= T) return;
-  const float* row = logits + t * E;
-  const int64_t split_stride = T * E;
-
-  float v[kMaxPerLane];
-  float mx = -FLT_MAX;
-#pragma unroll
-  for (int i = 0; i < kMaxPerLane; ++i) {
-    const int e = i * 32 + lane;
-    v[i] = -FLT_MAX;
-    if (e < E) {
-      v[i] = row[e];
-      for (int s = 1; s < splits; ++s) v[i] += row[s * split_stride + e];  // split order
-    }
-    mx = fmaxf(mx, v[i]);
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  float p[kMaxPerLane];
-  float sum = 0.0f;
-#pragma unroll
-  for (int i = 0; i < kMaxPerLane; ++i) {
-    p[i] = i * 32 + lane < E ? __expf(v[i] - mx) : 0.0f;
-    sum += p[i];
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  const float inv = 1.0f / sum;
-
-  uint32_t taken = 0;  // bit i: expert i*32+lane already selected
-  float sel_p = 0.0f;  // lane j keeps slot j's probability
-  int sel_e = 0;
-  for (int j = 0; j < k; ++j) {
-    float best = -INFINITY;
-    int best_e = 0x7fffffff;
-#pragma unroll
-    for (int i = 0; i < kMaxPerLane; ++i) {
-      const int e = i * 32 + lane;
-      // Ascending e: the strict > keeps the lower index on ties.
-      if (e < E && !(taken >> i & 1u) && (best_e == 0x7fffffff || v[i] > best)) {
-        best = v[i];
-        best_e = e;
-      }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oe = __shfl_xor_sync(0xffffffffu, best_e, o);
-      if (ob > best || (ob == best && oe < best_e)) {
-        best = ob;
-        best_e = oe;
-      }
-    }
-    if ((best_e & 31) == lane) taken |= 1u << (best_e >> 5);
-    // The winner's probability, broadcast from its lane.
-    float pw = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kMaxPerLane; ++i)
-      if (i == (best_e >> 5)) pw = p[i];
-    pw = __shfl_sync(0xffffffffu, pw, best_e & 31) * inv;
-    if (lane == j) {
-      sel_p = pw;
-      sel_e = best_e;
-    }
-  }
-  float scale = 1.0f;
-  if (normalize) {
-    float s = 0.0f;
-    for (int j = 0; j < k; ++j) s += __shfl_sync(0xffffffffu, sel_p, j);  // slot order
-    scale = 1.0f / s;
-  }
-  if (lane < k) {
-    ids[t * ld + lane] = sel_e;
-    weights[t * ld + lane] = sel_p * scale;
-  }
+  if (t < T) topk_warp(logits, splits, T, E, k, ld, normalize, t, threadIdx.x & 31, ids, weights);
 }
 
 
