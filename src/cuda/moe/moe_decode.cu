@@ -30,6 +30,11 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRows = 16;                      // output rows per block
 constexpr int kMaxTiles = kDecodeMaxRows / 8;  // 8-token MMA tiles
+// Blocks per SM the compiler must fit: 4 (<= 128 registers, 16 warps of loads in flight); the row maps
+// had taken the one-matrix kernels to 134 registers (3 blocks per SM). 0 leaves swiglu unbounded, where
+// it takes 128 on its own (a bound of 4 made it spill, a bound of 1 took it to 164).
+template <Epilogue kEpi>
+constexpr int kMinBlocks = kEpi == Epilogue::swiglu ? 0 : 4;
 
 // One block's work with kTiles 8-token tiles (the expert's token count rounded up to 1, 2, 4 or 8 tiles;
 // the extra tiles of a rounded count read clamped tokens and are not written). A compile-time tile
@@ -146,7 +151,7 @@ __device__ __forceinline__ void decode_block(const T* __restrict__ a, int64_t ld
 }
 
 template <typename T, Epilogue kEpi>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<kEpi>)
     decode_gemm_kernel(const T* __restrict__ a, int64_t lda, const T* __restrict__ w0, const T* __restrict__ w1,
                        int64_t ldw, int64_t N, int64_t K, const int32_t* __restrict__ counts,
                        const int32_t* __restrict__ row_offset, T* __restrict__ d, int64_t ldd, RowMaps maps) {
