@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu/ops.h"
+#include "cuda/moe/moe_ops.h"
 #include "minillm/core/cuda_check.h"
 #include "minillm/moe.h"
 
@@ -465,6 +466,85 @@ TEST(MoECuda, SharedExpertsMatchCpuReference) {
 }
 
 // Bitwise identical outputs: twice on one layer, on a second layer, and replayed from a CUDA graph.
+// The decode path's one-launch routing (decode_route: top-k, then the sort with row_align 1) against
+// router_topk followed by permute: the same ids, weights, counts, offsets and permutation, bit for bit.
+// S shared-expert slots per token are filled beforehand, as shared_slots does.
+TEST(MoECuda, DecodeRouteMatchesTopkAndPermute) {
+  REQUIRE_GPU();
+  namespace km = cuda::moe;
+  struct R {
+    int T, E, k, S, splits;
+    bool normalize;
+  };
+  for (const R& c : {R{1, 64, 8, 0, 3, false}, R{17, 16, 4, 0, 1, true}, R{64, 128, 8, 0, 2, true},
+                     R{64, 254, 6, 2, 4, false}, R{5, 60, 4, 4, 1, false}, R{40, 8, 1, 0, 2, true}}) {
+    SCOPED_TRACE(testing::Message() << "T" << c.T << " E" << c.E << " k" << c.k << " S" << c.S << " splits " << c.splits);
+    const int ld = c.k + c.S, Es = c.E + c.S;
+    const int64_t pairs = static_cast<int64_t>(c.T) * ld;
+    std::mt19937 rng(static_cast<uint32_t>(c.T * 1000 + c.E));
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    std::vector<float> logits(static_cast<size_t>(c.splits) * c.T * c.E);
+    for (float& v : logits) v = dist(rng);
+    if (c.T > 1) logits[c.E + 3] = logits[c.E + 5];  // an exact tie in token 1 (split 0)
+    std::vector<int32_t> ids0(pairs, -1);
+    std::vector<float> w0(pairs, 0.0f);
+    for (int t = 0; t < c.T; ++t)
+      for (int j = 0; j < c.S; ++j) {
+        ids0[t * ld + c.k + j] = c.E + j;
+        w0[t * ld + c.k + j] = 0.25f + 0.125f * j;
+      }
+    Buffer dlogits(logits.size() * 4, Device::cuda);
+    copy_bytes(dlogits.data(), Device::cuda, logits.data(), Device::cpu, logits.size() * 4);
+    const int64_t nchunks = km::permute_num_chunks(pairs);
+    struct Out {
+      Buffer ids, w, counts, offs, dest, src, chunk, nmb, mbe, tile;
+      km::Routing r;
+    };
+    auto make = [&]() {
+      Out o{Buffer(pairs * 4, Device::cuda), Buffer(pairs * 4, Device::cuda), Buffer(Es * 4, Device::cuda),
+            Buffer(Es * 4, Device::cuda),    Buffer(pairs * 4, Device::cuda), Buffer(pairs * 4, Device::cuda),
+            Buffer(Es * nchunks * 4, Device::cuda), Buffer(4, Device::cuda), Buffer((pairs / 128 + 2) * 4, Device::cuda),
+            Buffer(4, Device::cuda), {}};
+      copy_bytes(o.ids.data(), Device::cuda, ids0.data(), Device::cpu, pairs * 4);
+      copy_bytes(o.w.data(), Device::cuda, w0.data(), Device::cpu, pairs * 4);
+      o.r.counts = static_cast<int32_t*>(o.counts.data());
+      o.r.row_offset = static_cast<int32_t*>(o.offs.data());
+      o.r.dest = static_cast<int32_t*>(o.dest.data());
+      o.r.src_pair = static_cast<int32_t*>(o.src.data());
+      o.r.chunk_counts = static_cast<int32_t*>(o.chunk.data());
+      o.r.num_mblocks = static_cast<int32_t*>(o.nmb.data());
+      o.r.mblock_expert = static_cast<int32_t*>(o.mbe.data());
+      o.r.tile_counter = static_cast<int32_t*>(o.tile.data());
+      return o;
+    };
+    Out a = make(), b = make();
+    const float* lg = static_cast<const float*>(dlogits.data());
+    km::router_topk(lg, c.splits, c.T, c.E, c.k, ld, c.normalize, static_cast<int32_t*>(a.ids.data()),
+                    static_cast<float*>(a.w.data()), nullptr);
+    km::permute(static_cast<int32_t*>(a.ids.data()), c.T, ld, Es, 1, a.r, nullptr);
+    km::decode_route(lg, c.splits, c.T, c.E, c.k, ld, Es, c.normalize, static_cast<int32_t*>(b.ids.data()),
+                     static_cast<float*>(b.w.data()), b.r, nullptr);
+    MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
+    auto host = [](const Buffer& d, int64_t n) {
+      std::vector<int32_t> h(n);
+      copy_bytes(h.data(), Device::cpu, d.data(), Device::cuda, n * 4);
+      return h;
+    };
+    EXPECT_EQ(host(a.ids, pairs), host(b.ids, pairs)) << "ids";
+    EXPECT_EQ(host(a.w, pairs), host(b.w, pairs)) << "weights (bits)";
+    EXPECT_EQ(host(a.counts, Es), host(b.counts, Es)) << "counts";
+    EXPECT_EQ(host(a.offs, Es), host(b.offs, Es)) << "row_offset";
+    EXPECT_EQ(host(a.dest, pairs), host(b.dest, pairs)) << "dest";
+    EXPECT_EQ(host(a.src, pairs), host(b.src, pairs)) << "src_pair";
+    const std::vector<int32_t> src = host(b.src, pairs), ids = host(b.ids, pairs), offs = host(b.offs, Es);
+    for (int64_t row = 0; row < pairs; ++row) {  // rows in expert order, pairs ascending within an expert
+      const int e = ids[src[row]];
+      ASSERT_GE(row, offs[e]);
+      if (row > offs[e]) ASSERT_LT(src[row - 1], src[row]);
+    }
+  }
+}
+
 TEST(MoECuda, DeterministicAndGraphCapturable) {
   REQUIRE_GPU();
   for (Case c : {Case{2048, 1024, 32, 4, 1024}, Case{48, 1024, 8, 2, 1024}}) {
