@@ -467,7 +467,8 @@ TEST(MoECuda, SharedExpertsMatchCpuReference) {
 
 // Bitwise identical outputs: twice on one layer, on a second layer, and replayed from a CUDA graph.
 // The decode path's one-launch routing (decode_route: top-k, then the sort with row_align 1) against
-// router_topk followed by permute: the same ids, weights, counts, offsets and permutation, bit for bit.
+// router_topk followed by permute: the same ids, weights, counts, offsets and permutation, bit for bit;
+// and its list of the experts with pairs.
 // S shared-expert slots per token are filled beforehand, as shared_slots does.
 TEST(MoECuda, DecodeRouteMatchesTopkAndPermute) {
   REQUIRE_GPU();
@@ -497,14 +498,14 @@ TEST(MoECuda, DecodeRouteMatchesTopkAndPermute) {
     copy_bytes(dlogits.data(), Device::cuda, logits.data(), Device::cpu, logits.size() * 4);
     const int64_t nchunks = km::permute_num_chunks(pairs);
     struct Out {
-      Buffer ids, w, counts, offs, dest, src, chunk, nmb, mbe, tile;
+      Buffer ids, w, counts, offs, dest, src, chunk, nmb, mbe, tile, act, nact;
       km::Routing r;
     };
     auto make = [&]() {
       Out o{Buffer(pairs * 4, Device::cuda), Buffer(pairs * 4, Device::cuda), Buffer(Es * 4, Device::cuda),
             Buffer(Es * 4, Device::cuda),    Buffer(pairs * 4, Device::cuda), Buffer(pairs * 4, Device::cuda),
             Buffer(Es * nchunks * 4, Device::cuda), Buffer(4, Device::cuda), Buffer((pairs / 128 + 2) * 4, Device::cuda),
-            Buffer(4, Device::cuda), {}};
+            Buffer(4, Device::cuda), Buffer(Es * 4, Device::cuda), Buffer(4, Device::cuda), {}};
       copy_bytes(o.ids.data(), Device::cuda, ids0.data(), Device::cpu, pairs * 4);
       copy_bytes(o.w.data(), Device::cuda, w0.data(), Device::cpu, pairs * 4);
       o.r.counts = static_cast<int32_t*>(o.counts.data());
@@ -515,6 +516,8 @@ TEST(MoECuda, DecodeRouteMatchesTopkAndPermute) {
       o.r.num_mblocks = static_cast<int32_t*>(o.nmb.data());
       o.r.mblock_expert = static_cast<int32_t*>(o.mbe.data());
       o.r.tile_counter = static_cast<int32_t*>(o.tile.data());
+      o.r.active = static_cast<int32_t*>(o.act.data());
+      o.r.num_active = static_cast<int32_t*>(o.nact.data());
       return o;
     };
     Out a = make(), b = make();
@@ -537,6 +540,12 @@ TEST(MoECuda, DecodeRouteMatchesTopkAndPermute) {
     EXPECT_EQ(host(a.dest, pairs), host(b.dest, pairs)) << "dest";
     EXPECT_EQ(host(a.src, pairs), host(b.src, pairs)) << "src_pair";
     const std::vector<int32_t> src = host(b.src, pairs), ids = host(b.ids, pairs), offs = host(b.offs, Es);
+    const std::vector<int32_t> counts = host(b.counts, Es), nact = host(b.nact, 1);
+    std::vector<int32_t> active;  // the experts with pairs, ascending
+    for (int e = 0; e < Es; ++e)
+      if (counts[e] > 0) active.push_back(e);
+    ASSERT_EQ(nact[0], static_cast<int32_t>(active.size()));
+    EXPECT_EQ(host(b.act, nact[0]), active) << "active";
     for (int64_t row = 0; row < pairs; ++row) {  // rows in expert order, pairs ascending within an expert
       const int e = ids[src[row]];
       ASSERT_GE(row, offs[e]);

@@ -7,7 +7,7 @@
 // MMA's logical k-slots {2q, 2q+1, 2q+8, 2q+9} are mapped to the 8 consecutive columns 8q..8q+7 that
 // the thread loaded, and the tokens' rows are loaded with the same mapping (16 bytes, L1-cached: every
 // block of an expert reads them). Experts without tokens exit at once; no padding rows are computed.
-// Tiling: block = 16 output rows of one expert (grid N/16 x E), 4 warps split K (chunks of 32 columns,
+// Tiling: block = 16 output rows of one expert (grid N/16 x E, or x the active experts' slots), 4 warps split K (chunks of 32 columns,
 // 4 consecutive chunks per warp and step: 256-byte runs per row), up to 16 x 16-byte loads in flight per
 // thread; the 4 partial sums are reduced through shared memory in warp order (deterministic).
 // swiglu: the block reads 16 gate and 16 up rows and writes silu(gate) * up; gelu / none / combine: 16 rows.
@@ -154,9 +154,14 @@ template <typename T, Epilogue kEpi>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<kEpi>)
     decode_gemm_kernel(const T* __restrict__ a, int64_t lda, const T* __restrict__ w0, const T* __restrict__ w1,
                        int64_t ldw, int64_t N, int64_t K, const int32_t* __restrict__ counts,
-                       const int32_t* __restrict__ row_offset, T* __restrict__ d, int64_t ldd, RowMaps maps) {
+                       const int32_t* __restrict__ row_offset, const int32_t* __restrict__ active,
+                       const int32_t* __restrict__ num_active, T* __restrict__ d, int64_t ldd, RowMaps maps) {
   __shared__ float red[kWarps][kEpi == Epilogue::swiglu ? 2 : 1][kMaxTiles][4][32];
-  const int e = blockIdx.y;
+  int e = blockIdx.y;
+  if (active) {
+    if (e >= *num_active) return;
+    e = active[e];
+  }
   const int n_tok = counts[e];
   if (n_tok == 0) return;
   const int tiles = (n_tok + 7) / 8;
@@ -174,10 +179,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kEpi>)
 
 template <typename T, Epilogue kEpi>
 void launch(const DecodeGemmArgs& g, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(g.N / kRows), static_cast<unsigned>(g.E));
+  const dim3 grid(static_cast<unsigned>(g.N / kRows), static_cast<unsigned>(g.active ? g.max_active : g.E));
   decode_gemm_kernel<T, kEpi><<<grid, kThreads, 0, stream>>>(
       static_cast<const T*>(g.a), g.lda, static_cast<const T*>(g.w0), static_cast<const T*>(g.w1 ? g.w1 : g.w0), g.ldw,
-      g.N, g.K, g.counts, g.row_offset, static_cast<T*>(g.d), g.ldd,
+      g.N, g.K, g.counts, g.row_offset, g.active, g.num_active, static_cast<T*>(g.d), g.ldd,
       RowMaps{g.a_pair, g.a_slots, g.src_pair, g.pair_weight});
 }
 
@@ -206,6 +211,8 @@ void decode_gemm(const DecodeGemmArgs& g, cudaStream_t stream) {
   MINILLM_CHECK(g.epilogue != Epilogue::combine || (g.src_pair && g.pair_weight),
                 "decode_gemm: the combine epilogue needs src_pair and pair_weight");
   MINILLM_CHECK(!g.a_pair || g.a_slots >= 1, "decode_gemm: a_slots = " << g.a_slots);
+  MINILLM_CHECK(!g.active || (g.num_active && g.max_active >= 1 && g.max_active <= g.E),
+                "decode_gemm: max_active = " << g.max_active << " (E = " << g.E << ") with the active list");
   MINILLM_CHECK(g.epilogue != Epilogue::swiglu || g.w1, "decode_gemm: swiglu needs the up matrix");
   MINILLM_CHECK(g.E >= 1 && g.E <= 65535, "decode_gemm: E = " << g.E);
   MINILLM_CHECK(g.lda >= g.K && g.ldw >= g.K && g.ldd >= g.N && g.lda % 8 == 0 && g.ldw % 8 == 0 && g.ldd % 8 == 0,

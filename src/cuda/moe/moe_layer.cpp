@@ -10,9 +10,10 @@
 //     --grouped_gemm none--> y_perm [rows, H] (reuses x_perm's memory) --combine--> y [T, H]
 //   forward_pairs (and top-1): --grouped_gemm combine--> the weighted rows in token-pair order
 //     [T, k, H], whose sum over k the caller fuses into its next pass.
-//   Decode (T <= 64): router_logits --decode_route (top-k and the sort in one launch)--> no gather: the
-//     first decode_gemm reads x's rows through src_pair; the second stores the weighted rows in pair
-//     order (forward_pairs, top-1), or y_perm [rows, H] --combine--> y.
+//   Decode (T <= 64): router_logits --decode_route (top-k, the sort and the list of active experts in one
+//     launch)--> no gather: the first decode_gemm reads x's rows through src_pair; the second stores the
+//     weighted rows in pair order (forward_pairs, top-1), or y_perm [rows, H] --combine--> y. Both have
+//     blocks only for the active experts (at most T * k of the E).
 //
 // Nothing here waits for the GPU: every routing-dependent size stays on the device and the TMA
 // descriptors are encoded on the host from pointers and bounds, so forward can be captured in a CUDA
@@ -39,7 +40,8 @@ struct Plan {
   int64_t pairs = 0, rows = 0, mblocks = 0, nchunks = 0;
   int splits = 1;  // of the router GEMM
   size_t logits = 0, ids = 0, weights = 0, chunk_counts = 0, counts = 0, row_offset = 0, num_mblocks = 0,
-         mblock_expert = 0, tile_counter = 0, dest = 0, src_pair = 0, x_perm = 0, h = 0, total = 0;
+         mblock_expert = 0, tile_counter = 0, active = 0, num_active = 0, dest = 0, src_pair = 0, x_perm = 0, h = 0,
+         total = 0;
 };
 
 Plan make_plan(const MoEConfig& c, int64_t T) {
@@ -68,6 +70,8 @@ Plan make_plan(const MoEConfig& c, int64_t T) {
   p.num_mblocks = take(sizeof(int32_t));
   p.mblock_expert = take(sizeof(int32_t) * p.mblocks);
   p.tile_counter = take(sizeof(int32_t));
+  p.active = take(sizeof(int32_t) * c.stored_experts());
+  p.num_active = take(sizeof(int32_t));
   p.dest = take(sizeof(int32_t) * p.pairs);
   p.src_pair = take(sizeof(int32_t) * p.rows);
   p.x_perm = take(es * p.rows * c.hidden);  // also y_perm
@@ -284,6 +288,8 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
   r.dest = static_cast<int32_t*>(at(p.dest));
   r.src_pair = static_cast<int32_t*>(at(p.src_pair));
   r.tile_counter = static_cast<int32_t*>(at(p.tile_counter));
+  r.active = static_cast<int32_t*>(at(p.active));
+  r.num_active = static_cast<int32_t*>(at(p.num_active));
   void* x_perm = at(p.x_perm);
   void* h = at(p.h);
   if (p.decode) {
@@ -342,6 +348,9 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
     km::DecodeGemmArgs g;
     g.a_pair = r.src_pair;
     g.a_slots = k;
+    g.active = r.active;
+    g.num_active = r.num_active;
+    g.max_active = static_cast<int>(std::min<int64_t>(E, p.pairs));
     if (direct) {
       projections(g, km::decode_gemm, x, km::Epilogue::combine, y);
     } else {

@@ -78,6 +78,8 @@ struct Routing {
   int32_t* dest = nullptr;           // [T * k] permuted row of pair (t, j)
   int32_t* src_pair = nullptr;       // [permuted rows] the pair t*k + j of each row (alignment rows: unset)
   int32_t* tile_counter = nullptr;   // [1] zeroed by permute (row_align 128): the grouped GEMMs' tile counter
+  int32_t* active = nullptr;         // [E] decode_route only: the experts with pairs, ascending
+  int32_t* num_active = nullptr;     // [1] decode_route only: how many
 };
 
 // Counting sort of the pairs by expert: fills every field of `r` from ids [T, k].
@@ -86,7 +88,7 @@ void permute(const int32_t* ids, int64_t T, int k, int E, int row_align, const R
 // Decode path (T * ld <= kDecodeRoutePairs): router_topk over the routed E_routed experts (ids and weights
 // rows of stride ld; slots k .. ld-1 already hold the shared experts' ids), then permute of the T * ld
 // pairs over E stored experts with row_align 1, in one single-block launch. Fills counts, row_offset,
-// dest and src_pair of `r`.
+// dest, src_pair, active and num_active of `r`.
 constexpr int64_t kDecodeRoutePairs = 512;
 static_assert(kDecodeRoutePairs >= MoELayer::kDecodeMaxTokens * 8, "a decode step's pairs fit one decode_route block");
 void decode_route(const float* logits, int splits, int64_t T, int E_routed, int k, int ld, int E, bool normalize,
@@ -121,6 +123,11 @@ struct DecodeGemmArgs {
   int E = 0;
   const int32_t* counts = nullptr;
   const int32_t* row_offset = nullptr;
+  // When set, the grid has max_active expert slots (not E): slot i < *num_active is expert active[i]
+  // (Routing::active), so the experts without tokens cost no blocks.
+  const int32_t* active = nullptr;
+  const int32_t* num_active = nullptr;
+  int max_active = 0;
   void* d = nullptr;  // [rows, N], row stride ldd
   int64_t ldd = 0;
   // Epilogue::combine: permuted row r is scaled by pair_weight[src_pair[r]] and stored at row src_pair[r]

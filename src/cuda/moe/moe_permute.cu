@@ -173,7 +173,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // decode_route_kernel (one block, T * ld <= 512 pairs): the decode path's routing in one launch.
 // Warp w takes the top-k of tokens w, w + 8, ... (topk_warp); then the counting sort with row_align 1:
-// a shared-memory histogram, warp 0's exclusive scan over the experts, and scatter_rounds.
+// a shared-memory histogram, warp 0's exclusive scan over the experts (warp 1 meanwhile lists the
+// experts with pairs for the decode GEMMs' grid), and scatter_rounds.
 __global__ void __launch_bounds__(kThreads)
     decode_route_kernel(const float* __restrict__ logits, int splits, int T, int E_routed, int k, int ld, int E,
                         bool normalize, int32_t* ids, float* __restrict__ weights, Routing r) {
@@ -191,6 +192,16 @@ __global__ void __launch_bounds__(kThreads)
   for (int p = threadIdx.x; p < pairs; p += kThreads) atomicAdd(&count[ids[p]], 1);
   __syncthreads();
   if (warp == 0) expert_offsets(count, E, 1, base, lane);
+  if (warp == 1) {  // the experts with pairs, compacted in ascending order
+    int n = 0;
+    for (int e0 = 0; e0 < E; e0 += 32) {
+      const bool has = e0 + lane < E && count[e0 + lane] > 0;
+      const unsigned m = __ballot_sync(0xffffffffu, has);
+      if (has) r.active[n + __popc(m & ((1u << lane) - 1u))] = e0 + lane;
+      n += __popc(m);
+    }
+    if (lane == 0) *r.num_active = n;
+  }
   __syncthreads();
   if (threadIdx.x < E) {
     r.counts[threadIdx.x] = count[threadIdx.x];
