@@ -55,6 +55,7 @@
 #include "cuda/attention/flash_fwd_sm90_traits.cuh"
 #include "cuda/common.cuh"
 #include "cuda/device.h"
+#include "cuda/launch.cuh"
 #include "minillm/core/check.h"
 #include "minillm/core/cuda_check.h"
 #include "minillm/kv_cache.h"
@@ -322,6 +323,8 @@ __device__ __forceinline__ void merge_and_store(const KernelArgs& a, const RowBl
 template <typename T, int D, int kMTiles>
 __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
     paged_attention_kernel(const __grid_constant__ KernelArgs a) {
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
   using Kt = Traits<D, kMTiles>;
   constexpr int kRows = Kt::kRows, kCh = Kt::kChunks, kStages = Kt::kStages;
   constexpr int kDFrag = D / 8;  // n8 fragments of O
@@ -419,6 +422,8 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
 constexpr int kCombineRows = 8;
 template <typename T, int D>
 __global__ void __launch_bounds__(D / 4 * kCombineRows) combine_kernel(const __grid_constant__ KernelArgs a) {
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
   const int64_t rows = int64_t{a.num_tokens} * a.num_heads;
   const int64_t row = int64_t{blockIdx.x} * kCombineRows + threadIdx.y;  // token * Hq + head
   if (row >= rows) return;
@@ -545,13 +550,11 @@ void launch(const KernelArgs& args, const Plan& pl, int S, int Hkv, cudaStream_t
   }
   const dim3 grid(static_cast<unsigned>(pl.row_blocks * pl.num_splits), static_cast<unsigned>(S),
                   static_cast<unsigned>(Hkv));
-  kernel<<<grid, Kt::kThreads, Kt::kSmemBytes, stream>>>(args);
-  MINILLM_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(kernel, grid, Kt::kThreads, Kt::kSmemBytes, stream, args);
   if (pl.num_splits > 1 && args.num_tokens > 0) {
     const int64_t rows = int64_t{args.num_tokens} * args.num_heads;
-    combine_kernel<T, D><<<static_cast<unsigned>((rows + kCombineRows - 1) / kCombineRows), dim3(D / 4, kCombineRows), 0,
-                           stream>>>(args);
-    MINILLM_CUDA_CHECK(cudaGetLastError());
+    cuda::launch(combine_kernel<T, D>, static_cast<unsigned>((rows + kCombineRows - 1) / kCombineRows),
+                 dim3(D / 4, kCombineRows), 0, stream, args);
   }
 }
 

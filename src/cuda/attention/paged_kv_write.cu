@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "cuda/attention/paged_kv_write.cuh"
+#include "cuda/launch.cuh"
 #include "minillm/core/check.h"
 #include "minillm/core/cuda_check.h"
 
@@ -28,16 +29,15 @@ void kv_cache_write(const void* k, const void* v, int64_t k_row, int64_t v_row, 
   const dim3 grid(static_cast<unsigned>(T));
   if (dtype == DType::bf16) {
     using E = __nv_bfloat16;
-    paged::kv_cache_write_kernel<E><<<grid, threads, 0, stream>>>(
-        static_cast<const E*>(k), static_cast<const E*>(v), k_row, v_row, slot_mapping, row_elems,
-        static_cast<E*>(k_cache), static_cast<E*>(v_cache));
+    cuda::launch(paged::kv_cache_write_kernel<E>, grid, threads, 0, stream, static_cast<const E*>(k),
+                 static_cast<const E*>(v), k_row, v_row, slot_mapping, row_elems, static_cast<E*>(k_cache),
+                 static_cast<E*>(v_cache));
   } else {
     using E = __half;
-    paged::kv_cache_write_kernel<E><<<grid, threads, 0, stream>>>(
-        static_cast<const E*>(k), static_cast<const E*>(v), k_row, v_row, slot_mapping, row_elems,
-        static_cast<E*>(k_cache), static_cast<E*>(v_cache));
+    cuda::launch(paged::kv_cache_write_kernel<E>, grid, threads, 0, stream, static_cast<const E*>(k),
+                 static_cast<const E*>(v), k_row, v_row, slot_mapping, row_elems, static_cast<E*>(k_cache),
+                 static_cast<E*>(v_cache));
   }
-  MINILLM_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace minillm::cuda

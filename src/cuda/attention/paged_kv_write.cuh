@@ -10,6 +10,7 @@
 
 #include <cstdint>
 
+#include "cuda/launch.cuh"
 #include "minillm/kv_cache.h"
 
 namespace minillm::cuda::paged {
@@ -30,6 +31,8 @@ template <typename T>
 __global__ void kv_cache_write_kernel(const T* __restrict__ k, const T* __restrict__ v, int64_t k_row, int64_t v_row,
                                       const int32_t* __restrict__ slot_mapping, int row_elems, T* k_cache,
                                       T* v_cache) {
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
   const int64_t t = blockIdx.x;
   const int32_t slot = slot_mapping[t];
   if (slot < 0) return;

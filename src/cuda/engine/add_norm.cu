@@ -21,6 +21,7 @@
 #include "cuda/common.cuh"
 #include "cuda/device.h"
 #include "cuda/engine/ops.h"
+#include "cuda/launch.cuh"
 #include "minillm/core/cuda_check.h"
 
 namespace minillm::cuda::engine {
@@ -33,6 +34,8 @@ __global__ void add_norm_kernel(T* x, const T* __restrict__ delta, int parts, co
                                 const float* __restrict__ b, bool rmsnorm, float eps, T* out, int64_t H) {
   extern __shared__ float row[];  // [H] fp32: v = x + delta
   __shared__ float red[32];
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
   const int64_t r = blockIdx.x;
   T* xr = x + r * H;
   const T* dr = delta ? delta + r * parts * H : nullptr;  // parts rows: their sum is the row's delta
@@ -134,6 +137,8 @@ __global__ void __launch_bounds__(kRowsThreads)
                          const float* __restrict__ b, bool rmsnorm, float eps, T* out, int64_t rows, int64_t H,
                          int tpr) {
   __shared__ float red[kRowsThreads / 32];
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
   const int lane = threadIdx.x & (tpr - 1);
   const int64_t r = static_cast<int64_t>(blockIdx.x) * (kRowsThreads / tpr) + threadIdx.x / tpr;
   const bool active = r < rows;  // inactive threads still take part in the reductions
@@ -214,9 +219,8 @@ void launch_rows(void* x, const void* delta, int parts, const float* w, const fl
   auto kernel = parts == 1 ? add_norm_rows_kernel<T, kV, 1>
                 : parts == 2 ? add_norm_rows_kernel<T, kV, 2>
                              : add_norm_rows_kernel<T, kV, 0>;
-  kernel<<<blocks, kRowsThreads, 0, stream>>>(static_cast<T*>(x), static_cast<const T*>(delta), parts, w, b, rmsnorm,
-                                              eps, static_cast<T*>(out), rows, H, tpr);
-  MINILLM_CUDA_CHECK_LAUNCH();
+  cuda::launch(kernel, blocks, kRowsThreads, 0, stream, static_cast<T*>(x), static_cast<const T*>(delta), parts, w, b,
+               rmsnorm, eps, static_cast<T*>(out), rows, H, tpr);
 }
 
 template <typename T>
@@ -245,9 +249,8 @@ void launch(void* x, const void* delta, int parts, const float* w, const float* 
       set_max_dynamic_smem<add_norm_kernel<T, false>>(static_cast<int>(smem));
     }
   }
-  kernel<<<static_cast<unsigned>(T_rows), threads, smem, stream>>>(static_cast<T*>(x), static_cast<const T*>(delta),
-                                                                   parts, w, b, rmsnorm, eps, static_cast<T*>(out), H);
-  MINILLM_CUDA_CHECK_LAUNCH();
+  cuda::launch(kernel, static_cast<unsigned>(T_rows), threads, smem, stream, static_cast<T*>(x),
+               static_cast<const T*>(delta), parts, w, b, rmsnorm, eps, static_cast<T*>(out), H);
 }
 
 }  // namespace

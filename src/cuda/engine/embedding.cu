@@ -6,6 +6,7 @@
 // on the host before the launch.
 // Cost: T * H * 2 bytes read + written (bandwidth-bound; measurements: docs/REPORT.md).
 #include "cuda/engine/ops.h"
+#include "cuda/launch.cuh"
 #include "minillm/core/cuda_check.h"
 
 namespace minillm::cuda::engine {
@@ -14,6 +15,8 @@ namespace {
 template <typename V>
 __global__ void embedding_kernel(const int32_t* __restrict__ ids, const V* __restrict__ table, V* __restrict__ out,
                                  int64_t T, int64_t row_vecs) {
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
   const int64_t t = blockIdx.x;
   if (t >= T) return;
   const V* src = table + static_cast<int64_t>(ids[t]) * row_vecs;  // [row_vecs]
@@ -31,13 +34,12 @@ void embedding(DType dtype, const int32_t* ids, const void* table, void* out, in
   const int64_t row_vecs = vec ? H * 2 / 16 : H;
   const int threads = row_vecs >= 256 ? 256 : static_cast<int>((row_vecs + 31) / 32 * 32);
   if (vec) {
-    embedding_kernel<<<static_cast<unsigned>(T), threads, 0, stream>>>(ids, static_cast<const uint4*>(table),
-                                                                      static_cast<uint4*>(out), T, row_vecs);
+    cuda::launch(embedding_kernel<uint4>, static_cast<unsigned>(T), threads, 0, stream, ids,
+                 static_cast<const uint4*>(table), static_cast<uint4*>(out), T, row_vecs);
   } else {
-    embedding_kernel<<<static_cast<unsigned>(T), threads, 0, stream>>>(ids, static_cast<const uint16_t*>(table),
-                                                                      static_cast<uint16_t*>(out), T, row_vecs);
+    cuda::launch(embedding_kernel<uint16_t>, static_cast<unsigned>(T), threads, 0, stream, ids,
+                 static_cast<const uint16_t*>(table), static_cast<uint16_t*>(out), T, row_vecs);
   }
-  MINILLM_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace minillm::cuda::engine

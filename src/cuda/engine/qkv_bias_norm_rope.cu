@@ -17,6 +17,7 @@
 // Cost: one read and one write of q and k (and v when biased), instead of one per phase.
 #include "cuda/common.cuh"
 #include "cuda/engine/ops.h"
+#include "cuda/launch.cuh"
 #include "minillm/core/cuda_check.h"
 
 namespace minillm::cuda::engine {
@@ -78,6 +79,8 @@ __global__ void qkv_bias_norm_rope_kernel(T* __restrict__ qkv, const float* __re
                                           int Hkv, int D, bool per_head, float eps, const float2* __restrict__ cos_sin,
                                           int N, const int32_t* __restrict__ positions) {
   __shared__ float red[32];
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
   const int64_t t = blockIdx.x;
   T* row = qkv + t * (static_cast<int64_t>(Hq + 2 * Hkv) * D);  // [(Hq + 2 Hkv) D]
   if (bias || q_norm) bias_norm_row(row, bias, q_norm, k_norm, Hq, Hkv, D, per_head, eps, red);
@@ -105,13 +108,12 @@ void qkv_bias_norm_rope(DType dtype, void* qkv, const float* bias, const float* 
   if (T <= 0 || (!bias && !q_norm && !cos_sin)) return;
   const dim3 grid(static_cast<unsigned>(T));
   if (dtype == DType::bf16) {
-    qkv_bias_norm_rope_kernel<<<grid, kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(qkv), bias, q_norm, k_norm,
-                                                             Hq, Hkv, D, per_head, eps, cos_sin, N, positions);
+    cuda::launch(qkv_bias_norm_rope_kernel<__nv_bfloat16>, grid, kThreads, 0, stream, static_cast<__nv_bfloat16*>(qkv),
+                 bias, q_norm, k_norm, Hq, Hkv, D, per_head, eps, cos_sin, N, positions);
   } else {
-    qkv_bias_norm_rope_kernel<<<grid, kThreads, 0, stream>>>(static_cast<__half*>(qkv), bias, q_norm, k_norm, Hq, Hkv,
-                                                             D, per_head, eps, cos_sin, N, positions);
+    cuda::launch(qkv_bias_norm_rope_kernel<__half>, grid, kThreads, 0, stream, static_cast<__half*>(qkv), bias, q_norm,
+                 k_norm, Hq, Hkv, D, per_head, eps, cos_sin, N, positions);
   }
-  MINILLM_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace minillm::cuda::engine

@@ -14,6 +14,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/engine/ops.h"
+#include "cuda/launch.cuh"
 #include "minillm/core/cuda_check.h"
 
 namespace minillm::cuda::engine {
@@ -27,6 +28,8 @@ struct alignas(sizeof(T) * kV) Pack {
 template <typename T, int kV>
 __global__ void rope_kernel(T* __restrict__ x, int64_t T_tokens, int N, int heads, int D, int64_t row_stride,
                             const float2* __restrict__ cos_sin, const int32_t* __restrict__ positions) {
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
   const int half = D / 2, chunks = half / kV;
   const int64_t items = T_tokens * heads * chunks;
   for (int64_t it = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; it < items;
@@ -60,9 +63,8 @@ void launch(void* x, int64_t T_tokens, int N, int heads, int D, int64_t row_stri
   const int64_t items = T_tokens * heads * (D / 2 / kV);
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((items + threads - 1) / threads, int64_t{132} * 16);
-  rope_kernel<T, kV><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(static_cast<T*>(x), T_tokens, N, heads,
-                                                                            D, row_stride, cos_sin, positions);
-  MINILLM_CUDA_CHECK_LAUNCH();
+  cuda::launch(rope_kernel<T, kV>, static_cast<unsigned>(blocks), threads, 0, stream, static_cast<T*>(x), T_tokens, N,
+               heads, D, row_stride, cos_sin, positions);
 }
 
 template <typename T>

@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/common.cuh"
+#include "cuda/launch.cuh"
 #include "cuda/moe/moe_ops.h"
 #include "minillm/core/cuda_check.h"
 
@@ -22,6 +23,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     combine_kernel(const uint4* __restrict__ y_perm, const int32_t* __restrict__ dest,
                    const float* __restrict__ weights, int k, int64_t vecs_per_row, uint4* __restrict__ y) {
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
   const int64_t t = blockIdx.x;
   int64_t rows[8];
   float w[8];
@@ -60,13 +63,12 @@ void combine(DType dtype, const void* y_perm, const int32_t* dest, const float* 
   auto* out = static_cast<uint4*>(y);
   const unsigned blocks = static_cast<unsigned>(T);
   if (dtype == DType::bf16) {
-    combine_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(in, dest, weights, k, H / 8, out);
+    cuda::launch(combine_kernel<__nv_bfloat16>, blocks, kThreads, 0, stream, in, dest, weights, k, H / 8, out);
   } else if (dtype == DType::f16) {
-    combine_kernel<__half><<<blocks, kThreads, 0, stream>>>(in, dest, weights, k, H / 8, out);
+    cuda::launch(combine_kernel<__half>, blocks, kThreads, 0, stream, in, dest, weights, k, H / 8, out);
   } else {
     MINILLM_FAIL("combine: dtype " << dtype_name(dtype) << " is not bf16 or f16");
   }
-  MINILLM_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace minillm::cuda::moe

@@ -7,9 +7,10 @@
 // MMA's logical k-slots {2q, 2q+1, 2q+8, 2q+9} are mapped to the 8 consecutive columns 8q..8q+7 that
 // the thread loaded, and the tokens' rows are loaded with the same mapping (16 bytes, L1-cached: every
 // block of an expert reads them). Experts without tokens exit at once; no padding rows are computed.
-// Tiling: block = 16 output rows of one expert (grid N/16 x E, or x the active experts' slots), 4 warps split K (chunks of 32 columns,
-// 4 consecutive chunks per warp and step: 256-byte runs per row), up to 16 x 16-byte loads in flight per
-// thread; the 4 partial sums are reduced through shared memory in warp order (deterministic).
+// Tiling: block = 16 output rows of one expert (grid N/16 x E, or N/16 x the active experts), 4 warps
+// split K (chunks of 32 columns, 4 consecutive chunks per warp and step: 256-byte runs per row), up to
+// 16 x 16-byte loads in flight per thread; the 4 partial sums are reduced through shared memory in warp
+// order (deterministic).
 // swiglu: the block reads 16 gate and 16 up rows and writes silu(gate) * up; gelu / none / combine: 16 rows.
 // Layouts: A [rows, K] permuted tokens (expert e: rows row_offset[e] .. + counts[e]), or x [T, K] read
 // through a_pair (row r is token a_pair[r] / a_slots: the first GEMM needs no gathered copy of x);
@@ -20,6 +21,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/common.cuh"
+#include "cuda/launch.cuh"
 #include "cuda/moe/moe_ops.h"
 #include "minillm/core/cuda_check.h"
 
@@ -50,7 +52,8 @@ struct RowMaps {
 template <typename T, Epilogue kEpi, int kTiles>
 __device__ __forceinline__ void decode_block(const T* __restrict__ a, int64_t lda, const T* __restrict__ w0,
                                              const T* __restrict__ w1, int64_t ldw, int64_t N, int64_t K, int e,
-                                             int n_tok, int64_t row0, T* __restrict__ d, int64_t ldd, const RowMaps& maps,
+                                             int n_tok, int64_t row0, T* __restrict__ d, int64_t ldd,
+                                             const RowMaps& maps,
                                              float (&red)[kWarps][kEpi == Epilogue::swiglu ? 2 : 1][kMaxTiles][4][32]) {
   constexpr int kMats = kEpi == Epilogue::swiglu ? 2 : 1;
   // K chunks per step: up to 16 weight loads of 16 bytes in flight per thread, fewer as the tiles' activation
@@ -157,6 +160,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kEpi>)
                        const int32_t* __restrict__ row_offset, const int32_t* __restrict__ active,
                        const int32_t* __restrict__ num_active, T* __restrict__ d, int64_t ldd, RowMaps maps) {
   __shared__ float red[kWarps][kEpi == Epilogue::swiglu ? 2 : 1][kMaxTiles][4][32];
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
   int e = blockIdx.y;
   if (active) {
     if (e >= *num_active) return;
@@ -180,10 +185,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kEpi>)
 template <typename T, Epilogue kEpi>
 void launch(const DecodeGemmArgs& g, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(g.N / kRows), static_cast<unsigned>(g.active ? g.max_active : g.E));
-  decode_gemm_kernel<T, kEpi><<<grid, kThreads, 0, stream>>>(
-      static_cast<const T*>(g.a), g.lda, static_cast<const T*>(g.w0), static_cast<const T*>(g.w1 ? g.w1 : g.w0), g.ldw,
-      g.N, g.K, g.counts, g.row_offset, g.active, g.num_active, static_cast<T*>(g.d), g.ldd,
-      RowMaps{g.a_pair, g.a_slots, g.src_pair, g.pair_weight});
+  cuda::launch(decode_gemm_kernel<T, kEpi>, grid, kThreads, 0, stream, static_cast<const T*>(g.a), g.lda,
+               static_cast<const T*>(g.w0), static_cast<const T*>(g.w1 ? g.w1 : g.w0), g.ldw, g.N, g.K, g.counts,
+               g.row_offset, g.active, g.num_active, static_cast<T*>(g.d), g.ldd,
+               RowMaps{g.a_pair, g.a_slots, g.src_pair, g.pair_weight});
 }
 
 template <typename T>

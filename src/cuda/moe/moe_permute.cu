@@ -23,6 +23,7 @@
 // Measurements (the routing kernels' share of the layer): docs/REPORT.md.
 #include <cuda_runtime.h>
 
+#include "cuda/launch.cuh"
 #include "cuda/moe/moe_ops.h"
 #include "cuda/moe/moe_topk.cuh"
 #include "minillm/core/cuda_check.h"
@@ -181,8 +182,11 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int count[kThreads];
   __shared__ int base[kThreads];
   __shared__ int warp_count[kWarps][kThreads];
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int t = warp; t < T; t += kWarps) topk_warp(logits, splits, T, E_routed, k, ld, normalize, t, lane, ids, weights);
+  for (int t = warp; t < T; t += kWarps)
+    topk_warp(logits, splits, T, E_routed, k, ld, normalize, t, lane, ids, weights);
   if (threadIdx.x < E) {
     count[threadIdx.x] = 0;
     for (int w = 0; w < kWarps; ++w) warp_count[w][threadIdx.x] = 0;
@@ -250,12 +254,12 @@ void permute(const int32_t* ids, int64_t T, int k, int E, int row_align, const R
 void decode_route(const float* logits, int splits, int64_t T, int E_routed, int k, int ld, int E, bool normalize,
                   int32_t* ids, float* weights, const Routing& r, cudaStream_t stream) {
   if (T == 0) return;
-  MINILLM_CHECK(T * ld <= kDecodeRoutePairs && E >= E_routed && E <= kThreads && E_routed <= 32 * kTopkMaxPerLane &&
-                    k >= 1 && k <= 8 && k <= E_routed && ld >= k,
-                "decode_route: T = " << T << ", E = " << E_routed << " (" << E << " stored), k = " << k << ", ld = " << ld);
-  decode_route_kernel<<<1, kThreads, 0, stream>>>(logits, splits, static_cast<int>(T), E_routed, k, ld, E, normalize,
-                                                  ids, weights, r);
-  MINILLM_CUDA_CHECK_LAUNCH();
+  MINILLM_CHECK(T * ld <= kDecodeRoutePairs && E >= E_routed && E <= kThreads &&
+                    E_routed <= 32 * kTopkMaxPerLane && k >= 1 && k <= 8 && k <= E_routed && ld >= k,
+                "decode_route: T = " << T << ", E = " << E_routed << " (" << E << " stored), k = " << k
+                                     << ", ld = " << ld);
+  cuda::launch(decode_route_kernel, 1, kThreads, 0, stream, logits, splits, static_cast<int>(T), E_routed, k, ld, E,
+               normalize, ids, weights, r);
 }
 
 void gather_rows(const void* x, int64_t T, int k, int64_t H, const int32_t* dest, void* x_perm,

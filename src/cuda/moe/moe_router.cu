@@ -24,6 +24,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/device.h"
+#include "cuda/launch.cuh"
 #include "cuda/moe/moe_ops.h"
 #include "cuda/moe/moe_topk.cuh"
 #include "minillm/core/cuda_check.h"
@@ -61,6 +62,8 @@ __global__ void __launch_bounds__(kGemmThreads)
                        int64_t k_per_split, float* __restrict__ out) {
   __shared__ __align__(16) T xs[kGemmTile][kGemmLd];
   __shared__ __align__(16) T rs[kGemmTile][kGemmLd];
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
   const int n0 = blockIdx.x * kGemmTile;                                 // experts
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kGemmTile;       // tokens
   const int64_t k_begin = blockIdx.z * k_per_split;
@@ -234,6 +237,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     shared_slots_kernel(const uint4* __restrict__ x, const uint4* __restrict__ gate, int64_t T_tokens,
                         int64_t vecs, int E, int k, int S, int ld, int32_t* __restrict__ ids,
                         float* __restrict__ weights) {
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
   const int lane = threadIdx.x & 31;
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (t >= T_tokens) return;
@@ -270,14 +275,12 @@ void router_logits(DType dtype, const void* x, const void* router, int64_t T, in
   const int64_t k_per_split = (steps + splits - 1) / splits * kGemmTile;
   const dim3 grid((E + kGemmTile - 1) / kGemmTile, static_cast<unsigned>((T + kGemmTile - 1) / kGemmTile), splits);
   if (dtype == DType::bf16) {
-    router_gemm_kernel<__nv_bfloat16><<<grid, kGemmThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(router), T, E, H, k_per_split, out);
+    cuda::launch(router_gemm_kernel<__nv_bfloat16>, grid, kGemmThreads, 0, stream, static_cast<const __nv_bfloat16*>(x),
+                 static_cast<const __nv_bfloat16*>(router), T, E, H, k_per_split, out);
   } else {
-    router_gemm_kernel<__half><<<grid, kGemmThreads, 0, stream>>>(static_cast<const __half*>(x),
-                                                                  static_cast<const __half*>(router), T, E, H,
-                                                                  k_per_split, out);
+    cuda::launch(router_gemm_kernel<__half>, grid, kGemmThreads, 0, stream, static_cast<const __half*>(x),
+                 static_cast<const __half*>(router), T, E, H, k_per_split, out);
   }
-  MINILLM_CUDA_CHECK_LAUNCH();
 }
 
 void router_topk(const float* logits, int splits, int64_t T, int E, int k, int ld, bool normalize, int32_t* ids,
@@ -315,13 +318,12 @@ void shared_slots(DType dtype, const void* x, const void* gate, int64_t T, int64
   const auto* gv = static_cast<const uint4*>(gate);
   const unsigned blocks = static_cast<unsigned>((T + kWarpsPerBlock - 1) / kWarpsPerBlock);
   if (dtype == DType::bf16) {
-    shared_slots_kernel<__nv_bfloat16><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(xv, gv, T, H / 8, E, k, S, ld,
-                                                                                   ids, weights);
+    cuda::launch(shared_slots_kernel<__nv_bfloat16>, blocks, kWarpsPerBlock * 32, 0, stream, xv, gv, T, H / 8, E, k,
+                 S, ld, ids, weights);
   } else {
-    shared_slots_kernel<__half><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(xv, gv, T, H / 8, E, k, S, ld, ids,
-                                                                            weights);
+    cuda::launch(shared_slots_kernel<__half>, blocks, kWarpsPerBlock * 32, 0, stream, xv, gv, T, H / 8, E, k, S, ld,
+                 ids, weights);
   }
-  MINILLM_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace minillm::cuda::moe

@@ -15,6 +15,7 @@
 // it in the last bit, the distribution is the same.
 #include <cfloat>
 
+#include "cuda/launch.cuh"
 #include "cuda/sampling/sample.h"
 #include "minillm/core/cuda_check.h"
 
@@ -79,6 +80,8 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(float* __restrict__ lo
   __shared__ float red_f[kWarps];
   __shared__ int red_i[kWarps];
   __shared__ float chosen_raw;
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
   const int r = blockIdx.x;
   float* row = logits + static_cast<int64_t>(r) * V;  // [V]
   const SampleRowParams p = a.params[r];
@@ -180,8 +183,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(float* __restrict__ lo
 void sample(float* logits, int64_t R, int64_t V, const SampleArgs& a, cudaStream_t stream) {
   if (R <= 0) return;
   MINILLM_CHECK(V > 0 && V < INT32_MAX, "sample: vocabulary " << V);
-  sample_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(logits, static_cast<int>(V), a);
-  MINILLM_CUDA_CHECK_LAUNCH();
+  cuda::launch(sample_kernel, static_cast<unsigned>(R), kThreads, 0, stream, logits, static_cast<int>(V), a);
 }
 
 }  // namespace minillm::cuda::sampling
