@@ -15,9 +15,10 @@
 #   was copied to the GPU machine with git metadata that may not match the files.
 #   Opt-in step "compare": did this tree get slower than a baseline? BASE_TREE=<dir> holds the
 #   baseline's files (e.g. `git archive <rev> | tar -x -C .base`, carried along), BASE_REV=<rev> names
-#   it; builds it into build-base, then the attention and MoE quick grids and `minillm bench` (medium,
-#   B8 N2048) run base, new, base, new, and bench/compare_runs.py judges each case against the
-#   baseline's own run-to-run noise (JSON and logs in $OUT/compare_*).
+#   it; builds it into build-base, then the attention and MoE quick grids, `minillm bench` (medium,
+#   B8 N2048) and bench/profile_decode.py (OLMoE shape, batch 1 and 64) run base, new, base, new, and
+#   bench/compare_runs.py judges each grid case against the baseline's own run-to-run noise (JSON and
+#   logs in $OUT/compare_*).
 #   DEADLINE=<seconds>: steps that would start after that many seconds are skipped (and say so);
 #   STEP_TIMEOUT=<seconds> (default 1800) stops a step that hangs.
 #   ARCHIVE=<file.tgz> (outside $OUT): $OUT packed into that file after every step (the results so far
@@ -94,12 +95,16 @@ compare() {  # the "compare" step: baseline $BASE_TREE vs this tree, base / new 
       env PYTHONPATH="$pp" MINILLM_COMMIT="$sha" "$PY" "bench/bench_$b.py" --quick --out "$OUT/compare_${b}_$run.json" || rc=1
     done
     "$cli" bench --model medium --batch 8 --seq 2048 | tee "$OUT/compare_cli_$run.log" || rc=1
+    # A decode step (OLMoE-1B-7B shape, batch 1 and 64): the script of this tree on either library.
+    env PYTHONPATH="$pp" MINILLM_COMMIT="$sha" "$PY" bench/profile_decode.py --models olmoe --batches 1,64 \
+      --out "$OUT/compare_decode_$run.json" > "$OUT/compare_decode_$run.log" 2>&1 || rc=1
   done
   for b in attention moe; do
     "$PY" bench/compare_runs.py --base "$OUT/compare_${b}_base1.json" "$OUT/compare_${b}_base2.json" \
       --new "$OUT/compare_${b}_new1.json" --out "$OUT/compare_${b}.json" || rc=1
   done
   grep -h "ms per forward" "$OUT"/compare_cli_*.log
+  grep -H "forward\|LLM batch-1" "$OUT"/compare_decode_*.log
   return $rc
 }
 step compare compare.log compare
