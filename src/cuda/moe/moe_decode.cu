@@ -38,9 +38,6 @@ constexpr int kMaxTiles = kDecodeMaxRows / 8;  // 8-token MMA tiles
 template <Epilogue kEpi>
 constexpr int kMinBlocks = kEpi == Epilogue::swiglu ? 0 : 4;
 
-// One block's work with kTiles 8-token tiles (the expert's token count rounded up to 1, 2, 4 or 8 tiles;
-// the extra tiles of a rounded count read clamped tokens and are not written). A compile-time tile
-// count lets every activation load of a step be issued before its MMAs.
 // Where the rows of a block live: A's row of permuted row r (a_pair) and D's row and scale (combine).
 struct RowMaps {
   const int32_t* a_pair;
@@ -49,6 +46,9 @@ struct RowMaps {
   const float* pair_weight;
 };
 
+// One block's work with kTiles 8-token tiles (the expert's token count rounded up to 1, 2, 4 or 8 tiles;
+// the extra tiles of a rounded count read clamped tokens and are not written). A compile-time tile
+// count lets every activation load of a step be issued before its MMAs.
 template <typename T, Epilogue kEpi, int kTiles>
 __device__ __forceinline__ void decode_block(const T* __restrict__ a, int64_t lda, const T* __restrict__ w0,
                                              const T* __restrict__ w1, int64_t ldw, int64_t N, int64_t K, int e,
