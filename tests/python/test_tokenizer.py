@@ -92,5 +92,6 @@ else:
 assert "libminillm_sentencepiece" in loaded() and "libsentencepiece.so" in loaded(), loaded()
 """
     env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "..", "..", "python"))
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    # faulthandler: a crash in the plugin's libraries prints the Python stack (it did once on the GPU machine).
+    r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr}"
