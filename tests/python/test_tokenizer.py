@@ -92,6 +92,6 @@ else:
 assert "libminillm_sentencepiece" in loaded() and "libsentencepiece.so" in loaded(), loaded()
 """
     env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "..", "..", "python"))
-    # faulthandler: a crash in the plugin's libraries prints the Python stack (it did once on the GPU machine).
+    # faulthandler: a crash inside the plugin's libraries prints the Python stack of the child.
     r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0, f"exit {r.returncode}: {r.stderr}"
