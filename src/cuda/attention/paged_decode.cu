@@ -541,13 +541,7 @@ template <typename T, int D, int MT>
 void launch(const KernelArgs& args, const Plan& pl, int S, int Hkv, cudaStream_t stream) {
   using Kt = Traits<D, MT>;
   auto kernel = paged_attention_kernel<T, D, MT>;
-  static bool configured[64] = {};  // per device, once per instantiation
-  int dev = 0;
-  MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 0 || dev >= 64 || !configured[dev]) {
-    MINILLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Kt::kSmemBytes));
-    if (dev >= 0 && dev < 64) configured[dev] = true;
-  }
+  set_max_dynamic_smem<paged_attention_kernel<T, D, MT>>(Kt::kSmemBytes);
   const dim3 grid(static_cast<unsigned>(pl.row_blocks * pl.num_splits), static_cast<unsigned>(S),
                   static_cast<unsigned>(Hkv));
   cuda::launch(kernel, grid, Kt::kThreads, Kt::kSmemBytes, stream, args);
