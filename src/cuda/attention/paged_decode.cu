@@ -449,15 +449,6 @@ __global__ void __launch_bounds__(D / 4 * kCombineRows) combine_kernel(const __g
 
 // ---- host side ----
 
-int num_sms() {
-  static int cached[64] = {};
-  int dev = 0;
-  MINILLM_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 0 || dev >= 64) return 132;
-  if (cached[dev] == 0) MINILLM_CUDA_CHECK(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMultiProcessorCount, dev));
-  return cached[dev];
-}
-
 // Row tiles per CTA for a launch: the smallest of 1, 2, 4, 8 m16 tiles that holds max_query_len * G
 // rows (decode), 8 for prefill.
 int m_tiles_for(int max_query_len, int group) {
@@ -513,7 +504,7 @@ Plan make_plan(const PagedAttentionParams& p) {
   // that fit (D = 128): measured on H100 for one long sequence, the second CTA's extra loads in
   // flight gained less than the longer combine and the doubled per-CTA prologue cost.
   const int64_t base = int64_t{p.num_seqs} * p.num_kv_heads * pl.row_blocks;
-  const int64_t slots = num_sms();
+  const int64_t slots = device_sm_count();
   const int max_tiles = std::max(1, (pl.max_context + kPageSize - 1) / kPageSize);
   const int cap = std::min(kMaxSplits, max_tiles);
   if (base == 0 || base * 8 >= slots * 7) {

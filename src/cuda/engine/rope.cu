@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "cuda/common.cuh"
+#include "cuda/device.h"
 #include "cuda/engine/ops.h"
 #include "cuda/launch.cuh"
 #include "minillm/core/cuda_check.h"
@@ -62,7 +63,7 @@ void launch(void* x, int64_t T_tokens, int N, int heads, int D, int64_t row_stri
             const int32_t* positions, cudaStream_t stream) {
   const int64_t items = T_tokens * heads * (D / 2 / kV);
   const int threads = 256;
-  const int64_t blocks = std::min<int64_t>((items + threads - 1) / threads, int64_t{132} * 16);
+  const int64_t blocks = std::min<int64_t>((items + threads - 1) / threads, int64_t{device_sm_count()} * 16);
   cuda::launch(rope_kernel<T, kV>, static_cast<unsigned>(blocks), threads, 0, stream, static_cast<T*>(x), T_tokens, N,
                heads, D, row_stride, cos_sin, positions);
 }
