@@ -138,6 +138,14 @@ struct MoELayer::Impl {
                   "MoELayer: set_weights() must be called before forward()");
   }
 
+  // The shared experts' slots k .. k+S-1 of every token's ids and weights rows (none without them).
+  void shared_slots(const void* x, int64_t T, int32_t* ids, float* weights, cudaStream_t stream) const {
+    if (cfg.shared_experts == 0) return;
+    km::shared_slots(cfg.dtype, x, shared_gate, T, cfg.hidden, static_cast<int>(cfg.num_experts),
+                     static_cast<int>(cfg.top_k), static_cast<int>(cfg.shared_experts), static_cast<int>(cfg.slots()),
+                     ids, weights, stream);
+  }
+
 };
 
 MoELayer::MoELayer(const MoEConfig& cfg, int64_t max_tokens) : impl_(std::make_unique<Impl>()) {
@@ -295,9 +303,7 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
   if (p.decode) {
     // Router GEMM, then the top-k and the sort in one launch; the first GEMM reads x's rows through src_pair.
     float* logits = static_cast<float*>(at(p.logits));
-    if (c.shared_experts > 0)
-      km::shared_slots(c.dtype, x, m.shared_gate, T, c.hidden, static_cast<int>(c.num_experts),
-                       static_cast<int>(c.top_k), static_cast<int>(c.shared_experts), k, ids, weights, stream);
+    m.shared_slots(x, T, ids, weights, stream);
     km::router_logits(c.dtype, x, m.router, T, static_cast<int>(c.num_experts), c.hidden, p.splits, logits, stream);
     km::decode_route(logits, p.splits, T, static_cast<int>(c.num_experts), static_cast<int>(c.top_k), k, E,
                      c.normalize_topk, ids, weights, r, stream);
@@ -384,10 +390,7 @@ void MoELayer::route(const void* x, int64_t T, int32_t* ids, float* weights, voi
   if (T == 0) return;
   MINILLM_CHECK(m.router, "MoELayer: set_weights() must be called before route()");
   const int E = static_cast<int>(c.num_experts), k = static_cast<int>(c.top_k), ld = static_cast<int>(c.slots());
-  if (c.shared_experts > 0) {
-    km::shared_slots(c.dtype, x, m.shared_gate, T, c.hidden, E, k, static_cast<int>(c.shared_experts), ld, ids,
-                     weights, stream);
-  }
+  m.shared_slots(x, T, ids, weights, stream);
   if (km::router_fused_supported(T, E)) {
     km::router_fused(c.dtype, x, m.router, T, E, c.hidden, k, ld, c.normalize_topk, ids, weights, stream);
     return;

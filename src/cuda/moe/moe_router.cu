@@ -108,7 +108,6 @@ __global__ void __launch_bounds__(kGemmThreads)
 }
 
 
-constexpr int kMaxPerLane = kTopkMaxPerLane;
 constexpr int kWarpsPerBlock = 8;
 
 // router_topk_kernel: one warp per token (topk_warp, moe_topk.cuh).
@@ -286,7 +285,7 @@ void router_logits(DType dtype, const void* x, const void* router, int64_t T, in
 void router_topk(const float* logits, int splits, int64_t T, int E, int k, int ld, bool normalize, int32_t* ids,
                  float* weights, cudaStream_t stream) {
   if (T == 0) return;
-  MINILLM_CHECK(E >= 1 && E <= 32 * kMaxPerLane && k >= 1 && k <= 8 && k <= E && ld >= k,
+  MINILLM_CHECK(E >= 1 && E <= 32 * kTopkMaxPerLane && k >= 1 && k <= 8 && k <= E && ld >= k,
                 "router_topk: E = " << E << ", k = " << k << ", ld = " << ld);
   const int64_t blocks = (T + kWarpsPerBlock - 1) / kWarpsPerBlock;
   router_topk_kernel<<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(logits, splits, T, E, k, ld,
