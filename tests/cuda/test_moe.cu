@@ -465,7 +465,6 @@ TEST(MoECuda, SharedExpertsMatchCpuReference) {
   }
 }
 
-// Bitwise identical outputs: twice on one layer, on a second layer, and replayed from a CUDA graph.
 // The decode path's one-launch routing (decode_route: top-k, then the sort with row_align 1) against
 // router_topk followed by permute: the same ids, weights, counts, offsets and permutation, bit for bit;
 // and its list of the experts with pairs.
@@ -554,6 +553,7 @@ TEST(MoECuda, DecodeRouteMatchesTopkAndPermute) {
   }
 }
 
+// Bitwise identical outputs: twice on one layer, on a second layer, and replayed from a CUDA graph.
 TEST(MoECuda, DeterministicAndGraphCapturable) {
   REQUIRE_GPU();
   for (Case c : {Case{2048, 1024, 32, 4, 1024}, Case{48, 1024, 8, 2, 1024}}) {

@@ -1,5 +1,6 @@
 // MoE combine: y[t] = sum_j weights[t, j] * y_perm[dest[t*k + j]], fp32, slot order j = 0..k-1.
-// With T*k tokens and k = 1 it is the weighted un-permutation (MoELayer::forward_pairs on the decode path).
+// With T*k tokens and k = 1 it is the weighted un-permutation (MoELayer::forward_pairs on the grouped path;
+// the decode path does it in the down projection's epilogue).
 //
 // Algorithm: one block per token; each thread owns 8 columns (a 16-byte vector) and keeps 8 fp32
 // sums; the k expert rows are read with independent 16-byte loads. No atomics: every output is

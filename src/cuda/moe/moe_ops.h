@@ -88,7 +88,8 @@ void permute(const int32_t* ids, int64_t T, int k, int E, int row_align, const R
 // Decode path (T * ld <= kDecodeRoutePairs): router_topk over the routed E_routed experts (ids and weights
 // rows of stride ld; slots k .. ld-1 already hold the shared experts' ids), then permute of the T * ld
 // pairs over E stored experts with row_align 1, in one single-block launch. Fills counts, row_offset,
-// dest, src_pair, active and num_active of `r`.
+// dest, src_pair, active and num_active of `r`. The shared slots must hold ids in [E_routed, E): the
+// kernel counts every slot's id into a shared-memory histogram of E bins without checking it.
 constexpr int64_t kDecodeRoutePairs = 512;
 static_assert(kDecodeRoutePairs >= MoELayer::kDecodeMaxTokens * 8, "a decode step's pairs fit one decode_route block");
 void decode_route(const float* logits, int splits, int64_t T, int E_routed, int k, int ld, int E, bool normalize,
