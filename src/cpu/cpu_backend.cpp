@@ -33,6 +33,13 @@ class CpuBackend final : public Backend {
                        w.bqkv.data ? w.bqkv.ptr<float>() : nullptr, qkn ? w.q_norm.ptr<float>() : nullptr,
                        qkn ? w.k_norm.ptr<float>() : nullptr, c.qk_norm == QkNorm::per_head, c.norm_eps);
   }
+  void kv_cache_write(const Tensor& qkv, const StepBatch& b, const KVCache& cache, int layer,
+                      const ModelConfig& c) override {
+    const float* q = qkv.ptr<float>();  // [T, qkv_dim]
+    cpu::kv_cache_write(q + c.q_dim(), q + c.q_dim() + c.kv_dim(), c.qkv_dim(), c.qkv_dim(),
+                        b.slot_mapping.ptr<int32_t>(), b.T, c.num_kv_heads, c.head_dim, cache.k[layer].ptr<float>(),
+                        cache.v[layer].ptr<float>(), cache.num_pages * kPageSize);
+  }
   void attention(const Tensor& qkv, Tensor& out, const StepBatch& b, const KVCache* cache, int layer,
                  const ModelConfig& c, Workspace&) override {
     const float* q = qkv.ptr<float>();  // [T, qkv_dim]: q, k, v of each new token
@@ -54,11 +61,8 @@ class CpuBackend final : public Backend {
       }
       return;
     }
-    // The new k, v into the cache, then each new token over its sequence's context in the cache.
+    // Each new token over its sequence's context in the cache (qkv() wrote the new k and v there).
     const int64_t num_pages = cache->num_pages, T = b.T;
-    cpu::kv_cache_write(q + c.q_dim(), q + c.q_dim() + kv, qkv_dim, qkv_dim, b.slot_mapping.ptr<int32_t>(), T,
-                        c.num_kv_heads, c.head_dim, cache->k[layer].ptr<float>(), cache->v[layer].ptr<float>(),
-                        num_pages * kPageSize);
     q_.resize(static_cast<size_t>(T * c.q_dim()));  // q [T, Hq, D] contiguous
     for (int64_t t = 0; t < T; ++t) std::memcpy(q_.data() + t * c.q_dim(), q + t * qkv_dim, c.q_dim() * sizeof(float));
     cpu::paged_attention(q_.data(), cache->k[layer].ptr<float>(), cache->v[layer].ptr<float>(),

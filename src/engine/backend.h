@@ -72,17 +72,24 @@ class Backend {
   // In place on qkv [T, qkv_dim]: + w.bqkv (when present), then RMSNorm of q and k with w.q_norm /
   // w.k_norm (per head or over the whole projection, as c.qk_norm says).
   virtual void qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) = 0;
+  // The step's new k and v rows (inside qkv [T, qkv_dim]) into layer `layer` of the cache at
+  // b.slot_mapping (negative slots skipped).
+  virtual void kv_cache_write(const Tensor& qkv, const StepBatch& b, const KVCache& cache, int layer,
+                              const ModelConfig& c) = 0;
   // qkv [T, qkv_dim] = x [T, H] @ w.wqkv^T (+ bias, qk-norm), then RoPE at each token's position
-  // when the config has it. Backends may fuse the steps.
-  virtual void qkv(const Tensor& x, const LayerWeights& w, Tensor& qkv, const StepBatch& b, const ModelConfig& c) {
+  // when the config has it; with a cache, the new k and v rows then go into layer `layer` of it
+  // (kv_cache_write). Backends may fuse the steps.
+  virtual void qkv(const Tensor& x, const LayerWeights& w, Tensor& qkv, const StepBatch& b, const ModelConfig& c,
+                   const KVCache* cache, int layer) {
     linear(x, w.wqkv, qkv);
     if (w.bqkv.data || c.qk_norm != QkNorm::none) qkv_bias_norm(qkv, w, c);
     if (c.position == PositionType::rope) rope(qkv, b, c);
+    if (cache) kv_cache_write(qkv, b, *cache, layer, c);
   }
   // out [T, q_dim] = attention of each new token (q inside qkv [T, qkv_dim]) over its sequence.
-  // With a cache, the new k and v are first written into layer `layer` of it at slot_mapping, and
-  // the keys are the sequence's whole context in the cache. Without (forward(): b.uniform_len or
-  // b.no_prefix), the keys are the new tokens of the same sequence. Scratch comes from `ws`.
+  // With a cache (which qkv() has given the new k and v), the keys are the sequence's whole context
+  // in layer `layer` of it. Without (forward(): b.uniform_len or b.no_prefix), the keys are the new
+  // tokens of the same sequence. Scratch comes from `ws`.
   virtual void attention(const Tensor& qkv, Tensor& out, const StepBatch& b, const KVCache* cache, int layer,
                          const ModelConfig& c, Workspace& ws) = 0;
   // out [R, C] = x [T, C] at rows [R] (i32 on the device).

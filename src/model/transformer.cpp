@@ -36,7 +36,7 @@ void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& 
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w.layers[l];
     if (pre) be.add_norm(x, pending, lw.norm1, c, h);  // x += moe_prev; h = N1(x)
-    be.qkv(pre ? h : x, lw, qkv, b, c);  // + bias, qk-norm, RoPE
+    be.qkv(pre ? h : x, lw, qkv, b, c, cache, l);  // + bias, qk-norm, RoPE; k, v into the cache
     be.attention(qkv, attn, b, cache, l, c, ws);
     be.linear(attn, lw.wo, delta);
     if (pre) {

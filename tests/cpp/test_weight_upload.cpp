@@ -31,6 +31,7 @@ class HostBf16Backend final : public Backend {
   void linear(const Tensor&, const Tensor&, Tensor&) override { unused(); }
   void rope(Tensor&, const StepBatch&, const ModelConfig&) override { unused(); }
   void qkv_bias_norm(Tensor&, const LayerWeights&, const ModelConfig&) override { unused(); }
+  void kv_cache_write(const Tensor&, const StepBatch&, const KVCache&, int, const ModelConfig&) override { unused(); }
   void attention(const Tensor&, Tensor&, const StepBatch&, const KVCache*, int, const ModelConfig&,
                  Workspace&) override {
     unused();

@@ -1,11 +1,13 @@
 // The CUDA ops of the Hugging Face architectures against their CPU references on the same 16-bit
 // inputs: qkv_bias_norm_rope (q/k/v bias, qk-norm per head and over the whole projection, RoPE at
-// per-token positions) against cpu::qkv_bias_norm + cpu::rope, and the shared expert's elementwise kernels (swiglu_rows, shared_expert_add)
+// per-token positions) against cpu::qkv_bias_norm + cpu::rope, the paged-cache store of it and of rope
+// (bitwise the op's own k and v), and the shared expert's elementwise kernels (swiglu_rows, shared_expert_add)
 // against host loops in fp32. Criterion: the output rounded to 16 bits (twice with both norm and
 // RoPE), so per element |y - y_ref| <= 2^-7 * |y_ref| + 1e-3 (bf16) and the relative RMS error <= 5e-3.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -117,6 +119,85 @@ TEST(CheckpointOpsCuda, QkvBiasNormRope) {
     run_qkv({3, 6, 3, 24, true, true, false, rope});      // bias then whole-projection norm, odd sizes
   }
   run_qkv({7, 8, 2, 64, false, false, false, true});  // RoPE alone
+}
+
+std::vector<uint16_t> download_bits(const Buffer& b, size_t n) {
+  std::vector<uint16_t> h(n);
+  copy_bytes(h.data(), Device::cpu, b.data(), Device::cuda, n * 2);
+  return h;
+}
+
+// Runs op(qkv, store) on two copies of qkv [T, (Hq + 2 Hkv) D], without and with a KvStore, and checks
+// that the qkv outputs are bitwise equal, that each token's final k and v rows land bitwise at its
+// cache slot, and that no other cache row is written (the rows of a token with slot -1 included).
+template <typename Op>
+void check_store(const Host16& qkv, int64_t T, int Hq, int Hkv, int D, Op op) {
+  const int64_t row = int64_t(Hq + 2 * Hkv) * D, qd = int64_t(Hq) * D, kvd = int64_t(Hkv) * D, rows = T + 5;
+  std::vector<int32_t> perm(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) perm[r] = static_cast<int32_t>(r);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(3));
+  std::vector<int32_t> slots(perm.begin(), perm.begin() + T);  // distinct rows, shuffled
+  if (T > 1) slots[1] = -1;                                     // a padding token: not stored
+  const std::vector<uint16_t> sentinel(static_cast<size_t>(rows * kvd), 0x7fc1);  // a NaN no op writes
+  Buffer plain = upload(qkv.bits), stored = upload(qkv.bits), ds = upload(slots), kc = upload(sentinel),
+         vc = upload(sentinel);
+  op(plain.data(), cuda::engine::KvStore{});
+  op(stored.data(), cuda::engine::KvStore{static_cast<const int32_t*>(ds.data()), kc.data(), vc.data()});
+  MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<uint16_t> out = download_bits(stored, qkv.bits.size());
+  ASSERT_EQ(download_bits(plain, qkv.bits.size()), out) << "the store changed the qkv output";
+  std::vector<uint16_t> k_ref = sentinel, v_ref = sentinel;
+  for (int64_t t = 0; t < T; ++t) {
+    if (slots[t] < 0) continue;
+    std::copy_n(out.begin() + t * row + qd, kvd, k_ref.begin() + slots[t] * kvd);
+    std::copy_n(out.begin() + t * row + qd + kvd, kvd, v_ref.begin() + slots[t] * kvd);
+  }
+  EXPECT_EQ(download_bits(kc, sentinel.size()), k_ref) << "k cache";
+  EXPECT_EQ(download_bits(vc, sentinel.size()), v_ref) << "v cache";
+}
+
+// A generation step's QKV ops store k and v into the paged cache themselves (no kv_cache_write launch):
+// qkv_bias_norm_rope for the checkpoints with bias or qk-norm, rope for the others.
+TEST(CheckpointOpsCuda, QkvOpsStoreKvIntoTheCache) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const int max_pos = 50;
+  for (const QkvCase& c : {QkvCase{9, 4, 2, 32, true, true, true, true}, QkvCase{5, 16, 16, 128, false, true, false, true},
+                           QkvCase{3, 6, 3, 24, true, false, false, false}}) {
+    SCOPED_TRACE(testing::Message() << "qkv_bias_norm_rope Hq" << c.Hq << " Hkv" << c.Hkv << " D" << c.D);
+    std::mt19937 rng(5);
+    const int64_t row = int64_t(c.Hq + 2 * c.Hkv) * c.D;
+    Host16 qkv(size_t(c.T * row), rng, 2.f);
+    std::vector<float> bias(static_cast<size_t>(row), 0.25f), qn(size_t(c.per_head ? c.D : c.Hq * c.D), 1.1f),
+        kn(size_t(c.per_head ? c.D : c.Hkv * c.D), 0.9f);
+    std::vector<float2> table(static_cast<size_t>(max_pos * c.D / 2));
+    cuda::engine::rope_table(table.data(), max_pos, c.D, 10000.f);
+    std::vector<int32_t> pos(static_cast<size_t>(c.T));
+    for (auto& p : pos) p = static_cast<int32_t>(rng() % max_pos);
+    Buffer db = upload(bias), dq = upload(qn), dk = upload(kn), dt = upload(table), dp = upload(pos);
+    check_store(qkv, c.T, c.Hq, c.Hkv, c.D, [&](void* x, const cuda::engine::KvStore& st) {
+      cuda::engine::qkv_bias_norm_rope(DType::bf16, x, c.bias ? static_cast<const float*>(db.data()) : nullptr,
+                                       c.norm ? static_cast<const float*>(dq.data()) : nullptr,
+                                       c.norm ? static_cast<const float*>(dk.data()) : nullptr, c.T, c.Hq, c.Hkv, c.D,
+                                       c.per_head, 1e-6f, c.rope ? static_cast<const float2*>(dt.data()) : nullptr, 1,
+                                       static_cast<const int32_t*>(dp.data()), nullptr, st);
+    });
+  }
+  // rope: 4-, 2- and 1-element vectors per thread (D/2 = 64, 6, 3).
+  for (const auto& [T, Hq, Hkv, D] : std::vector<std::array<int, 4>>{{11, 8, 2, 128}, {4, 3, 1, 12}, {6, 2, 2, 6}}) {
+    SCOPED_TRACE(testing::Message() << "rope Hq" << Hq << " Hkv" << Hkv << " D" << D);
+    std::mt19937 rng(9);
+    const int64_t row = int64_t(Hq + 2 * Hkv) * D;
+    Host16 qkv(size_t(T * row), rng, 2.f);
+    std::vector<float2> table(static_cast<size_t>(max_pos * D / 2));
+    cuda::engine::rope_table(table.data(), max_pos, D, 10000.f);
+    std::vector<int32_t> pos(static_cast<size_t>(T));
+    for (auto& p : pos) p = static_cast<int32_t>(rng() % max_pos);
+    Buffer dt = upload(table), dp = upload(pos);
+    check_store(qkv, T, Hq, Hkv, D, [&](void* x, const cuda::engine::KvStore& st) {
+      cuda::engine::rope(DType::bf16, x, T, 1, Hq + Hkv, D, row, static_cast<const float2*>(dt.data()), nullptr,
+                         static_cast<const int32_t*>(dp.data()), st, Hkv);
+    });
+  }
 }
 
 TEST(CheckpointOpsCuda, SharedExpertElementwise) {

@@ -184,39 +184,61 @@ RopePositions rope_positions(const StepBatch& b, int planned) {
 
 }  // namespace
 
-void CudaBackend::rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) {
+void CudaBackend::rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) { rope_store(qkv, b, c, nullptr, 0); }
+
+void CudaBackend::rope_store(Tensor& qkv, const StepBatch& b, const ModelConfig& c, const KVCache* cache, int layer) {
   OpScope s(*this, "rope");
   const RopePositions rp = rope_positions(b, impl_->rope_max_pos);
+  ke::KvStore store;
+  if (cache) store = {b.slot_mapping.ptr<int32_t>(), cache->k[layer].data, cache->v[layer].data};
   ke::rope(c.dtype, qkv.data, b.T, rp.N, c.num_heads + c.num_kv_heads, c.head_dim, c.qkv_dim(),
-           static_cast<const float2*>(impl_->rope_table.data()), stream_, rp.positions);
+           static_cast<const float2*>(impl_->rope_table.data()), stream_, rp.positions, store, c.num_kv_heads);
 }
 
 void CudaBackend::qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) {
   bias_norm_rope(qkv, w, c, nullptr);
 }
 
-void CudaBackend::bias_norm_rope(Tensor& qkv, const LayerWeights& w, const ModelConfig& c, const StepBatch* b) {
-  OpScope s(*this, b ? "qkv_bias_norm_rope" : "qkv_bias_norm");
+void CudaBackend::bias_norm_rope(Tensor& qkv, const LayerWeights& w, const ModelConfig& c, const StepBatch* rope_b,
+                                 const StepBatch* store_b, const KVCache* cache, int layer) {
+  OpScope s(*this, rope_b ? "qkv_bias_norm_rope" : "qkv_bias_norm");
   const bool qkn = c.qk_norm != QkNorm::none;
-  const RopePositions rp = b ? rope_positions(*b, impl_->rope_max_pos) : RopePositions{1, nullptr};
+  const RopePositions rp = rope_b ? rope_positions(*rope_b, impl_->rope_max_pos) : RopePositions{1, nullptr};
+  ke::KvStore store;
+  if (cache) store = {store_b->slot_mapping.ptr<int32_t>(), cache->k[layer].data, cache->v[layer].data};
   ke::qkv_bias_norm_rope(c.dtype, qkv.data, w.bqkv.data ? w.bqkv.ptr<float>() : nullptr,
                          qkn ? w.q_norm.ptr<float>() : nullptr, qkn ? w.k_norm.ptr<float>() : nullptr, qkv.size(0),
                          c.num_heads, c.num_kv_heads, c.head_dim, c.qk_norm == QkNorm::per_head, c.norm_eps,
-                         b ? static_cast<const float2*>(impl_->rope_table.data()) : nullptr, rp.N, rp.positions,
-                         stream_);
+                         rope_b ? static_cast<const float2*>(impl_->rope_table.data()) : nullptr, rp.N, rp.positions,
+                         stream_, store);
 }
 
-void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, const StepBatch& b, const ModelConfig& c) {
+void CudaBackend::kv_cache_write(const Tensor& qkv, const StepBatch& b, const KVCache& cache, int layer,
+                                 const ModelConfig& c) {
+  OpScope s(*this, "kv_cache_write");
+  const auto* base = static_cast<const char*>(qkv.data);
+  const size_t es = dtype_size(c.dtype);
+  cuda::kv_cache_write(base + es * c.q_dim(), base + es * (c.q_dim() + c.kv_dim()), c.qkv_dim(), c.qkv_dim(),
+                       b.slot_mapping.ptr<int32_t>(), b.T, c.num_kv_heads, c.head_dim, cache.k[layer].data,
+                       cache.v[layer].data, c.dtype, stream_);
+}
+
+void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, const StepBatch& b, const ModelConfig& c,
+                      const KVCache* cache, int layer) {
   const bool extra = lw.bqkv.data || c.qk_norm != QkNorm::none;
   // The RoPE epilogue computes position row % N: forward()'s padded layout only. It adds the bias and
   // normalises per head; a norm over the whole projection spans tiles and takes the separate pass.
   if (!impl_->fused_qkv || b.uniform_len == 0 || c.qk_norm == QkNorm::full) {
     linear(x, lw.wqkv, y);
-    if (!extra) {
-      if (c.position == PositionType::rope) rope(y, b, c);
+    if (extra) {  // one pass over q and k, which also stores k and v into the cache
+      bias_norm_rope(y, lw, c, c.position == PositionType::rope ? &b : nullptr, &b, cache, layer);
       return;
     }
-    bias_norm_rope(y, lw, c, c.position == PositionType::rope ? &b : nullptr);  // one pass over q and k
+    if (c.position == PositionType::rope) {
+      rope_store(y, b, c, cache, layer);  // rotates q and k, stores k and v into the cache
+    } else if (cache) {
+      kv_cache_write(y, b, *cache, layer, c);
+    }
     return;
   }
   const Tensor& w = lw.wqkv;
@@ -226,18 +248,21 @@ void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, const 
                     y.size(0) == T && y.size(1) == c.qkv_dim() && x.dtype == c.dtype && w.dtype == c.dtype,
                 "qkv: x " << x.shape_str() << ", w " << w.shape_str() << ", y " << y.shape_str() << " do not match");
   MINILLM_CHECK(N <= impl_->rope_max_pos, "qkv: seq_len = " << N << " exceeds the planned " << impl_->rope_max_pos);
-  OpScope s(*this, "qkv");
-  ke::QkvExtras ex;
-  ex.bias = lw.bqkv.data ? lw.bqkv.ptr<float>() : nullptr;
-  if (c.qk_norm == QkNorm::per_head) {
-    ex.q_norm = lw.q_norm.ptr<float>();
-    ex.k_norm = lw.k_norm.ptr<float>();
+  {
+    OpScope s(*this, "qkv");
+    ke::QkvExtras ex;
+    ex.bias = lw.bqkv.data ? lw.bqkv.ptr<float>() : nullptr;
+    if (c.qk_norm == QkNorm::per_head) {
+      ex.q_norm = lw.q_norm.ptr<float>();
+      ex.k_norm = lw.k_norm.ptr<float>();
+    }
+    ex.q_heads = c.num_heads;
+    ex.eps = c.norm_eps;
+    ke::qkv_rope(c.dtype, x.data, w.data, y.data, T, H, c.qkv_dim(), N, c.num_heads + c.num_kv_heads, c.head_dim,
+                 static_cast<const float2*>(impl_->rope_table.data()),
+                 static_cast<int32_t*>(impl_->tile_counter.data()), stream_, ex);
   }
-  ex.q_heads = c.num_heads;
-  ex.eps = c.norm_eps;
-  ke::qkv_rope(c.dtype, x.data, w.data, y.data, T, H, c.qkv_dim(), N, c.num_heads + c.num_kv_heads, c.head_dim,
-               static_cast<const float2*>(impl_->rope_table.data()), static_cast<int32_t*>(impl_->tile_counter.data()),
-               stream_, ex);
+  if (cache) kv_cache_write(y, b, *cache, layer, c);
 }
 
 namespace {
@@ -300,12 +325,7 @@ void CudaBackend::attention(const Tensor& qkv, Tensor& out, const StepBatch& b, 
     flash_over_qkv(qkv, out, b, c, stream_);
     return;
   }
-  const auto* base = static_cast<const char*>(qkv.data);
-  const size_t es = dtype_size(c.dtype);
-  cuda::kv_cache_write(base + es * c.q_dim(), base + es * (c.q_dim() + c.kv_dim()), c.qkv_dim(), c.qkv_dim(),
-                       b.slot_mapping.ptr<int32_t>(), b.T, c.num_kv_heads, c.head_dim, cache->k[layer].data,
-                       cache->v[layer].data, c.dtype, stream_);
-  if (b.no_prefix) {  // prefills from position 0: the new tokens are the whole context
+  if (b.no_prefix) {  // prefills from position 0: the new tokens are the whole context (qkv() stored them)
     flash_over_qkv(qkv, out, b, c, stream_);
     return;
   }

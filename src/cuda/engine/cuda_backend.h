@@ -42,7 +42,10 @@ class CudaBackend final : public Backend {
   void linear(const Tensor& x, const Tensor& w, Tensor& y) override;
   void rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) override;
   void qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) override;
-  void qkv(const Tensor& x, const LayerWeights& w, Tensor& qkv, const StepBatch& b, const ModelConfig& c) override;
+  void kv_cache_write(const Tensor& qkv, const StepBatch& b, const KVCache& cache, int layer,
+                      const ModelConfig& c) override;
+  void qkv(const Tensor& x, const LayerWeights& w, Tensor& qkv, const StepBatch& b, const ModelConfig& c,
+           const KVCache* cache, int layer) override;
   void attention(const Tensor& qkv, Tensor& out, const StepBatch& b, const KVCache* cache, int layer,
                  const ModelConfig& c, Workspace& ws) override;
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override;
@@ -76,8 +79,12 @@ class CudaBackend final : public Backend {
 
  private:
   class OpScope;
-  // In place on qkv [T, qkv_dim]: + bias, qk-norm, then RoPE at b's positions (b null: no RoPE), one pass.
-  void bias_norm_rope(Tensor& qkv, const LayerWeights& w, const ModelConfig& c, const StepBatch* b);
+  // rope(), and (cache given) k and v into layer `layer` of the cache at b's slots, in one launch.
+  void rope_store(Tensor& qkv, const StepBatch& b, const ModelConfig& c, const KVCache* cache, int layer);
+  // In place on qkv [T, qkv_dim]: + bias, qk-norm, then RoPE at b's positions (rope_b null: no RoPE),
+  // then (cache given) k and v into layer `layer` of the cache at store_b's slots; one pass.
+  void bias_norm_rope(Tensor& qkv, const LayerWeights& w, const ModelConfig& c, const StepBatch* rope_b,
+                      const StepBatch* store_b = nullptr, const KVCache* cache = nullptr, int layer = 0);
   // Scratch of moe(): the routed experts' (MoELayer or the fallback), then the shared expert's when it
   // runs apart.
   static size_t routed_workspace_bytes(const ModelConfig& c, int64_t T);

@@ -15,13 +15,21 @@ namespace minillm::cuda::engine {
 void embedding(DType dtype, const int32_t* ids, const void* table, void* out, int64_t T, int64_t H,
                cudaStream_t stream);
 
+// Where a QKV op stores each new token's k and v rows in the paged KV cache (as cuda::kv_cache_write).
+struct KvStore {
+  const int32_t* slots = nullptr;  // [T] cache row of each token (negative: skipped), or null: no store
+  void* k_cache = nullptr;         // [num_pages * kPageSize, Hkv, D]
+  void* v_cache = nullptr;
+};
+
 // In place on qkv: for tokens t in [0, T) at position positions[t] (device [T] i32; null: t % N), rotates heads [0, heads) of the rows
 // (HF rotate_half: the pair (x[i], x[i + D/2]) by the angle pos * theta^(-2i/D)).
 // x: [T, heads, D] with row stride row_stride (elements); cos_sin: [max_pos, D/2] float2 (cos, sin)
 // made by rope_table. All of q and k in one launch: heads = num_heads + num_kv_heads, since k's
-// heads follow q's in a fused qkv row.
+// heads follow q's in a fused qkv row. With `store.slots`, the last kv_heads of the rotated heads
+// (k) and the kv_heads heads after them (v) also go into the cache.
 void rope(DType dtype, void* x, int64_t T, int N, int heads, int D, int64_t row_stride, const float2* cos_sin,
-          cudaStream_t stream, const int32_t* positions = nullptr);
+          cudaStream_t stream, const int32_t* positions = nullptr, const KvStore& store = {}, int kv_heads = 0);
 // The QKV projection with RoPE fused into its epilogue, one kernel (qkv_rope.cu: the grouped GEMM
 // as a dense GEMM, Hopper only): y = x w^T, then heads [0, rope_heads) of every row t rotated as by
 // rope() at position t % N. x: [T, H], w: [qkv_dim, H] (HF Linear layout), y: [T, qkv_dim], all
@@ -58,10 +66,11 @@ void add_norm(DType dtype, void* x, const void* delta, int delta_parts, const fl
 // RMSNorm (eps) of q and k with the fp32 weights q_norm / k_norm (null: none): per_head over each
 // head's D values (weights [D]), else over all of q (weights [Hq * D]) and all of k ([Hkv * D]); then,
 // when cos_sin is given, RoPE on the q and k heads at position positions[t] (or t % N without
-// positions), as rope(). As cpu::qkv_bias_norm followed by cpu::rope.
+// positions), as rope(). As cpu::qkv_bias_norm followed by cpu::rope. With `store.slots`, the row's
+// final k and v then go into the paged cache (D a multiple of 8, qkv and the caches 16-byte aligned).
 void qkv_bias_norm_rope(DType dtype, void* qkv, const float* bias, const float* q_norm, const float* k_norm, int64_t T,
                         int Hq, int Hkv, int D, bool per_head, float eps, const float2* cos_sin, int N,
-                        const int32_t* positions, cudaStream_t stream);
+                        const int32_t* positions, cudaStream_t stream, const KvStore& store = {});
 
 // Shared expert (Qwen2-MoE) elementwise steps: a [T, Fs] = silu(gu[:, :Fs]) * gu[:, Fs:] with gu [T, 2 Fs];
 // y [T, H] += sigmoid(x [T, H] . gate [H]) * o [T, H]. As cpu::shared_expert.
