@@ -127,8 +127,9 @@ void rope_table(float2* host_cos_sin, int max_pos, int D, float theta) {
 
 void rope(DType dtype, void* x, int64_t T, int N, int heads, int D, int64_t row_stride, const float2* cos_sin,
           cudaStream_t stream, const int32_t* positions, const KvStore& store, int kv_heads) {
-  MINILLM_CHECK(!store.slots || (kv_heads > 0 && kv_heads <= heads),
-                "rope: kv_heads = " << kv_heads << " must be in [1, heads = " << heads << "] to store into the cache");
+  MINILLM_CHECK(!store.slots || (kv_heads > 0 && kv_heads <= heads && D % 2 == 0),
+                "rope: kv_heads = " << kv_heads << " must be in [1, heads = " << heads << "] and head_dim = " << D
+                                    << " even to store into the cache");
   if (T <= 0 || heads <= 0 || D < 2) return;
   if (dtype == DType::bf16) {
     dispatch<__nv_bfloat16>(x, T, N, heads, D, row_stride, cos_sin, positions, store, kv_heads, stream);
