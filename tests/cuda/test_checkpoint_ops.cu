@@ -45,9 +45,14 @@ Buffer upload(const std::vector<T>& v) {
   return b;
 }
 
-std::vector<float> download_bf16(const Buffer& b, size_t n) {
+std::vector<uint16_t> download_bits(const Buffer& b, size_t n) {
   std::vector<uint16_t> h(n);
   copy_bytes(h.data(), Device::cpu, b.data(), Device::cuda, n * 2);
+  return h;
+}
+
+std::vector<float> download_bf16(const Buffer& b, size_t n) {
+  const std::vector<uint16_t> h = download_bits(b, n);
   std::vector<float> f(n);
   for (size_t i = 0; i < n; ++i) f[i] = bf16_to_f32(h[i]);
   return f;
@@ -119,12 +124,6 @@ TEST(CheckpointOpsCuda, QkvBiasNormRope) {
     run_qkv({3, 6, 3, 24, true, true, false, rope});      // bias then whole-projection norm, odd sizes
   }
   run_qkv({7, 8, 2, 64, false, false, false, true});  // RoPE alone
-}
-
-std::vector<uint16_t> download_bits(const Buffer& b, size_t n) {
-  std::vector<uint16_t> h(n);
-  copy_bytes(h.data(), Device::cpu, b.data(), Device::cuda, n * 2);
-  return h;
 }
 
 // Runs op(qkv, store) on two copies of qkv [T, (Hq + 2 Hkv) D], without and with a KvStore, and checks

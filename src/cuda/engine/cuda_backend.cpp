@@ -182,6 +182,12 @@ RopePositions rope_positions(const StepBatch& b, int planned) {
   return {b.uniform_len > 0 ? b.uniform_len : 1, b.uniform_len > 0 ? nullptr : b.positions.ptr<int32_t>()};
 }
 
+// Where a QKV kernel stores the step's k and v: layer `layer` of the cache at b's slots (none without a cache).
+ke::KvStore kv_store(const StepBatch* b, const KVCache* cache, int layer) {
+  if (!cache) return {};
+  return {b->slot_mapping.ptr<int32_t>(), cache->k[layer].data, cache->v[layer].data};
+}
+
 }  // namespace
 
 void CudaBackend::rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) { rope_store(qkv, b, c, nullptr, 0); }
@@ -189,28 +195,26 @@ void CudaBackend::rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) { 
 void CudaBackend::rope_store(Tensor& qkv, const StepBatch& b, const ModelConfig& c, const KVCache* cache, int layer) {
   OpScope s(*this, "rope");
   const RopePositions rp = rope_positions(b, impl_->rope_max_pos);
-  ke::KvStore store;
-  if (cache) store = {b.slot_mapping.ptr<int32_t>(), cache->k[layer].data, cache->v[layer].data};
   ke::rope(c.dtype, qkv.data, b.T, rp.N, c.num_heads + c.num_kv_heads, c.head_dim, c.qkv_dim(),
-           static_cast<const float2*>(impl_->rope_table.data()), stream_, rp.positions, store, c.num_kv_heads);
+           static_cast<const float2*>(impl_->rope_table.data()), stream_, rp.positions, kv_store(&b, cache, layer),
+           c.num_kv_heads);
 }
 
 void CudaBackend::qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) {
   bias_norm_rope(qkv, w, c, nullptr);
 }
 
-void CudaBackend::bias_norm_rope(Tensor& qkv, const LayerWeights& w, const ModelConfig& c, const StepBatch* rope_b,
-                                 const StepBatch* store_b, const KVCache* cache, int layer) {
-  OpScope s(*this, rope_b ? "qkv_bias_norm_rope" : "qkv_bias_norm");
+void CudaBackend::bias_norm_rope(Tensor& qkv, const LayerWeights& w, const ModelConfig& c, const StepBatch* b,
+                                 const KVCache* cache, int layer) {
+  const bool rope = b && c.position == PositionType::rope;
+  OpScope s(*this, rope ? "qkv_bias_norm_rope" : "qkv_bias_norm");
   const bool qkn = c.qk_norm != QkNorm::none;
-  const RopePositions rp = rope_b ? rope_positions(*rope_b, impl_->rope_max_pos) : RopePositions{1, nullptr};
-  ke::KvStore store;
-  if (cache) store = {store_b->slot_mapping.ptr<int32_t>(), cache->k[layer].data, cache->v[layer].data};
+  const RopePositions rp = rope ? rope_positions(*b, impl_->rope_max_pos) : RopePositions{1, nullptr};
   ke::qkv_bias_norm_rope(c.dtype, qkv.data, w.bqkv.data ? w.bqkv.ptr<float>() : nullptr,
                          qkn ? w.q_norm.ptr<float>() : nullptr, qkn ? w.k_norm.ptr<float>() : nullptr, qkv.size(0),
                          c.num_heads, c.num_kv_heads, c.head_dim, c.qk_norm == QkNorm::per_head, c.norm_eps,
-                         rope_b ? static_cast<const float2*>(impl_->rope_table.data()) : nullptr, rp.N, rp.positions,
-                         stream_, store);
+                         rope ? static_cast<const float2*>(impl_->rope_table.data()) : nullptr, rp.N, rp.positions,
+                         stream_, kv_store(b, cache, layer));
 }
 
 void CudaBackend::kv_cache_write(const Tensor& qkv, const StepBatch& b, const KVCache& cache, int layer,
@@ -231,7 +235,7 @@ void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, const 
   if (!impl_->fused_qkv || b.uniform_len == 0 || c.qk_norm == QkNorm::full) {
     linear(x, lw.wqkv, y);
     if (extra) {  // one pass over q and k, which also stores k and v into the cache
-      bias_norm_rope(y, lw, c, c.position == PositionType::rope ? &b : nullptr, &b, cache, layer);
+      bias_norm_rope(y, lw, c, &b, cache, layer);
       return;
     }
     if (c.position == PositionType::rope) {

@@ -81,10 +81,10 @@ class CudaBackend final : public Backend {
   class OpScope;
   // rope(), and (cache given) k and v into layer `layer` of the cache at b's slots, in one launch.
   void rope_store(Tensor& qkv, const StepBatch& b, const ModelConfig& c, const KVCache* cache, int layer);
-  // In place on qkv [T, qkv_dim]: + bias, qk-norm, then RoPE at b's positions (rope_b null: no RoPE),
-  // then (cache given) k and v into layer `layer` of the cache at store_b's slots; one pass.
-  void bias_norm_rope(Tensor& qkv, const LayerWeights& w, const ModelConfig& c, const StepBatch* rope_b,
-                      const StepBatch* store_b = nullptr, const KVCache* cache = nullptr, int layer = 0);
+  // In place on qkv [T, qkv_dim]: + bias, qk-norm, then RoPE at b's positions (when b is given and the
+  // config has RoPE), then (cache given) k and v into layer `layer` of the cache at b's slots; one pass.
+  void bias_norm_rope(Tensor& qkv, const LayerWeights& w, const ModelConfig& c, const StepBatch* b,
+                      const KVCache* cache = nullptr, int layer = 0);
   // Scratch of moe(): the routed experts' (MoELayer or the fallback), then the shared expert's when it
   // runs apart.
   static size_t routed_workspace_bytes(const ModelConfig& c, int64_t T);
