@@ -90,7 +90,7 @@ void dense(const char* name, int64_t N, int64_t K, double copy_gbs, minillm::cud
     const int32_t tc = int32_t(t);
     MINILLM_CUDA_CHECK(cudaMemcpy(counts, &tc, sizeof(tc), cudaMemcpyHostToDevice));
     const float cublas = ms_per_call([&](int i) {
-      gemm.linear(x, w + (i % copies) * wn, y, t, N, K, minillm::DType::bf16, minillm::DType::bf16, nullptr);
+      gemm.cublas(x, w + (i % copies) * wn, y, t, N, K, minillm::DType::bf16, minillm::DType::bf16, nullptr);
     });
     km::DecodeGemmArgs g;
     g.a = x, g.lda = K, g.K = K, g.ldw = K, g.N = N, g.E = 1, g.counts = counts, g.row_offset = offset;

@@ -1,8 +1,8 @@
 // Device helpers shared by all CUDA code (the Hopper-only PTX lives in cuda/sm90.cuh):
 //   16-bit floats (bf16, fp16) <-> fp32: to_f32, from_f32, pack2 (two into one 32-bit word), 16-byte
 //   vectors of eight (unpack8, pack8); fast exp2; the expert activations (silu, gelu_erf); 16-byte
-//   loads that bypass L1 (ld_stream); shared-memory loads and stores by address; mma.sync m16n8k16,
-//   ldmatrix and cp.async (sm_80+); a block-wide fp32 sum.
+//   loads that bypass L1 (ld_stream); an L2 prefetch (l2_prefetch); shared-memory loads and stores by
+//   address; mma.sync m16n8k16, ldmatrix and cp.async (sm_80+); a block-wide fp32 sum.
 // to_f32 deduces its argument type (to_f32(v)) or takes it explicitly (to_f32<T>(v)).
 #pragma once
 #include <cuda_bf16.h>
@@ -73,6 +73,16 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
   return v;
+}
+
+// Asks L2 to fetch [p, p + bytes) (p and bytes multiples of 16) without waiting for it; sm_90 (the bulk
+// copy unit), a no-op before.
+__device__ __forceinline__ void l2_prefetch(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#else
+  (void)p, (void)bytes;
+#endif
 }
 
 // ---- shared memory by 32-bit address ----

@@ -11,7 +11,8 @@
 // access, read or write (its inputs may still be being written, and its outputs still being read, by
 // the previous kernel), and pdl_trigger() once its own dependents may start launching. Every such
 // kernel waits, so "the previous kernel has completed" holds transitively along the stream. Both are
-// no-ops in a kernel launched with <<<>>> and before sm_90.
+// no-ops in a kernel launched with <<<>>> and before sm_90. The one exception: memory that no kernel
+// of a step writes (weights) may be read, or prefetched into L2, before the wait (moe::decode_gemm).
 #pragma once
 #include <cuda_runtime.h>
 

@@ -1,5 +1,5 @@
-// cuBLASLt wrapper for the engine's dense layers (QKV, O projection, LM head); see gemm.h.
-//
+// The engine's dense layers (QKV, O projection, LM head, shared expert); see gemm.h. Decode shapes run
+// moe::decode_gemm with one expert; everything else cuBLASLt:
 // Row-major y[M, N] = x[M, K] w[N, K]^T is column-major y^T[N, M] = w^T x^T: cuBLASLt's A = w
 // (K x N column-major, transposed), B = x (K x M column-major), D = y^T (N x M, ld N). Compute
 // CUBLAS_COMPUTE_32F (fp32 accumulation), scale fp32; D is bf16/fp16 or fp32 (the LM head's fp32
@@ -9,6 +9,8 @@
 // each) and the fastest is kept; during a capture (or if timing fails) the heuristic's first one.
 // 32 MiB workspace (what cuBLAS recommends on Hopper). Measurements: docs/REPORT.md.
 #include "cuda/engine/gemm.h"
+
+#include "cuda/moe/moe_ops.h"
 
 #include <cublasLt.h>
 
@@ -149,7 +151,35 @@ Gemm::Gemm(size_t workspace_bytes) : impl_(std::make_unique<Impl>()) {
 
 Gemm::~Gemm() = default;
 
+bool Gemm::decode_path(const void* x, const void* w, int64_t M, int64_t N, int64_t K, DType in, DType out) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return M <= moe::kDecodeMaxRows && in == out && (in == DType::bf16 || in == DType::f16) && N % 16 == 0 &&
+         K % 32 == 0 && aligned(x) && aligned(w);
+}
+
 void Gemm::linear(const void* x, const void* w, void* y, int64_t M, int64_t N, int64_t K, DType in, DType out,
+                  cudaStream_t stream) {
+  if (M <= 0 || N <= 0) return;
+  if (decode_path(x, w, M, N, K, in, out)) {
+    moe::DecodeGemmArgs g;
+    g.dtype = in;
+    g.a = x;
+    g.lda = K;
+    g.K = K;
+    g.w0 = w;
+    g.ldw = K;
+    g.N = N;
+    g.E = 1;
+    g.dense_rows = static_cast<int>(M);
+    g.d = y;
+    g.ldd = N;
+    moe::decode_gemm(g, stream);
+  } else {
+    cublas(x, w, y, M, N, K, in, out, stream);
+  }
+}
+
+void Gemm::cublas(const void* x, const void* w, void* y, int64_t M, int64_t N, int64_t K, DType in, DType out,
                   cudaStream_t stream) {
   if (M <= 0 || N <= 0) return;
   const Plan& p = impl_->plan(M, N, K, in, out, x, w, y, stream);

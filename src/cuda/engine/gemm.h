@@ -1,5 +1,6 @@
-// Dense linear layers through cuBLASLt: y[M, N] = x[M, K] @ w[N, K]^T, row-major, bf16/fp16 in,
-// fp32 accumulate, bf16/fp16 or fp32 out. One handle and one workspace per Gemm object, and the
+// Dense linear layers: y[M, N] = x[M, K] @ w[N, K]^T, row-major, bf16/fp16 in,
+// fp32 accumulate, bf16/fp16 or fp32 out; decode shapes through the MoE decode kernel, the rest through
+// cuBLASLt. One handle and one workspace per Gemm object, and the
 // matmul descriptors + heuristic algorithm cached per (M, N, K, dtypes), so a call after the first
 // of a shape is one cublasLtMatmul (CUDA-graph capturable: nothing is allocated or synchronised).
 #pragma once
@@ -20,8 +21,16 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
 
   // x: [M, K] row stride K; w: [N, K] row stride K (HF Linear layout); y: [M, N] row stride N.
+  // Decode shapes (decode_path) run the skinny decode kernel instead of cuBLASLt.
   void linear(const void* x, const void* w, void* y, int64_t M, int64_t N, int64_t K, DType in, DType out,
               cudaStream_t stream);
+  // The cuBLASLt path alone (any M).
+  void cublas(const void* x, const void* w, void* y, int64_t M, int64_t N, int64_t K, DType in, DType out,
+              cudaStream_t stream);
+  // M <= 64 tokens, 16-bit in and out, N % 16 == 0, K % 32 == 0, x and w 16-byte aligned: the weights
+  // are streamed once by moe::decode_gemm (one expert), prefetched into L2 while the previous kernel of
+  // the stream finishes (PDL); cuBLASLt has no such overlap.
+  static bool decode_path(const void* x, const void* w, int64_t M, int64_t N, int64_t K, DType in, DType out);
 
  private:
   struct Impl;

@@ -158,8 +158,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kEpi>)
     decode_gemm_kernel(const T* __restrict__ a, int64_t lda, const T* __restrict__ w0, const T* __restrict__ w1,
                        int64_t ldw, int64_t N, int64_t K, const int32_t* __restrict__ counts,
                        const int32_t* __restrict__ row_offset, const int32_t* __restrict__ active,
-                       const int32_t* __restrict__ num_active, T* __restrict__ d, int64_t ldd, RowMaps maps) {
+                       const int32_t* __restrict__ num_active, int dense_rows, T* __restrict__ d, int64_t ldd,
+                       RowMaps maps) {
   __shared__ float red[kWarps][kEpi == Epilogue::swiglu ? 2 : 1][kMaxTiles][4][32];
+  if (!counts && threadIdx.x < kRows * (kEpi == Epilogue::swiglu ? 2 : 1)) {
+    // One dense matrix: its rows are read before the wait (no kernel of the step writes weights), so they
+    // stream into L2 while the previous kernel finishes.
+    const T* w = threadIdx.x < kRows ? w0 : w1;
+    l2_prefetch(w + (static_cast<int64_t>(blockIdx.x) * kRows + threadIdx.x % kRows) * ldw,
+                static_cast<uint32_t>(K * sizeof(T)));
+  }
   pdl_wait();  // cuda::launch (launch.cuh)
   pdl_trigger();
   int e = blockIdx.y;
@@ -167,10 +175,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kEpi>)
     if (e >= *num_active) return;
     e = active[e];
   }
-  const int n_tok = counts[e];
+  const int n_tok = counts ? counts[e] : dense_rows;
   if (n_tok == 0) return;
   const int tiles = (n_tok + 7) / 8;
-  const int64_t row0 = row_offset[e];
+  const int64_t row0 = counts ? row_offset[e] : 0;
   if (tiles == 1) {
     decode_block<T, kEpi, 1>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, maps, red);
   } else if (tiles == 2) {
@@ -187,7 +195,7 @@ void launch(const DecodeGemmArgs& g, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(g.N / kRows), static_cast<unsigned>(g.active ? g.max_active : g.E));
   cuda::launch(decode_gemm_kernel<T, kEpi>, grid, kThreads, 0, stream, static_cast<const T*>(g.a), g.lda,
                static_cast<const T*>(g.w0), static_cast<const T*>(g.w1 ? g.w1 : g.w0), g.ldw, g.N, g.K, g.counts,
-               g.row_offset, g.active, g.num_active, static_cast<T*>(g.d), g.ldd,
+               g.row_offset, g.active, g.num_active, g.dense_rows, static_cast<T*>(g.d), g.ldd,
                RowMaps{g.a_pair, g.a_slots, g.src_pair, g.pair_weight});
 }
 
@@ -220,6 +228,10 @@ void decode_gemm(const DecodeGemmArgs& g, cudaStream_t stream) {
                 "decode_gemm: max_active = " << g.max_active << " (E = " << g.E << ") with the active list");
   MINILLM_CHECK(g.epilogue != Epilogue::swiglu || g.w1, "decode_gemm: swiglu needs the up matrix");
   MINILLM_CHECK(g.E >= 1 && g.E <= 65535, "decode_gemm: E = " << g.E);
+  MINILLM_CHECK(g.counts || (g.E == 1 && !g.active && g.dense_rows >= 1 && g.dense_rows <= kDecodeMaxRows),
+                "decode_gemm: without counts, E = " << g.E << " (1) and dense_rows = " << g.dense_rows << " (1.."
+                                                     << kDecodeMaxRows << ")");
+  MINILLM_CHECK(g.counts || !g.a_pair, "decode_gemm: a_pair needs counts");
   MINILLM_CHECK(g.lda >= g.K && g.ldw >= g.K && g.ldd >= g.N && g.lda % 8 == 0 && g.ldw % 8 == 0 && g.ldd % 8 == 0,
                 "decode_gemm: row strides lda = " << g.lda << ", ldw = " << g.ldw << ", ldd = " << g.ldd
                                                   << " (K = " << g.K << ", N = " << g.N << ")");

@@ -124,6 +124,9 @@ struct DecodeGemmArgs {
   int E = 0;
   const int32_t* counts = nullptr;
   const int32_t* row_offset = nullptr;
+  // Without counts: a dense y = a W^T, E = 1, rows 0 .. dense_rows - 1 of a (1 .. kDecodeMaxRows); the
+  // weights are prefetched into L2 before the kernel waits for the previous one (launch.cuh).
+  int dense_rows = 0;
   // When set, the grid has max_active expert slots (not E): slot i < *num_active is expert active[i]
   // (Routing::active), so the experts without tokens cost no blocks.
   const int32_t* active = nullptr;

@@ -1,0 +1,112 @@
+// engine::Gemm (src/cuda/engine/gemm.h): the dense linear on decode shapes (moe::decode_gemm with one
+// expert, weights prefetched before the PDL wait) against an fp64 reference and against cuBLASLt on the
+// same operands, right after a kernel that writes x (the prefetch must not read x early); shapes off
+// the decode path take cuBLASLt.
+#include <cuda_bf16.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "cuda/engine/gemm.h"
+#include "cuda/launch.cuh"
+#include "minillm/core/cuda_check.h"
+#include "minillm/core/tensor.h"
+
+namespace minillm {
+namespace {
+
+#define REQUIRE_GPU() \
+  if (!minillm::cuda_available()) GTEST_SKIP() << "no CUDA device"
+
+using cuda::engine::Gemm;
+
+// Writes x after spinning, launched with PDL: a reader that ignored pdl_wait() would see stale x.
+__global__ void slow_copy(const __nv_bfloat16* src, __nv_bfloat16* dst, int n, long long spin_cycles) {
+  cuda::pdl_wait();
+  cuda::pdl_trigger();
+  const long long t0 = clock64();
+  while (clock64() - t0 < spin_cycles) {
+  }
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) dst[i] = src[i];
+}
+
+std::vector<__nv_bfloat16> random_bf16(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<__nv_bfloat16> v(n);
+  for (auto& e : v) e = __float2bfloat16_rn(u(rng));
+  return v;
+}
+
+Buffer upload(const std::vector<__nv_bfloat16>& h) {
+  Buffer b(h.size() * 2, Device::cuda);
+  copy_bytes(b.data(), Device::cuda, h.data(), Device::cpu, h.size() * 2);
+  return b;
+}
+
+std::vector<float> download(const Buffer& b, size_t n) {
+  std::vector<__nv_bfloat16> h(n);
+  copy_bytes(h.data(), Device::cpu, b.data(), Device::cuda, n * 2);
+  std::vector<float> f(n);
+  for (size_t i = 0; i < n; ++i) f[i] = __bfloat162float(h[i]);
+  return f;
+}
+
+TEST(GemmCuda, DecodePathMatchesReferenceAndCublas) {
+  REQUIRE_GPU();
+  struct Shape {
+    int64_t M, N, K;
+  };
+  // Token counts that fill 1, 2, 4 and 8 MMA tiles (partly), a wide and a deep matrix.
+  for (const Shape s : {Shape{1, 48, 64}, Shape{3, 256, 2048}, Shape{9, 1024, 96}, Shape{17, 160, 512},
+                        Shape{64, 96, 1024}, Shape{33, 4096, 256}}) {
+    ASSERT_TRUE(Gemm::decode_path(reinterpret_cast<void*>(256), reinterpret_cast<void*>(256), s.M, s.N, s.K,
+                                  DType::bf16, DType::bf16));
+    const auto hx = random_bf16(s.M * s.K, 1), hw = random_bf16(s.N * s.K, 2);
+    Buffer src = upload(hx), x(hx.size() * 2, Device::cuda), w = upload(hw);
+    Buffer y(s.M * s.N * 2, Device::cuda), y_ref(s.M * s.N * 2, Device::cuda);
+    cudaStream_t st;
+    MINILLM_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    Gemm gemm;
+    MINILLM_CUDA_CHECK(cudaMemsetAsync(x.data(), 0, x.bytes(), st));
+    cuda::launch(slow_copy, 4, 256, 0, st, static_cast<const __nv_bfloat16*>(src.data()),
+                 static_cast<__nv_bfloat16*>(x.data()), static_cast<int>(s.M * s.K), 200000LL);
+    gemm.linear(x.data(), w.data(), y.data(), s.M, s.N, s.K, DType::bf16, DType::bf16, st);
+    gemm.cublas(x.data(), w.data(), y_ref.data(), s.M, s.N, s.K, DType::bf16, DType::bf16, st);
+    MINILLM_CUDA_CHECK(cudaStreamSynchronize(st));
+    cudaStreamDestroy(st);
+    const auto got = download(y, s.M * s.N), cub = download(y_ref, s.M * s.N);
+    double err = 0, err_cub = 0, ref_norm = 0;
+    for (int64_t m = 0; m < s.M; ++m) {
+      for (int64_t n = 0; n < s.N; ++n) {
+        double ref = 0;
+        for (int64_t k = 0; k < s.K; ++k)
+          ref += double(__bfloat162float(hx[m * s.K + k])) * double(__bfloat162float(hw[n * s.K + k]));
+        const size_t i = m * s.N + n;
+        ASSERT_TRUE(std::isfinite(got[i]));
+        err += (got[i] - ref) * (got[i] - ref);
+        err_cub += (cub[i] - ref) * (cub[i] - ref);
+        ref_norm += ref * ref;
+      }
+    }
+    const double rel = std::sqrt(err / ref_norm), rel_cub = std::sqrt(err_cub / ref_norm);
+    // Both round the fp32 result to bf16 once: the decode path within 2x cuBLASLt's error (and bf16's).
+    EXPECT_LE(rel, std::max(2 * rel_cub, 4e-3)) << "M " << s.M << " N " << s.N << " K " << s.K;
+  }
+}
+
+TEST(GemmCuda, OtherShapesTakeCublas) {
+  const void* p = reinterpret_cast<void*>(256);
+  EXPECT_FALSE(Gemm::decode_path(p, p, 65, 64, 64, DType::bf16, DType::bf16));  // too many tokens
+  EXPECT_FALSE(Gemm::decode_path(p, p, 1, 50, 64, DType::bf16, DType::bf16));   // N % 16
+  EXPECT_FALSE(Gemm::decode_path(p, p, 1, 64, 48, DType::bf16, DType::bf16));   // K % 32
+  EXPECT_FALSE(Gemm::decode_path(p, p, 1, 64, 64, DType::bf16, DType::f32));    // fp32 logits
+  EXPECT_FALSE(Gemm::decode_path(reinterpret_cast<void*>(264), p, 1, 64, 64, DType::bf16, DType::bf16));  // alignment
+  EXPECT_TRUE(Gemm::decode_path(p, p, 64, 64, 64, DType::f16, DType::f16));
+}
+
+}  // namespace
+}  // namespace minillm
