@@ -153,7 +153,7 @@ Gemm::~Gemm() = default;
 
 bool Gemm::decode_path(const void* x, const void* w, int64_t M, int64_t N, int64_t K, DType in, DType out) {
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return M <= moe::kDecodeMaxRows && in == out && (in == DType::bf16 || in == DType::f16) && N % 16 == 0 &&
+  return M <= kDecodeMaxRows && in == out && (in == DType::bf16 || in == DType::f16) && N % 16 == 0 &&
          K % 32 == 0 && aligned(x) && aligned(w);
 }
 
