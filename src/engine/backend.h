@@ -67,9 +67,6 @@ class Backend {
   virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
   // y[T, N] = x[T, K] @ w[N, K]^T.
   virtual void linear(const Tensor& x, const Tensor& w, Tensor& y) = 0;
-  // A hint that an op a few ops later reads weight w with T tokens: a backend may start moving w
-  // closer to its compute meanwhile. No effect on any result. Default: nothing.
-  virtual void prefetch(const Tensor& /*w*/, int64_t /*T*/) {}
   // In place on qkv [T, qkv_dim]: RoPE on the q and k parts at each token's position.
   virtual void rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) = 0;
   // In place on qkv [T, qkv_dim]: + w.bqkv (when present), then RMSNorm of q and k with w.q_norm /

@@ -37,18 +37,15 @@ void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& 
     const LayerWeights& lw = w.layers[l];
     if (pre) be.add_norm(x, pending, lw.norm1, c, h);  // x += moe_prev; h = N1(x)
     be.qkv(pre ? h : x, lw, qkv, b, c, cache, l);  // + bias, qk-norm, RoPE; k, v into the cache
-    be.prefetch(lw.wo, T);                          // while attention runs
     be.attention(qkv, attn, b, cache, l, c, ws);
     be.linear(attn, lw.wo, delta);
     if (pre) {
       be.add_norm(x, &delta, lw.norm2, c, h);  // x += attn; h = N2(x)
       be.moe(h, lw, l, c, moe_out, ws);
-      if (l + 1 < c.num_layers) be.prefetch(w.layers[l + 1].wqkv, T);  // while the next add + norm runs
       pending = &moe_out;
     } else {
       be.add_norm(x, &delta, lw.norm1, c, x);  // x = N1(x + attn)
       be.moe(x, lw, l, c, moe_out, ws);
-      if (l + 1 < c.num_layers) be.prefetch(w.layers[l + 1].wqkv, T);
       be.add_norm(x, &moe_out, lw.norm2, c, x);  // x = N2(x + moe)
     }
   }

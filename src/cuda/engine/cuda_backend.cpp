@@ -167,12 +167,6 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, Tensor& y) {
   impl_->gemm.linear(x.data, w.data, y.data, M, N, K, x.dtype, y.dtype, stream_);
 }
 
-void CudaBackend::prefetch(const Tensor& w, int64_t T) {
-  if (T > ke::Gemm::kDecodeMaxRows || !w.data || w.device != Device::cuda || !w.is_contiguous()) return;
-  OpScope s(*this, "prefetch");
-  ke::l2_prefetch(w.data, w.nbytes(), stream_);
-}
-
 namespace {
 
 // RoPE's positions for a step batch: forward()'s padded batch rotates row t at t % N; otherwise each

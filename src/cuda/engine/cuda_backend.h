@@ -40,8 +40,6 @@ class CudaBackend final : public Backend {
   DType act_dtype() const override { return config_.dtype; }
   void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override;
   void linear(const Tensor& x, const Tensor& w, Tensor& y) override;
-  // Decode shapes (Gemm::decode_path's token counts): w into L2 (l2_prefetch.cu).
-  void prefetch(const Tensor& w, int64_t T) override;
   void rope(Tensor& qkv, const StepBatch& b, const ModelConfig& c) override;
   void qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelConfig& c) override;
   void kv_cache_write(const Tensor& qkv, const StepBatch& b, const KVCache& cache, int layer,

@@ -1,5 +1,5 @@
 // Launchers of the engine's glue kernels (embedding, RoPE, the QKV projection with RoPE, fused
-// residual add + norm, an L2 prefetch, and a plain MoE fallback). Raw device pointers, explicit sizes and a stream; each enqueues its kernel(s) and
+// residual add + norm, and a plain MoE fallback). Raw device pointers, explicit sizes and a stream; each enqueues its kernel(s) and
 // never synchronises. Activations are bf16 or fp16 (`dtype`), norm weights and math are fp32.
 #pragma once
 #include <cuda_runtime.h>
@@ -14,10 +14,6 @@ namespace minillm::cuda::engine {
 // Also the row gather of the LM head's input (table = the activations, ids = the logits rows).
 void embedding(DType dtype, const int32_t* ids, const void* table, void* out, int64_t T, int64_t H,
                cudaStream_t stream);
-
-// Asks L2 to fetch bytes [p, p + bytes) (p 16-byte aligned) after the stream's previous kernel; returns
-// at once on the device (l2_prefetch.cu): the weights of a GEMM a few kernels later.
-void l2_prefetch(const void* p, size_t bytes, cudaStream_t stream);
 
 // Where a QKV op stores each new token's k and v rows in the paged KV cache (as cuda::kv_cache_write).
 struct KvStore {
