@@ -79,9 +79,8 @@ const SpApi& sp_api() {
 class SpTokenizer final : public TokenizerImpl {
  public:
   SpTokenizer(const std::string& path, const std::string& content) : api_(sp_api()), path_(path) {
-    std::string error;
-    sp_ = api_.load(content, error);
-    MINILLM_TEXT_REQUIRE(sp_, path << ": not a SentencePiece model: " << error);
+    sp_ = api_.load(content.data(), content.size());
+    MINILLM_TEXT_REQUIRE(sp_, path << ": not a SentencePiece model: " << api_.last_error());
     n_ = api_.piece_size(sp_);
   }
   ~SpTokenizer() override { api_.destroy(sp_); }
@@ -89,11 +88,12 @@ class SpTokenizer final : public TokenizerImpl {
   SpTokenizer& operator=(const SpTokenizer&) = delete;
 
   void encode(std::string_view text, bool add_special, std::vector<int32_t>& out) const override {
-    std::vector<int> ids;
-    std::string error;
-    MINILLM_TEXT_REQUIRE(api_.encode(sp_, text, ids, error), path_ << ": SentencePiece encode failed: " << error);
+    const int* ids = nullptr;
+    size_t count = 0;
+    MINILLM_TEXT_REQUIRE(api_.encode(sp_, text.data(), text.size(), &ids, &count),
+                         path_ << ": SentencePiece encode failed: " << api_.last_error());
     if (add_special && add_bos && bos_id >= 0) out.push_back(bos_id);
-    out.insert(out.end(), ids.begin(), ids.end());
+    out.insert(out.end(), ids, ids + count);
     if (add_special && add_eos && eos_id >= 0) out.push_back(eos_id);
   }
 
@@ -105,24 +105,28 @@ class SpTokenizer final : public TokenizerImpl {
       if (skip_special && is_special(id)) continue;
       keep.push_back(id);
     }
-    std::string out, error;
-    MINILLM_TEXT_REQUIRE(api_.decode(sp_, keep, out, error), path_ << ": SentencePiece decode failed: " << error);
-    return out;
+    const char* text = nullptr;
+    size_t bytes = 0;
+    MINILLM_TEXT_REQUIRE(api_.decode(sp_, keep.data(), keep.size(), &text, &bytes),
+                         path_ << ": SentencePiece decode failed: " << api_.last_error());
+    return std::string(text, bytes);
   }
 
   int32_t vocab_size() const override { return n_; }
   std::string id_to_token(int32_t id) const override {
-    std::string piece;
-    if (id >= 0 && id < n_) api_.id_to_piece(sp_, id, piece);
-    return piece;
+    if (id < 0 || id >= n_) return {};
+    const char* piece = nullptr;
+    size_t bytes = 0;
+    api_.id_to_piece(sp_, id, &piece, &bytes);
+    return std::string(piece, bytes);
   }
   int32_t token_to_id(std::string_view tok) const override {
-    const int id = api_.piece_to_id(sp_, tok);
+    const int id = api_.piece_to_id(sp_, tok.data(), tok.size());
     // piece_to_id answers unk_id for unknown pieces
     return id >= 0 && id < n_ && id_to_token(id) == tok ? id : -1;
   }
-  bool is_special(int32_t id) const override { return id >= 0 && id < n_ && api_.is_control(sp_, id); }
-  bool is_byte_token(int32_t id) const override { return id >= 0 && id < n_ && api_.is_byte(sp_, id); }
+  bool is_special(int32_t id) const override { return id >= 0 && id < n_ && api_.is_control(sp_, id) != 0; }
+  bool is_byte_token(int32_t id) const override { return id >= 0 && id < n_ && api_.is_byte(sp_, id) != 0; }
   std::string kind() const override { return "tokenizer.model (SentencePiece)"; }
 
   int32_t model_bos() const { return api_.bos_id(sp_); }
