@@ -17,7 +17,10 @@
 // W [E, N, K]; D [rows, N], or with combine [pairs, N] in pair order scaled by the pair's weight
 // (the second GEMM needs no combine pass). Each has its own row stride.
 // The tile count is compiled into the block (decode_block): the activation loads of a step are issued
-// before its MMAs, and no register is spent on absent tiles. Measurements: docs/REPORT.md.
+// before its MMAs, and no register is spent on absent tiles.
+// Dense mode (no counts, E = 1): the engine's dense layers at decode (engine::Gemm, up to 16 rows); the
+// block asks L2 for its weight rows before the PDL wait, so they stream in while the previous kernel
+// ends. Measurements: docs/REPORT.md.
 #include <cuda_runtime.h>
 
 #include "cuda/common.cuh"
