@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cuda/moe/moe_ops.h"
+#include "dev_util.cuh"
 #include "minillm/core/cuda_check.h"
 
 namespace {
@@ -29,27 +30,8 @@ struct Shape {
   int64_t T, H, E, k, F;
 };
 
-__global__ void fill_uniform(T* x, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 0x9E3779B1u ^ seed;
-    h ^= h >> 16, h *= 0x85EBCA6Bu, h ^= h >> 13, h *= 0xC2B2AE35u, h ^= h >> 16;
-    x[i] = __float2bfloat16_rn((float(h) * (1.0f / 4294967296.0f) - 0.5f) * 0.1f);
-  }
-}
-
-template <typename U>
-U* device_alloc(size_t n) {
-  U* p = nullptr;
-  MINILLM_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(U)));
-  return p;
-}
-
-T* random_tensor(size_t n, uint32_t seed) {
-  T* p = device_alloc<T>(n);
-  fill_uniform<<<1024, 256>>>(p, n, seed);
-  MINILLM_CUDA_CHECK(cudaGetLastError());
-  return p;
-}
+using dev::device_alloc;
+using dev::random_tensor;
 
 // Median milliseconds of `run` over 10 timed calls after 2 warm-up calls.
 template <typename F>

@@ -18,6 +18,7 @@
 
 #include "cuda/engine/gemm.h"
 #include "cuda/moe/moe_ops.h"
+#include "dev_util.cuh"
 #include "minillm/core/cuda_check.h"
 
 namespace {
@@ -26,27 +27,8 @@ namespace km = minillm::cuda::moe;
 using T = __nv_bfloat16;
 constexpr size_t kRotateBytes = size_t{256} << 20;
 
-__global__ void fill_uniform(T* x, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 0x9E3779B1u ^ seed;
-    h ^= h >> 16, h *= 0x85EBCA6Bu, h ^= h >> 13, h *= 0xC2B2AE35u, h ^= h >> 16;
-    x[i] = __float2bfloat16_rn((float(h) * (1.0f / 4294967296.0f) - 0.5f) * 0.1f);
-  }
-}
-
-template <typename U>
-U* device_alloc(size_t n) {
-  U* p = nullptr;
-  MINILLM_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(U)));
-  return p;
-}
-
-T* random_tensor(size_t n, uint32_t seed) {
-  T* p = device_alloc<T>(n);
-  fill_uniform<<<1024, 256>>>(p, n, seed);
-  MINILLM_CUDA_CHECK(cudaGetLastError());
-  return p;
-}
+using dev::device_alloc;
+using dev::random_tensor;
 
 // Median over 7 runs of the milliseconds per call of run(i) for i = 0..63.
 float ms_per_call(const std::function<void(int)>& run) {
