@@ -1,5 +1,6 @@
 // libFuzzer target: the tokenizer.json loader (Tokenizer::from_json) on arbitrary bytes, then the
-// loaded tokenizer on a few texts and on ids taken from the input.
+// loaded tokenizer on a few texts and on ids taken from the input; and the tokenizer.model check
+// (sp_model_check.h: the bytes' protobuf wire format, before libsentencepiece sees them).
 // Contract: any input either throws minillm::Error with a bounded message, or loads a tokenizer
 // whose encode gives ids inside the vocabulary (or throws minillm::Error, e.g. a regex hitting its
 // match limit), whose decode and streamed pieces are valid UTF-8, and which never crashes, leaks or
@@ -15,6 +16,7 @@
 
 #include "minillm/core/check.h"
 #include "minillm/tokenizer.h"
+#include "text/sp_model_check.h"
 #include "text/text_util.h"
 
 namespace {
@@ -28,6 +30,7 @@ bool valid(const std::string& s) { return minillm::text::utf8_invalid_at(s) == s
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string content(reinterpret_cast<const char*>(data), size);
+  if (minillm::text::sp_model_problem(content).size() > 256) std::abort();  // bounded messages
   std::unique_ptr<minillm::Tokenizer> tok;
   try {
     tok = minillm::Tokenizer::from_json(content);

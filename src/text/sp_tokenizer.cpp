@@ -5,6 +5,7 @@
 // (sentencepiece/sp_api.h says why), found beside the binary or Python extension that holds this
 // code, or in its parent folder, else on the loader's search path; it is loaded once, on first use,
 // with its own symbols bound first (RTLD_DEEPBIND, except under AddressSanitizer, which refuses it).
+// A file's bytes reach it only once they parse as a ModelProto (sp_model_check.h).
 #include <dlfcn.h>
 
 #include <filesystem>
@@ -15,6 +16,7 @@
 
 #include "minillm/core/check.h"
 #include "text/sentencepiece/sp_api.h"
+#include "text/sp_model_check.h"
 #include "text/text_util.h"
 #include "text/tokenizer_impl.h"
 
@@ -145,6 +147,8 @@ class SpTokenizer final : public TokenizerImpl {
 
 std::unique_ptr<TokenizerImpl> load_sp_tokenizer(const std::string& path, const std::string& content,
                                                  const json* config) {
+  const std::string problem = sp_model_problem(content);
+  MINILLM_TEXT_REQUIRE(problem.empty(), path << ": not a SentencePiece model: " << problem);
   auto t = std::make_unique<SpTokenizer>(path, content);
   t->bos_id = config_token_id(*t, config, "bos_token", path);
   t->eos_id = config_token_id(*t, config, "eos_token", path);

@@ -13,6 +13,7 @@
 #include "minillm/core/check.h"
 #include "minillm/tokenizer.h"
 #include "text/bpe.h"
+#include "text/sp_model_check.h"
 #include "text/text_util.h"
 
 namespace fs = std::filesystem;
@@ -294,6 +295,40 @@ TEST(Tokenizer, BadFilesNameTheFileAndTheProblem) {
   e = error_of([&] { Tokenizer::from_dir(d2.str()); });
   EXPECT_NE(e.find(sp), std::string::npos) << e;
   EXPECT_NE(e.find("not a SentencePiece model"), std::string::npos) << e;
+}
+
+TEST(Tokenizer, SentencePieceModelBytesAreCheckedBeforeTheLibrarySeesThem) {
+  using minillm::text::sp_model_problem;
+  using namespace std::string_view_literals;
+  // pieces { piece: "a" score: 0.5 type: 1 } trainer_spec { model_type: 2 }
+  const std::string piece = std::string("\x0a\x01" "a" "\x15\x00\x00\x00\x3f" "\x18\x01", 10);
+  std::string model(1, '\x0a');
+  model += static_cast<char>(piece.size());
+  model += piece;
+  model.append("\x12\x02\x18\x02", 4);
+  EXPECT_EQ(sp_model_problem(model), "");
+  EXPECT_EQ(sp_model_problem(model + "\xc8\x0c\x07"), "");  // an extension (field 201, varint) is allowed
+  EXPECT_EQ(sp_model_problem(""), "empty file");
+  EXPECT_EQ(sp_model_problem("\x12\x00"sv), "no pieces (field 1)");
+  EXPECT_EQ(sp_model_problem("\x01\x02garbage"), "field number 0 at byte 0");
+  EXPECT_EQ(sp_model_problem(model.substr(0, model.size() - 1)), "field 2 of 2 bytes runs past its message at byte 12");
+  EXPECT_EQ(sp_model_problem(model + "\x0b"), "wire type 3 of field 1 at byte 16");
+  EXPECT_EQ(sp_model_problem(model + "\x10\x01"), "field 2 is not length-delimited at byte 16");
+  EXPECT_EQ(sp_model_problem(model + "\x28" + std::string(11, '\xff')), "varint longer than 10 bytes at byte 17");
+  EXPECT_EQ(sp_model_problem("\x0a\x02\x15\x00"sv), "truncated fixed-size field 2 at byte 2");  // inside a piece
+  EXPECT_EQ(sp_model_problem("\x0a\x80"), "truncated varint at byte 1");
+  // Every prefix of a valid model is refused or (at a field boundary) well-formed; never a crash.
+  for (size_t n = 0; n < model.size(); ++n) {
+    const std::string why = sp_model_problem(model.substr(0, n));
+    EXPECT_TRUE(n == 12 || !why.empty()) << n;
+  }
+  const std::string real = std::string(MINILLM_SOURCE_DIR) + "/.tokenizers/mixtral-sp/tokenizer.model";
+  if (std::filesystem::exists(real)) {  // a real vocabulary (scripts/setup.sh)
+    std::ifstream f(real, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(sp_model_problem(bytes), "");
+    EXPECT_NE(sp_model_problem(bytes.substr(0, bytes.size() / 2)), "");
+  }
 }
 
 TEST(Tokenizer, TextStreamerStopsAcrossTokens) {

@@ -69,15 +69,20 @@ def test_streamer_and_batch():
     assert s.stopped and s.matched == "o w" and shown == "hell"
 
 
+SP_MODEL = os.path.join(HERE, "..", "..", ".tokenizers", "mixtral-sp")  # a real tokenizer.model (scripts/setup.sh)
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc/self/maps (Linux)")
 def test_sentencepiece_runtime_only_on_first_tokenizer_model(tmp_path):
     """`import minillm` must not load libsentencepiece or a protobuf runtime: a process that has imported
-    PyTorch crashes when a second protobuf runtime initialises in it. They come in with the first
-    tokenizer.model, through the plugin libminillm_sentencepiece.so (a broken file is enough to load it)."""
+    PyTorch crashes when a second protobuf runtime initialises in it. A file that is not a ModelProto is
+    refused before them (sp_model_check.h); a real tokenizer.model brings them in, through the plugin
+    libminillm_sentencepiece.so."""
     import subprocess
 
     (tmp_path / "tokenizer.model").write_bytes(b"\x01\x02 not a SentencePiece model")
     code = f"""
+import os
 import minillm
 def loaded():
     maps = open("/proc/self/maps").read()
@@ -86,10 +91,13 @@ assert loaded() == [], loaded()
 try:
     minillm.Tokenizer({str(tmp_path)!r})
 except ValueError as e:
-    assert "not a SentencePiece model" in str(e), e
+    assert "not a SentencePiece model: field number 0 at byte 0" in str(e), e
 else:
     raise AssertionError("a broken tokenizer.model loaded")
-assert "libminillm_sentencepiece" in loaded() and "libsentencepiece.so" in loaded(), loaded()
+assert loaded() == [], loaded()
+if os.path.exists({SP_MODEL!r}):
+    assert minillm.Tokenizer({SP_MODEL!r}).encode("Hello world")
+    assert "libminillm_sentencepiece" in loaded() and "libsentencepiece.so" in loaded(), loaded()
 """
     env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "..", "..", "python"))
     # faulthandler: a crash inside the plugin's libraries prints the Python stack of the child.

@@ -1,0 +1,18 @@
+// A tokenizer.model's bytes checked against the protobuf wire format of SentencePiece's ModelProto
+// before any of them reach libsentencepiece and its protobuf runtime: a file that is not one is
+// refused here, with the byte offset, and the plugin that holds those libraries is not even loaded.
+#pragma once
+#include <string>
+#include <string_view>
+
+namespace minillm::text {
+
+// "" when `bytes` is a well-formed ModelProto message: every field of every level this checks has a
+// valid tag (field number 1..2^29-1, wire type varint / 64-bit / length-delimited / 32-bit), varints of
+// at most 10 bytes, lengths inside their message; at least one `pieces` entry (field 1), each a
+// well-formed SentencePiece message, and the other known fields (trainer_spec 2, normalizer_spec 3,
+// self_test_data 4, denormalizer_spec 5) length-delimited well-formed messages. Otherwise the
+// first problem found, with its byte offset in the file.
+std::string sp_model_problem(std::string_view bytes);
+
+}  // namespace minillm::text
