@@ -4,8 +4,12 @@ shape, context 128) recorded by torch.profiler (CUPTI sees every kernel of the p
 included). For each step: host wall time, the time the GPU was busy (union of kernel and copy
 intervals), the idle time inside the step (gaps between kernels: launch latency, PDL waits not
 covered) and the time from the step's last GPU work to the next step's first (host work between
-steps). Per kernel: calls and microseconds per step. Writes decode_trace.json (bench/results/<gpu>/,
-or --out) and, with --chrome FILE, the raw trace for chrome://tracing or Perfetto.
+steps), with the largest idle intervals and the GPU work on either side. Per kernel: calls and
+microseconds per step. Kernel intervals overlap where programmatic dependent launch started a kernel
+early and it sat in its PDL wait: a kernel's time here includes that wait. The profiler slows the host
+side of a step: compare these figures with each other, not with untraced step times. Writes
+decode_trace.json (bench/results/<gpu>/, or --out) and, with --chrome FILE, the raw trace for
+chrome://tracing or Perfetto.
 
 Run: PYTHONPATH=python python3 bench/trace_decode.py [--steps 20] [--batch 1]"""
 import argparse
@@ -95,10 +99,18 @@ def main():
         first, last = work[0][0], max(g[1] for g in work)
         kernels = [g for g in work if g[3] == "kernel"]
         gaps = [b[0] - a[1] for a, b in zip(kernels, kernels[1:])]
+        # where the GPU sat idle: each interval of no GPU work inside the span, with what ends and starts around it
+        idle, end, end_name = [], work[0][1], work[0][2]
+        for b in work[1:]:
+            if b[0] > end + 1.0:
+                idle.append(dict(us=b[0] - end, after=short(end_name), before=short(b[2])))
+            if b[1] > end:
+                end, end_name = b[1], b[2]
         rows.append(dict(host_us=s1 - s0, gpu_span_us=last - first, gpu_busy_us=busy, idle_in_span_us=last - first - busy,
                          launch_to_first_gpu_us=first - s0, kernels=len(kernels), copies=len(work) - len(kernels),
                          median_gap_us=statistics.median(gaps) if gaps else 0.0,
-                         gaps_over_2us=sum(g > 2 for g in gaps), end_to_next_step_us=nxt - last if nxt != float("inf") else None))
+                         gaps_over_2us=sum(g > 2 for g in gaps), end_to_next_step_us=nxt - last if nxt != float("inf") else None,
+                         idle_intervals=sorted(idle, key=lambda r: -r["us"])[:5]))
         if i + 1 < len(steps):  # full steps only
             for g in kernels:
                 k = per_kernel.setdefault(short(g[2]), [0, 0.0])
@@ -110,6 +122,10 @@ def main():
     print(f"{dev}: batch {args.batch}, {n} steps (medians)")
     for k, v in med.items():
         print(f"  {k:24s} {v:10.1f}")
+    print("  largest idle intervals of the median step (us, after -> before):")
+    mid = sorted(full, key=lambda r: r["host_us"])[n // 2]
+    for g in mid["idle_intervals"]:
+        print(f"    {g['us']:8.1f}  {g['after'][:40]} -> {g['before'][:40]}")
     table = sorted(((name, c / n, t / n, t / c) for name, (c, t) in per_kernel.items()), key=lambda r: -r[2])
     print(f"\n{'kernel':48s} {'calls/step':>10} {'us/step':>9} {'us/call':>8}")
     for name, c, t, each in table:
