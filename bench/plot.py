@@ -305,7 +305,9 @@ def plot_serving(dec_runs, gen_runs, serve_runs, out):
         styles = {}
         for r in d["decode"]:
             styles.setdefault((r["heads"], r["kv_heads"]), ["-", "--", ":"][len(styles) % 3])
-        colors = dict(zip(sorted({r["batch"] for r in d["decode"]}), ["tab:red", "tab:blue", "tab:green", "tab:purple"]))
+        batches = sorted({r["batch"] for r in d["decode"]})
+        shown = [b for b in (1, 16, 64, 256) if b in batches] if len(batches) > 4 else batches  # a readable few
+        colors = dict(zip(shown, ["tab:red", "tab:blue", "tab:green", "tab:purple"]))
         for (h, kv), ls in styles.items():
             for b, col in colors.items():
                 rows = sorted((r for r in d["decode"] if r["batch"] == b and (r["heads"], r["kv_heads"]) == (h, kv)),
@@ -318,7 +320,8 @@ def plot_serving(dec_runs, gen_runs, serve_runs, out):
         ax.set_ylim(bottom=0)
         ax.set_xlabel("context (tokens)")
         ax.set_ylabel("KV bytes read / time (GB/s)")
-        ax.set_title("Paged decode attention, D128")
+        ax.set_title("Paged decode attention, D128" + (f" (batches {', '.join(map(str, shown))} of the grid)"
+                                                        if len(shown) < len(batches) else ""))
         ax.legend(fontsize=6, ncol=2)
     ax = axes[1]
     if gen_runs:
