@@ -100,12 +100,12 @@ TEST(GemmCuda, DecodePathMatchesReferenceAndCublas) {
 
 TEST(GemmCuda, OtherShapesTakeCublas) {
   const void* p = reinterpret_cast<void*>(256);
-  EXPECT_FALSE(Gemm::decode_path(p, p, Gemm::kDecodeMaxRows + 1, 64, 64, DType::bf16, DType::bf16));  // tokens
+  EXPECT_FALSE(Gemm::decode_path(p, p, Gemm::kDecodePathMaxRows + 1, 64, 64, DType::bf16, DType::bf16));  // tokens
   EXPECT_FALSE(Gemm::decode_path(p, p, 1, 50, 64, DType::bf16, DType::bf16));   // N % 16
   EXPECT_FALSE(Gemm::decode_path(p, p, 1, 64, 48, DType::bf16, DType::bf16));   // K % 32
   EXPECT_FALSE(Gemm::decode_path(p, p, 1, 64, 64, DType::bf16, DType::f32));    // fp32 logits
   EXPECT_FALSE(Gemm::decode_path(reinterpret_cast<void*>(264), p, 1, 64, 64, DType::bf16, DType::bf16));  // alignment
-  EXPECT_TRUE(Gemm::decode_path(p, p, Gemm::kDecodeMaxRows, 64, 64, DType::f16, DType::f16));
+  EXPECT_TRUE(Gemm::decode_path(p, p, Gemm::kDecodePathMaxRows, 64, 64, DType::f16, DType::f16));
 }
 
 }  // namespace

@@ -151,9 +151,11 @@ Gemm::Gemm(size_t workspace_bytes) : impl_(std::make_unique<Impl>()) {
 
 Gemm::~Gemm() = default;
 
+static_assert(Gemm::kDecodePathMaxRows <= moe::kDecodeMaxRows, "the decode path's rows must fit the decode kernel");
+
 bool Gemm::decode_path(const void* x, const void* w, int64_t M, int64_t N, int64_t K, DType in, DType out) {
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return M <= kDecodeMaxRows && in == out && (in == DType::bf16 || in == DType::f16) && N % 16 == 0 &&
+  return M <= kDecodePathMaxRows && in == out && (in == DType::bf16 || in == DType::f16) && N % 16 == 0 &&
          K % 32 == 0 && aligned(x) && aligned(w);
 }
 

@@ -27,11 +27,11 @@ class Gemm {
   // The cuBLASLt path alone (any M).
   void cublas(const void* x, const void* w, void* y, int64_t M, int64_t N, int64_t K, DType in, DType out,
               cudaStream_t stream);
-  // M <= kDecodeMaxRows tokens, 16-bit in and out, N % 16 == 0, K % 32 == 0, x and w 16-byte aligned: the
+  // M <= kDecodePathMaxRows tokens, 16-bit in and out, N % 16 == 0, K % 32 == 0, x and w 16-byte aligned: the
   // weights are streamed once by moe::decode_gemm (one expert), prefetched into L2 while the previous
   // kernel of the stream finishes (PDL); cuBLASLt has no such overlap. Beyond 16 rows the decode kernel's
   // 8-token tiles lose to cuBLASLt (dev/cuda/03_decode_gemm_bandwidth.cu, docs/REPORT.md).
-  static constexpr int64_t kDecodeMaxRows = 16;
+  static constexpr int64_t kDecodePathMaxRows = 16;  // <= moe::kDecodeMaxRows, the kernel's own limit
   static bool decode_path(const void* x, const void* w, int64_t M, int64_t N, int64_t K, DType in, DType out);
 
  private:
