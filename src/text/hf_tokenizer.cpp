@@ -11,6 +11,7 @@
 #include <utf8proc.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -540,6 +541,10 @@ class HfTokenizer final : public TokenizerImpl {
         added_.push_back(std::move(t));
       }
     }
+    for (const auto* ids : {&prefix_, &suffix_})
+      for (int32_t id : *ids)
+        MINILLM_TEXT_REQUIRE(id < id_end_, path << ": post_processor: token id " << id << " is outside the vocabulary ("
+                                                << id_end_ << " ids)");
     added_by_id_.assign(size_t(id_end_), -1);
     for (size_t k = 0; k < added_.size(); ++k) {
       const AddedToken& t = added_[k];
@@ -768,6 +773,14 @@ class HfTokenizer final : public TokenizerImpl {
     }
   }
 
+  // A token id of a post-processor: an integer in [0, 2^31) (the vocabulary's bound is checked once
+  // the added tokens are known).
+  static int32_t post_id(const json& v, const std::string& where) {
+    MINILLM_TEXT_REQUIRE(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= INT32_MAX,
+                         where << " = " << excerpt(v.dump()) << " is not a token id");
+    return static_cast<int32_t>(v.get<int64_t>());
+  }
+
   void parse_post(const json& j, const std::string& where) {
     if (j.is_null()) return;
     const std::string t = type_of(j, where);
@@ -789,15 +802,18 @@ class HfTokenizer final : public TokenizerImpl {
         } else if (item.contains("SpecialToken")) {
           const std::string name = item["SpecialToken"].at("id").get<std::string>();
           MINILLM_TEXT_REQUIRE(specials.contains(name), where << ".single names special token \"" << excerpt(name) << "\" that special_tokens lacks");
-          for (const auto& id : specials[name].at("ids")) (seen_seq ? suffix_ : prefix_).push_back(id.get<int32_t>());
+          const json& ids = specials[name].at("ids");
+          for (size_t i = 0; i < ids.size(); ++i)
+            (seen_seq ? suffix_ : prefix_)
+                .push_back(post_id(ids[i], where + ".special_tokens[\"" + excerpt(name) + "\"].ids[" + std::to_string(i) + "]"));
         } else {
           MINILLM_FAIL(where << ".single: item " << excerpt(item.dump()) << " is not supported");
         }
       }
       MINILLM_TEXT_REQUIRE(seen_seq, where << ".single has no $A");
     } else if (t == "RobertaProcessing" || t == "BertProcessing") {
-      prefix_.push_back(j.at("cls").at(1).get<int32_t>());
-      suffix_.push_back(j.at("sep").at(1).get<int32_t>());
+      prefix_.push_back(post_id(j.at("cls").at(1), where + ".cls[1]"));
+      suffix_.push_back(post_id(j.at("sep").at(1), where + ".sep[1]"));
     } else {
       MINILLM_FAIL(where << ": post-processor type \"" << t << "\" is not supported");
     }

@@ -117,6 +117,26 @@ TEST(Tokenizer, ByteLevelMergesAddedTokensAndTemplate) {
   EXPECT_EQ(t->vocab_size(), 265);  // added tokens take ids after the vocabulary, as in tokenizers
 }
 
+TEST(Tokenizer, PostProcessorIdsMustBeTokenIds) {
+  const auto with_ids = [](json ids) {
+    json j = tiny_bytelevel();
+    j["post_processor"]["special_tokens"]["<|end|>"]["ids"] = std::move(ids);
+    return error_of([&] { load(j); });
+  };
+  EXPECT_NE(with_ids(json::parse("[2.6e74]")).find("post_processor.special_tokens[\"<|end|>\"].ids[0] = 2.6e+74 is not a token id"),
+            std::string::npos)
+      << with_ids(json::parse("[2.6e74]"));
+  EXPECT_NE(with_ids({264, -1}).find("ids[1] = -1 is not a token id"), std::string::npos);
+  EXPECT_NE(with_ids({"264"}).find("ids[0] = \"264\" is not a token id"), std::string::npos);
+  EXPECT_NE(with_ids({4294967296LL}).find("ids[0] = 4294967296 is not a token id"), std::string::npos);
+  EXPECT_NE(with_ids({265}).find("post_processor: token id 265 is outside the vocabulary (265 ids)"), std::string::npos)
+      << with_ids({265});
+  json roberta = tiny_bytelevel();
+  roberta["post_processor"] = {{"type", "RobertaProcessing"}, {"cls", {"<|end|>", 264}}, {"sep", {"<|end|>", 1.5}}};
+  EXPECT_NE(error_of([&] { load(roberta); }).find("post_processor.sep[1] = 1.5 is not a token id"), std::string::npos)
+      << error_of([&] { load(roberta); });
+}
+
 TEST(Tokenizer, NfcNormalizesBeforeMerging) {
   auto t = load(tiny_bytelevel());
   // e + combining acute becomes U+00E9: two bytes C3 A9
