@@ -289,15 +289,16 @@ TEST(PagedAttention, SmallHopperPrefill) {
 
 TEST(PagedAttention, SmallForcedSplits) {  // split-KV + combine, including empty splits
   REQUIRE_GPU();
-  for (int splits : {1, 2, 3, 7, 64}) {
-    Case c;
-    c.Hq = 8, c.Hkv = 1, c.D = 128;
-    c.ctx = {1, 200, 1000, 64};
-    c.nq = {1, 2, 1, 0};
-    c.num_splits = splits;
-    c.seed = 40 + splits;
-    check(c);
-  }
+  for (int D : {64, 128})
+    for (int splits : {1, 2, 3, 7, 9, 64}) {
+      Case c;
+      c.Hq = 8, c.Hkv = 1, c.D = D;
+      c.ctx = {1, 200, 1000, 64};
+      c.nq = {1, 2, 1, 0};
+      c.num_splits = splits;
+      c.seed = 40 + splits + D;
+      check(c);
+    }
 }
 
 TEST(PagedAttention, SmallLargeScores) {  // |scores| in the thousands: no overflow, no NaN

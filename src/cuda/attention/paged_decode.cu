@@ -417,28 +417,61 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
   merge_and_store<Kt, T>(a, RowBlock{tok0, kvh, row0, rows_here, split}, s_pipe, o, m, l, wm, wn, tid);
 }
 
-// One thread per 4 columns of one (token, head): merges the num_splits partials.
+// Merges the num_splits partials of each (token, head) row. The D / 4 threads of a row (a warp for
+// D = 128, a half warp for D = 64) each own 4 columns. The split weights 2^(lse_i - M) are computed
+// once per row, spread over the row's threads (a shuffle max and sum), and kept in shared memory; the
+// partial O rows are then read kCombineUnroll splits at a time, so their loads are in flight together
+// rather than one L2 round trip per split. Empty splits (lse = -inf, weight 0) are not read.
 // grid: ceil(T * Hq / kCombineRows); block: (D / 4, kCombineRows).
 constexpr int kCombineRows = 8;
+constexpr int kCombineUnroll = 8;
 template <typename T, int D>
 __global__ void __launch_bounds__(D / 4 * kCombineRows) combine_kernel(const __grid_constant__ KernelArgs a) {
+  constexpr int kLanes = D / 4;  // threads per row, a power of two within one warp
+  constexpr int kPerLane = (kMaxSplits + kLanes - 1) / kLanes;
+  __shared__ float s_w[kCombineRows][kMaxSplits];
   pdl_wait();  // cuda::launch (launch.cuh)
   pdl_trigger();
   const int64_t rows = int64_t{a.num_tokens} * a.num_heads;
   const int64_t row = int64_t{blockIdx.x} * kCombineRows + threadIdx.y;  // token * Hq + head
-  if (row >= rows) return;
-  const int c4 = threadIdx.x;
+  const bool valid = row < rows;  // no early return: the row's threads shuffle together
+  const int c4 = threadIdx.x, ns = a.num_splits;
+  float lse[kPerLane];
   float mt = -INFINITY;
-  for (int i = 0; i < a.num_splits; ++i) mt = fmaxf(mt, a.part_lse[i * rows + row]);
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int i = c4 + j * kLanes;
+    lse[j] = valid && i < ns ? a.part_lse[i * rows + row] : -INFINITY;
+    mt = fmaxf(mt, lse[j]);
+  }
+#pragma unroll
+  for (int off = kLanes / 2; off > 0; off /= 2) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
   const float m_use = mt == -INFINITY ? 0.f : mt;
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
   float wsum = 0.f;
-  for (int i = 0; i < a.num_splits; ++i) {
-    const float w = exp2f(a.part_lse[i * rows + row] - m_use);
-    if (w == 0.f) continue;  // empty split: its partial is not read
-    const float4 x = *reinterpret_cast<const float4*>(a.part_o + (i * rows + row) * D + c4 * 4);
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int i = c4 + j * kLanes;
+    const float w = exp2f(lse[j] - m_use);  // 0 for an empty split
+    if (i < kMaxSplits) s_w[threadIdx.y][i] = w;
     wsum += w;
-    acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
+  }
+#pragma unroll
+  for (int off = kLanes / 2; off > 0; off /= 2) wsum += __shfl_xor_sync(0xffffffffu, wsum, off);
+  __syncwarp();
+  if (!valid) return;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int i0 = 0; i0 < ns; i0 += kCombineUnroll) {
+    float w[kCombineUnroll];
+    float4 x[kCombineUnroll];
+#pragma unroll
+    for (int j = 0; j < kCombineUnroll; ++j) {
+      w[j] = i0 + j < ns ? s_w[threadIdx.y][i0 + j] : 0.f;
+      x[j] = w[j] > 0.f ? *reinterpret_cast<const float4*>(a.part_o + ((i0 + j) * rows + row) * D + c4 * 4)
+                        : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int j = 0; j < kCombineUnroll; ++j)
+      acc.x += w[j] * x[j].x, acc.y += w[j] * x[j].y, acc.z += w[j] * x[j].z, acc.w += w[j] * x[j].w;
   }
   const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
   const int64_t tok = row / a.num_heads, h = row % a.num_heads;
