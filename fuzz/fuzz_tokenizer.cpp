@@ -1,6 +1,7 @@
 // libFuzzer target: the tokenizer.json loader (Tokenizer::from_json) on arbitrary bytes, then the
 // loaded tokenizer on a few texts and on ids taken from the input; and the tokenizer.model check
-// (sp_model_check.h: the bytes' protobuf wire format, before libsentencepiece sees them).
+// (sp_model_check.h: the bytes' protobuf wire format) and, for a SentencePiece BPE model, the C++ reader
+// of sp_bpe.h on the same texts and ids.
 // Contract: any input either throws minillm::Error with a bounded message, or loads a tokenizer
 // whose encode gives ids inside the vocabulary (or throws minillm::Error, e.g. a regex hitting its
 // match limit), whose decode and streamed pieces are valid UTF-8, and which never crashes, leaks or
@@ -16,6 +17,7 @@
 
 #include "minillm/core/check.h"
 #include "minillm/tokenizer.h"
+#include "text/sp_bpe.h"
 #include "text/sp_model_check.h"
 #include "text/text_util.h"
 
@@ -30,7 +32,20 @@ bool valid(const std::string& s) { return minillm::text::utf8_invalid_at(s) == s
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string content(reinterpret_cast<const char*>(data), size);
-  if (minillm::text::sp_model_problem(content).size() > 256) std::abort();  // bounded messages
+  const std::string sp_problem = minillm::text::sp_model_problem(content);
+  if (sp_problem.size() > 256) std::abort();  // bounded messages
+  if (sp_problem.empty() && minillm::text::sp_bpe_unsupported(content).empty()) {
+    try {
+      const minillm::text::SpBpeModel m(content, "tokenizer.model");
+      std::vector<int32_t> ids;
+      for (const char* t : kTexts) m.encode(t, ids);
+      for (size_t i = 0; i + 2 <= size && i < 64; i += 2) ids.push_back((data[i] | (data[i + 1] << 8)) % m.size());
+      for (int32_t id : ids) if (id < 0 || id >= m.size()) std::abort();
+      if (!valid(m.decode(ids))) std::abort();
+    } catch (const minillm::Error& e) {
+      if (std::strlen(e.what()) > 2048 || !valid(e.what())) std::abort();
+    }
+  }
   std::unique_ptr<minillm::Tokenizer> tok;
   try {
     tok = minillm::Tokenizer::from_json(content);

@@ -1,6 +1,7 @@
-// tokenizer.model (SentencePiece) through Debian's libsentencepiece: encode/decode are the
-// library's own; BOS/EOS come from tokenizer_config.json (add_bos_token defaults to true and
-// add_eos_token to false, as in transformers' LlamaTokenizer) or the model's bos/eos ids.
+// tokenizer.model (SentencePiece): a BPE model of the Llama / Mistral / Mixtral kind in C++ (sp_bpe.h),
+// any other through Debian's libsentencepiece (encode/decode are the library's own). BOS/EOS come from
+// tokenizer_config.json (add_bos_token defaults to true and add_eos_token to false, as in
+// transformers' LlamaTokenizer) or the model's bos/eos ids.
 // libsentencepiece (and its protobuf runtime) live in a plugin, libminillm_sentencepiece.so
 // (sentencepiece/sp_api.h says why), found beside the binary or Python extension that holds this
 // code, or in its parent folder, else on the loader's search path; it is loaded once, on first use,
@@ -16,6 +17,7 @@
 
 #include "minillm/core/check.h"
 #include "text/sentencepiece/sp_api.h"
+#include "text/sp_bpe.h"
 #include "text/sp_model_check.h"
 #include "text/text_util.h"
 #include "text/tokenizer_impl.h"
@@ -143,13 +145,44 @@ class SpTokenizer final : public TokenizerImpl {
   int32_t n_ = 0;
 };
 
-}  // namespace
+// SentencePiece BPE in C++ (sp_bpe.h): no plugin, no protobuf runtime.
+class SpNativeTokenizer final : public TokenizerImpl {
+ public:
+  SpNativeTokenizer(const std::string& path, const std::string& content) : m_(content, path) {}
 
-std::unique_ptr<TokenizerImpl> load_sp_tokenizer(const std::string& path, const std::string& content,
-                                                 const json* config) {
-  const std::string problem = sp_model_problem(content);
-  MINILLM_TEXT_REQUIRE(problem.empty(), path << ": not a SentencePiece model: " << problem);
-  auto t = std::make_unique<SpTokenizer>(path, content);
+  void encode(std::string_view text, bool add_special, std::vector<int32_t>& out) const override {
+    if (add_special && add_bos && bos_id >= 0) out.push_back(bos_id);
+    m_.encode(text, out);
+    if (add_special && add_eos && eos_id >= 0) out.push_back(eos_id);
+  }
+  std::string decode(std::span<const int32_t> ids, bool skip_special) const override {
+    std::vector<int32_t> keep;
+    keep.reserve(ids.size());
+    for (int32_t id : ids)
+      if (id >= 0 && id < m_.size() && !(skip_special && m_.is_control(id))) keep.push_back(id);
+    return m_.decode(keep);
+  }
+  int32_t vocab_size() const override { return m_.size(); }
+  std::string id_to_token(int32_t id) const override { return id >= 0 && id < m_.size() ? m_.piece(id) : ""; }
+  int32_t token_to_id(std::string_view tok) const override {
+    const int32_t id = m_.piece_to_id(tok);
+    return m_.piece(id) == tok ? id : -1;
+  }
+  bool is_special(int32_t id) const override { return id >= 0 && id < m_.size() && m_.is_control(id); }
+  bool is_byte_token(int32_t id) const override { return id >= 0 && id < m_.size() && m_.is_byte(id); }
+  std::string kind() const override { return "tokenizer.model (SentencePiece BPE)"; }
+
+  int32_t model_bos() const { return m_.bos_id(); }
+  int32_t model_eos() const { return m_.eos_id(); }
+
+  bool add_bos = true, add_eos = false;
+
+ private:
+  SpBpeModel m_;
+};
+
+template <typename T>
+std::unique_ptr<TokenizerImpl> configure(std::unique_ptr<T> t, const std::string& path, const json* config) {
   t->bos_id = config_token_id(*t, config, "bos_token", path);
   t->eos_id = config_token_id(*t, config, "eos_token", path);
   if (t->bos_id < 0) t->bos_id = t->model_bos();
@@ -161,6 +194,17 @@ std::unique_ptr<TokenizerImpl> load_sp_tokenizer(const std::string& path, const 
       t->add_eos = (*config)["add_eos_token"].get<bool>();
   }
   return t;
+}
+
+}  // namespace
+
+std::unique_ptr<TokenizerImpl> load_sp_tokenizer(const std::string& path, const std::string& content,
+                                                 const json* config) {
+  const std::string problem = sp_model_problem(content);
+  MINILLM_TEXT_REQUIRE(problem.empty(), path << ": not a SentencePiece model: " << problem);
+  if (sp_bpe_unsupported(content).empty())
+    return configure(std::make_unique<SpNativeTokenizer>(path, content), path, config);
+  return configure(std::make_unique<SpTokenizer>(path, content), path, config);
 }
 
 }  // namespace minillm::text

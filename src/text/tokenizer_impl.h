@@ -32,7 +32,7 @@ class TokenizerImpl {
 // tokenizer.json (Hugging Face `tokenizers` format). config: tokenizer_config.json or null.
 std::unique_ptr<TokenizerImpl> load_hf_tokenizer(const std::string& path, const std::string& content,
                                                  const nlohmann::json* config);
-// tokenizer.model (SentencePiece, through libsentencepiece).
+// tokenizer.model (SentencePiece: BPE in C++, other kinds through libsentencepiece).
 std::unique_ptr<TokenizerImpl> load_sp_tokenizer(const std::string& path, const std::string& content,
                                                  const nlohmann::json* config);
 

@@ -13,6 +13,7 @@
 #include "minillm/core/check.h"
 #include "minillm/tokenizer.h"
 #include "text/bpe.h"
+#include "text/sp_bpe.h"
 #include "text/sp_model_check.h"
 #include "text/text_util.h"
 
@@ -349,6 +350,73 @@ TEST(Tokenizer, SentencePieceModelBytesAreCheckedBeforeTheLibrarySeesThem) {
     EXPECT_EQ(sp_model_problem(bytes), "");
     EXPECT_NE(sp_model_problem(bytes.substr(0, bytes.size() / 2)), "");
   }
+}
+
+namespace {
+// A ModelProto by hand: pieces (text, score, type), trainer_spec {model_type BPE, byte_fallback},
+// normalizer_spec {add_dummy_prefix, remove_extra_whitespaces 0}.
+std::string proto_field(int field, const std::string& bytes) {
+  std::string s(1, static_cast<char>(field << 3 | 2));
+  s += static_cast<char>(bytes.size());  // < 128 bytes here
+  return s + bytes;
+}
+std::string sp_bpe_model(const std::vector<std::tuple<std::string, float, int>>& pieces, bool byte_fallback) {
+  std::string m;
+  for (const auto& [text, score, type] : pieces) {
+    std::string p = proto_field(1, text) + '\x15';
+    p.append(reinterpret_cast<const char*>(&score), 4);
+    p += '\x18';
+    p += static_cast<char>(type);
+    m += proto_field(1, p);
+  }
+  std::string trainer = "\x18\x02";  // model_type BPE
+  if (byte_fallback) trainer += "\x98\x02\x01";  // field 35
+  return m + proto_field(2, trainer) + proto_field(3, std::string("\x18\x01\x20\x00", 4));
+}
+}  // namespace
+
+// SentencePiece's BPE: highest-scoring piece first (ties to the left), user-defined pieces never merged,
+// unused pieces split back, a run of unknown characters one unknown id; decode drops the dummy prefix.
+TEST(Tokenizer, SentencePieceBpeInCpp) {
+  using minillm::text::SpBpeModel;
+  const std::string sp = "\xE2\x96\x81";
+  // ids: 0 <unk>, 1 <s>, 2 </s>, 3 a, 4 b, 5 c, 6 ▁, 7 ab, 8 bc, 9 ▁a, 10 abc (unused), 11 <u> (user-defined)
+  const std::string model = sp_bpe_model({{"<unk>", 0, 2}, {"<s>", 0, 3}, {"</s>", 0, 3}, {"a", -1, 1}, {"b", -1, 1},
+                                          {"c", -1, 1}, {sp, -1, 1}, {"ab", -2, 1}, {"bc", -3, 1}, {sp + "a", -5, 1},
+                                          {"abc", 0, 5}, {"<u>", 0, 4}},
+                                         false);
+  ASSERT_EQ(minillm::text::sp_bpe_unsupported(model), "");
+  const SpBpeModel m(model, "t.model");
+  auto enc = [&](const std::string& s) {
+    std::vector<int32_t> ids;
+    m.encode(s, ids);
+    return ids;
+  };
+  EXPECT_EQ(enc("abc"), (std::vector<int32_t>{6, 7, 5}));  // ab (-2) before bc (-3); abc is unused: a b -> ab, c
+  EXPECT_EQ(enc("bc"), (std::vector<int32_t>{6, 8}));
+  EXPECT_EQ(enc("a"), (std::vector<int32_t>{9}));            // ▁a
+  EXPECT_EQ(enc("ab<u>xyz c"), (std::vector<int32_t>{6, 7, 11, 0, 6, 5}));  // xyz: one unknown id
+  EXPECT_EQ(enc(""), (std::vector<int32_t>{}));
+  EXPECT_EQ(m.decode(std::vector<int32_t>{9, 7, 0, 6, 5}), "aab \xE2\x81\x87  c");
+  EXPECT_EQ(m.decode(std::vector<int32_t>{1, 6, 3}), "a");  // control ids vanish; the first ▁ is the dummy prefix
+  EXPECT_EQ(m.piece_to_id("zz"), 0);
+  EXPECT_EQ(m.bos_id(), 1);
+  EXPECT_EQ(m.eos_id(), 2);
+  // Refused: byte_fallback without byte pieces, an empty piece, two unknown pieces, a unigram model.
+  auto error = [](const std::string& bytes) {
+    try {
+      SpBpeModel x(bytes, "t.model");
+    } catch (const minillm::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error(sp_bpe_model({{"<unk>", 0, 2}, {"a", 0, 1}}, true)).find("byte_fallback without piece <0x0>"),
+            std::string::npos);
+  EXPECT_NE(error(sp_bpe_model({{"<unk>", 0, 2}, {"", 0, 1}}, false)).find("piece 1 is empty"), std::string::npos);
+  EXPECT_NE(error(sp_bpe_model({{"<unk>", 0, 2}, {"<v>", 0, 2}}, false)).find("2 unknown pieces"), std::string::npos);
+  EXPECT_EQ(minillm::text::sp_bpe_unsupported(proto_field(1, proto_field(1, "a")) + proto_field(2, "\x18\x01")),
+            "model_type 1 (BPE is 2)");
 }
 
 TEST(Tokenizer, TextStreamerStopsAcrossTokens) {

@@ -72,15 +72,55 @@ def test_streamer_and_batch():
 SP_MODEL = os.path.join(HERE, "..", "..", ".tokenizers", "mixtral-sp")  # a real tokenizer.model (scripts/setup.sh)
 
 
+def _varint(b, i):
+    v = s = 0
+    while True:
+        c = b[i]
+        i += 1
+        v |= (c & 0x7F) << s
+        s += 7
+        if not c & 0x80:
+            return v, i
+
+
+def _with_remove_extra_whitespaces(model):
+    """The model's bytes with normalizer_spec.remove_extra_whitespaces (field 3.4) switched from 0 to 1:
+    a model that minillm's own SentencePiece BPE does not take, so it goes through libsentencepiece."""
+    i = 0
+    while i < len(model):
+        tag, i = _varint(model, i)
+        n, i = _varint(model, i)  # every top-level field of a ModelProto is length-delimited
+        if tag >> 3 == 3:
+            j = i
+            while j < i + n:
+                t2, j = _varint(model, j)
+                if t2 == (4 << 3):
+                    assert model[j] == 0
+                    return model[:j] + b"\x01" + model[j + 1:]
+                if t2 & 7 == 0:
+                    _, j = _varint(model, j)
+                else:
+                    ln, j = _varint(model, j)
+                    j += ln
+        i += n
+    raise AssertionError("no normalizer_spec.remove_extra_whitespaces field")
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc/self/maps (Linux)")
-def test_sentencepiece_runtime_only_on_first_tokenizer_model(tmp_path):
+def test_sentencepiece_runtime_only_for_models_it_must_read(tmp_path):
     """`import minillm` must not load libsentencepiece or a protobuf runtime: a process that has imported
     PyTorch crashes when a second protobuf runtime initialises in it. A file that is not a ModelProto is
-    refused before them (sp_model_check.h); a real tokenizer.model brings them in, through the plugin
+    refused before them (sp_model_check.h); a SentencePiece BPE model (Llama, Mistral, Mixtral) is read
+    in C++ (sp_bpe.h); only another kind of model brings them in, through the plugin
     libminillm_sentencepiece.so."""
     import subprocess
 
     (tmp_path / "tokenizer.model").write_bytes(b"\x01\x02 not a SentencePiece model")
+    other = tmp_path / "other"
+    if os.path.exists(SP_MODEL):
+        other.mkdir()
+        real = open(os.path.join(SP_MODEL, "tokenizer.model"), "rb").read()
+        (other / "tokenizer.model").write_bytes(_with_remove_extra_whitespaces(real))
     code = f"""
 import os
 import minillm
@@ -96,7 +136,10 @@ else:
     raise AssertionError("a broken tokenizer.model loaded")
 assert loaded() == [], loaded()
 if os.path.exists({SP_MODEL!r}):
-    assert minillm.Tokenizer({SP_MODEL!r}).encode("Hello world")
+    t = minillm.Tokenizer({SP_MODEL!r})
+    assert "SentencePiece BPE" in repr(t) and t.encode("Hello world") == [1, 22557, 1526], t.encode("Hello world")
+    assert loaded() == [], loaded()
+    assert minillm.Tokenizer({str(other)!r}).encode("Hello  world") == [1, 22557, 1526]
     assert "libminillm_sentencepiece" in loaded() and "libsentencepiece.so" in loaded(), loaded()
 """
     env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "..", "..", "python"))
