@@ -9,6 +9,7 @@
 #include <queue>
 #include <unordered_map>
 
+#include "text/sp_model_check.h"
 #include "text/text_util.h"
 
 namespace minillm::text {
@@ -16,68 +17,13 @@ namespace {
 
 constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's whitespace
 
-// Fields of one protobuf message (the file passed sp_model_problem(), so the walk is well-formed;
-// it still stops at the end of its buffer).
-struct Field {
-  uint64_t number = 0;
-  int wire = 0;
-  uint64_t value = 0;     // varint
-  std::string_view data;  // length-delimited, or the 4 bytes of a fixed32
-};
-
-bool read_varint(std::string_view b, size_t& i, uint64_t& v) {
-  v = 0;
-  for (int s = 0; s < 64 && i < b.size(); s += 7) {
-    const auto c = static_cast<uint8_t>(b[i++]);
-    v |= uint64_t(c & 0x7F) << s;
-    if (!(c & 0x80)) return true;
-  }
-  return false;
-}
-
+// Calls f(field) for each field of the message bytes[f.begin, f.end) (the file passed sp_model_problem()).
 template <typename F>
-void for_each_field(std::string_view b, F&& f) {
-  size_t i = 0;
-  while (i < b.size()) {
-    Field fd;
-    uint64_t tag = 0;
-    if (!read_varint(b, i, tag)) return;
-    fd.number = tag >> 3;
-    fd.wire = static_cast<int>(tag & 7);
-    if (fd.wire == 0) {
-      if (!read_varint(b, i, fd.value)) return;
-    } else if (fd.wire == 1 || fd.wire == 5) {
-      const size_t n = fd.wire == 1 ? 8 : 4;
-      if (b.size() - i < n) return;
-      fd.data = b.substr(i, n);
-      i += n;
-    } else if (fd.wire == 2) {
-      uint64_t len = 0;
-      if (!read_varint(b, i, len) || len > b.size() - i) return;
-      fd.data = b.substr(i, len);
-      i += len;
-    } else {
-      return;
-    }
-    f(fd);
-  }
-}
-
-// One UTF-8 character at s[i] as SentencePiece decodes it: its length when valid (shortest form, no
-// surrogate, <= U+10FFFF), else 0.
-size_t valid_char_len(std::string_view s, size_t i) {
-  const auto b0 = static_cast<uint8_t>(s[i]);
-  if (b0 < 0x80) return 1;
-  const int n = b0 >= 0xC2 && b0 <= 0xDF ? 2 : b0 >= 0xE0 && b0 <= 0xEF ? 3 : b0 >= 0xF0 && b0 <= 0xF4 ? 4 : 0;
-  if (n == 0 || s.size() - i < size_t(n)) return 0;
-  char32_t c = b0 & (0x7F >> n);
-  for (int k = 1; k < n; ++k) {
-    const auto b = static_cast<uint8_t>(s[i + k]);
-    if ((b & 0xC0) != 0x80) return 0;
-    c = (c << 6) | (b & 0x3F);
-  }
-  if ((n == 3 && (c < 0x800 || (c >= 0xD800 && c <= 0xDFFF))) || (n == 4 && (c < 0x10000 || c > 0x10FFFF))) return 0;
-  return size_t(n);
+void for_each_field(std::string_view bytes, size_t begin, size_t end, F&& f) {
+  proto_walk(bytes, begin, end, [&](const ProtoField& field) {
+    f(field);
+    return std::string();
+  });
 }
 
 }  // namespace
@@ -86,16 +32,16 @@ std::string sp_bpe_unsupported(std::string_view bytes) {
   uint64_t model_type = 1;  // UNIGRAM, the proto's default
   bool suffix = false, remove_ws = true;
   size_t charsmap = 0;
-  for_each_field(bytes, [&](const Field& f) {
+  for_each_field(bytes, 0, bytes.size(), [&](const ProtoField& f) {
     if (f.number == 2 && f.wire == 2)
-      for_each_field(f.data, [&](const Field& t) {
-        if (t.number == 3 && t.wire == 0) model_type = t.value;
-        if (t.number == 24 && t.wire == 0) suffix = t.value != 0;
+      for_each_field(bytes, f.begin, f.end, [&](const ProtoField& t) {
+        if (t.number == 3 && t.wire == 0) model_type = t.varint;
+        if (t.number == 24 && t.wire == 0) suffix = t.varint != 0;
       });
     if (f.number == 3 && f.wire == 2)
-      for_each_field(f.data, [&](const Field& n) {
-        if (n.number == 2 && n.wire == 2) charsmap = n.data.size();
-        if (n.number == 4 && n.wire == 0) remove_ws = n.value != 0;
+      for_each_field(bytes, f.begin, f.end, [&](const ProtoField& n) {
+        if (n.number == 2 && n.wire == 2) charsmap = n.end - n.begin;
+        if (n.number == 4 && n.wire == 0) remove_ws = n.varint != 0;
       });
   });
   if (model_type != 2) return "model_type " + std::to_string(model_type) + " (BPE is 2)";
@@ -109,26 +55,27 @@ SpBpeModel::SpBpeModel(std::string_view bytes, const std::string& path) {
   const std::string why = sp_bpe_unsupported(bytes);
   MINILLM_TEXT_REQUIRE(why.empty(), path << ": SentencePiece model not supported natively: " << why);
   std::fill(std::begin(byte_ids_), std::end(byte_ids_), -1);
-  for_each_field(bytes, [&](const Field& f) {
+  auto text = [&](const ProtoField& f) { return std::string(bytes.substr(f.begin, f.end - f.begin)); };
+  for_each_field(bytes, 0, bytes.size(), [&](const ProtoField& f) {
     if (f.number == 1 && f.wire == 2) {
       Piece p;
-      for_each_field(f.data, [&](const Field& g) {
-        if (g.number == 1 && g.wire == 2) p.text = std::string(g.data);
-        if (g.number == 2 && g.wire == 5) std::memcpy(&p.score, g.data.data(), 4);
-        if (g.number == 3 && g.wire == 0) p.type = static_cast<int>(g.value);
+      for_each_field(bytes, f.begin, f.end, [&](const ProtoField& g) {
+        if (g.number == 1 && g.wire == 2) p.text = text(g);
+        if (g.number == 2 && g.wire == 5) std::memcpy(&p.score, bytes.data() + g.begin, 4);
+        if (g.number == 3 && g.wire == 0) p.type = static_cast<int>(g.varint);
       });
       pieces_.push_back(std::move(p));
     } else if (f.number == 2 && f.wire == 2) {
-      for_each_field(f.data, [&](const Field& t) {
-        if (t.number == 35 && t.wire == 0) byte_fallback_ = t.value != 0;
-        if (t.number == 44 && t.wire == 2) unk_surface_ = std::string(t.data);
-        if (t.number == 46 && t.wire == 2) bos_piece_ = std::string(t.data);
-        if (t.number == 47 && t.wire == 2) eos_piece_ = std::string(t.data);
+      for_each_field(bytes, f.begin, f.end, [&](const ProtoField& t) {
+        if (t.number == 35 && t.wire == 0) byte_fallback_ = t.varint != 0;
+        if (t.number == 44 && t.wire == 2) unk_surface_ = text(t);
+        if (t.number == 46 && t.wire == 2) bos_piece_ = text(t);
+        if (t.number == 47 && t.wire == 2) eos_piece_ = text(t);
       });
     } else if (f.number == 3 && f.wire == 2) {
-      for_each_field(f.data, [&](const Field& n) {
-        if (n.number == 3 && n.wire == 0) add_dummy_prefix_ = n.value != 0;
-        if (n.number == 5 && n.wire == 0) escape_whitespaces_ = n.value != 0;
+      for_each_field(bytes, f.begin, f.end, [&](const ProtoField& n) {
+        if (n.number == 3 && n.wire == 0) add_dummy_prefix_ = n.varint != 0;
+        if (n.number == 5 && n.wire == 0) escape_whitespaces_ = n.varint != 0;
       });
     }
   });
@@ -259,9 +206,10 @@ std::string SpBpeModel::decode(std::span<const int32_t> ids) const {
       for (; i < ids.size() && is_byte(ids[i]); ++i)
         bytes += static_cast<char>(byte_value_[ids[i]]);
       for (size_t k = 0; k < bytes.size();) {
-        const size_t n = valid_char_len(bytes, k);
-        text += n ? std::string_view(bytes).substr(k, n) : std::string_view("\xEF\xBF\xBD");
-        k += n ? n : 1;
+        const size_t n = std::min<size_t>(utf8_len(static_cast<uint8_t>(bytes[k])), bytes.size() - k);
+        const bool ok = utf8_invalid_at(std::string_view(bytes).substr(k, n)) == std::string_view::npos;
+        text += ok ? std::string_view(bytes).substr(k, n) : std::string_view("\xEF\xBF\xBD");
+        k += ok ? n : 1;
       }
       continue;
     }

@@ -80,7 +80,34 @@ const SpApi& sp_api() {
   return *api;
 }
 
-class SpTokenizer final : public TokenizerImpl {
+// What both tokenizer.model implementations share: BOS/EOS around the text's ids, and ids outside the
+// vocabulary (and, when asked, control ids) dropped before decoding, as Hugging Face does.
+class SpTokenizerBase : public TokenizerImpl {
+ public:
+  void encode(std::string_view text, bool add_special, std::vector<int32_t>& out) const final {
+    if (add_special && add_bos && bos_id >= 0) out.push_back(bos_id);
+    encode_text(text, out);
+    if (add_special && add_eos && eos_id >= 0) out.push_back(eos_id);
+  }
+  std::string decode(std::span<const int32_t> ids, bool skip_special) const final {
+    std::vector<int32_t> keep;
+    keep.reserve(ids.size());
+    for (int32_t id : ids)
+      if (id >= 0 && id < vocab_size() && !(skip_special && is_special(id))) keep.push_back(id);
+    return decode_ids(keep);
+  }
+  virtual int32_t model_bos() const = 0;
+  virtual int32_t model_eos() const = 0;
+
+  bool add_bos = true, add_eos = false;
+
+ protected:
+  virtual void encode_text(std::string_view text, std::vector<int32_t>& out) const = 0;
+  virtual std::string decode_ids(std::span<const int32_t> ids) const = 0;  // ids inside the vocabulary
+};
+
+// Any tokenizer.model, through libsentencepiece in the plugin.
+class SpTokenizer final : public SpTokenizerBase {
  public:
   SpTokenizer(const std::string& path, const std::string& content) : api_(sp_api()), path_(path) {
     sp_ = api_.load(content.data(), content.size());
@@ -90,31 +117,6 @@ class SpTokenizer final : public TokenizerImpl {
   ~SpTokenizer() override { api_.destroy(sp_); }
   SpTokenizer(const SpTokenizer&) = delete;
   SpTokenizer& operator=(const SpTokenizer&) = delete;
-
-  void encode(std::string_view text, bool add_special, std::vector<int32_t>& out) const override {
-    const int* ids = nullptr;
-    size_t count = 0;
-    MINILLM_TEXT_REQUIRE(api_.encode(sp_, text.data(), text.size(), &ids, &count),
-                         path_ << ": SentencePiece encode failed: " << api_.last_error());
-    if (add_special && add_bos && bos_id >= 0) out.push_back(bos_id);
-    out.insert(out.end(), ids, ids + count);
-    if (add_special && add_eos && eos_id >= 0) out.push_back(eos_id);
-  }
-
-  std::string decode(std::span<const int32_t> ids, bool skip_special) const override {
-    std::vector<int> keep;
-    keep.reserve(ids.size());
-    for (int32_t id : ids) {
-      if (id < 0 || id >= n_) continue;  // unknown ids are skipped, as Hugging Face does
-      if (skip_special && is_special(id)) continue;
-      keep.push_back(id);
-    }
-    const char* text = nullptr;
-    size_t bytes = 0;
-    MINILLM_TEXT_REQUIRE(api_.decode(sp_, keep.data(), keep.size(), &text, &bytes),
-                         path_ << ": SentencePiece decode failed: " << api_.last_error());
-    return std::string(text, bytes);
-  }
 
   int32_t vocab_size() const override { return n_; }
   std::string id_to_token(int32_t id) const override {
@@ -132,13 +134,25 @@ class SpTokenizer final : public TokenizerImpl {
   bool is_special(int32_t id) const override { return id >= 0 && id < n_ && api_.is_control(sp_, id) != 0; }
   bool is_byte_token(int32_t id) const override { return id >= 0 && id < n_ && api_.is_byte(sp_, id) != 0; }
   std::string kind() const override { return "tokenizer.model (SentencePiece)"; }
-
-  int32_t model_bos() const { return api_.bos_id(sp_); }
-  int32_t model_eos() const { return api_.eos_id(sp_); }
-
-  bool add_bos = true, add_eos = false;
+  int32_t model_bos() const override { return api_.bos_id(sp_); }
+  int32_t model_eos() const override { return api_.eos_id(sp_); }
 
  private:
+  void encode_text(std::string_view text, std::vector<int32_t>& out) const override {
+    const int* ids = nullptr;
+    size_t count = 0;
+    MINILLM_TEXT_REQUIRE(api_.encode(sp_, text.data(), text.size(), &ids, &count),
+                         path_ << ": SentencePiece encode failed: " << api_.last_error());
+    out.insert(out.end(), ids, ids + count);
+  }
+  std::string decode_ids(std::span<const int32_t> ids) const override {
+    const char* text = nullptr;
+    size_t bytes = 0;
+    MINILLM_TEXT_REQUIRE(api_.decode(sp_, ids.data(), ids.size(), &text, &bytes),
+                         path_ << ": SentencePiece decode failed: " << api_.last_error());
+    return std::string(text, bytes);
+  }
+
   const SpApi& api_;
   std::string path_;
   void* sp_ = nullptr;  // the plugin's processor
@@ -146,22 +160,10 @@ class SpTokenizer final : public TokenizerImpl {
 };
 
 // SentencePiece BPE in C++ (sp_bpe.h): no plugin, no protobuf runtime.
-class SpNativeTokenizer final : public TokenizerImpl {
+class SpNativeTokenizer final : public SpTokenizerBase {
  public:
   SpNativeTokenizer(const std::string& path, const std::string& content) : m_(content, path) {}
 
-  void encode(std::string_view text, bool add_special, std::vector<int32_t>& out) const override {
-    if (add_special && add_bos && bos_id >= 0) out.push_back(bos_id);
-    m_.encode(text, out);
-    if (add_special && add_eos && eos_id >= 0) out.push_back(eos_id);
-  }
-  std::string decode(std::span<const int32_t> ids, bool skip_special) const override {
-    std::vector<int32_t> keep;
-    keep.reserve(ids.size());
-    for (int32_t id : ids)
-      if (id >= 0 && id < m_.size() && !(skip_special && m_.is_control(id))) keep.push_back(id);
-    return m_.decode(keep);
-  }
   int32_t vocab_size() const override { return m_.size(); }
   std::string id_to_token(int32_t id) const override { return id >= 0 && id < m_.size() ? m_.piece(id) : ""; }
   int32_t token_to_id(std::string_view tok) const override {
@@ -171,18 +173,18 @@ class SpNativeTokenizer final : public TokenizerImpl {
   bool is_special(int32_t id) const override { return id >= 0 && id < m_.size() && m_.is_control(id); }
   bool is_byte_token(int32_t id) const override { return id >= 0 && id < m_.size() && m_.is_byte(id); }
   std::string kind() const override { return "tokenizer.model (SentencePiece BPE)"; }
-
-  int32_t model_bos() const { return m_.bos_id(); }
-  int32_t model_eos() const { return m_.eos_id(); }
-
-  bool add_bos = true, add_eos = false;
+  int32_t model_bos() const override { return m_.bos_id(); }
+  int32_t model_eos() const override { return m_.eos_id(); }
 
  private:
+  void encode_text(std::string_view text, std::vector<int32_t>& out) const override { m_.encode(text, out); }
+  std::string decode_ids(std::span<const int32_t> ids) const override { return m_.decode(ids); }
+
   SpBpeModel m_;
 };
 
-template <typename T>
-std::unique_ptr<TokenizerImpl> configure(std::unique_ptr<T> t, const std::string& path, const json* config) {
+std::unique_ptr<TokenizerImpl> configure(std::unique_ptr<SpTokenizerBase> t, const std::string& path,
+                                         const json* config) {
   t->bos_id = config_token_id(*t, config, "bos_token", path);
   t->eos_id = config_token_id(*t, config, "eos_token", path);
   if (t->bos_id < 0) t->bos_id = t->model_bos();
