@@ -93,9 +93,13 @@ SpBpeModel::SpBpeModel(std::string_view bytes, const std::string& path) {
     if (p.type == kUserDefined) user_defined_.push_back(p.text);
     if (p.type == kUnknown) unk_id_ = id, ++unknowns;
     if (p.type == kByte) {
-      unsigned v = 0;
-      MINILLM_TEXT_REQUIRE(p.text.size() == 6 && std::sscanf(p.text.c_str(), "<0x%2X>", &v) == 1,
-                    path << ": byte piece " << id << " is \"" << excerpt(p.text) << "\", not <0xNN>");
+      // SentencePiece's own form, "<0x%02X>": two upper-case hex digits
+      auto hex = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1; };
+      const bool form = p.text.size() == 6 && p.text.starts_with("<0x") && p.text[5] == '>';
+      const int hi = form ? hex(p.text[3]) : -1, lo = form ? hex(p.text[4]) : -1;
+      MINILLM_TEXT_REQUIRE(hi >= 0 && lo >= 0,
+                           path << ": byte piece " << id << " is \"" << excerpt(p.text) << "\", not <0xNN>");
+      const int v = hi * 16 + lo;
       byte_ids_[v] = id;
       byte_value_[id] = static_cast<int16_t>(v);
     }

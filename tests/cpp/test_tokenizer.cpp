@@ -414,6 +414,8 @@ TEST(Tokenizer, SentencePieceBpeInCpp) {
   EXPECT_NE(error(sp_bpe_model({{"<unk>", 0, 2}, {"a", 0, 1}}, true)).find("byte_fallback without piece <0x0>"),
             std::string::npos);
   EXPECT_NE(error(sp_bpe_model({{"<unk>", 0, 2}, {"", 0, 1}}, false)).find("piece 1 is empty"), std::string::npos);
+  for (const char* bad : {"<0x-5>", "<0xab>", "<0x1>", "<0x1G>"})  // a signed or lower-case number was once taken
+    EXPECT_NE(error(sp_bpe_model({{"<unk>", 0, 2}, {bad, 0, 6}}, false)).find("not <0xNN>"), std::string::npos) << bad;
   EXPECT_NE(error(sp_bpe_model({{"<unk>", 0, 2}, {"<v>", 0, 2}}, false)).find("2 unknown pieces"), std::string::npos);
   EXPECT_EQ(minillm::text::sp_bpe_unsupported(proto_field(1, proto_field(1, "a")) + proto_field(2, "\x18\x01")),
             "model_type 1 (BPE is 2)");
