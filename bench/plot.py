@@ -46,15 +46,26 @@ def ok(rows):
     return [r for r in rows if "ms" in r and "skipped" not in r]
 
 
-def median_lines(ax, rows, xkey):
-    """One line per implementation: the median TFLOP/s of `rows` at each value of case[xkey]."""
-    for impl in sorted({k for r in rows for k in r["tflops"]}):
-        by_x = collections.defaultdict(list)
-        for r in rows:
-            if impl in r["tflops"]:
-                by_x[r["case"][xkey]].append(r["tflops"][impl])
-        xs = sorted(by_x)
-        ax.plot(xs, [statistics.median(by_x[x]) for x in xs], "o-", label=impl, color=COLORS.get(impl))
+def median_lines(ax, per_run, xkey, where=lambda c: True):
+    """One line per implementation: the median TFLOP/s over the rows of each run whose case passes
+    `where`, at each value of case[xkey]; with several runs, the median of the runs and a bar from the
+    lowest to the highest."""
+    for impl in sorted({k for r in per_run[0] for k in r["tflops"]}):
+        series = []  # per run: {x: median TFLOP/s}
+        for rows in per_run:
+            by_x = collections.defaultdict(list)
+            for r in rows:
+                if where(r["case"]) and impl in r["tflops"]:
+                    by_x[r["case"][xkey]].append(r["tflops"][impl])
+            series.append({x: statistics.median(v) for x, v in by_x.items()})
+        xs = sorted(series[0])
+        mid = [statistics.median(s_[x] for s_ in series if x in s_) for x in xs]
+        if len(series) > 1:
+            lo = [m - min(s_[x] for s_ in series if x in s_) for m, x in zip(mid, xs)]
+            hi = [max(s_[x] for s_ in series if x in s_) - m for m, x in zip(mid, xs)]
+            ax.errorbar(xs, mid, yerr=[lo, hi], fmt="o-", capsize=3, label=impl, color=COLORS.get(impl))
+        else:
+            ax.plot(xs, mid, "o-", label=impl, color=COLORS.get(impl))
     ax.set_xscale("log", base=2)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
@@ -78,25 +89,7 @@ def plot_attention(runs, out):
     panels = sorted({(r["case"]["head_dim"], r["case"]["causal"]) for r in per_run[0]})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (d, causal) in zip(axes[0], panels):
-        for impl in sorted({k for r in per_run[0] for k in r["tflops"]}):
-            series = []  # per run: {seqlen: median TFLOP/s}
-            for rows in per_run:
-                by_x = collections.defaultdict(list)
-                for r in rows:
-                    if (r["case"]["head_dim"], r["case"]["causal"]) == (d, causal) and impl in r["tflops"]:
-                        by_x[r["case"]["seqlen"]].append(r["tflops"][impl])
-                series.append({x: statistics.median(v) for x, v in by_x.items()})
-            xs = sorted(series[0])
-            mid = [statistics.median(s_[x] for s_ in series if x in s_) for x in xs]
-            if len(series) > 1:
-                lo = [m - min(s_[x] for s_ in series if x in s_) for m, x in zip(mid, xs)]
-                hi = [max(s_[x] for s_ in series if x in s_) - m for m, x in zip(mid, xs)]
-                ax.errorbar(xs, mid, yerr=[lo, hi], fmt="o-", capsize=3, label=impl, color=COLORS.get(impl))
-            else:
-                ax.plot(xs, mid, "o-", label=impl, color=COLORS.get(impl))
-        ax.set_xscale("log", base=2)
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
+        median_lines(ax, per_run, "seqlen", lambda c, d=d, causal=causal: (c["head_dim"], c["causal"]) == (d, causal))
         ax.set_title(f"head_dim {d}, {'causal' if causal else 'full'}")
         ax.set_xlabel("sequence length")
         ax.set_ylabel("TFLOP/s (median over batch x heads)")
@@ -163,14 +156,19 @@ def plot_attention_ratio(runs, out):
     plt.close(fig)
 
 
-def plot_moe(doc, out):
-    rows = [r for r in ok(doc["results"]) if r["case"].get("tokens", 0) > 64 and not r["case"].get("router_skew")]
+def plot_moe(runs, out):
+    """TFLOP/s against tokens (top) and experts (bottom) per hidden size; with several runs of the grid
+    (moe.json, moe_run2.json, ...), the median of the runs and a bar over their range."""
+    def rows_of(d):
+        return [r for r in ok(d["results"]) if r["case"].get("tokens", 0) > 64 and not r["case"].get("router_skew")]
+    per_run = [rows_of(d) for d in runs]
+    rows = per_run[0]
     hiddens = sorted({r["case"]["hidden"] for r in rows})
     if not hiddens:
         return
     fig, axes = plt.subplots(2, len(hiddens), figsize=(4.2 * len(hiddens), 7.0), squeeze=False)
     for ax, h in zip(axes[0], hiddens):
-        median_lines(ax, [r for r in rows if r["case"]["hidden"] == h], "tokens")
+        median_lines(ax, per_run, "tokens", lambda c, h=h: c["hidden"] == h)
         ax.set_title(f"hidden {h} (median over experts x top-k)", fontsize=10)
         ax.set_xlabel("tokens")
         ax.set_ylabel("TFLOP/s")
@@ -180,12 +178,13 @@ def plot_moe(doc, out):
         sub = [r for r in rows if r["case"]["hidden"] == h]
         t = max({r["case"]["tokens"] for r in sub},
                 key=lambda n: (len({r["case"]["experts"] for r in sub if r["case"]["tokens"] == n}), n))
-        median_lines(ax, [r for r in sub if r["case"]["tokens"] == t], "experts")
+        median_lines(ax, per_run, "experts", lambda c, h=h, t=t: c["hidden"] == h and c["tokens"] == t)
         ax.set_title(f"hidden {h}, {t} tokens (median over top-k)", fontsize=10)
         ax.set_xlabel("experts")
         ax.set_ylabel("TFLOP/s")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"MoE layer, bf16 SwiGLU — {doc.get('device', '')}")
+    runs_note = f"{len(runs)} runs: median, bars from lowest to highest" if len(runs) > 1 else "one run"
+    fig.suptitle(f"MoE layer, bf16 SwiGLU — {runs[0].get('device', '')} ({runs_note})")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "moe.png"), dpi=110)
     plt.close(fig)
@@ -404,13 +403,14 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     att_runs = load_runs(args.results, "attention")
     att = att_runs[0] if att_runs else None
-    moe = load(os.path.join(args.results, "moe.json"))
+    moe_runs = load_runs(args.results, "moe")
+    moe = moe_runs[0] if moe_runs else None
     eng = load(os.path.join(args.results, "engine.json"))
     if att:
         plot_attention(att_runs, args.out)
         plot_attention_ratio(att_runs, args.out)
     if moe:
-        plot_moe(moe, args.out)
+        plot_moe(moe_runs, args.out)
     power = load(os.path.join(args.results, "power_limit.json"))
     if eng:
         plot_engine(eng, args.out, power)
