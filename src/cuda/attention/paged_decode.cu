@@ -35,7 +35,8 @@
 // of a CTA's range are cut into num_splits equal page ranges, one CTA each; each writes its
 // normalised partial O (fp32) and its log-sum-exp to the workspace, and a combine kernel merges
 // them: O = sum_i 2^(lse_i - M) O_i / sum_i 2^(lse_i - M). num_splits comes from host values only
-// (S, Hkv, row blocks, max_context_len and the SM count: about one CTA per SM); the
+// (S, Hkv, row blocks, max_context_len and the SM count: the count whose waves x pages per split
+// is least); the
 // page ranges are derived on the device from each sequence's own length, so a CUDA graph captured
 // once replays correctly when lengths change (CTAs whose range is empty write lse = -inf).
 //
@@ -49,6 +50,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "cuda/attention/flash_fwd_sm90.h"
@@ -417,31 +419,34 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
   merge_and_store<Kt, T>(a, RowBlock{tok0, kvh, row0, rows_here, split}, s_pipe, o, m, l, wm, wn, tid);
 }
 
-// Merges the num_splits partials of each (token, head) row. The D / 4 threads of a row (a warp for
-// D = 128, a half warp for D = 64) each own 4 columns. The split weights 2^(lse_i - M) are computed
-// once per row, spread over the row's threads (a shuffle max and sum), and kept in shared memory; the
-// partial O rows are then read kCombineUnroll splits at a time, so their loads are in flight together
-// rather than one L2 round trip per split. Empty splits (lse = -inf, weight 0) are not read.
-// grid: ceil(T * Hq / kCombineRows); block: (D / 4, kCombineRows).
-constexpr int kCombineRows = 8;
-constexpr int kCombineUnroll = 8;
+// Merges the num_splits partials of each (token, head) row, one CTA per row: kCombineGroups groups of
+// D / 4 threads (a warp for D = 128, a half warp for D = 64), each thread owning 4 columns. Every
+// group computes the split weights 2^(lse_i - M) (a shuffle max and sum over its lanes; the first
+// group keeps them in shared memory), then group g reads the partial O rows of splits g, g + G, ...
+// all at once (up to kMaxSplits / G loads in flight per thread), and the first group sums the groups'
+// results. Split-KV runs only when few rows are in flight, so a CTA per row costs nothing, while the
+// row's partials arrive in one L2 round trip instead of one per few splits. Empty splits (lse = -inf,
+// weight 0) are not read.
+// grid: T * Hq; block: (D / 4, kCombineGroups).
+constexpr int kCombineGroups = 4;
 template <typename T, int D>
-__global__ void __launch_bounds__(D / 4 * kCombineRows) combine_kernel(const __grid_constant__ KernelArgs a) {
-  constexpr int kLanes = D / 4;  // threads per row, a power of two within one warp
+__global__ void __launch_bounds__(D / 4 * kCombineGroups) combine_kernel(const __grid_constant__ KernelArgs a) {
+  constexpr int kLanes = D / 4;  // threads per group, a power of two within one warp
   constexpr int kPerLane = (kMaxSplits + kLanes - 1) / kLanes;
-  __shared__ float s_w[kCombineRows][kMaxSplits];
+  constexpr int kPerGroup = kMaxSplits / kCombineGroups;
+  __shared__ float s_w[kMaxSplits];
+  __shared__ float4 s_acc[kCombineGroups][kLanes];
   pdl_wait();  // cuda::launch (launch.cuh)
   pdl_trigger();
   const int64_t rows = int64_t{a.num_tokens} * a.num_heads;
-  const int64_t row = int64_t{blockIdx.x} * kCombineRows + threadIdx.y;  // token * Hq + head
-  const bool valid = row < rows;  // no early return: the row's threads shuffle together
-  const int c4 = threadIdx.x, ns = a.num_splits;
+  const int64_t row = blockIdx.x;  // token * Hq + head
+  const int c4 = threadIdx.x, g = threadIdx.y, ns = a.num_splits;
   float lse[kPerLane];
   float mt = -INFINITY;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     const int i = c4 + j * kLanes;
-    lse[j] = valid && i < ns ? a.part_lse[i * rows + row] : -INFINITY;
+    lse[j] = i < ns ? a.part_lse[i * rows + row] : -INFINITY;
     mt = fmaxf(mt, lse[j]);
   }
 #pragma unroll
@@ -452,27 +457,31 @@ __global__ void __launch_bounds__(D / 4 * kCombineRows) combine_kernel(const __g
   for (int j = 0; j < kPerLane; ++j) {
     const int i = c4 + j * kLanes;
     const float w = exp2f(lse[j] - m_use);  // 0 for an empty split
-    if (i < kMaxSplits) s_w[threadIdx.y][i] = w;
+    if (g == 0 && i < kMaxSplits) s_w[i] = w;
     wsum += w;
   }
 #pragma unroll
   for (int off = kLanes / 2; off > 0; off /= 2) wsum += __shfl_xor_sync(0xffffffffu, wsum, off);
-  __syncwarp();
-  if (!valid) return;
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int i0 = 0; i0 < ns; i0 += kCombineUnroll) {
-    float w[kCombineUnroll];
-    float4 x[kCombineUnroll];
+  __syncthreads();
+  float w[kPerGroup];
+  float4 x[kPerGroup];
 #pragma unroll
-    for (int j = 0; j < kCombineUnroll; ++j) {
-      w[j] = i0 + j < ns ? s_w[threadIdx.y][i0 + j] : 0.f;
-      x[j] = w[j] > 0.f ? *reinterpret_cast<const float4*>(a.part_o + ((i0 + j) * rows + row) * D + c4 * 4)
-                        : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-#pragma unroll
-    for (int j = 0; j < kCombineUnroll; ++j)
-      acc.x += w[j] * x[j].x, acc.y += w[j] * x[j].y, acc.z += w[j] * x[j].z, acc.w += w[j] * x[j].w;
+  for (int j = 0; j < kPerGroup; ++j) {
+    const int i = g + j * kCombineGroups;
+    w[j] = i < ns ? s_w[i] : 0.f;
+    x[j] = w[j] > 0.f ? *reinterpret_cast<const float4*>(a.part_o + (i * rows + row) * D + c4 * 4)
+                      : make_float4(0.f, 0.f, 0.f, 0.f);
   }
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int j = 0; j < kPerGroup; ++j)
+    acc.x += w[j] * x[j].x, acc.y += w[j] * x[j].y, acc.z += w[j] * x[j].z, acc.w += w[j] * x[j].w;
+  s_acc[g][c4] = acc;
+  __syncthreads();
+  if (g != 0) return;
+#pragma unroll
+  for (int j = 1; j < kCombineGroups; ++j)
+    acc.x += s_acc[j][c4].x, acc.y += s_acc[j][c4].y, acc.z += s_acc[j][c4].z, acc.w += s_acc[j][c4].w;
   const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
   const int64_t tok = row / a.num_heads, h = row % a.num_heads;
   T* dst = static_cast<T*>(a.out) + tok * a.out_row + h * D + c4 * 4;
@@ -540,24 +549,16 @@ Plan make_plan(const PagedAttentionParams& p) {
   const int64_t slots = device_sm_count();
   const int max_tiles = std::max(1, (pl.max_context + kPageSize - 1) / kPageSize);
   const int cap = std::min(kMaxSplits, max_tiles);
-  if (base == 0 || base * 8 >= slots * 7) {
-    pl.num_splits = 1;
-    return pl;
-  }
-  // Smallest split count whose wave efficiency is within 85% of the best one.
-  double eff[kMaxSplits + 1] = {};
-  double best = 0.0;
-  for (int sp = 1; sp <= cap; ++sp) {
-    const double waves = static_cast<double>(base * sp) / static_cast<double>(slots);
-    eff[sp] = waves / std::ceil(waves);
-    best = std::max(best, eff[sp]);
-  }
   pl.num_splits = 1;
-  for (int sp = 1; sp <= cap; ++sp)
-    if (eff[sp] >= 0.85 * best) {
-      pl.num_splits = sp;
-      break;
-    }
+  if (base == 0 || base * 8 >= slots * 7) return pl;
+  // The split count with the shortest critical path, waves x the pages of the longest split (a CTA
+  // streams its pages at a roughly fixed rate); the fewest splits among equals (less to combine).
+  int64_t best = std::numeric_limits<int64_t>::max();
+  for (int sp = 1; sp <= cap; ++sp) {
+    const int64_t waves = (base * sp + slots - 1) / slots;
+    const int64_t path = waves * ((max_tiles + sp - 1) / sp);
+    if (path < best) best = path, pl.num_splits = sp;
+  }
   return pl;
 }
 
@@ -571,8 +572,7 @@ void launch(const KernelArgs& args, const Plan& pl, int S, int Hkv, cudaStream_t
   cuda::launch(kernel, grid, Kt::kThreads, Kt::kSmemBytes, stream, args);
   if (pl.num_splits > 1 && args.num_tokens > 0) {
     const int64_t rows = int64_t{args.num_tokens} * args.num_heads;
-    cuda::launch(combine_kernel<T, D>, static_cast<unsigned>((rows + kCombineRows - 1) / kCombineRows),
-                 dim3(D / 4, kCombineRows), 0, stream, args);
+    cuda::launch(combine_kernel<T, D>, static_cast<unsigned>(rows), dim3(D / 4, kCombineGroups), 0, stream, args);
   }
 }
 
