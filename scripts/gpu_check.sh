@@ -64,9 +64,19 @@ step() {  # step NAME LOGFILE COMMAND...: runs, records pass/fail and the second
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-# The tokenizer's libraries, when this machine lacks them (scripts/setup.sh --sysroot, carried in .deps).
+# The tokenizer's libraries, when this machine lacks them (scripts/setup.sh --sysroot, carried in .deps):
+# only those the loader does not find here. A library the machine has stays its own: a carried
+# libsentencepiece (with its bundled protobuf runtime) crashes on a system that has its own.
 sysroot_lib=$PWD/.deps/sysroot/usr/lib/x86_64-linux-gnu
-[[ -d $sysroot_lib ]] && export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$sysroot_lib
+if [[ -d $sysroot_lib ]]; then
+  lib_dir=$PWD/$BUILD_DIR/carried-lib
+  rm -rf "$lib_dir" && mkdir -p "$lib_dir"
+  for f in "$sysroot_lib"/*.so.*; do
+    ldconfig -p | grep -q "^[[:space:]]$(basename "$f") " || ln -s "$f" "$lib_dir/"
+  done
+  echo "carried libraries used: $(ls "$lib_dir" | tr '\n' ' ')"
+  export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$lib_dir
+fi
 [[ -f .deps/include/nlohmann/json.hpp ]] || { echo "error: .deps missing: carry .deps (run scripts/setup.sh here first)"; exit 1; }
 # The server's Python packages (FastAPI, uvicorn, ...), when carried as wheels: scripts/wheels.sh here, carry .whl.
 if compgen -G ".whl/*.whl" >/dev/null; then
