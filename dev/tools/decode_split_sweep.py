@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import bench_decode_attention as bda  # noqa: E402
 import common  # noqa: E402
 
-SPLITS = (0, 2, 4, 8, 12, 16, 24, 29, 32, 33, 48, 64)
-SHAPES = [(B, ctx, hq, hkv) for B, ctx in ((1, 8192), (1, 32768), (4, 8192), (4, 32768))
+SPLITS = (0, 8, 12, 15, 16, 24, 29, 32, 33, 48, 64)
+SHAPES = [(B, ctx, hq, hkv) for B, ctx in ((1, 8192), (1, 32768), (4, 32768))
           for hq, hkv in ((32, 8), (16, 16), (32, 4))]
 
 

@@ -419,34 +419,34 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
   merge_and_store<Kt, T>(a, RowBlock{tok0, kvh, row0, rows_here, split}, s_pipe, o, m, l, wm, wn, tid);
 }
 
-// Merges the num_splits partials of each (token, head) row, one CTA per row: kCombineGroups groups of
-// D / 4 threads (a warp for D = 128, a half warp for D = 64), each thread owning 4 columns. Every
-// group computes the split weights 2^(lse_i - M) (a shuffle max and sum over its lanes; the first
-// group keeps them in shared memory), then group g reads the partial O rows of splits g, g + G, ...
-// all at once (up to kMaxSplits / G loads in flight per thread), and the first group sums the groups'
-// results. Split-KV runs only when few rows are in flight, so a CTA per row costs nothing, while the
-// row's partials arrive in one L2 round trip instead of one per few splits. Empty splits (lse = -inf,
-// weight 0) are not read.
-// grid: T * Hq; block: (D / 4, kCombineGroups).
+// The split-KV combine: O = sum_i 2^(lse_i - M) O_i / sum_i 2^(lse_i - M) per (token, head) row.
+// A row's D / 4 threads (a warp for D = 128, a half warp for D = 64) each own 4 columns. Two kernels:
+// with at most kCombineUnroll splits a row's partials come in one round of loads, so a CTA takes
+// kCombineRows rows (many rows per step: fewer, fuller CTAs); with more, one CTA takes one row and
+// its kCombineGroups thread groups read the partials of splits g, g + G, ... at once, so they arrive
+// in one L2 round trip instead of one per kCombineUnroll splits (few rows: batch 1 at long contexts).
+// Empty splits (lse = -inf, weight 0) are not read.
+constexpr int kCombineRows = 8;
+constexpr int kCombineUnroll = 8;
 constexpr int kCombineGroups = 4;
-template <typename T, int D>
-__global__ void __launch_bounds__(D / 4 * kCombineGroups) combine_kernel(const __grid_constant__ KernelArgs a) {
-  constexpr int kLanes = D / 4;  // threads per group, a power of two within one warp
+
+struct RowWeights {
+  float m, sum;  // the max lse (log2 units; 0 when no split has keys) and sum of 2^(lse_i - m)
+};
+
+// A row's split weights 2^(lse_i - M), computed by its kLanes threads together (shuffle max and sum);
+// each thread stores its splits' weights to w_out[i] when w_out is given.
+template <int kLanes>
+__device__ __forceinline__ RowWeights split_weights(const KernelArgs& a, int64_t row, int64_t rows, bool valid, int c4,
+                                                    float* w_out) {
   constexpr int kPerLane = (kMaxSplits + kLanes - 1) / kLanes;
-  constexpr int kPerGroup = kMaxSplits / kCombineGroups;
-  __shared__ float s_w[kMaxSplits];
-  __shared__ float4 s_acc[kCombineGroups][kLanes];
-  pdl_wait();  // cuda::launch (launch.cuh)
-  pdl_trigger();
-  const int64_t rows = int64_t{a.num_tokens} * a.num_heads;
-  const int64_t row = blockIdx.x;  // token * Hq + head
-  const int c4 = threadIdx.x, g = threadIdx.y, ns = a.num_splits;
+  const int ns = a.num_splits;
   float lse[kPerLane];
   float mt = -INFINITY;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     const int i = c4 + j * kLanes;
-    lse[j] = i < ns ? a.part_lse[i * rows + row] : -INFINITY;
+    lse[j] = valid && i < ns ? a.part_lse[i * rows + row] : -INFINITY;
     mt = fmaxf(mt, lse[j]);
   }
 #pragma unroll
@@ -457,11 +457,70 @@ __global__ void __launch_bounds__(D / 4 * kCombineGroups) combine_kernel(const _
   for (int j = 0; j < kPerLane; ++j) {
     const int i = c4 + j * kLanes;
     const float w = exp2f(lse[j] - m_use);  // 0 for an empty split
-    if (g == 0 && i < kMaxSplits) s_w[i] = w;
+    if (w_out != nullptr && i < kMaxSplits) w_out[i] = w;
     wsum += w;
   }
 #pragma unroll
   for (int off = kLanes / 2; off > 0; off /= 2) wsum += __shfl_xor_sync(0xffffffffu, wsum, off);
+  return {m_use, wsum};
+}
+
+// acc (this thread's 4 columns of sum_i w_i O_i) / sum as T; the row's lse (natural log) when asked.
+template <typename T, int D>
+__device__ __forceinline__ void store_row(const KernelArgs& a, int64_t row, float4 acc, RowWeights rw, int c4) {
+  const float inv = rw.sum > 0.f ? 1.f / rw.sum : 0.f;
+  const int64_t tok = row / a.num_heads, h = row % a.num_heads;
+  T* dst = static_cast<T*>(a.out) + tok * a.out_row + h * D + c4 * 4;
+  *reinterpret_cast<uint2*>(dst) = make_uint2(pack2<T>(acc.x * inv, acc.y * inv), pack2<T>(acc.z * inv, acc.w * inv));
+  if (c4 == 0 && a.lse) a.lse[row] = rw.sum > 0.f ? (rw.m + log2f(rw.sum)) * 0.69314718055994531f : -INFINITY;
+}
+
+__device__ __forceinline__ void fma4(float4& acc, float w, float4 x) {
+  acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
+}
+
+// Few splits. grid: ceil(T * Hq / kCombineRows); block: (D / 4, kCombineRows).
+template <typename T, int D>
+__global__ void __launch_bounds__(D / 4 * kCombineRows) combine_rows_kernel(const __grid_constant__ KernelArgs a) {
+  __shared__ float s_w[kCombineRows][kMaxSplits];
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
+  const int64_t rows = int64_t{a.num_tokens} * a.num_heads;
+  const int64_t row = int64_t{blockIdx.x} * kCombineRows + threadIdx.y;  // token * Hq + head
+  const bool valid = row < rows;  // no early return: the row's threads shuffle together
+  const int c4 = threadIdx.x, ns = a.num_splits;
+  const RowWeights rw = split_weights<D / 4>(a, row, rows, valid, c4, s_w[threadIdx.y]);
+  __syncwarp();
+  if (!valid) return;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int i0 = 0; i0 < ns; i0 += kCombineUnroll) {
+    float w[kCombineUnroll];
+    float4 x[kCombineUnroll];
+#pragma unroll
+    for (int j = 0; j < kCombineUnroll; ++j) {
+      w[j] = i0 + j < ns ? s_w[threadIdx.y][i0 + j] : 0.f;
+      x[j] = w[j] > 0.f ? *reinterpret_cast<const float4*>(a.part_o + ((i0 + j) * rows + row) * D + c4 * 4)
+                        : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int j = 0; j < kCombineUnroll; ++j) fma4(acc, w[j], x[j]);
+  }
+  store_row<T, D>(a, row, acc, rw, c4);
+}
+
+// Many splits. grid: T * Hq; block: (D / 4, kCombineGroups).
+template <typename T, int D>
+__global__ void __launch_bounds__(D / 4 * kCombineGroups)
+    combine_split_row_kernel(const __grid_constant__ KernelArgs a) {
+  constexpr int kPerGroup = kMaxSplits / kCombineGroups;
+  __shared__ float s_w[kMaxSplits];
+  __shared__ float4 s_acc[kCombineGroups][D / 4];
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
+  const int64_t rows = int64_t{a.num_tokens} * a.num_heads;
+  const int64_t row = blockIdx.x;  // token * Hq + head
+  const int c4 = threadIdx.x, g = threadIdx.y, ns = a.num_splits;
+  const RowWeights rw = split_weights<D / 4>(a, row, rows, true, c4, g == 0 ? s_w : nullptr);
   __syncthreads();
   float w[kPerGroup];
   float4 x[kPerGroup];
@@ -474,19 +533,13 @@ __global__ void __launch_bounds__(D / 4 * kCombineGroups) combine_kernel(const _
   }
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-  for (int j = 0; j < kPerGroup; ++j)
-    acc.x += w[j] * x[j].x, acc.y += w[j] * x[j].y, acc.z += w[j] * x[j].z, acc.w += w[j] * x[j].w;
+  for (int j = 0; j < kPerGroup; ++j) fma4(acc, w[j], x[j]);
   s_acc[g][c4] = acc;
   __syncthreads();
   if (g != 0) return;
 #pragma unroll
-  for (int j = 1; j < kCombineGroups; ++j)
-    acc.x += s_acc[j][c4].x, acc.y += s_acc[j][c4].y, acc.z += s_acc[j][c4].z, acc.w += s_acc[j][c4].w;
-  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
-  const int64_t tok = row / a.num_heads, h = row % a.num_heads;
-  T* dst = static_cast<T*>(a.out) + tok * a.out_row + h * D + c4 * 4;
-  *reinterpret_cast<uint2*>(dst) = make_uint2(pack2<T>(acc.x * inv, acc.y * inv), pack2<T>(acc.z * inv, acc.w * inv));
-  if (c4 == 0 && a.lse) a.lse[row] = wsum > 0.f ? (m_use + log2f(wsum)) * 0.69314718055994531f : -INFINITY;
+  for (int j = 1; j < kCombineGroups; ++j) fma4(acc, 1.f, s_acc[j][c4]);
+  store_row<T, D>(a, row, acc, rw, c4);
 }
 
 // ---- host side ----
@@ -574,7 +627,12 @@ void launch(const KernelArgs& args, const Plan& pl, int S, int Hkv, cudaStream_t
   cuda::launch(kernel, grid, Kt::kThreads, Kt::kSmemBytes, stream, args);
   if (pl.num_splits > 1 && args.num_tokens > 0) {
     const int64_t rows = int64_t{args.num_tokens} * args.num_heads;
-    cuda::launch(combine_kernel<T, D>, static_cast<unsigned>(rows), dim3(D / 4, kCombineGroups), 0, stream, args);
+    if (pl.num_splits > kCombineUnroll)
+      cuda::launch(combine_split_row_kernel<T, D>, static_cast<unsigned>(rows), dim3(D / 4, kCombineGroups), 0, stream,
+                   args);
+    else
+      cuda::launch(combine_rows_kernel<T, D>, static_cast<unsigned>((rows + kCombineRows - 1) / kCombineRows),
+                   dim3(D / 4, kCombineRows), 0, stream, args);
   }
 }
 
