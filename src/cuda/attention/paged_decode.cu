@@ -605,13 +605,14 @@ Plan make_plan(const PagedAttentionParams& p) {
   pl.num_splits = 1;
   if (base == 0 || base * 8 >= slots * 7) return pl;
   // The split count with the shortest critical path: waves x (the pages of the longest split + a CTA's
-  // fixed cost, its prologue and pipeline fill, about kCtaCostPages pages); a CTA streams its pages at
-  // a roughly fixed rate. The fewest splits among equals (less to combine).
+  // fixed cost, its prologue and pipeline fill, about kCtaCostPages pages), plus the combine, a second
+  // dependent kernel, when split (about as much again); a CTA streams its pages at a roughly fixed
+  // rate. The fewest splits among equals. A short context (a few pages) is not split at all.
   constexpr int kCtaCostPages = 2;
   int64_t best = std::numeric_limits<int64_t>::max();
   for (int sp = 1; sp <= cap; ++sp) {
     const int64_t waves = (base * sp + slots - 1) / slots;
-    const int64_t path = waves * ((max_tiles + sp - 1) / sp + kCtaCostPages);
+    const int64_t path = waves * ((max_tiles + sp - 1) / sp + kCtaCostPages) + (sp > 1 ? kCtaCostPages : 0);
     if (path < best) best = path, pl.num_splits = sp;
   }
   return pl;
