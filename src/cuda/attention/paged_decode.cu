@@ -50,11 +50,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <type_traits>
 
 #include "cuda/attention/flash_fwd_sm90.h"
 #include "cuda/attention/flash_fwd_sm90_traits.cuh"
+#include "cuda/attention/paged_split_plan.h"
 #include "cuda/common.cuh"
 #include "cuda/device.h"
 #include "cuda/launch.cuh"
@@ -65,7 +65,6 @@
 namespace minillm::cuda {
 namespace paged {
 
-constexpr int kMaxSplits = 64;
 constexpr int kMaxDecodeQueries = 8;  // max_query_len up to this runs with decode-sized row tiles
 
 struct KernelArgs {
@@ -595,26 +594,8 @@ Plan make_plan(const PagedAttentionParams& p) {
     pl.num_splits = p.num_splits;
     return pl;
   }
-  // About one CTA per SM; never more splits than pages, nor than kMaxSplits. One per SM, not the two
-  // that fit (D = 128): measured on H100 for one long sequence, the second CTA's extra loads in
-  // flight gained less than the longer combine and the doubled per-CTA prologue cost.
   const int64_t base = int64_t{p.num_seqs} * p.num_kv_heads * pl.row_blocks;
-  const int64_t slots = device_sm_count();
-  const int max_tiles = std::max(1, (pl.max_context + kPageSize - 1) / kPageSize);
-  const int cap = std::min(kMaxSplits, max_tiles);
-  pl.num_splits = 1;
-  if (base == 0 || base * 8 >= slots * 7) return pl;
-  // The split count with the shortest critical path: waves x (the pages of the longest split + a CTA's
-  // fixed cost, its prologue and pipeline fill, about kCtaCostPages pages), plus the combine, a second
-  // dependent kernel, when split (about as much again); a CTA streams its pages at a roughly fixed
-  // rate. The fewest splits among equals. A short context (a few pages) is not split at all.
-  constexpr int kCtaCostPages = 2;
-  int64_t best = std::numeric_limits<int64_t>::max();
-  for (int sp = 1; sp <= cap; ++sp) {
-    const int64_t waves = (base * sp + slots - 1) / slots;
-    const int64_t path = waves * ((max_tiles + sp - 1) / sp + kCtaCostPages) + (sp > 1 ? kCtaCostPages : 0);
-    if (path < best) best = path, pl.num_splits = sp;
-  }
+  pl.num_splits = split_count(base, (pl.max_context + kPageSize - 1) / kPageSize, device_sm_count());
   return pl;
 }
 
