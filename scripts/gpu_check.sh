@@ -71,8 +71,9 @@ sysroot_lib=$PWD/.deps/sysroot/usr/lib/x86_64-linux-gnu
 if [[ -d $sysroot_lib ]]; then
   lib_dir=$PWD/$BUILD_DIR/carried-lib
   rm -rf "$lib_dir" && mkdir -p "$lib_dir"
+  known=$(ldconfig -p)
   for f in "$sysroot_lib"/*.so.*; do
-    ldconfig -p | grep -q "^[[:space:]]$(basename "$f") " || ln -s "$f" "$lib_dir/"
+    grep -q "^[[:space:]]$(basename "$f") " <<<"$known" || ln -s "$f" "$lib_dir/"
   done
   echo "carried libraries used: $(ls "$lib_dir" | tr '\n' ' ')"
   export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$lib_dir

@@ -35,9 +35,8 @@
 // of a CTA's range are cut into num_splits equal page ranges, one CTA each; each writes its
 // normalised partial O (fp32) and its log-sum-exp to the workspace, and a combine kernel merges
 // them: O = sum_i 2^(lse_i - M) O_i / sum_i 2^(lse_i - M). num_splits comes from host values only
-// (S, Hkv, row blocks, max_context_len and the SM count: the count whose waves x pages per split
-// is least); the
-// page ranges are derived on the device from each sequence's own length, so a CUDA graph captured
+// (S, Hkv, row blocks, max_context_len and the SM count: paged_split_plan.h); the page ranges are
+// derived on the device from each sequence's own length, so a CUDA graph captured
 // once replays correctly when lengths change (CTAs whose range is empty write lse = -inf).
 //
 // Causal masking: query i of n sees keys j <= ctx - n + i; a row block's key range ends at its last
@@ -478,7 +477,8 @@ __device__ __forceinline__ void fma4(float4& acc, float w, float4 x) {
   acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
 }
 
-// Few splits. grid: ceil(T * Hq / kCombineRows); block: (D / 4, kCombineRows).
+// At most kCombineUnroll splits (launch() sends more to the kernel below): one round of loads.
+// grid: ceil(T * Hq / kCombineRows); block: (D / 4, kCombineRows).
 template <typename T, int D>
 __global__ void __launch_bounds__(D / 4 * kCombineRows) combine_rows_kernel(const __grid_constant__ KernelArgs a) {
   __shared__ float s_w[kCombineRows][kMaxSplits];
@@ -491,19 +491,17 @@ __global__ void __launch_bounds__(D / 4 * kCombineRows) combine_rows_kernel(cons
   const RowWeights rw = split_weights<D / 4>(a, row, rows, valid, c4, s_w[threadIdx.y]);
   __syncwarp();
   if (!valid) return;
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int i0 = 0; i0 < ns; i0 += kCombineUnroll) {
-    float w[kCombineUnroll];
-    float4 x[kCombineUnroll];
+  float w[kCombineUnroll];
+  float4 x[kCombineUnroll];
 #pragma unroll
-    for (int j = 0; j < kCombineUnroll; ++j) {
-      w[j] = i0 + j < ns ? s_w[threadIdx.y][i0 + j] : 0.f;
-      x[j] = w[j] > 0.f ? *reinterpret_cast<const float4*>(a.part_o + ((i0 + j) * rows + row) * D + c4 * 4)
-                        : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-#pragma unroll
-    for (int j = 0; j < kCombineUnroll; ++j) fma4(acc, w[j], x[j]);
+  for (int i = 0; i < kCombineUnroll; ++i) {
+    w[i] = i < ns ? s_w[threadIdx.y][i] : 0.f;
+    x[i] = w[i] > 0.f ? *reinterpret_cast<const float4*>(a.part_o + (i * rows + row) * D + c4 * 4)
+                      : make_float4(0.f, 0.f, 0.f, 0.f);
   }
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int i = 0; i < kCombineUnroll; ++i) fma4(acc, w[i], x[i]);
   store_row<T, D>(a, row, acc, rw, c4);
 }
 
