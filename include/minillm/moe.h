@@ -45,6 +45,20 @@ struct MoEConfig {
   void validate() const;  // throws minillm::Error naming the field and value
 };
 
+// A residual add and norm that follows a layer (the engine's next one): x [T, H] += the layer's output;
+// out [T, H] = norm(x), RMSNorm (b null) or LayerNorm, with w, b [H] fp32 (out may alias x). The layer
+// runs it in its last kernel when fuses_residual_norm says so. counter: one device int32, zero before
+// the call, which the kernel leaves zero again.
+struct ResidualNorm {
+  void* x = nullptr;
+  void* out = nullptr;
+  const float* w = nullptr;
+  const float* b = nullptr;
+  bool rmsnorm = true;
+  float eps = 1e-6f;
+  int32_t* counter = nullptr;
+};
+
 class MoELayer {
  public:
   // Tokens up to this count take the decode path (weights streamed once, no tile padding).
@@ -87,8 +101,11 @@ class MoELayer {
   // The same without the final sum over the k + S slots: y_pairs [T, k + S, H] holds w[t, j] * expert_j(x[t])
   // (rounded to cfg.dtype), so that y[t] = sum_j y_pairs[t, j]. Lets the caller fuse that sum into its
   // next pass over the rows (the engine's residual add + norm) instead of a separate combine.
+  // With `then`, the layer also runs then's residual add (of y_pairs' sum) and norm in its last kernel;
+  // only where fuses_residual_norm(T) (the decode path, a few tokens).
   void forward_pairs(const void* x, void* y_pairs, int64_t T, void* scratch, size_t scratch_bytes,
-                     cudaStream_t stream);
+                     cudaStream_t stream, const ResidualNorm* then = nullptr);
+  bool fuses_residual_norm(int64_t T) const;
 
   // The routing alone (for tests): ids [T, k + S] int32 (the top k by descending weight, then the S
   // shared chunks E .. E+S-1), weights [T, k + S] fp32.
@@ -96,7 +113,8 @@ class MoELayer {
              cudaStream_t stream);
 
  private:
-  void run(const void* x, void* y, int64_t T, void* scratch, size_t scratch_bytes, cudaStream_t stream, bool pairs);
+  void run(const void* x, void* y, int64_t T, void* scratch, size_t scratch_bytes, cudaStream_t stream, bool pairs,
+           const ResidualNorm* then);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

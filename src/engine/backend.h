@@ -106,6 +106,20 @@ class Backend {
   virtual void moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y,
                    Workspace& ws) = 0;
   virtual int moe_output_parts(const ModelConfig&) const { return 1; }
+  // A sublayer's output projection or MoE, then the residual add and norm after it, as one op so that a
+  // backend may run the add and norm in the same kernel (the defaults run the two ops):
+  // delta [T, N] = a [T, K] @ w^T; add_norm(x, &delta, n, c, out).
+  virtual void linear_add_norm(const Tensor& a, const Tensor& w, Tensor& delta, Tensor& x, const NormWeights& n,
+                               const ModelConfig& c, Tensor& out) {
+    linear(a, w, delta);
+    add_norm(x, &delta, n, c, out);
+  }
+  // moe(h, w, layer, c, y, ws); add_norm(x, &y, n, c, out). out may alias h (the MoE has read it by then).
+  virtual void moe_add_norm(const Tensor& h, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y,
+                            Workspace& ws, Tensor& x, const NormWeights& n, Tensor& out) {
+    moe(h, w, layer, c, y, ws);
+    add_norm(x, &y, n, c, out);
+  }
   // Bytes of workspace the backend's ops need beyond the graph's activations, for T tokens.
   virtual size_t op_workspace_bytes(const ModelConfig& c, int64_t T) const = 0;
   // Copies raw bytes between host and the backend's device (synchronous).

@@ -31,25 +31,24 @@ void transformer_forward(Backend& be, const ModelConfig& c, const ModelWeights& 
   const bool pre = c.norm_placement == NormPlacement::pre;
 
   be.embedding(b.token_ids, w.embed, x);
-  // Pre-norm: the residual add of a sublayer's output is deferred into the next norm (fused).
-  const Tensor* pending = nullptr;
-  for (int l = 0; l < c.num_layers; ++l) {
+  // Every residual add is fused with the norm after it, and that with the op before it (a backend may
+  // run the three in one kernel): pre-norm, a layer's MoE is followed by the next layer's N1 (Nf after
+  // the last).
+  const int L = c.num_layers;
+  if (pre) be.add_norm(x, nullptr, L > 0 ? w.layers[0].norm1 : w.final_norm, c, h);  // h = N1(x)
+  for (int l = 0; l < L; ++l) {
     const LayerWeights& lw = w.layers[l];
-    if (pre) be.add_norm(x, pending, lw.norm1, c, h);  // x += moe_prev; h = N1(x)
     be.qkv(pre ? h : x, lw, qkv, b, c, cache, l);  // + bias, qk-norm, RoPE; k, v into the cache
     be.attention(qkv, attn, b, cache, l, c, ws);
-    be.linear(attn, lw.wo, delta);
     if (pre) {
-      be.add_norm(x, &delta, lw.norm2, c, h);  // x += attn; h = N2(x)
-      be.moe(h, lw, l, c, moe_out, ws);
-      pending = &moe_out;
+      be.linear_add_norm(attn, lw.wo, delta, x, lw.norm2, c, h);  // x += attn Wo; h = N2(x)
+      const NormWeights& next = l + 1 < L ? w.layers[l + 1].norm1 : w.final_norm;
+      be.moe_add_norm(h, lw, l, c, moe_out, ws, x, next, h);  // x += MoE(h); h = N1'(x) or Nf(x)
     } else {
-      be.add_norm(x, &delta, lw.norm1, c, x);  // x = N1(x + attn)
-      be.moe(x, lw, l, c, moe_out, ws);
-      be.add_norm(x, &moe_out, lw.norm2, c, x);  // x = N2(x + moe)
+      be.linear_add_norm(attn, lw.wo, delta, x, lw.norm1, c, x);  // x = N1(x + attn Wo)
+      be.moe_add_norm(x, lw, l, c, moe_out, ws, x, lw.norm2, x);  // x = N2(x + MoE(x))
     }
   }
-  if (pre) be.add_norm(x, pending, w.final_norm, c, h);  // x += moe_last; h = Nf(x)
   const Tensor& last = pre ? h : x;
   if (b.all_rows) {
     be.linear(last, w.lm_head, logits);

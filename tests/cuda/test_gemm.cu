@@ -1,7 +1,7 @@
 // engine::Gemm (src/cuda/engine/gemm.h): the dense linear on decode shapes (moe::decode_gemm with one
 // expert, weights prefetched before the PDL wait) against an fp64 reference and against cuBLASLt on the
 // same operands, right after a kernel that writes x (the prefetch must not read x early); shapes off
-// the decode path take cuBLASLt.
+// the decode path take cuBLASLt. The residual-norm tail (linear_residual_norm) against linear + add_norm.
 #include <cuda_bf16.h>
 #include <gtest/gtest.h>
 
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cuda/engine/gemm.h"
+#include "cuda/engine/ops.h"
 #include "cuda/launch.cuh"
 #include "minillm/core/cuda_check.h"
 #include "minillm/core/tensor.h"
@@ -98,6 +99,72 @@ TEST(GemmCuda, DecodePathMatchesReferenceAndCublas) {
   }
 }
 
+Buffer upload_f32(const std::vector<float>& h) {
+  Buffer b(h.size() * 4, Device::cuda);
+  copy_bytes(b.data(), Device::cuda, h.data(), Device::cpu, h.size() * 4);
+  return b;
+}
+
+// The o_proj with the residual add and norm in its last block gives what the GEMM and then the add_norm
+// kernel give: the same delta and x bit for bit (the same fp32 sum, rounded once), out within one
+// rounding (the norm's sums are reduced in another order). Each case runs the tail twice on fresh
+// copies: the counter must be zero again after a launch, or the second launch's tail never runs.
+TEST(GemmCuda, ResidualNormTailMatchesLinearThenAddNorm) {
+  REQUIRE_GPU();
+  struct Case {
+    int64_t M, H, K;
+    bool rms, alias;  // alias: out is x (post-norm)
+  };
+  for (const Case cs : {Case{1, 2048, 2048, true, false}, Case{2, 256, 512, true, false}, Case{4, 4096, 128, false, false},
+                        Case{3, 64, 64, true, true}, Case{1, 1024, 96, false, true}}) {
+    ASSERT_TRUE(Gemm::fuses_residual_norm(reinterpret_cast<void*>(256), reinterpret_cast<void*>(256), cs.M, cs.H, cs.K,
+                                          DType::bf16, DType::bf16));
+    const auto ha = random_bf16(cs.M * cs.K, 3), hw = random_bf16(cs.H * cs.K, 4), hx = random_bf16(cs.M * cs.H, 5);
+    std::vector<float> nw(cs.H), nb(cs.H);
+    std::mt19937 rng(6);
+    std::uniform_real_distribution<float> u(0.5f, 1.5f);
+    for (int64_t i = 0; i < cs.H; ++i) nw[i] = u(rng), nb[i] = u(rng) - 1.f;
+    Buffer a = upload(ha), w = upload(hw), dnw = upload_f32(nw), dnb = upload_f32(nb);
+    const float* bias = cs.rms ? nullptr : static_cast<const float*>(dnb.data());
+    const size_t n = cs.M * cs.H;
+    cudaStream_t st;
+    MINILLM_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    Gemm gemm;
+    Buffer x_ref = upload(hx), d_ref(n * 2, Device::cuda), out_ref(n * 2, Device::cuda);
+    gemm.linear(a.data(), w.data(), d_ref.data(), cs.M, cs.H, cs.K, DType::bf16, DType::bf16, st);
+    cuda::engine::add_norm(DType::bf16, x_ref.data(), d_ref.data(), 1, static_cast<const float*>(dnw.data()), bias,
+                           cs.rms, 1e-5f, cs.alias ? x_ref.data() : out_ref.data(), cs.M, cs.H, st);
+    Buffer counter(4, Device::cuda);
+    MINILLM_CUDA_CHECK(cudaMemsetAsync(counter.data(), 0, 4, st));
+    for (int run = 0; run < 2; ++run) {
+      Buffer x = upload(hx), d(n * 2, Device::cuda), out(n * 2, Device::cuda);
+      ResidualNorm then;
+      then.x = x.data();
+      then.out = cs.alias ? x.data() : out.data();
+      then.w = static_cast<const float*>(dnw.data());
+      then.b = bias;
+      then.rmsnorm = cs.rms;
+      then.eps = 1e-5f;
+      then.counter = static_cast<int32_t*>(counter.data());
+      gemm.linear_residual_norm(a.data(), w.data(), d.data(), cs.M, cs.H, cs.K, DType::bf16, then, st);
+      MINILLM_CUDA_CHECK(cudaStreamSynchronize(st));
+      int32_t left = -1;
+      copy_bytes(&left, Device::cpu, counter.data(), Device::cuda, 4);
+      EXPECT_EQ(left, 0) << "the tail left its counter at " << left;
+      EXPECT_EQ(download(d, n), download(d_ref, n)) << "M " << cs.M << " H " << cs.H;
+      const auto got_x = download(x, n), ref_x = download(x_ref, n);
+      const auto got = cs.alias ? got_x : download(out, n), ref = cs.alias ? ref_x : download(out_ref, n);
+      if (!cs.alias) EXPECT_EQ(got_x, ref_x) << "M " << cs.M << " H " << cs.H;
+      for (size_t i = 0; i < n; ++i) {
+        ASSERT_TRUE(std::isfinite(got[i]));
+        ASSERT_LE(std::fabs(got[i] - ref[i]), std::fabs(ref[i]) * 0x1p-7f + 1e-6f)
+            << "M " << cs.M << " H " << cs.H << " at " << i << " run " << run;
+      }
+    }
+    cudaStreamDestroy(st);
+  }
+}
+
 TEST(GemmCuda, OtherShapesTakeCublas) {
   const void* p = reinterpret_cast<void*>(256);
   EXPECT_FALSE(Gemm::decode_path(p, p, Gemm::kDecodePathMaxRows + 1, 64, 64, DType::bf16, DType::bf16));  // tokens
@@ -106,6 +173,10 @@ TEST(GemmCuda, OtherShapesTakeCublas) {
   EXPECT_FALSE(Gemm::decode_path(p, p, 1, 64, 64, DType::bf16, DType::f32));    // fp32 logits
   EXPECT_FALSE(Gemm::decode_path(reinterpret_cast<void*>(264), p, 1, 64, 64, DType::bf16, DType::bf16));  // alignment
   EXPECT_TRUE(Gemm::decode_path(p, p, Gemm::kDecodePathMaxRows, 64, 64, DType::f16, DType::f16));
+  // The residual-norm tail: a few rows, H up to its staging buffer.
+  EXPECT_TRUE(Gemm::fuses_residual_norm(p, p, 4, 4096, 64, DType::bf16, DType::bf16));
+  EXPECT_FALSE(Gemm::fuses_residual_norm(p, p, 5, 64, 64, DType::bf16, DType::bf16));
+  EXPECT_FALSE(Gemm::fuses_residual_norm(p, p, 1, 4112, 64, DType::bf16, DType::bf16));
 }
 
 }  // namespace

@@ -364,6 +364,79 @@ TEST(MoECuda, ForwardPairsSumToForward) {
   }
 }
 
+// forward_pairs with a ResidualNorm: the down GEMM's last block adds the sum of each token's pairs to the
+// residual and normalises it (RMSNorm, and LayerNorm with a bias), against those pairs summed in slot
+// order and normalised on the host: x bit for bit (the same fp32 sum, rounded once), out within a
+// rounding. Two runs per case: the counter must be zero again after each.
+TEST(MoECuda, ForwardPairsRunsTheResidualNorm) {
+  REQUIRE_GPU();
+  for (Case c : {Case{1, 2048, 16, 8, 256, ExpertActivation::swiglu, false}, Case{4, 1024, 8, 2, 512},
+                 Case{3, 512, 16, 4, 256, ExpertActivation::gelu, false, DType::f16}}) {
+    SCOPED_TRACE(name(c));
+    Problem p = make_problem(c, 41);
+    upload_problem(p);
+    MoELayer layer(config_of(c), c.T);
+    set_weights(layer, p);
+    ASSERT_TRUE(layer.fuses_residual_norm(c.T));
+    const int64_t n = c.T * c.H, np = c.T * c.k * c.H;
+    Buffer scratch(layer.workspace_bytes(c.T), Device::cuda), pairs(np * 2, Device::cuda);
+    layer.forward_pairs(p.dx.data(), pairs.data(), c.T, scratch.data(), scratch.bytes(), nullptr);
+    MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<float> yp = download(pairs, np, c.dtype);
+    std::mt19937 rng(43);
+    const HostArray res = make_array(n, 1.0f, c.dtype, rng);
+    std::vector<float> nw(c.H), nb(c.H);
+    std::uniform_real_distribution<float> u(0.5f, 1.5f);
+    for (int64_t i = 0; i < c.H; ++i) nw[i] = u(rng), nb[i] = u(rng) - 1.0f;
+    Buffer dnw(c.H * 4, Device::cuda), dnb(c.H * 4, Device::cuda), counter(4, Device::cuda);
+    copy_bytes(dnw.data(), Device::cuda, nw.data(), Device::cpu, c.H * 4);
+    copy_bytes(dnb.data(), Device::cuda, nb.data(), Device::cpu, c.H * 4);
+    MINILLM_CUDA_CHECK(cudaMemset(counter.data(), 0, 4));
+    for (const bool rms : {true, false}) {
+      std::vector<float> x_ref(n), out_ref(n);
+      for (int64_t t = 0; t < c.T; ++t) {
+        std::vector<float> v(c.H);
+        double sum = 0, sq = 0;
+        for (int64_t i = 0; i < c.H; ++i) {
+          float d = 0.0f;
+          for (int64_t j = 0; j < c.k; ++j) d += yp[(t * c.k + j) * c.H + i];
+          v[i] = res.f[t * c.H + i] + d;
+          x_ref[t * c.H + i] = c.dtype == DType::bf16 ? bf16_to_f32(f32_to_bf16(v[i])) : f16_to_f32(f32_to_f16(v[i]));
+          sum += v[i];
+        }
+        const double mean = rms ? 0.0 : sum / c.H;
+        for (int64_t i = 0; i < c.H; ++i) sq += (v[i] - mean) * (v[i] - mean);
+        const double rstd = 1.0 / std::sqrt(sq / c.H + 1e-6);
+        for (int64_t i = 0; i < c.H; ++i) out_ref[t * c.H + i] = static_cast<float>((v[i] - mean) * rstd * nw[i] + (rms ? 0.0 : nb[i]));
+      }
+      for (int run = 0; run < 2; ++run) {
+        Buffer x = upload(res), out(n * 2, Device::cuda), pairs2(np * 2, Device::cuda);
+        ResidualNorm then;
+        then.x = x.data();
+        then.out = out.data();
+        then.w = static_cast<const float*>(dnw.data());
+        then.b = rms ? nullptr : static_cast<const float*>(dnb.data());
+        then.rmsnorm = rms;
+        then.eps = 1e-6f;
+        then.counter = static_cast<int32_t*>(counter.data());
+        layer.forward_pairs(p.dx.data(), pairs2.data(), c.T, scratch.data(), scratch.bytes(), nullptr, &then);
+        MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
+        int32_t left = -1;
+        copy_bytes(&left, Device::cpu, counter.data(), Device::cuda, 4);
+        EXPECT_EQ(left, 0);
+        EXPECT_EQ(download(pairs2, np, c.dtype), yp);
+        EXPECT_EQ(download(x, n, c.dtype), x_ref) << (rms ? "rms" : "layernorm") << " run " << run;
+        const std::vector<float> got = download(out, n, c.dtype);
+        for (int64_t i = 0; i < n; ++i)
+          ASSERT_LE(std::fabs(got[i] - out_ref[i]), std::fabs(out_ref[i]) * 0x1p-7f + 1e-5f)
+              << (rms ? "rms" : "layernorm") << " at " << i << " run " << run;
+      }
+    }
+    // More tokens than the tail takes: refused with the reason.
+    EXPECT_FALSE(layer.fuses_residual_norm(cuda::moe::kAddNormTailMaxRows + 1));
+  }
+}
+
 // A shared expert (Qwen2-MoE) of width S * F inside the layer as S more experts, against cpu::moe plus
 // cpu::shared_expert: forward and the sum of forward_pairs' k + S rows, on the decode and grouped
 // paths (with the two-kernel and the fused router), and route()'s shared slots.

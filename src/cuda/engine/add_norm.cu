@@ -9,7 +9,8 @@
 // x = v (rounded to bf16/fp16; skipped when out aliases x) and out = (v - mean) * rstd * w + b.
 // 256 threads per block, 256 / tpr rows per block: H = 768 -> tpr 32, kV 3; 1024 -> 32, 4;
 // 4096 -> 128, 4. Other H (not a multiple of 8, or no such split): add_norm_kernel, one block per
-// row with the row in shared memory.
+// row with the row in shared memory (add_norm_row, add_norm.cuh, which the decode GEMM's add-norm
+// tail also runs).
 // Layout: x, out [T, H] row-major bf16/fp16, delta [T, parts, H] (the MoE layer's k weighted expert
 // rows per token, MoELayer::forward_pairs: their sum in fp32, slot order, is the row's delta; this
 // replaces the MoE's separate combine pass), w, b [H] fp32.
@@ -20,6 +21,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/device.h"
+#include "cuda/engine/add_norm.cuh"
 #include "cuda/engine/ops.h"
 #include "cuda/launch.cuh"
 #include "minillm/core/cuda_check.h"
@@ -37,80 +39,8 @@ __global__ void add_norm_kernel(T* x, const T* __restrict__ delta, int parts, co
   pdl_wait();  // cuda::launch (launch.cuh)
   pdl_trigger();
   const int64_t r = blockIdx.x;
-  T* xr = x + r * H;
-  const T* dr = delta ? delta + r * parts * H : nullptr;  // parts rows: their sum is the row's delta
-  T* outr = out + r * H;
-  const bool write_x = delta != nullptr && out != x;
-
-  float sum = 0.f;
-  if constexpr (kVectorized) {
-    for (int64_t i = threadIdx.x * kVec; i < H; i += blockDim.x * kVec) {
-      uint4 xv = *reinterpret_cast<const uint4*>(xr + i);
-      const T* xe = reinterpret_cast<const T*>(&xv);
-      float d[kVec] = {};
-      for (int pj = 0; dr && pj < parts; ++pj) {
-        const uint4 dv = *reinterpret_cast<const uint4*>(dr + pj * H + i);
-        const T* de = reinterpret_cast<const T*>(&dv);
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) d[j] += to_f32(de[j]);
-      }
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        const float v = to_f32(xe[j]) + d[j];
-        row[i + j] = v;
-        sum += v;
-      }
-    }
-  } else {
-    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
-      float d = 0.f;
-      for (int pj = 0; dr && pj < parts; ++pj) d += to_f32(dr[pj * H + i]);
-      const float v = to_f32(xr[i]) + d;
-      row[i] = v;
-      sum += v;
-    }
-  }
-  const float inv_h = 1.f / static_cast<float>(H);
-  const float mean = rmsnorm ? 0.f : block_sum(sum, red) * inv_h;
-  // Each thread re-reads only the elements it wrote, so no barrier is needed before this pass.
-  float sq = 0.f;
-  if constexpr (kVectorized) {
-    for (int64_t i = threadIdx.x * kVec; i < H; i += blockDim.x * kVec) {
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        const float d = row[i + j] - mean;
-        sq += d * d;
-      }
-    }
-  } else {
-    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
-      const float d = row[i] - mean;
-      sq += d * d;
-    }
-  }
-  const float rstd = rsqrtf(block_sum(sq, red) * inv_h + eps);
-
-  if constexpr (kVectorized) {
-    for (int64_t i = threadIdx.x * kVec; i < H; i += blockDim.x * kVec) {
-      uint4 ov, xv;
-      T* oe = reinterpret_cast<T*>(&ov);
-      T* xe = reinterpret_cast<T*>(&xv);
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        const float v = row[i + j];
-        xe[j] = from_f32<T>(v);
-        oe[j] = from_f32<T>((v - mean) * rstd * w[i + j] + (b ? b[i + j] : 0.f));
-      }
-      if (write_x) *reinterpret_cast<uint4*>(xr + i) = xv;
-      *reinterpret_cast<uint4*>(outr + i) = ov;
-    }
-  } else {
-    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
-      const float v = row[i];
-      if (write_x) xr[i] = from_f32<T>(v);
-      outr[i] = from_f32<T>((v - mean) * rstd * w[i] + (b ? b[i] : 0.f));
-    }
-  }
+  add_norm_row<T, kVectorized>(x + r * H, delta ? delta + r * parts * H : nullptr, parts, w, b, rmsnorm, eps,
+                               out + r * H, H, row, red);
 }
 
 constexpr int kRowsThreads = 256;

@@ -70,6 +70,7 @@ struct CudaBackend::Impl {
   int rope_max_pos = 0;
   bool fused_qkv = false;     // qkv(): one GEMM with the RoPE epilogue
   Buffer tile_counter;        // [1] int32, zero between launches of that GEMM
+  Buffer tail_counter;        // [1] int32, zero between the kernels with a residual-norm tail
   // Profiling state: events in pairs, the op kind of each pair.
   bool profiling = false;
   std::vector<cudaEvent_t> events;
@@ -117,6 +118,8 @@ CudaBackend::CudaBackend(const ModelConfig& c, int64_t max_tokens) : config_(c),
   MINILLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   try {
     impl_ = std::make_unique<Impl>();
+    impl_->tail_counter = Buffer(sizeof(int32_t), Device::cuda);
+    MINILLM_CUDA_CHECK(cudaMemset(impl_->tail_counter.data(), 0, sizeof(int32_t)));
     if (moe_layer_supports(c)) {
       const MoEConfig mc = moe_config(c);
       impl_->moe.reserve(static_cast<size_t>(c.num_layers));
@@ -369,9 +372,57 @@ void CudaBackend::add_norm(Tensor& x, const Tensor* delta, const NormWeights& n,
                c.norm_type == NormType::rmsnorm, c.norm_eps, out.data, x.size(0), x.size(1), stream_);
 }
 
+namespace {
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+ResidualNorm CudaBackend::residual_norm(Tensor& x, const NormWeights& n, const ModelConfig& c, Tensor& out) const {
+  ResidualNorm r;
+  r.x = x.data;
+  r.out = out.data;
+  r.w = n.w.ptr<float>();
+  r.b = n.b.data ? n.b.ptr<float>() : nullptr;
+  r.rmsnorm = c.norm_type == NormType::rmsnorm;
+  r.eps = c.norm_eps;
+  r.counter = static_cast<int32_t*>(impl_->tail_counter.data());
+  return r;
+}
+
+void CudaBackend::linear_add_norm(const Tensor& a, const Tensor& w, Tensor& delta, Tensor& x, const NormWeights& n,
+                                  const ModelConfig& c, Tensor& out) {
+  const int64_t M = a.size(0), K = a.size(1), N = w.size(0);
+  const bool fused = ke::Gemm::fuses_residual_norm(a.data, w.data, M, N, K, a.dtype, delta.dtype) &&
+                     w.size(1) == K && delta.size(0) == M && delta.size(1) == N && x.size(0) == M &&
+                     x.size(1) == N && out.size(0) == M && out.size(1) == N && aligned16(x.data) &&
+                     aligned16(out.data) && w.dtype == a.dtype && x.dtype == a.dtype && out.dtype == a.dtype;
+  if (!fused) {
+    linear(a, w, delta);
+    add_norm(x, &delta, n, c, out);
+    return;
+  }
+  OpScope s(*this, "o_proj");
+  const ResidualNorm then = residual_norm(x, n, c, out);
+  impl_->gemm.linear_residual_norm(a.data, w.data, delta.data, M, N, K, a.dtype, then, stream_);
+}
+
+void CudaBackend::moe_add_norm(const Tensor& h, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y,
+                               Workspace& ws, Tensor& x, const NormWeights& n, Tensor& out) {
+  const ResidualNorm then = residual_norm(x, n, c, out);
+  const bool fit = x.size(0) == h.size(0) && out.size(0) == h.size(0) && aligned16(x.data) && aligned16(out.data);
+  if (!run_moe(h, w, layer, c, y, ws, fit ? &then : nullptr)) add_norm(x, &y, n, c, out);
+}
+
 void CudaBackend::moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y,
                       Workspace& ws) {
+  run_moe(x, w, layer, c, y, ws, nullptr);
+}
+
+bool CudaBackend::run_moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y,
+                          Workspace& ws, const ResidualNorm* then) {
   OpScope s(*this, "moe");
+  bool fused = false;
   const int64_t T = x.size(0), H = c.hidden_size;
   const bool shared_inside = !impl_->moe.empty() && impl_->moe.front().config().shared_experts > 0;
   const int64_t Fs = shared_inside ? 0 : c.moe.shared_expert_ffn;  // a shared expert run apart
@@ -385,8 +436,10 @@ void CudaBackend::moe(const Tensor& x, const LayerWeights& w, int layer, const M
     if (Fs > 0) {
       m.forward(x.data, y.data, T, scratch, routed, stream_);  // y [T, H]: the shared expert is added onto it
     } else {
-      // y [T * slots, H]: add_norm sums the rows (the routed experts' and the shared expert's chunks).
-      m.forward_pairs(x.data, y.data, T, scratch, routed, stream_);
+      // y [T * slots, H]: add_norm (or the layer's last kernel, with `then`) sums the rows (the routed
+      // experts' and the shared expert's chunks).
+      fused = then && m.fuses_residual_norm(T);
+      m.forward_pairs(x.data, y.data, T, scratch, routed, stream_, fused ? then : nullptr);
     }
   } else {
     ke::moe_fallback(c.dtype, x.data, w.router.data, w.w1.data, w.w3.data, w.w2.data, T, H, c.moe.num_experts,
@@ -404,6 +457,7 @@ void CudaBackend::moe(const Tensor& x, const LayerWeights& w, int layer, const M
     ke::shared_expert_add(c.dtype, x.data, w.shared_gate.data, o, y.data, T, H, stream_);
   }
   ws.rewind(mark);
+  return fused;
 }
 
 int CudaBackend::moe_output_parts(const ModelConfig& c) const {

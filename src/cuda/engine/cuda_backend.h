@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "minillm/moe.h"
 
 namespace minillm {
 
@@ -52,6 +53,12 @@ class CudaBackend final : public Backend {
   void sample(Tensor& logits, const SampleArgs& a) override;
   void add_norm(Tensor& x, const Tensor* delta, const NormWeights& n, const ModelConfig& c, Tensor& out) override;
   void moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y, Workspace& ws) override;
+  // On the decode path for a few rows the add and norm run in the GEMM's last block (Gemm::
+  // linear_residual_norm, MoELayer::forward_pairs with a ResidualNorm); else the two ops.
+  void linear_add_norm(const Tensor& a, const Tensor& w, Tensor& delta, Tensor& x, const NormWeights& n,
+                       const ModelConfig& c, Tensor& out) override;
+  void moe_add_norm(const Tensor& h, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y, Workspace& ws,
+                    Tensor& x, const NormWeights& n, Tensor& out) override;
   int moe_output_parts(const ModelConfig& c) const override;
   size_t op_workspace_bytes(const ModelConfig& c, int64_t T) const override;
   int64_t expert_row_stride(int64_t cols) const override;
@@ -88,6 +95,11 @@ class CudaBackend final : public Backend {
   // Scratch of moe(): the routed experts' (MoELayer or the fallback), then the shared expert's when it
   // runs apart.
   static size_t routed_workspace_bytes(const ModelConfig& c, int64_t T);
+  // moe(), and `then` (may be null) in the MoE layer's last kernel when it can: returns whether it did.
+  bool run_moe(const Tensor& x, const LayerWeights& w, int layer, const ModelConfig& c, Tensor& y, Workspace& ws,
+               const ResidualNorm* then);
+  // The residual add and norm x += delta; out = n(x) for a fused kernel (the backend's tail counter).
+  ResidualNorm residual_norm(Tensor& x, const NormWeights& n, const ModelConfig& c, Tensor& out) const;
   static size_t shared_workspace_bytes(const ModelConfig& c, int64_t T);
   ModelConfig config_;
   int64_t max_tokens_ = 0;

@@ -159,26 +159,49 @@ bool Gemm::decode_path(const void* x, const void* w, int64_t M, int64_t N, int64
          K % 32 == 0 && aligned(x) && aligned(w);
 }
 
+bool Gemm::fuses_residual_norm(const void* x, const void* w, int64_t M, int64_t N, int64_t K, DType in, DType out) {
+  return decode_path(x, w, M, N, K, in, out) && moe::add_norm_tail_supported(M, N);
+}
+
+namespace {
+
+moe::DecodeGemmArgs dense_decode_args(const void* x, const void* w, void* y, int64_t M, int64_t N, int64_t K,
+                                      DType dtype) {
+  moe::DecodeGemmArgs g;
+  g.dtype = dtype;
+  g.a = x;
+  g.lda = K;
+  g.K = K;
+  g.w0 = w;
+  g.ldw = K;
+  g.N = N;
+  g.E = 1;
+  g.dense_rows = static_cast<int>(M);
+  g.d = y;
+  g.ldd = N;
+  return g;
+}
+
+}  // namespace
+
 void Gemm::linear(const void* x, const void* w, void* y, int64_t M, int64_t N, int64_t K, DType in, DType out,
                   cudaStream_t stream) {
   if (M <= 0 || N <= 0) return;
   if (decode_path(x, w, M, N, K, in, out)) {
-    moe::DecodeGemmArgs g;
-    g.dtype = in;
-    g.a = x;
-    g.lda = K;
-    g.K = K;
-    g.w0 = w;
-    g.ldw = K;
-    g.N = N;
-    g.E = 1;
-    g.dense_rows = static_cast<int>(M);
-    g.d = y;
-    g.ldd = N;
-    moe::decode_gemm(g, stream);
+    moe::decode_gemm(dense_decode_args(x, w, y, M, N, K, in), stream);
   } else {
     cublas(x, w, y, M, N, K, in, out, stream);
   }
+}
+
+void Gemm::linear_residual_norm(const void* x, const void* w, void* y, int64_t M, int64_t N, int64_t K, DType dtype,
+                                const ResidualNorm& then, cudaStream_t stream) {
+  MINILLM_CHECK(fuses_residual_norm(x, w, M, N, K, dtype, dtype),
+                "gemm: no residual-norm tail for M = " << M << ", N = " << N << ", K = " << K);
+  moe::DecodeGemmArgs g = dense_decode_args(x, w, y, M, N, K, dtype);
+  g.tail = &then;
+  g.tail_rows = static_cast<int>(M);
+  moe::decode_gemm(g, stream);
 }
 
 void Gemm::cublas(const void* x, const void* w, void* y, int64_t M, int64_t N, int64_t K, DType in, DType out,

@@ -24,6 +24,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/common.cuh"
+#include "cuda/engine/add_norm.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/moe/moe_ops.h"
 #include "minillm/core/cuda_check.h"
@@ -156,13 +157,35 @@ __device__ __forceinline__ void decode_block(const T* __restrict__ a, int64_t ld
   }
 }
 
+// The add-norm tail (DecodeGemmArgs::tail): the grid's last block to finish runs the residual add and
+// norm over the tail's rows of d. Every block stores its part of d, fences, and counts itself in (the
+// threadFenceReduction pattern), so the block that counts last sees all of d; it reads d through L2
+// (add_norm_row) and rearms the counter for the next kernel that uses it (which waits for this grid).
+// row: [H] fp32 of shared memory.
+template <typename T>
+__device__ __forceinline__ void add_norm_tail(const ResidualNorm& t, int rows, int parts, const T* d, int64_t H,
+                                              float* row) {
+  __shared__ float red[32];
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(t.counter, 1) == static_cast<int>(gridDim.x * gridDim.y) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int r = 0; r < rows; ++r)
+    engine::add_norm_row<T, true>(static_cast<T*>(t.x) + r * H, d + static_cast<int64_t>(r) * parts * H, parts, t.w,
+                                  t.b, t.rmsnorm, t.eps, static_cast<T*>(t.out) + r * H, H, row, red);
+  if (threadIdx.x == 0) *t.counter = 0;
+}
+
 template <typename T, Epilogue kEpi>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<kEpi>)
     decode_gemm_kernel(const T* __restrict__ a, int64_t lda, const T* __restrict__ w0, const T* __restrict__ w1,
                        int64_t ldw, int64_t N, int64_t K, const int32_t* __restrict__ counts,
                        const int32_t* __restrict__ row_offset, const int32_t* __restrict__ active,
-                       const int32_t* __restrict__ num_active, int dense_rows, T* __restrict__ d, int64_t ldd,
-                       RowMaps maps) {
+                       const int32_t* __restrict__ num_active, int dense_rows, T* d, int64_t ldd, RowMaps maps,
+                       ResidualNorm tail, int tail_rows, int tail_parts) {
   __shared__ float red[kWarps][kEpi == Epilogue::swiglu ? 2 : 1][kMaxTiles][4][32];
   if (!counts && threadIdx.x < kRows * (kEpi == Epilogue::swiglu ? 2 : 1)) {
     // One dense matrix: its rows are read before the wait (no kernel of the step writes weights), so they
@@ -174,15 +197,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kEpi>)
   pdl_wait();  // cuda::launch (launch.cuh)
   pdl_trigger();
   int e = blockIdx.y;
-  if (active) {
-    if (e >= *num_active) return;
-    e = active[e];
-  }
-  const int n_tok = counts ? counts[e] : dense_rows;
-  if (n_tok == 0) return;
+  if (active && e < *num_active) e = active[e];
+  const int n_tok = active && static_cast<int>(blockIdx.y) >= *num_active ? 0 : counts ? counts[e] : dense_rows;
   const int tiles = (n_tok + 7) / 8;
-  const int64_t row0 = counts ? row_offset[e] : 0;
-  if (tiles == 1) {
+  const int64_t row0 = counts && n_tok > 0 ? row_offset[e] : 0;
+  if (tiles == 0) {
+    // no rows: an expert slot beyond the active ones, or an expert without tokens
+  } else if (tiles == 1) {
     decode_block<T, kEpi, 1>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, maps, red);
   } else if (tiles == 2) {
     decode_block<T, kEpi, 2>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, maps, red);
@@ -190,6 +211,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kEpi>)
     decode_block<T, kEpi, 4>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, maps, red);
   } else {
     decode_block<T, kEpi, 8>(a, lda, w0, w1, ldw, N, K, e, n_tok, row0, d, ldd, maps, red);
+  }
+  if constexpr (kEpi == Epilogue::none || kEpi == Epilogue::combine) {
+    static_assert(sizeof(red) / sizeof(float) >= kAddNormTailMaxH, "the tail stages a row in red");
+    if (tail_rows > 0) add_norm_tail<T>(tail, tail_rows, tail_parts, d, N, &red[0][0][0][0][0]);
   }
 }
 
@@ -199,7 +224,8 @@ void launch(const DecodeGemmArgs& g, cudaStream_t stream) {
   cuda::launch(decode_gemm_kernel<T, kEpi>, grid, kThreads, 0, stream, static_cast<const T*>(g.a), g.lda,
                static_cast<const T*>(g.w0), static_cast<const T*>(g.w1 ? g.w1 : g.w0), g.ldw, g.N, g.K, g.counts,
                g.row_offset, g.active, g.num_active, g.dense_rows, static_cast<T*>(g.d), g.ldd,
-               RowMaps{g.a_pair, g.a_slots, g.src_pair, g.pair_weight});
+               RowMaps{g.a_pair, g.a_slots, g.src_pair, g.pair_weight}, g.tail ? *g.tail : ResidualNorm{},
+               g.tail ? g.tail_rows : 0, g.tail_parts);
 }
 
 template <typename T>
@@ -235,6 +261,12 @@ void decode_gemm(const DecodeGemmArgs& g, cudaStream_t stream) {
                 "decode_gemm: without counts, E = " << g.E << " (1) and dense_rows = " << g.dense_rows << " (1.."
                                                      << kDecodeMaxRows << ")");
   MINILLM_CHECK(g.counts || !g.a_pair, "decode_gemm: a_pair needs counts");
+  MINILLM_CHECK(!g.tail || ((g.epilogue == Epilogue::none || g.epilogue == Epilogue::combine) && g.ldd == g.N &&
+                             add_norm_tail_supported(g.tail_rows, g.N) && g.tail_parts >= 1 && g.tail->x &&
+                             g.tail->out && g.tail->w && g.tail->counter),
+                "decode_gemm: the add-norm tail needs epilogue none or combine, ldd = N = "
+                    << g.N << " <= " << kAddNormTailMaxH << ", tail_rows = " << g.tail_rows << " in [1, "
+                    << kAddNormTailMaxRows << "], tail_parts = " << g.tail_parts << " >= 1, and x, out, w, counter");
   MINILLM_CHECK(g.lda >= g.K && g.ldw >= g.K && g.ldd >= g.N && g.lda % 8 == 0 && g.ldw % 8 == 0 && g.ldd % 8 == 0,
                 "decode_gemm: row strides lda = " << g.lda << ", ldw = " << g.ldw << ", ldd = " << g.ldd
                                                   << " (K = " << g.K << ", N = " << g.N << ")");

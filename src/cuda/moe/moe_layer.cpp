@@ -257,21 +257,30 @@ void MoELayer::forward(const Tensor& x, const Tensor& y, Workspace& ws, cudaStre
 }
 
 void MoELayer::forward(const void* x, void* y, int64_t T, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
-  run(x, y, T, scratch, scratch_bytes, stream, /*pairs=*/false);
+  run(x, y, T, scratch, scratch_bytes, stream, /*pairs=*/false, nullptr);
 }
 
 void MoELayer::forward_pairs(const void* x, void* y_pairs, int64_t T, void* scratch, size_t scratch_bytes,
-                             cudaStream_t stream) {
-  run(x, y_pairs, T, scratch, scratch_bytes, stream, /*pairs=*/true);
+                             cudaStream_t stream, const ResidualNorm* then) {
+  run(x, y_pairs, T, scratch, scratch_bytes, stream, /*pairs=*/true, then);
+}
+
+bool MoELayer::fuses_residual_norm(int64_t T) const {
+  return T <= kDecodeMaxTokens && km::add_norm_tail_supported(T, impl_->cfg.hidden);
 }
 
 void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scratch_bytes, cudaStream_t stream,
-                   bool pairs) {
+                   bool pairs, const ResidualNorm* then) {
   Impl& m = *impl_;
   const MoEConfig& c = m.cfg;
   MINILLM_CHECK(T >= 0, "MoELayer.forward: T = " << T << " must be >= 0");
   if (T == 0) return;
   m.check_ready();
+  MINILLM_CHECK(!then || (fuses_residual_norm(T) && then->x && then->out && then->w && then->counter),
+                "MoELayer.forward_pairs: a residual norm for T = " << T << " tokens (at most "
+                                                               << km::kAddNormTailMaxRows << ", H = " << c.hidden
+                                                               << " at most " << km::kAddNormTailMaxH
+                                                               << ") with x, out, w and counter set");
   MINILLM_CHECK(T * c.slots() < (int64_t{1} << 30), "MoELayer.forward: T = " << T << " is too large");
   const Plan p = make_plan(c, T);
   MINILLM_CHECK(scratch_bytes >= p.total, "MoELayer.forward: scratch of " << scratch_bytes << " bytes is smaller than "
@@ -358,7 +367,12 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
     g.num_active = r.num_active;
     g.max_active = static_cast<int>(std::min<int64_t>(E, p.pairs));
     if (direct) {
-      projections(g, km::decode_gemm, x, km::Epilogue::combine, y);
+      // The down GEMM (the combine epilogue) also runs `then`'s residual add and norm in its last block.
+      auto run_gemm = [&](km::DecodeGemmArgs& a, cudaStream_t s) {
+        if (then && a.epilogue == km::Epilogue::combine) a.tail = then, a.tail_rows = static_cast<int>(T), a.tail_parts = k;
+        km::decode_gemm(a, s);
+      };
+      projections(g, run_gemm, x, km::Epilogue::combine, y);
     } else {
       projections(g, km::decode_gemm, x, km::Epilogue::none, x_perm);  // y_perm [rows, H], unweighted
       km::combine(c.dtype, x_perm, r.dest, weights, T, k, c.hidden, y, stream);

@@ -138,7 +138,21 @@ struct DecodeGemmArgs {
   // of d (token-pair order), as the grouped GEMM's combine epilogue does.
   const int32_t* src_pair = nullptr;
   const float* pair_weight = nullptr;
+  // When set, the add-norm tail: after every block has stored its part of d, the grid's last block runs
+  // tail->x[t] += sum_p d[t * tail_parts + p] (p in order); tail->out[t] = norm(tail->x[t]) for tokens
+  // t < tail_rows, so that the engine's residual add and next norm need no kernel of their own.
+  // Epilogue none (dense rows) or combine (token-pair order, tail_parts = the slots), N = ldd = H;
+  // add_norm_tail_supported(tail_rows, H).
+  const ResidualNorm* tail = nullptr;
+  int tail_rows = 0, tail_parts = 1;
 };
+// The tail runs in one block (of 128 threads), which reads (1 + parts) x rows x H elements: it replaces a
+// kernel launch only for a few rows. H: the row is staged in the kernel's 16 KB reduction buffer.
+constexpr int kAddNormTailMaxRows = 4;
+constexpr int64_t kAddNormTailMaxH = 4096;
+inline bool add_norm_tail_supported(int64_t rows, int64_t H) {
+  return rows >= 1 && rows <= kAddNormTailMaxRows && H % 8 == 0 && H <= kAddNormTailMaxH;
+}
 // Rows per expert on the decode path: at most one per token (an expert appears once in a token's top-k),
 // and the decode path takes up to MoELayer::kDecodeMaxTokens tokens.
 constexpr int kDecodeMaxRows = static_cast<int>(MoELayer::kDecodeMaxTokens);
