@@ -1,7 +1,8 @@
 // engine::Gemm (src/cuda/engine/gemm.h): the dense linear on decode shapes (moe::decode_gemm with one
 // expert, weights prefetched before the PDL wait) against an fp64 reference and against cuBLASLt on the
 // same operands, right after a kernel that writes x (the prefetch must not read x early); shapes off
-// the decode path take cuBLASLt. The residual-norm tail (linear_residual_norm) against linear + add_norm.
+// the decode path take cuBLASLt. The tails: linear_residual_norm against linear + add_norm,
+// linear_qkv_finish against linear + qkv_bias_norm_rope.
 #include <cuda_bf16.h>
 #include <gtest/gtest.h>
 
@@ -160,6 +161,100 @@ TEST(GemmCuda, ResidualNormTailMatchesLinearThenAddNorm) {
         ASSERT_LE(std::fabs(got[i] - ref[i]), std::fabs(ref[i]) * 0x1p-7f + 1e-6f)
             << "M " << cs.M << " H " << cs.H << " at " << i << " run " << run;
       }
+    }
+    cudaStreamDestroy(st);
+  }
+}
+
+// The QKV projection with the row finish (bias, qk-norm, RoPE, cache store) in its last block against
+// the GEMM and then qkv_bias_norm_rope's kernel: the same row function (qkv_finish_row) with 128
+// threads instead of 256, so the rows and the cache rows agree within one rounding (a whole-q norm sums
+// its squares in another order; all else is bit for bit). Twice per case: the counter is rearmed.
+TEST(GemmCuda, QkvFinishTailMatchesLinearThenFinishKernel) {
+  REQUIRE_GPU();
+  struct Case {
+    int64_t T;
+    int Hq, Hkv, D;
+    bool bias, norm, per_head, rope, store;
+  };
+  for (const Case cs : {Case{1, 16, 16, 128, false, true, false, true, true},   // OLMoE: whole-q norm
+                        Case{4, 8, 2, 128, false, true, true, true, true},      // Qwen3: per-head norm
+                        Case{3, 4, 2, 64, true, false, false, true, true},      // Qwen2: bias
+                        Case{2, 8, 2, 64, false, false, false, true, true},     // Mixtral: RoPE only
+                        Case{1, 4, 4, 32, false, false, false, false, true}}) {  // the cache store alone
+    const int64_t H = 256, N = int64_t{cs.Hq + 2 * cs.Hkv} * cs.D, kvd = int64_t{cs.Hkv} * cs.D;
+    ASSERT_TRUE(Gemm::fuses_qkv_finish(reinterpret_cast<void*>(256), reinterpret_cast<void*>(256), cs.T, N, H,
+                                       DType::bf16, DType::bf16));
+    const auto hx = random_bf16(cs.T * H, 7), hw = random_bf16(N * H, 8);
+    std::mt19937 rng(9);
+    std::uniform_real_distribution<float> u(0.5f, 1.5f);
+    std::vector<float> bias(N), qn(cs.per_head ? cs.D : cs.Hq * cs.D), kn(cs.per_head ? cs.D : kvd);
+    for (auto* v : {&bias, &qn, &kn})
+      for (float& e : *v) e = u(rng);
+    const int max_pos = 64;
+    std::vector<float2> table(max_pos * cs.D / 2);
+    cuda::engine::rope_table(table.data(), max_pos, cs.D, 10000.f);
+    std::vector<int32_t> pos(cs.T), slots(cs.T);
+    for (int64_t t = 0; t < cs.T; ++t) pos[t] = static_cast<int32_t>(5 + 17 * t), slots[t] = static_cast<int32_t>(3 * t + 1);
+    const int64_t cache_rows = 16;
+    Buffer x = upload(hx), w = upload(hw), dbias = upload_f32(bias), dqn = upload_f32(qn), dkn = upload_f32(kn);
+    Buffer dtable(table.size() * sizeof(float2), Device::cuda), dpos(cs.T * 4, Device::cuda), dslots(cs.T * 4, Device::cuda);
+    copy_bytes(dtable.data(), Device::cuda, table.data(), Device::cpu, dtable.bytes());
+    copy_bytes(dpos.data(), Device::cuda, pos.data(), Device::cpu, cs.T * 4);
+    copy_bytes(dslots.data(), Device::cuda, slots.data(), Device::cpu, cs.T * 4);
+    auto finish = [&](Buffer& kc, Buffer& vc) {
+      cuda::engine::QkvFinish f;
+      f.bias = cs.bias ? static_cast<const float*>(dbias.data()) : nullptr;
+      f.q_norm = cs.norm ? static_cast<const float*>(dqn.data()) : nullptr;
+      f.k_norm = cs.norm ? static_cast<const float*>(dkn.data()) : nullptr;
+      f.Hq = cs.Hq, f.Hkv = cs.Hkv, f.D = cs.D;
+      f.per_head = cs.per_head;
+      f.eps = 1e-6f;
+      f.cos_sin = cs.rope ? static_cast<const float2*>(dtable.data()) : nullptr;
+      f.positions = static_cast<const int32_t*>(dpos.data());
+      if (cs.store) f.store = {static_cast<const int32_t*>(dslots.data()), kc.data(), vc.data()};
+      return f;
+    };
+    cudaStream_t st;
+    MINILLM_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    Gemm gemm;
+    const size_t cache_n = cache_rows * kvd;
+    Buffer y_ref(cs.T * N * 2, Device::cuda), kc_ref(cache_n * 2, Device::cuda), vc_ref(cache_n * 2, Device::cuda);
+    MINILLM_CUDA_CHECK(cudaMemsetAsync(kc_ref.data(), 0, kc_ref.bytes(), st));
+    MINILLM_CUDA_CHECK(cudaMemsetAsync(vc_ref.data(), 0, vc_ref.bytes(), st));
+    gemm.linear(x.data(), w.data(), y_ref.data(), cs.T, N, H, DType::bf16, DType::bf16, st);
+    cuda::engine::qkv_bias_norm_rope(DType::bf16, y_ref.data(), cs.T, finish(kc_ref, vc_ref), st);
+    Buffer counter(4, Device::cuda);
+    MINILLM_CUDA_CHECK(cudaMemsetAsync(counter.data(), 0, 4, st));
+    MINILLM_CUDA_CHECK(cudaStreamSynchronize(st));
+    const auto ref = download(y_ref, cs.T * N), kref = download(kc_ref, cache_n), vref = download(vc_ref, cache_n);
+    for (int run = 0; run < 2; ++run) {
+      Buffer y(cs.T * N * 2, Device::cuda), kc(cache_n * 2, Device::cuda), vc(cache_n * 2, Device::cuda);
+      MINILLM_CUDA_CHECK(cudaMemsetAsync(kc.data(), 0, kc.bytes(), st));
+      MINILLM_CUDA_CHECK(cudaMemsetAsync(vc.data(), 0, vc.bytes(), st));
+      const cuda::engine::QkvFinish f = finish(kc, vc);
+      gemm.linear_qkv_finish(x.data(), w.data(), y.data(), cs.T, N, H, DType::bf16, f,
+                             static_cast<int32_t*>(counter.data()), st);
+      MINILLM_CUDA_CHECK(cudaStreamSynchronize(st));
+      int32_t left = -1;
+      copy_bytes(&left, Device::cpu, counter.data(), Device::cuda, 4);
+      EXPECT_EQ(left, 0);
+      const auto got = download(y, cs.T * N), kgot = download(kc, cache_n), vgot = download(vc, cache_n);
+      auto near = [](const std::vector<float>& a, const std::vector<float>& b, const char* what, int64_t hq) {
+        ASSERT_EQ(a.size(), b.size());
+        for (size_t i = 0; i < a.size(); ++i) {
+          ASSERT_TRUE(std::isfinite(a[i])) << what << " at " << i;
+          ASSERT_LE(std::fabs(a[i] - b[i]), std::fabs(b[i]) * 0x1p-7f + 1e-6f) << what << " at " << i << " (Hq " << hq << ")";
+        }
+      };
+      near(got, ref, "qkv rows", cs.Hq);
+      near(kgot, kref, "k cache", cs.Hq);
+      near(vgot, vref, "v cache", cs.Hq);
+      if (!cs.norm || cs.per_head) {
+        EXPECT_EQ(got, ref);
+        EXPECT_EQ(kgot, kref);
+      }
+      EXPECT_EQ(vgot, vref);  // v is never normalised
     }
     cudaStreamDestroy(st);
   }

@@ -433,7 +433,7 @@ TEST(MoECuda, ForwardPairsRunsTheResidualNorm) {
       }
     }
     // More tokens than the tail takes: refused with the reason.
-    EXPECT_FALSE(layer.fuses_residual_norm(cuda::moe::kAddNormTailMaxRows + 1));
+    EXPECT_FALSE(layer.fuses_residual_norm(cuda::moe::kTailMaxRows + 1));
   }
 }
 

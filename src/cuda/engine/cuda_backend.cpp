@@ -207,17 +207,32 @@ void CudaBackend::qkv_bias_norm(Tensor& qkv, const LayerWeights& w, const ModelC
   bias_norm_rope(qkv, w, c, nullptr);
 }
 
+ke::QkvFinish CudaBackend::qkv_finish(const LayerWeights& w, const ModelConfig& c, const StepBatch* b,
+                                      const KVCache* cache, int layer) const {
+  ke::QkvFinish f;
+  const bool qkn = c.qk_norm != QkNorm::none;
+  f.bias = w.bqkv.data ? w.bqkv.ptr<float>() : nullptr;
+  f.q_norm = qkn ? w.q_norm.ptr<float>() : nullptr;
+  f.k_norm = qkn ? w.k_norm.ptr<float>() : nullptr;
+  f.Hq = c.num_heads;
+  f.Hkv = c.num_kv_heads;
+  f.D = c.head_dim;
+  f.per_head = c.qk_norm == QkNorm::per_head;
+  f.eps = c.norm_eps;
+  if (b && c.position == PositionType::rope) {
+    const RopePositions rp = rope_positions(*b, impl_->rope_max_pos);
+    f.cos_sin = static_cast<const float2*>(impl_->rope_table.data());
+    f.N = rp.N;
+    f.positions = rp.positions;
+  }
+  f.store = kv_store(b, cache, layer);
+  return f;
+}
+
 void CudaBackend::bias_norm_rope(Tensor& qkv, const LayerWeights& w, const ModelConfig& c, const StepBatch* b,
                                  const KVCache* cache, int layer) {
-  const bool rope = b && c.position == PositionType::rope;
-  OpScope s(*this, rope ? "qkv_bias_norm_rope" : "qkv_bias_norm");
-  const bool qkn = c.qk_norm != QkNorm::none;
-  const RopePositions rp = rope ? rope_positions(*b, impl_->rope_max_pos) : RopePositions{1, nullptr};
-  ke::qkv_bias_norm_rope(c.dtype, qkv.data, w.bqkv.data ? w.bqkv.ptr<float>() : nullptr,
-                         qkn ? w.q_norm.ptr<float>() : nullptr, qkn ? w.k_norm.ptr<float>() : nullptr, qkv.size(0),
-                         c.num_heads, c.num_kv_heads, c.head_dim, c.qk_norm == QkNorm::per_head, c.norm_eps,
-                         rope ? static_cast<const float2*>(impl_->rope_table.data()) : nullptr, rp.N, rp.positions,
-                         stream_, kv_store(b, cache, layer));
+  OpScope s(*this, b && c.position == PositionType::rope ? "qkv_bias_norm_rope" : "qkv_bias_norm");
+  ke::qkv_bias_norm_rope(c.dtype, qkv.data, qkv.size(0), qkv_finish(w, c, b, cache, layer), stream_);
 }
 
 void CudaBackend::kv_cache_write(const Tensor& qkv, const StepBatch& b, const KVCache& cache, int layer,
@@ -236,6 +251,17 @@ void CudaBackend::qkv(const Tensor& x, const LayerWeights& lw, Tensor& y, const 
   // The RoPE epilogue computes position row % N: forward()'s padded layout only. It adds the bias and
   // normalises per head; a norm over the whole projection spans tiles and takes the separate pass.
   if (!impl_->fused_qkv || b.uniform_len == 0 || c.qk_norm == QkNorm::full) {
+    // A few rows (decode): the GEMM's last block finishes the rows (bias, qk-norm, RoPE, cache store).
+    const int64_t T = x.size(0), H = x.size(1), N = lw.wqkv.size(0);
+    if ((extra || c.position == PositionType::rope || cache) &&
+        ke::Gemm::fuses_qkv_finish(x.data, lw.wqkv.data, T, N, H, x.dtype, y.dtype) && lw.wqkv.size(1) == H &&
+        N == c.qkv_dim() && y.size(0) == T && y.size(1) == N && lw.wqkv.dtype == x.dtype) {
+      OpScope s(*this, "qkv");
+      impl_->gemm.linear_qkv_finish(x.data, lw.wqkv.data, y.data, T, N, H, c.dtype,
+                                    qkv_finish(lw, c, &b, cache, layer),
+                                    static_cast<int32_t*>(impl_->tail_counter.data()), stream_);
+      return;
+    }
     linear(x, lw.wqkv, y);
     if (extra) {  // one pass over q and k, which also stores k and v into the cache
       bias_norm_rope(y, lw, c, &b, cache, layer);

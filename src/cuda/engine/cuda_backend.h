@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "cuda/engine/ops.h"
 #include "engine/backend.h"
 #include "minillm/moe.h"
 
@@ -92,6 +93,9 @@ class CudaBackend final : public Backend {
   // config has RoPE), then (cache given) k and v into layer `layer` of the cache at b's slots; one pass.
   void bias_norm_rope(Tensor& qkv, const LayerWeights& w, const ModelConfig& c, const StepBatch* b,
                       const KVCache* cache = nullptr, int layer = 0);
+  // What bias_norm_rope does to each QKV row (b null: no RoPE, no cache store).
+  cuda::engine::QkvFinish qkv_finish(const LayerWeights& w, const ModelConfig& c, const StepBatch* b,
+                                     const KVCache* cache, int layer) const;
   // Scratch of moe(): the routed experts' (MoELayer or the fallback), then the shared expert's when it
   // runs apart.
   static size_t routed_workspace_bytes(const ModelConfig& c, int64_t T);

@@ -163,6 +163,10 @@ bool Gemm::fuses_residual_norm(const void* x, const void* w, int64_t M, int64_t 
   return decode_path(x, w, M, N, K, in, out) && moe::add_norm_tail_supported(M, N);
 }
 
+bool Gemm::fuses_qkv_finish(const void* x, const void* w, int64_t M, int64_t N, int64_t K, DType in, DType out) {
+  return decode_path(x, w, M, N, K, in, out) && M <= moe::kTailMaxRows;
+}
+
 namespace {
 
 moe::DecodeGemmArgs dense_decode_args(const void* x, const void* w, void* y, int64_t M, int64_t N, int64_t K,
@@ -199,8 +203,20 @@ void Gemm::linear_residual_norm(const void* x, const void* w, void* y, int64_t M
   MINILLM_CHECK(fuses_residual_norm(x, w, M, N, K, dtype, dtype),
                 "gemm: no residual-norm tail for M = " << M << ", N = " << N << ", K = " << K);
   moe::DecodeGemmArgs g = dense_decode_args(x, w, y, M, N, K, dtype);
-  g.tail = &then;
+  g.norm_tail = &then;
   g.tail_rows = static_cast<int>(M);
+  g.tail_counter = then.counter;
+  moe::decode_gemm(g, stream);
+}
+
+void Gemm::linear_qkv_finish(const void* x, const void* w, void* y, int64_t M, int64_t N, int64_t K, DType dtype,
+                             const QkvFinish& finish, int32_t* counter, cudaStream_t stream) {
+  MINILLM_CHECK(fuses_qkv_finish(x, w, M, N, K, dtype, dtype),
+                "gemm: no QKV tail for M = " << M << ", N = " << N << ", K = " << K);
+  moe::DecodeGemmArgs g = dense_decode_args(x, w, y, M, N, K, dtype);
+  g.qkv_tail = &finish;
+  g.tail_rows = static_cast<int>(M);
+  g.tail_counter = counter;
   moe::decode_gemm(g, stream);
 }
 

@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "minillm/core/dtype.h"
+#include "cuda/engine/ops.h"
 #include "minillm/moe.h"
 
 namespace minillm::cuda::engine {
@@ -34,11 +35,16 @@ class Gemm {
   // 8-token tiles lose to cuBLASLt (dev/cuda/03_decode_gemm_bandwidth.cu, docs/REPORT.md).
   static constexpr int64_t kDecodePathMaxRows = 16;  // <= moe::kDecodeMaxRows, the kernel's own limit
   static bool decode_path(const void* x, const void* w, int64_t M, int64_t N, int64_t K, DType in, DType out);
-  // linear() on the decode path whose last block then runs `then`'s residual add of y and norm
-  // (moe::DecodeGemmArgs::tail), for the few rows where that beats a kernel of its own.
+  // linear() on the decode path whose last block then runs a small op over y's rows (a tail,
+  // moe::DecodeGemmArgs), for the few rows where that beats a kernel of its own: `then`'s residual
+  // add of y and norm, or the QKV row's bias, qk-norm, RoPE and cache store (counter: one zeroed device
+  // int32, left zero).
   static bool fuses_residual_norm(const void* x, const void* w, int64_t M, int64_t N, int64_t K, DType in, DType out);
+  static bool fuses_qkv_finish(const void* x, const void* w, int64_t M, int64_t N, int64_t K, DType in, DType out);
   void linear_residual_norm(const void* x, const void* w, void* y, int64_t M, int64_t N, int64_t K, DType dtype,
                             const ResidualNorm& then, cudaStream_t stream);
+  void linear_qkv_finish(const void* x, const void* w, void* y, int64_t M, int64_t N, int64_t K, DType dtype,
+                         const QkvFinish& finish, int32_t* counter, cudaStream_t stream);
 
  private:
   struct Impl;

@@ -71,6 +71,23 @@ void add_norm(DType dtype, void* x, const void* delta, int delta_parts, const fl
 void qkv_bias_norm_rope(DType dtype, void* qkv, const float* bias, const float* q_norm, const float* k_norm, int64_t T,
                         int Hq, int Hkv, int D, bool per_head, float eps, const float2* cos_sin, int N,
                         const int32_t* positions, cudaStream_t stream, const KvStore& store = {});
+// The same work as one argument, for a kernel that runs it on rows it has just produced (the decode
+// GEMM's tail, moe::DecodeGemmArgs::qkv_tail; the row function is qkv_finish_row, qkv_finish.cuh).
+struct QkvFinish {
+  const float* bias = nullptr;
+  const float* q_norm = nullptr;
+  const float* k_norm = nullptr;
+  int Hq = 0, Hkv = 0, D = 0;
+  bool per_head = false;
+  float eps = 0.f;
+  const float2* cos_sin = nullptr;
+  int N = 1;
+  const int32_t* positions = nullptr;
+  KvStore store;
+};
+void qkv_bias_norm_rope(DType dtype, void* qkv, int64_t T, const QkvFinish& f, cudaStream_t stream);
+// Throws, as qkv_bias_norm_rope does, when the cache store cannot take these arguments (head_dim, alignment).
+void qkv_finish_check(const QkvFinish& f, const void* qkv);
 
 // Shared expert (Qwen2-MoE) elementwise steps: a [T, Fs] = silu(gu[:, :Fs]) * gu[:, Fs:] with gu [T, 2 Fs];
 // y [T, H] += sigmoid(x [T, H] . gate [H]) * o [T, H]. As cpu::shared_expert.

@@ -20,11 +20,18 @@
 // before its MMAs, and no register is spent on absent tiles.
 // Dense mode (no counts, E = 1): the engine's dense layers at decode (engine::Gemm, up to 16 rows); the
 // block asks L2 for its weight rows before the PDL wait, so they stream in while the previous kernel
-// ends. Measurements: docs/REPORT.md.
+// ends.
+// Tails (dense none or combine, a few rows): a batch-1 decode step is a chain of dependent kernels, and
+// the small op after a GEMM (the residual add and next norm; the QKV row's bias, qk-norm, RoPE and cache
+// store) costs a kernel boundary more than its work. With a tail the blocks count themselves in on a
+// device counter after storing their part of d, and the last one runs that op over the rows
+// (add_norm_row, qkv_finish_row: the standalone kernels' row functions), then rearms the counter.
+// Measurements: docs/REPORT.md.
 #include <cuda_runtime.h>
 
 #include "cuda/common.cuh"
 #include "cuda/engine/add_norm.cuh"
+#include "cuda/engine/qkv_finish.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/moe/moe_ops.h"
 #include "minillm/core/cuda_check.h"
@@ -157,26 +164,46 @@ __device__ __forceinline__ void decode_block(const T* __restrict__ a, int64_t ld
   }
 }
 
-// The add-norm tail (DecodeGemmArgs::tail): the grid's last block to finish runs the residual add and
-// norm over the tail's rows of d. Every block stores its part of d, fences, and counts itself in (the
-// threadFenceReduction pattern), so the block that counts last sees all of d; it reads d through L2
-// (add_norm_row) and rearms the counter for the next kernel that uses it (which waits for this grid).
-// row: [H] fp32 of shared memory.
-template <typename T>
-__device__ __forceinline__ void add_norm_tail(const ResidualNorm& t, int rows, int parts, const T* d, int64_t H,
-                                              float* row) {
-  __shared__ float red[32];
+// A tail's arguments inside the kernel (DecodeGemmArgs: norm_tail, qkv_tail); rows == 0: none.
+struct Tail {
+  int rows = 0;
+  int parts = 1;
+  bool qkv = false;  // qkv_tail, else norm_tail
+  int32_t* counter = nullptr;
+  ResidualNorm norm;
+  engine::QkvFinish fin;
+};
+
+// Counts the block in; true in the grid's last block to do so. Every block fences its stores before
+// counting (the threadFenceReduction pattern), and the last one fences after, so it sees all of d.
+__device__ __forceinline__ bool last_block(int32_t* counter) {
   __shared__ bool last;
   __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(t.counter, 1) == static_cast<int>(gridDim.x * gridDim.y) - 1;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == static_cast<int>(gridDim.x * gridDim.y) - 1;
   __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int r = 0; r < rows; ++r)
-    engine::add_norm_row<T, true>(static_cast<T*>(t.x) + r * H, d + static_cast<int64_t>(r) * parts * H, parts, t.w,
-                                  t.b, t.rmsnorm, t.eps, static_cast<T*>(t.out) + r * H, H, row, red);
-  if (threadIdx.x == 0) *t.counter = 0;
+  if (last) __threadfence();
+  return last;
+}
+
+// The tail over rows of d [rows (* parts), N] in the last block, which then rearms the counter for the
+// next kernel that uses it (that kernel waits for this grid: launch.cuh). row: [N] fp32 of shared memory
+// (the norm tail stages a row there).
+template <typename T>
+__device__ __forceinline__ void run_tail(const Tail& tl, T* d, int64_t N, float* row) {
+  __shared__ float red[32];
+  if (!last_block(tl.counter)) return;
+  for (int r = 0; r < tl.rows; ++r) {
+    if (tl.qkv) {
+      engine::qkv_finish_row<T>(d + r * N, r, tl.fin, red);
+      __syncthreads();  // the row's last reads (the cache store) before the next row's phase 1
+    } else {
+      engine::add_norm_row<T, true>(static_cast<T*>(tl.norm.x) + r * N, d + static_cast<int64_t>(r) * tl.parts * N,
+                                    tl.parts, tl.norm.w, tl.norm.b, tl.norm.rmsnorm, tl.norm.eps,
+                                    static_cast<T*>(tl.norm.out) + r * N, N, row, red);
+    }
+  }
+  if (threadIdx.x == 0) *tl.counter = 0;
 }
 
 template <typename T, Epilogue kEpi>
@@ -185,7 +212,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kEpi>)
                        int64_t ldw, int64_t N, int64_t K, const int32_t* __restrict__ counts,
                        const int32_t* __restrict__ row_offset, const int32_t* __restrict__ active,
                        const int32_t* __restrict__ num_active, int dense_rows, T* d, int64_t ldd, RowMaps maps,
-                       ResidualNorm tail, int tail_rows, int tail_parts) {
+                       Tail tail) {
   __shared__ float red[kWarps][kEpi == Epilogue::swiglu ? 2 : 1][kMaxTiles][4][32];
   if (!counts && threadIdx.x < kRows * (kEpi == Epilogue::swiglu ? 2 : 1)) {
     // One dense matrix: its rows are read before the wait (no kernel of the step writes weights), so they
@@ -214,18 +241,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kEpi>)
   }
   if constexpr (kEpi == Epilogue::none || kEpi == Epilogue::combine) {
     static_assert(sizeof(red) / sizeof(float) >= kAddNormTailMaxH, "the tail stages a row in red");
-    if (tail_rows > 0) add_norm_tail<T>(tail, tail_rows, tail_parts, d, N, &red[0][0][0][0][0]);
+    if (tail.rows > 0) run_tail<T>(tail, d, N, &red[0][0][0][0][0]);
   }
 }
 
 template <typename T, Epilogue kEpi>
 void launch(const DecodeGemmArgs& g, cudaStream_t stream) {
+  Tail tail;
+  if (g.norm_tail || g.qkv_tail) {
+    tail.rows = g.tail_rows;
+    tail.parts = g.tail_parts;
+    tail.qkv = g.qkv_tail != nullptr;
+    tail.counter = g.tail_counter;
+    if (g.norm_tail) tail.norm = *g.norm_tail;
+    if (g.qkv_tail) tail.fin = *g.qkv_tail;
+  }
   const dim3 grid(static_cast<unsigned>(g.N / kRows), static_cast<unsigned>(g.active ? g.max_active : g.E));
   cuda::launch(decode_gemm_kernel<T, kEpi>, grid, kThreads, 0, stream, static_cast<const T*>(g.a), g.lda,
                static_cast<const T*>(g.w0), static_cast<const T*>(g.w1 ? g.w1 : g.w0), g.ldw, g.N, g.K, g.counts,
                g.row_offset, g.active, g.num_active, g.dense_rows, static_cast<T*>(g.d), g.ldd,
-               RowMaps{g.a_pair, g.a_slots, g.src_pair, g.pair_weight}, g.tail ? *g.tail : ResidualNorm{},
-               g.tail ? g.tail_rows : 0, g.tail_parts);
+               RowMaps{g.a_pair, g.a_slots, g.src_pair, g.pair_weight}, tail);
 }
 
 template <typename T>
@@ -261,12 +296,19 @@ void decode_gemm(const DecodeGemmArgs& g, cudaStream_t stream) {
                 "decode_gemm: without counts, E = " << g.E << " (1) and dense_rows = " << g.dense_rows << " (1.."
                                                      << kDecodeMaxRows << ")");
   MINILLM_CHECK(g.counts || !g.a_pair, "decode_gemm: a_pair needs counts");
-  MINILLM_CHECK(!g.tail || ((g.epilogue == Epilogue::none || g.epilogue == Epilogue::combine) && g.ldd == g.N &&
-                             add_norm_tail_supported(g.tail_rows, g.N) && g.tail_parts >= 1 && g.tail->x &&
-                             g.tail->out && g.tail->w && g.tail->counter),
-                "decode_gemm: the add-norm tail needs epilogue none or combine, ldd = N = "
+  MINILLM_CHECK(!(g.norm_tail && g.qkv_tail), "decode_gemm: one tail at a time");
+  MINILLM_CHECK(!g.norm_tail || ((g.epilogue == Epilogue::none || g.epilogue == Epilogue::combine) && g.ldd == g.N &&
+                                 add_norm_tail_supported(g.tail_rows, g.N) && g.tail_parts >= 1 &&
+                                 g.norm_tail->x && g.norm_tail->out && g.norm_tail->w && g.tail_counter),
+                "decode_gemm: the norm tail needs epilogue none or combine, ldd = N = "
                     << g.N << " <= " << kAddNormTailMaxH << ", tail_rows = " << g.tail_rows << " in [1, "
-                    << kAddNormTailMaxRows << "], tail_parts = " << g.tail_parts << " >= 1, and x, out, w, counter");
+                    << kTailMaxRows << "], tail_parts = " << g.tail_parts << " >= 1, and x, out, w, tail_counter");
+  MINILLM_CHECK(!g.qkv_tail || (g.epilogue == Epilogue::none && !g.counts && g.ldd == g.N &&
+                                g.tail_rows == g.dense_rows && g.tail_rows <= kTailMaxRows && g.tail_counter &&
+                                g.N == int64_t{g.qkv_tail->Hq + 2 * g.qkv_tail->Hkv} * g.qkv_tail->D),
+                "decode_gemm: the QKV tail needs dense rows (" << g.dense_rows << ", at most " << kTailMaxRows
+                                                               << "), epilogue none, ldd = N = (Hq + 2 Hkv) D and tail_counter");
+  if (g.qkv_tail) engine::qkv_finish_check(*g.qkv_tail, g.d);
   MINILLM_CHECK(g.lda >= g.K && g.ldw >= g.K && g.ldd >= g.N && g.lda % 8 == 0 && g.ldw % 8 == 0 && g.ldd % 8 == 0,
                 "decode_gemm: row strides lda = " << g.lda << ", ldw = " << g.ldw << ", ldd = " << g.ldd
                                                   << " (K = " << g.K << ", N = " << g.N << ")");

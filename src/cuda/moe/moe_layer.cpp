@@ -278,7 +278,7 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
   m.check_ready();
   MINILLM_CHECK(!then || (fuses_residual_norm(T) && then->x && then->out && then->w && then->counter),
                 "MoELayer.forward_pairs: a residual norm for T = " << T << " tokens (at most "
-                                                               << km::kAddNormTailMaxRows << ", H = " << c.hidden
+                                                               << km::kTailMaxRows << ", H = " << c.hidden
                                                                << " at most " << km::kAddNormTailMaxH
                                                                << ") with x, out, w and counter set");
   MINILLM_CHECK(T * c.slots() < (int64_t{1} << 30), "MoELayer.forward: T = " << T << " is too large");
@@ -369,7 +369,8 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
     if (direct) {
       // The down GEMM (the combine epilogue) also runs `then`'s residual add and norm in its last block.
       auto run_gemm = [&](km::DecodeGemmArgs& a, cudaStream_t s) {
-        if (then && a.epilogue == km::Epilogue::combine) a.tail = then, a.tail_rows = static_cast<int>(T), a.tail_parts = k;
+        if (then && a.epilogue == km::Epilogue::combine)
+          a.norm_tail = then, a.tail_rows = static_cast<int>(T), a.tail_parts = k, a.tail_counter = then->counter;
         km::decode_gemm(a, s);
       };
       projections(g, run_gemm, x, km::Epilogue::combine, y);

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "cuda/engine/ops.h"
 #include "cuda/gemm/grouped_gemm.h"
 #include "minillm/core/dtype.h"
 #include "minillm/moe.h"
@@ -138,20 +139,28 @@ struct DecodeGemmArgs {
   // of d (token-pair order), as the grouped GEMM's combine epilogue does.
   const int32_t* src_pair = nullptr;
   const float* pair_weight = nullptr;
-  // When set, the add-norm tail: after every block has stored its part of d, the grid's last block runs
-  // tail->x[t] += sum_p d[t * tail_parts + p] (p in order); tail->out[t] = norm(tail->x[t]) for tokens
-  // t < tail_rows, so that the engine's residual add and next norm need no kernel of their own.
-  // Epilogue none (dense rows) or combine (token-pair order, tail_parts = the slots), N = ldd = H;
-  // add_norm_tail_supported(tail_rows, H).
-  const ResidualNorm* tail = nullptr;
-  int tail_rows = 0, tail_parts = 1;
+  // A tail (at most one): once every block has stored its part of d, the grid's last block to finish runs
+  // a small op over rows 0 .. tail_rows - 1 of d, so that the op needs no kernel of its own:
+  //   norm_tail: the engine's residual add and next norm, norm_tail->x[t] += sum_p d[t * tail_parts + p]
+  //     (p in order); norm_tail->out[t] = norm(norm_tail->x[t]). Epilogue none (dense rows) or combine
+  //     (token-pair order, tail_parts = the slots); N = ldd = H.
+  //   qkv_tail: the QKV row's bias, qk-norm, RoPE and cache store (engine::qkv_finish_row). Dense rows,
+  //     epilogue none, N = ldd = the QKV width.
+  // tail_counter: one device int32, zero before the launch; the tail leaves it zero. The rows must be few
+  // (add_norm_tail_supported).
+  const ResidualNorm* norm_tail = nullptr;
+  int tail_parts = 1;
+  const engine::QkvFinish* qkv_tail = nullptr;
+  int tail_rows = 0;
+  int32_t* tail_counter = nullptr;
 };
-// The tail runs in one block (of 128 threads), which reads (1 + parts) x rows x H elements: it replaces a
-// kernel launch only for a few rows. H: the row is staged in the kernel's 16 KB reduction buffer.
-constexpr int kAddNormTailMaxRows = 4;
+// A tail runs in one block (of 128 threads), which reads and writes rows x (a few) x H elements: it
+// replaces a kernel launch only for a few rows. H: the norm tail stages a row in the kernel's 16 KB
+// reduction buffer.
+constexpr int kTailMaxRows = 4;
 constexpr int64_t kAddNormTailMaxH = 4096;
 inline bool add_norm_tail_supported(int64_t rows, int64_t H) {
-  return rows >= 1 && rows <= kAddNormTailMaxRows && H % 8 == 0 && H <= kAddNormTailMaxH;
+  return rows >= 1 && rows <= kTailMaxRows && H % 8 == 0 && H <= kAddNormTailMaxH;
 }
 // Rows per expert on the decode path: at most one per token (an expert appears once in a token's top-k),
 // and the decode path takes up to MoELayer::kDecodeMaxTokens tokens.
