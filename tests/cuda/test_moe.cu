@@ -627,6 +627,89 @@ TEST(MoECuda, DecodeRouteMatchesTopkAndPermute) {
 }
 
 // Bitwise identical outputs: twice on one layer, on a second layer, and replayed from a CUDA graph.
+// decode_router (the router GEMM and decode_route in one launch, the routing in the grid's last block)
+// against an fp64 router GEMM on the host (logits) and against decode_route run on those same logits
+// (every routing output bit for bit: the same block function). With shared slots (S > 0) as a previous
+// kernel leaves them. Twice per case: the counter must be zero again after a launch.
+TEST(MoECuda, DecodeRouterMatchesGemmThenRoute) {
+  REQUIRE_GPU();
+  namespace km = cuda::moe;
+  struct R {
+    int T, E, k, S;
+    int64_t H;
+    bool normalize;
+  };
+  for (const R& c : {R{1, 64, 8, 0, 2048, false}, R{8, 128, 8, 0, 512, true}, R{3, 60, 4, 4, 1024, false},
+                     R{2, 8, 2, 0, 4096, true}, R{5, 254, 6, 2, 256, false}}) {
+    SCOPED_TRACE(testing::Message() << "T" << c.T << " E" << c.E << " k" << c.k << " S" << c.S << " H" << c.H);
+    ASSERT_TRUE(km::decode_router_supported(c.T, c.E, c.H));
+    const int ld = c.k + c.S, Es = c.E + c.S;
+    const int64_t pairs = static_cast<int64_t>(c.T) * ld;
+    std::mt19937 rng(static_cast<uint32_t>(c.T * 7 + c.E));
+    const HostArray x = make_array(c.T * c.H, 1.0f, DType::bf16, rng);
+    const HostArray router = make_array(c.E * c.H, 1.0f / std::sqrt(static_cast<float>(c.H)), DType::bf16, rng);
+    std::vector<int32_t> ids0(pairs, -1);
+    std::vector<float> w0(pairs, 0.0f);
+    for (int t = 0; t < c.T; ++t)
+      for (int j = 0; j < c.S; ++j) ids0[t * ld + c.k + j] = c.E + j, w0[t * ld + c.k + j] = 0.25f + 0.125f * j;
+    Buffer dx = upload(x), drouter = upload(router), counter(4, Device::cuda), logits(c.T * c.E * 4, Device::cuda);
+    MINILLM_CUDA_CHECK(cudaMemset(counter.data(), 0, 4));
+    struct Out {
+      Buffer ids, w, counts, offs, dest, src, act, nact;
+      km::Routing r;
+    };
+    auto make = [&]() {
+      Out o{Buffer(pairs * 4, Device::cuda), Buffer(pairs * 4, Device::cuda), Buffer(Es * 4, Device::cuda),
+            Buffer(Es * 4, Device::cuda),    Buffer(pairs * 4, Device::cuda), Buffer(pairs * 4, Device::cuda),
+            Buffer(Es * 4, Device::cuda),    Buffer(4, Device::cuda),         {}};
+      copy_bytes(o.ids.data(), Device::cuda, ids0.data(), Device::cpu, pairs * 4);
+      copy_bytes(o.w.data(), Device::cuda, w0.data(), Device::cpu, pairs * 4);
+      o.r.counts = static_cast<int32_t*>(o.counts.data());
+      o.r.row_offset = static_cast<int32_t*>(o.offs.data());
+      o.r.dest = static_cast<int32_t*>(o.dest.data());
+      o.r.src_pair = static_cast<int32_t*>(o.src.data());
+      o.r.active = static_cast<int32_t*>(o.act.data());
+      o.r.num_active = static_cast<int32_t*>(o.nact.data());
+      return o;
+    };
+    auto host = [](const Buffer& d, int64_t n) {
+      std::vector<int32_t> h(n);
+      copy_bytes(h.data(), Device::cpu, d.data(), Device::cuda, n * 4);
+      return h;
+    };
+    for (int run = 0; run < 2; ++run) {
+      Out a = make(), b = make();
+      km::decode_router(DType::bf16, dx.data(), drouter.data(), c.T, c.E, c.H, static_cast<float*>(logits.data()), c.k,
+                        ld, Es, c.normalize, static_cast<int32_t*>(a.ids.data()), static_cast<float*>(a.w.data()), a.r,
+                        static_cast<int32_t*>(counter.data()), nullptr);
+      km::decode_route(static_cast<const float*>(logits.data()), 1, c.T, c.E, c.k, ld, Es, c.normalize,
+                       static_cast<int32_t*>(b.ids.data()), static_cast<float*>(b.w.data()), b.r, nullptr);
+      MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
+      EXPECT_EQ(host(counter, 1)[0], 0) << "run " << run;
+      std::vector<float> lg(c.T * c.E);
+      copy_bytes(lg.data(), Device::cpu, logits.data(), Device::cuda, lg.size() * 4);
+      for (int t = 0; t < c.T; ++t)
+        for (int e = 0; e < c.E; ++e) {
+          double ref = 0, mag = 0;
+          for (int64_t h = 0; h < c.H; ++h) {
+            const double p = double(x.f[t * c.H + h]) * router.f[e * c.H + h];
+            ref += p, mag += std::fabs(p);
+          }
+          ASSERT_NEAR(lg[t * c.E + e], ref, 1e-5 * mag + 1e-6) << "logit t " << t << " e " << e;
+        }
+      EXPECT_EQ(host(a.ids, pairs), host(b.ids, pairs)) << "ids";
+      EXPECT_EQ(host(a.w, pairs), host(b.w, pairs)) << "weights (bits)";
+      EXPECT_EQ(host(a.counts, Es), host(b.counts, Es)) << "counts";
+      EXPECT_EQ(host(a.offs, Es), host(b.offs, Es)) << "row_offset";
+      EXPECT_EQ(host(a.dest, pairs), host(b.dest, pairs)) << "dest";
+      EXPECT_EQ(host(a.src, pairs), host(b.src, pairs)) << "src_pair";
+      EXPECT_EQ(host(a.nact, 1), host(b.nact, 1)) << "num_active";
+      EXPECT_EQ(host(a.act, host(b.nact, 1)[0]), host(b.act, host(b.nact, 1)[0])) << "active";
+    }
+  }
+  EXPECT_FALSE(km::decode_router_supported(km::kDecodeRouterMaxTokens + 1, 64, 2048));
+}
+
 TEST(MoECuda, DeterministicAndGraphCapturable) {
   REQUIRE_GPU();
   for (Case c : {Case{2048, 1024, 32, 4, 1024}, Case{48, 1024, 8, 2, 1024}}) {

@@ -11,9 +11,11 @@
 //   forward_pairs (and top-1): --grouped_gemm combine--> the weighted rows in token-pair order
 //     [T, k, H], whose sum over k the caller fuses into its next pass.
 //   Decode (T <= 64): router_logits --decode_route (top-k, the sort and the list of active experts in one
-//     launch)--> no gather: the first decode_gemm reads x's rows through src_pair; the second stores the
-//     weighted rows in pair order (forward_pairs, top-1), or y_perm [rows, H] --combine--> y. Both have
-//     blocks only for the active experts (at most T * k of the E).
+//     launch; up to 8 tokens, decode_router does the router GEMM in that launch too)--> no gather: the
+//     first decode_gemm reads x's rows through src_pair; the second stores the weighted rows in pair
+//     order (forward_pairs, top-1), or y_perm [rows, H] --combine--> y. Both have blocks only for the
+//     active experts (at most T * k of the E); with a ResidualNorm the second also runs the caller's
+//     residual add and next norm in its last block.
 //
 // Nothing here waits for the GPU: every routing-dependent size stays on the device and the TMA
 // descriptors are encoded on the host from pointers and bounds, so forward can be captured in a CUDA
@@ -131,6 +133,7 @@ struct MoELayer::Impl {
   int64_t ld_ffn = 0;  // row stride of w_down (>= ffn)
   Buffer workspace;
   int64_t reserved = 0;
+  Buffer route_counter;  // [1] int32: decode_router's, zero between its launches
 
   void check_ready() const {
     MINILLM_CHECK(router && w_gate && w_down && (w_up || cfg.activation == ExpertActivation::gelu) &&
@@ -151,6 +154,8 @@ struct MoELayer::Impl {
 MoELayer::MoELayer(const MoEConfig& cfg, int64_t max_tokens) : impl_(std::make_unique<Impl>()) {
   cfg.validate();
   impl_->cfg = cfg;
+  impl_->route_counter = Buffer(sizeof(int32_t), Device::cuda);
+  MINILLM_CUDA_CHECK(cudaMemset(impl_->route_counter.data(), 0, sizeof(int32_t)));
   if (max_tokens > 0) reserve(max_tokens);
 }
 
@@ -310,12 +315,18 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
   void* x_perm = at(p.x_perm);
   void* h = at(p.h);
   if (p.decode) {
-    // Router GEMM, then the top-k and the sort in one launch; the first GEMM reads x's rows through src_pair.
+    // The router GEMM, the top-k and the sort: one launch for a few tokens, else the GEMM then the rest
+    // in one launch; the first expert GEMM reads x's rows through src_pair.
     float* logits = static_cast<float*>(at(p.logits));
+    const int Er = static_cast<int>(c.num_experts), top_k = static_cast<int>(c.top_k);
     m.shared_slots(x, T, ids, weights, stream);
-    km::router_logits(c.dtype, x, m.router, T, static_cast<int>(c.num_experts), c.hidden, p.splits, logits, stream);
-    km::decode_route(logits, p.splits, T, static_cast<int>(c.num_experts), static_cast<int>(c.top_k), k, E,
-                     c.normalize_topk, ids, weights, r, stream);
+    if (km::decode_router_supported(T, Er, c.hidden)) {
+      km::decode_router(c.dtype, x, m.router, T, Er, c.hidden, logits, top_k, k, E, c.normalize_topk, ids, weights, r,
+                        static_cast<int32_t*>(m.route_counter.data()), stream);
+    } else {
+      km::router_logits(c.dtype, x, m.router, T, Er, c.hidden, p.splits, logits, stream);
+      km::decode_route(logits, p.splits, T, Er, top_k, k, E, c.normalize_topk, ids, weights, r, stream);
+    }
   } else {
     route(x, T, ids, weights, at(p.logits), sizeof(float) * p.splits * T * c.num_experts, stream);
     km::permute(ids, T, k, E, p.row_align, r, stream);

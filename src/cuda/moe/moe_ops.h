@@ -95,6 +95,14 @@ constexpr int64_t kDecodeRoutePairs = 512;
 static_assert(kDecodeRoutePairs >= MoELayer::kDecodeMaxTokens * 8, "a decode step's pairs fit one decode_route block");
 void decode_route(const float* logits, int splits, int64_t T, int E_routed, int k, int ld, int E, bool normalize,
                   int32_t* ids, float* weights, const Routing& r, cudaStream_t stream);
+// The router GEMM and decode_route in one launch for up to kDecodeRouterMaxTokens tokens (x [T, H] in
+// dtype, router [E_routed, H]; logits [T, E_routed] fp32 scratch; counter: one device int32, zero before,
+// left zero). decode_router_supported: T, E_routed <= 256, H % 8 == 0.
+constexpr int kDecodeRouterMaxTokens = 8;
+bool decode_router_supported(int64_t T, int E_routed, int64_t H);
+void decode_router(DType dtype, const void* x, const void* router, int64_t T, int E_routed, int64_t H, float* logits,
+                   int k, int ld, int E, bool normalize, int32_t* ids, float* weights, const Routing& r,
+                   int32_t* counter, cudaStream_t stream);
 
 // x_perm[dest[t*k + j]] = x[t] for all pairs. x: [T, H], x_perm: [rows, H]; 2-byte elements.
 void gather_rows(const void* x, int64_t T, int k, int64_t H, const int32_t* dest, void* x_perm,

@@ -23,6 +23,7 @@
 // Measurements (the routing kernels' share of the layer): docs/REPORT.md.
 #include <cuda_runtime.h>
 
+#include "cuda/common.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/moe/moe_ops.h"
 #include "cuda/moe/moe_topk.cuh"
@@ -172,18 +173,16 @@ __global__ void __launch_bounds__(kThreads)
                  src_pair);
 }
 
-// decode_route_kernel (one block, T * ld <= 512 pairs): the decode path's routing in one launch.
-// Warp w takes the top-k of tokens w, w + 8, ... (topk_warp); then the counting sort with row_align 1:
-// a shared-memory histogram, warp 0's exclusive scan over the experts (warp 1 meanwhile lists the
-// experts with pairs for the decode GEMMs' grid), and scatter_rounds.
-__global__ void __launch_bounds__(kThreads)
-    decode_route_kernel(const float* __restrict__ logits, int splits, int T, int E_routed, int k, int ld, int E,
-                        bool normalize, int32_t* ids, float* __restrict__ weights, Routing r) {
+// The decode path's routing by one block of kThreads (decode_route_kernel; the last block of
+// decode_router_kernel). Warp w takes the top-k of tokens w, w + 8, ... (topk_warp); then the counting
+// sort with row_align 1: a shared-memory histogram, warp 0's exclusive scan over the experts (warp 1
+// meanwhile lists the experts with pairs for the decode GEMMs' grid), and scatter_rounds.
+__device__ __forceinline__ void decode_route_block(const float* logits, int splits, int T, int E_routed, int k, int ld,
+                                                   int E, bool normalize, int32_t* ids, float* weights,
+                                                   const Routing& r) {
   __shared__ int count[kThreads];
   __shared__ int base[kThreads];
   __shared__ int warp_count[kWarps][kThreads];
-  pdl_wait();  // cuda::launch (launch.cuh)
-  pdl_trigger();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int t = warp; t < T; t += kWarps)
     topk_warp(logits, splits, T, E_routed, k, ld, normalize, t, lane, ids, weights);
@@ -212,6 +211,69 @@ __global__ void __launch_bounds__(kThreads)
     r.row_offset[threadIdx.x] = base[threadIdx.x];
   }
   scatter_rounds(ids, pairs, E, 0, (pairs + kThreads - 1) / kThreads, base, warp_count, r.dest, r.src_pair);
+}
+
+// decode_route_kernel (one block, T * ld <= 512 pairs): the decode path's routing in one launch.
+__global__ void __launch_bounds__(kThreads)
+    decode_route_kernel(const float* __restrict__ logits, int splits, int T, int E_routed, int k, int ld, int E,
+                        bool normalize, int32_t* ids, float* __restrict__ weights, Routing r) {
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
+  decode_route_block(logits, splits, T, E_routed, k, ld, E, normalize, ids, weights, r);
+}
+
+// decode_router_kernel (T <= kDecodeRouterMaxTokens): the router GEMM and the routing in one launch.
+// Warp w of block b computes expert e = b * kWarps + w's logits for all T tokens: its lanes stride over
+// the expert's router row in 16-byte vectors (8 bf16/fp16 per lane and step, fp32 products; the x rows
+// are 16-byte loads through L1, shared by the block's warps), then a fixed butterfly per token
+// (bitwise reproducible). The router rows are asked of L2 before the PDL wait (weights: no kernel of
+// the step writes them). Every block then counts itself in on `counter` (the threadFenceReduction
+// pattern, as the decode GEMM's tails); the last one runs decode_route_block on the logits [T, E] and
+// rearms the counter. This replaces the split-K MMA router (router_gemm_kernel) and decode_route_kernel:
+// one kernel boundary less per layer.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    decode_router_kernel(const T* __restrict__ x, const T* __restrict__ router, int T_tokens, int E_routed, int64_t H,
+                         float* logits, int k, int ld, int E, bool normalize, int32_t* ids, float* weights,
+                         Routing r, int32_t* counter) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int e = blockIdx.x * kWarps + warp;
+  const T* wrow = router + static_cast<int64_t>(e) * H;  // [H]
+  if (e < E_routed && lane == 0) l2_prefetch(wrow, static_cast<uint32_t>(H * sizeof(T)));
+  pdl_wait();  // cuda::launch (launch.cuh)
+  pdl_trigger();
+  if (e < E_routed) {
+    float acc[kDecodeRouterMaxTokens] = {};
+    for (int64_t i = lane * 8; i < H; i += 32 * 8) {
+      float wv[8];
+      unpack8<T>(__ldg(reinterpret_cast<const uint4*>(wrow + i)), wv);
+#pragma unroll
+      for (int t = 0; t < kDecodeRouterMaxTokens; ++t) {
+        if (t >= T_tokens) break;
+        float xv[8];
+        unpack8<T>(__ldg(reinterpret_cast<const uint4*>(x + t * H + i)), xv);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[t] = fmaf(xv[j], wv[j], acc[t]);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kDecodeRouterMaxTokens; ++t) {
+      if (t >= T_tokens) break;
+      float v = acc[t];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane == 0) logits[static_cast<int64_t>(t) * E_routed + e] = v;
+    }
+  }
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == static_cast<int>(gridDim.x) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  decode_route_block(logits, 1, T_tokens, E_routed, k, ld, E, normalize, ids, weights, r);
+  if (threadIdx.x == 0) *counter = 0;
 }
 
 constexpr int kGatherThreads = 128;
@@ -260,6 +322,29 @@ void decode_route(const float* logits, int splits, int64_t T, int E_routed, int 
                                      << ", ld = " << ld);
   cuda::launch(decode_route_kernel, 1, kThreads, 0, stream, logits, splits, static_cast<int>(T), E_routed, k, ld, E,
                normalize, ids, weights, r);
+}
+
+bool decode_router_supported(int64_t T, int E_routed, int64_t H) {
+  return T >= 1 && T <= kDecodeRouterMaxTokens && E_routed <= kThreads && H % 8 == 0;
+}
+
+void decode_router(DType dtype, const void* x, const void* router, int64_t T, int E_routed, int64_t H, float* logits,
+                   int k, int ld, int E, bool normalize, int32_t* ids, float* weights, const Routing& r,
+                   int32_t* counter, cudaStream_t stream) {
+  MINILLM_CHECK(decode_router_supported(T, E_routed, H) && counter && T * ld <= kDecodeRoutePairs && E >= E_routed &&
+                    E <= kThreads && k >= 1 && k <= 8 && k <= E_routed && ld >= k,
+                "decode_router: T = " << T << " (at most " << kDecodeRouterMaxTokens << "), E = " << E_routed << " ("
+                                      << E << " stored), H = " << H << ", k = " << k << ", ld = " << ld);
+  const unsigned blocks = static_cast<unsigned>((E_routed + kWarps - 1) / kWarps);
+  if (dtype == DType::bf16) {
+    cuda::launch(decode_router_kernel<__nv_bfloat16>, blocks, kThreads, 0, stream,
+                 static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(router), static_cast<int>(T),
+                 E_routed, H, logits, k, ld, E, normalize, ids, weights, r, counter);
+  } else {
+    cuda::launch(decode_router_kernel<__half>, blocks, kThreads, 0, stream, static_cast<const __half*>(x),
+                 static_cast<const __half*>(router), static_cast<int>(T), E_routed, H, logits, k, ld, E, normalize,
+                 ids, weights, r, counter);
+  }
 }
 
 void gather_rows(const void* x, int64_t T, int k, int64_t H, const int32_t* dest, void* x_perm,

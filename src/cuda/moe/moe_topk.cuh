@@ -1,4 +1,5 @@
-// The MoE router's top-k of one token, by one warp (router_topk_kernel, decode_route_kernel).
+// The MoE router's top-k of one token, by one warp (router_topk_kernel, decode_route_kernel,
+// decode_router_kernel).
 //
 // The E <= 256 logits of a row are held 8 per lane (lane l holds experts l, l+32, ...; coalesced loads),
 // summed over the router GEMM's split-K partials in split order. Softmax in fp32 (warp max, exp, warp
@@ -29,8 +30,9 @@ __device__ __forceinline__ void topk_warp(const float* __restrict__ logits, int 
     const int e = i * 32 + lane;
     v[i] = -FLT_MAX;
     if (e < E) {
-      v[i] = row[e];
-      for (int s = 1; s < splits; ++s) v[i] += row[s * split_stride + e];  // split order
+      // Through L2 (ld.global.cg): decode_router_kernel's last block reads logits other blocks of its grid wrote.
+      v[i] = __ldcg(row + e);
+      for (int s = 1; s < splits; ++s) v[i] += __ldcg(row + s * split_stride + e);  // split order
     }
     mx = fmaxf(mx, v[i]);
   }
