@@ -80,6 +80,11 @@ struct PagedAttentionParams {
   float* lse = nullptr;                   // optional [T, Hq] fp32, natural log (-inf: no visible key)
   void* workspace = nullptr;              // split-KV partials: paged_attention_workspace_bytes(p)
   size_t workspace_bytes = 0;
+  // Optional, for split-KV: zeroed device int32 counters, one per (sequence, kv head, row block) of the
+  // launch (paged_attention_split_counters(p) of them; split_counter_count given), which the kernel
+  // leaves zero. With them the last CTA of each group merges the group's splits: no combine kernel.
+  int32_t* split_counters = nullptr;
+  int64_t split_counter_count = 0;
 
   DType dtype = DType::bf16;  // of q, the caches and out: bf16 or f16
   int num_seqs = 0;           // S
@@ -105,6 +110,8 @@ int paged_attention_num_splits(const PagedAttentionParams& p);
 // Bytes of workspace that `p` needs (0 when it runs without split-KV). Reads the shape fields only
 // (no pointers), so a memory plan can ask before any step exists.
 size_t paged_attention_workspace_bytes(const PagedAttentionParams& p);
+// Split counters the launch would use (0 without split-KV).
+int64_t paged_attention_split_counters(const PagedAttentionParams& p);
 
 // Validates the host fields (throws minillm::Error naming the field and value) and enqueues the
 // kernels on `stream`. No host synchronisation, no allocation: capturable in a CUDA graph.

@@ -67,6 +67,7 @@ struct Case {
   float amp = 1.f;     // q and k uniform in [-amp, amp]; v in [-1, 1]
   int num_splits = 0;  // 0: planned
   bool lse = true;     // ask for the lse (prefill steps without it run the Hopper kernel on sm90)
+  bool split_counters = false;  // the last CTA of each group merges the splits (no combine kernel)
   uint32_t seed = 1;
 };
 
@@ -83,6 +84,7 @@ std::string describe(const Case& c) {
   if (c.num_splits) s.append(" splits ").append(std::to_string(c.num_splits));
   if (c.amp != 1.f) s.append(" amp ").append(std::to_string(c.amp));
   if (!c.lse) s.append(" no lse");
+  if (c.split_counters) s.append(" merged in-kernel");
   return s;
 }
 
@@ -187,9 +189,15 @@ Result run_gpu(const Batch& b, cudaStream_t stream = nullptr) {
   const size_t ws_bytes = minillm::cuda::paged_attention_workspace_bytes(p);
   minillm::Buffer ws(std::max<size_t>(ws_bytes, 16), minillm::Device::cuda);
   p.workspace = ws.data(), p.workspace_bytes = ws_bytes;
+  const int64_t counters = minillm::cuda::paged_attention_split_counters(p);
+  Dev<int32_t> cnt(static_cast<size_t>(std::max<int64_t>(counters, 1)), 0);
+  cnt.upload();
+  if (b.c.split_counters) p.split_counters = cnt.ptr(), p.split_counter_count = counters;
   minillm::cuda::paged_attention(p, stream);
   MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
-  out.download(), lse.download();
+  out.download(), lse.download(), cnt.download();
+  // Each group's last CTA rearms its counter: the next launch (or graph replay) starts from zero.
+  for (size_t i = 0; i < cnt.host.size(); ++i) EXPECT_EQ(cnt.host[i], 0) << describe(b.c) << ": counter " << i;
   return {out.host, lse.host};
 }
 
@@ -299,6 +307,31 @@ TEST(PagedAttention, SmallForcedSplits) {  // split-KV + combine, including empt
       c.seed = 40 + splits + D;
       check(c);
     }
+}
+
+// The splits merged by each group's last CTA (split counters) instead of the combine kernel: against
+// the reference, and bit for bit against the combine kernel up to 8 splits (the same weights, summed in
+// the same order; more splits take the kernel that sums in four groups).
+TEST(PagedAttention, SmallForcedSplitsMergedInKernel) {
+  REQUIRE_GPU();
+  for (int D : {64, 128})
+    for (int Hkv : {1, 4})
+      for (int splits : {2, 3, 7, 8, 9, 64}) {
+        Case c;
+        c.Hq = 8, c.Hkv = Hkv, c.D = D;
+        c.ctx = {1, 200, 1000, 64, 5000};
+        c.nq = {1, 2, 1, 0, 8};
+        c.num_splits = splits;
+        c.seed = 90 + splits + D + Hkv;
+        c.split_counters = true;
+        check(c);
+        if (splits <= 8) {
+          Case k = c;
+          k.split_counters = false;
+          const Batch b(c);
+          EXPECT_EQ(run_gpu(b).out, run_gpu(Batch(k)).out) << describe(c);
+        }
+      }
 }
 
 TEST(PagedAttention, SmallLargeScores) {  // |scores| in the thousands: no overflow, no NaN

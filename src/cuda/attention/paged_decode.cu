@@ -33,8 +33,10 @@
 //
 // Split-KV. Long contexts with few (sequence, kv head) pairs would leave most SMs idle, so the keys
 // of a CTA's range are cut into num_splits equal page ranges, one CTA each; each writes its
-// normalised partial O (fp32) and its log-sum-exp to the workspace, and a combine kernel merges
-// them: O = sum_i 2^(lse_i - M) O_i / sum_i 2^(lse_i - M). num_splits comes from host values only
+// normalised partial O (fp32) and its log-sum-exp to the workspace, and they are merged:
+// O = sum_i 2^(lse_i - M) O_i / sum_i 2^(lse_i - M). Given split counters (one per sequence, kv head and
+// row block) the group's last CTA to finish does it (merge_group), else a combine kernel: the counters
+// save a dependent kernel, which costs more than the merge at decode. num_splits comes from host values only
 // (S, Hkv, row blocks, max_context_len and the SM count: paged_split_plan.h); the page ranges are
 // derived on the device from each sequence's own length, so a CUDA graph captured
 // once replays correctly when lengths change (CTAs whose range is empty write lse = -inf).
@@ -77,9 +79,10 @@ struct KernelArgs {
   float* lse;                   // [T, Hq] natural log, or null
   float* part_o;                // [num_splits, T, Hq, D] (num_splits > 1)
   float* part_lse;              // [num_splits, T, Hq], log2 units
+  int32_t* split_counters;      // [S, Hkv, row_blocks] zeroed, or null: the combine kernel merges the splits
   int num_tokens, max_pages, num_heads, num_kv_heads, group;
   int64_t q_row, out_row;
-  int num_splits;
+  int num_splits, row_blocks;
   float scale_log2;  // softmax scale * log2(e)
   bool causal;
 };
@@ -317,6 +320,102 @@ __device__ __forceinline__ void merge_and_store(const KernelArgs& a, const RowBl
   }
 }
 
+// The split-KV combine: O = sum_i 2^(lse_i - M) O_i / sum_i 2^(lse_i - M) per (token, head) row.
+// A row's D / 4 threads (a warp for D = 128, a half warp for D = 64) each own 4 columns. Two kernels:
+// with at most kCombineUnroll splits a row's partials come in one round of loads, so a CTA takes
+// kCombineRows rows (many rows per step: fewer, fuller CTAs); with more, one CTA takes one row and
+// its kCombineGroups thread groups read the partials of splits g, g + G, ... at once, so they arrive
+// in one L2 round trip instead of one per kCombineUnroll splits (few rows: batch 1 at long contexts).
+// Empty splits (lse = -inf, weight 0) are not read.
+constexpr int kCombineRows = 8;
+constexpr int kCombineUnroll = 8;
+constexpr int kCombineGroups = 4;
+
+struct RowWeights {
+  float m, sum;  // the max lse (log2 units; 0 when no split has keys) and sum of 2^(lse_i - m)
+};
+
+// A row's split weights 2^(lse_i - M), computed by its kLanes threads together (shuffle max and sum);
+// each thread stores its splits' weights to w_out[i] when w_out is given.
+template <int kLanes>
+__device__ __forceinline__ RowWeights split_weights(const KernelArgs& a, int64_t row, int64_t rows, bool valid, int c4,
+                                                    float* w_out) {
+  constexpr int kPerLane = (kMaxSplits + kLanes - 1) / kLanes;
+  const int ns = a.num_splits;
+  float lse[kPerLane];
+  float mt = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int i = c4 + j * kLanes;
+    lse[j] = valid && i < ns ? __ldcg(a.part_lse + i * rows + row) : -INFINITY;
+    mt = fmaxf(mt, lse[j]);
+  }
+#pragma unroll
+  for (int off = kLanes / 2; off > 0; off /= 2) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
+  const float m_use = mt == -INFINITY ? 0.f : mt;
+  float wsum = 0.f;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int i = c4 + j * kLanes;
+    const float w = exp2f(lse[j] - m_use);  // 0 for an empty split
+    if (w_out != nullptr && i < kMaxSplits) w_out[i] = w;
+    wsum += w;
+  }
+#pragma unroll
+  for (int off = kLanes / 2; off > 0; off /= 2) wsum += __shfl_xor_sync(0xffffffffu, wsum, off);
+  return {m_use, wsum};
+}
+
+// acc (this thread's 4 columns of sum_i w_i O_i) / sum as T; the row's lse (natural log) when asked.
+template <typename T, int D>
+__device__ __forceinline__ void store_row(const KernelArgs& a, int64_t row, float4 acc, RowWeights rw, int c4) {
+  const float inv = rw.sum > 0.f ? 1.f / rw.sum : 0.f;
+  const int64_t tok = row / a.num_heads, h = row % a.num_heads;
+  T* dst = static_cast<T*>(a.out) + tok * a.out_row + h * D + c4 * 4;
+  *reinterpret_cast<uint2*>(dst) = make_uint2(pack2<T>(acc.x * inv, acc.y * inv), pack2<T>(acc.z * inv, acc.w * inv));
+  if (c4 == 0 && a.lse) a.lse[row] = rw.sum > 0.f ? (rw.m + log2f(rw.sum)) * 0.69314718055994531f : -INFINITY;
+}
+
+__device__ __forceinline__ void fma4(float4& acc, float w, float4 x) {
+  acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
+}
+
+// The group's merge in its last CTA (KernelArgs::split_counters): the rows of one (sequence, kv head,
+// row block), D / 4 threads per row, kThreads / (D / 4) rows per pass, the splits' partials in rounds of
+// kCombineUnroll loads (through L2: other CTAs of the grid wrote them), summed in split order as
+// combine_rows_kernel does.
+template <typename T, int D, int kThreads>
+__device__ __forceinline__ void merge_group(const KernelArgs& a, const RowBlock& rb, int tid) {
+  constexpr int kLanes = D / 4, kPass = kThreads / kLanes;
+  __shared__ float s_w[kPass][kMaxSplits];
+  const int64_t rows = int64_t{a.num_tokens} * a.num_heads;
+  const int c4 = tid % kLanes, sub = tid / kLanes, ns = a.num_splits;
+  for (int r0 = 0; r0 < rb.rows_here; r0 += kPass) {
+    const int idx = r0 + sub;
+    const bool valid = idx < rb.rows_here;  // no early exit: the row's threads shuffle together
+    const int ridx = rb.row0 + (valid ? idx : 0);
+    const int64_t row = int64_t{rb.tok0 + ridx / a.group} * a.num_heads + rb.kvh * a.group + ridx % a.group;
+    const RowWeights rw = split_weights<kLanes>(a, row, rows, valid, c4, s_w[sub]);
+    __syncwarp();
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int i0 = 0; i0 < ns; i0 += kCombineUnroll) {
+      float w[kCombineUnroll];
+      float4 x[kCombineUnroll];
+#pragma unroll
+      for (int j = 0; j < kCombineUnroll; ++j) {
+        const int i = i0 + j;
+        w[j] = valid && i < ns ? s_w[sub][i] : 0.f;
+        x[j] = w[j] > 0.f ? __ldcg(reinterpret_cast<const float4*>(a.part_o + (i * rows + row) * D + c4 * 4))
+                          : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int j = 0; j < kCombineUnroll; ++j) fma4(acc, w[j], x[j]);
+    }
+    if (valid) store_row<T, D>(a, row, acc, rw, c4);
+    __syncwarp();  // s_w[sub] is rewritten by the next pass
+  }
+}
+
 // grid: (row_blocks * num_splits, S, Hkv); block: Kt::kThreads; dynamic smem: Kt::kSmemBytes.
 // Parts: load_q, then per page (a kStages-deep cp.async ring fed one page ahead) page_scores ->
 // online_softmax -> accumulate_pv, then merge_and_store.
@@ -414,67 +513,23 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
 
   cuda::cp_async_wait<0>();
   __syncthreads();  // the pipeline's shared memory is reused by the epilogue
-  merge_and_store<Kt, T>(a, RowBlock{tok0, kvh, row0, rows_here, split}, s_pipe, o, m, l, wm, wn, tid);
-}
-
-// The split-KV combine: O = sum_i 2^(lse_i - M) O_i / sum_i 2^(lse_i - M) per (token, head) row.
-// A row's D / 4 threads (a warp for D = 128, a half warp for D = 64) each own 4 columns. Two kernels:
-// with at most kCombineUnroll splits a row's partials come in one round of loads, so a CTA takes
-// kCombineRows rows (many rows per step: fewer, fuller CTAs); with more, one CTA takes one row and
-// its kCombineGroups thread groups read the partials of splits g, g + G, ... at once, so they arrive
-// in one L2 round trip instead of one per kCombineUnroll splits (few rows: batch 1 at long contexts).
-// Empty splits (lse = -inf, weight 0) are not read.
-constexpr int kCombineRows = 8;
-constexpr int kCombineUnroll = 8;
-constexpr int kCombineGroups = 4;
-
-struct RowWeights {
-  float m, sum;  // the max lse (log2 units; 0 when no split has keys) and sum of 2^(lse_i - m)
-};
-
-// A row's split weights 2^(lse_i - M), computed by its kLanes threads together (shuffle max and sum);
-// each thread stores its splits' weights to w_out[i] when w_out is given.
-template <int kLanes>
-__device__ __forceinline__ RowWeights split_weights(const KernelArgs& a, int64_t row, int64_t rows, bool valid, int c4,
-                                                    float* w_out) {
-  constexpr int kPerLane = (kMaxSplits + kLanes - 1) / kLanes;
-  const int ns = a.num_splits;
-  float lse[kPerLane];
-  float mt = -INFINITY;
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) {
-    const int i = c4 + j * kLanes;
-    lse[j] = valid && i < ns ? a.part_lse[i * rows + row] : -INFINITY;
-    mt = fmaxf(mt, lse[j]);
+  const RowBlock rb{tok0, kvh, row0, rows_here, split};
+  merge_and_store<Kt, T>(a, rb, s_pipe, o, m, l, wm, wn, tid);
+  if (a.num_splits == 1 || a.split_counters == nullptr) return;
+  // Split-KV with counters: the group's last CTA to finish merges its splits (the threadFenceReduction
+  // pattern: every CTA fences its partials before counting in; the last one fences after).
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    int32_t* c = a.split_counters + (int64_t{s} * a.num_kv_heads + kvh) * a.row_blocks + rbi;
+    last = atomicAdd(c, 1) == a.num_splits - 1;
+    if (last) *c = 0;  // every split has counted: rearmed for the next launch
   }
-#pragma unroll
-  for (int off = kLanes / 2; off > 0; off /= 2) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
-  const float m_use = mt == -INFINITY ? 0.f : mt;
-  float wsum = 0.f;
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) {
-    const int i = c4 + j * kLanes;
-    const float w = exp2f(lse[j] - m_use);  // 0 for an empty split
-    if (w_out != nullptr && i < kMaxSplits) w_out[i] = w;
-    wsum += w;
-  }
-#pragma unroll
-  for (int off = kLanes / 2; off > 0; off /= 2) wsum += __shfl_xor_sync(0xffffffffu, wsum, off);
-  return {m_use, wsum};
-}
-
-// acc (this thread's 4 columns of sum_i w_i O_i) / sum as T; the row's lse (natural log) when asked.
-template <typename T, int D>
-__device__ __forceinline__ void store_row(const KernelArgs& a, int64_t row, float4 acc, RowWeights rw, int c4) {
-  const float inv = rw.sum > 0.f ? 1.f / rw.sum : 0.f;
-  const int64_t tok = row / a.num_heads, h = row % a.num_heads;
-  T* dst = static_cast<T*>(a.out) + tok * a.out_row + h * D + c4 * 4;
-  *reinterpret_cast<uint2*>(dst) = make_uint2(pack2<T>(acc.x * inv, acc.y * inv), pack2<T>(acc.z * inv, acc.w * inv));
-  if (c4 == 0 && a.lse) a.lse[row] = rw.sum > 0.f ? (rw.m + log2f(rw.sum)) * 0.69314718055994531f : -INFINITY;
-}
-
-__device__ __forceinline__ void fma4(float4& acc, float w, float4 x) {
-  acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  merge_group<T, D, Kt::kThreads>(a, rb, tid);
 }
 
 // At most kCombineUnroll splits (launch() sends more to the kernel below): one round of loads.
@@ -605,7 +660,7 @@ void launch(const KernelArgs& args, const Plan& pl, int S, int Hkv, cudaStream_t
   const dim3 grid(static_cast<unsigned>(pl.row_blocks * pl.num_splits), static_cast<unsigned>(S),
                   static_cast<unsigned>(Hkv));
   cuda::launch(kernel, grid, Kt::kThreads, Kt::kSmemBytes, stream, args);
-  if (pl.num_splits > 1 && args.num_tokens > 0) {
+  if (pl.num_splits > 1 && args.num_tokens > 0 && args.split_counters == nullptr) {
     const int64_t rows = int64_t{args.num_tokens} * args.num_heads;
     if (pl.num_splits > kCombineUnroll)
       cuda::launch(combine_split_row_kernel<T, D>, static_cast<unsigned>(rows), dim3(D / 4, kCombineGroups), 0, stream,
@@ -662,6 +717,11 @@ bool hopper_prefill(const PagedAttentionParams& p, const KernelArgs& a, float sc
 
 int paged_attention_num_splits(const PagedAttentionParams& p) { return paged::make_plan(p).num_splits; }
 
+int64_t paged_attention_split_counters(const PagedAttentionParams& p) {
+  const paged::Plan pl = paged::make_plan(p);
+  return pl.num_splits > 1 ? int64_t{p.num_seqs} * p.num_kv_heads * pl.row_blocks : 0;
+}
+
 size_t paged_attention_workspace_bytes(const PagedAttentionParams& p) {
   const paged::Plan pl = paged::make_plan(p);
   if (pl.num_splits <= 1) return 0;
@@ -702,7 +762,13 @@ void paged_attention(const PagedAttentionParams& p, cudaStream_t stream) {
                                                         << " splits need " << need << " (16-byte aligned)");
     a.part_o = static_cast<float*>(p.workspace);
     a.part_lse = a.part_o + static_cast<size_t>(pl.num_splits) * p.num_tokens * p.num_heads * p.head_dim;
+    const int64_t counters = int64_t{p.num_seqs} * p.num_kv_heads * pl.row_blocks;
+    MINILLM_CHECK(p.split_counters == nullptr || p.split_counter_count >= counters,
+                  "paged_attention: split_counter_count = " << p.split_counter_count << " but the launch needs "
+                                                            << counters);
+    a.split_counters = p.split_counters;
   }
+  a.row_blocks = pl.row_blocks;
   if (paged::hopper_prefill(p, a, scale, stream)) return;
   const bool bf16 = p.dtype == DType::bf16;
   if (p.head_dim == 64) {

@@ -59,6 +59,8 @@ MoEConfig moe_config(const ModelConfig& c) {
 
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
+constexpr int64_t kMaxSplitCounterTokens = 4096;  // sequences x row blocks that the split counters cover
+
 bool moe_layer_supports(const ModelConfig& c) { return valid(moe_config(c)); }
 
 }  // namespace
@@ -70,7 +72,9 @@ struct CudaBackend::Impl {
   int rope_max_pos = 0;
   bool fused_qkv = false;     // qkv(): one GEMM with the RoPE epilogue
   Buffer tile_counter;        // [1] int32, zero between launches of that GEMM
-  Buffer tail_counter;        // [1] int32, zero between the kernels with a residual-norm tail
+  Buffer tail_counter;        // [1] int32, zero between the kernels with a tail (decode GEMM)
+  Buffer split_counters;      // [split_counter_count] int32, zero between paged attention launches
+  int64_t split_counter_count = 0;
   // Profiling state: events in pairs, the op kind of each pair.
   bool profiling = false;
   std::vector<cudaEvent_t> events;
@@ -120,6 +124,11 @@ CudaBackend::CudaBackend(const ModelConfig& c, int64_t max_tokens) : config_(c),
     impl_ = std::make_unique<Impl>();
     impl_->tail_counter = Buffer(sizeof(int32_t), Device::cuda);
     MINILLM_CUDA_CHECK(cudaMemset(impl_->tail_counter.data(), 0, sizeof(int32_t)));
+    // Paged attention's split counters: one per (sequence, kv head, row block) of a launch; a decode step
+    // needs S x Hkv of them. Launches that would need more take the combine kernel.
+    impl_->split_counter_count = std::clamp<int64_t>(max_tokens, 1, kMaxSplitCounterTokens) * c.num_kv_heads;
+    impl_->split_counters = Buffer(static_cast<size_t>(impl_->split_counter_count) * sizeof(int32_t), Device::cuda);
+    MINILLM_CUDA_CHECK(cudaMemset(impl_->split_counters.data(), 0, impl_->split_counters.bytes()));
     if (moe_layer_supports(c)) {
       const MoEConfig mc = moe_config(c);
       impl_->moe.reserve(static_cast<size_t>(c.num_layers));
@@ -374,6 +383,10 @@ void CudaBackend::attention(const Tensor& qkv, Tensor& out, const StepBatch& b, 
   p.workspace_bytes = cuda::paged_attention_workspace_bytes(p);
   const size_t mark = ws.used();
   p.workspace = p.workspace_bytes ? ws.alloc_bytes(p.workspace_bytes) : nullptr;
+  if (cuda::paged_attention_split_counters(p) <= impl_->split_counter_count) {
+    p.split_counters = static_cast<int32_t*>(impl_->split_counters.data());
+    p.split_counter_count = impl_->split_counter_count;
+  }
   cuda::paged_attention(p, stream_);
   ws.rewind(mark);
 }
