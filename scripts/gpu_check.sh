@@ -34,9 +34,9 @@ STEPS=${STEPS:-"build cpu gpu pytest sanitize main bench"}
 BENCH_ARGS=${BENCH_ARGS:-}
 BENCHES=${BENCHES:-}
 CLIBENCH_ARGS=${CLIBENCH_ARGS:-"--model medium --batch 8 --seq 2048"}
-SAN_FILTER=${SAN_FILTER:-"*Small*:QkvRope*:CheckpointOpsCuda.*:MoECuda.DecodeRoute*:CudaLaunch.*:GemmCuda.*"}
+SAN_FILTER=${SAN_FILTER:-"*Small*:QkvRope*:CheckpointOpsCuda.*:MoECuda.DecodeRoute*:MoECuda.ForwardPairsRuns*:CudaLaunch.*:GemmCuda.*"}
 # racecheck: our kernels only (cuBLAS's own kernels report hazards racecheck cannot model).
-RACE_FILTER=${RACE_FILTER:-"FlashAttention.Small*:FlashAttentionSm90.Small*:MoECuda.Small*:QkvRopeCuda.*:PagedAttention.Small*:CheckpointOpsCuda.*:MoECuda.DecodeRoute*"}
+RACE_FILTER=${RACE_FILTER:-"FlashAttention.Small*:FlashAttentionSm90.Small*:MoECuda.Small*:QkvRopeCuda.*:PagedAttention.Small*:CheckpointOpsCuda.*:MoECuda.DecodeRoute*:MoECuda.ForwardPairsRuns*:GemmCuda.*Tail*"}
 declare -a SUMMARY=()
 
 DEADLINE=${DEADLINE:-0}
