@@ -9,10 +9,11 @@
 // Thresholds: top-k and top-p are found by a bitwise search over the order-preserving keys of
 // z = l / T: 32 passes per threshold, each a count or an exp-sum over the row and a block reduction
 // (warp shuffles then one warp over the per-warp partials: a fixed tree, so the same inputs give
-// the same bits every run). Rows without top-k / top-p skip those passes; greedy rows need two
-// passes (log-sum-exp and argmax). Argmax ties go to the lower token id, like the CPU reference
-// (src/cpu/sampling.cpp), which sums in double; thresholds at exact ties of mass can differ from
-// it in the last bit, the distribution is the same.
+// the same bits every run). Rows without top-k / top-p skip those passes. The log-sum-exp and the
+// raw argmax come from one pass (online: a running max and its sum of exp; 16-byte loads), which is
+// all a greedy row without penalties needs. Argmax ties go to the lower token id, like the CPU
+// reference (src/cpu/sampling.cpp), which sums in double; thresholds at exact ties of mass can differ
+// from it in the last bit, the distribution is the same.
 #include <cfloat>
 
 #include "cuda/launch.cuh"
@@ -67,6 +68,53 @@ __device__ T block_reduce(T v, T* red, Op op, T identity) {
   return v;
 }
 
+// Online log-sum-exp state: the max m and sum of exp(x - m) over the elements seen.
+struct Lse {
+  float m, s;
+};
+
+__device__ __forceinline__ Lse lse_merge(Lse a, Lse b) {
+  const float m = fmaxf(a.m, b.m);
+  return {m, a.s * __expf(a.m - m) + b.s * __expf(b.m - m)};
+}
+
+// One pass over a row: its log-sum-exp and its argmax (ties to the lower id), block-wide. 16-byte
+// loads when the row allows (each thread takes 4 consecutive logits per step), else one per step.
+__device__ void row_stats(const float* row, int V, Lse* red_l, ArgMax* red_am, float& lse, ArgMax& arg) {
+  Lse st{-FLT_MAX, 0.f};
+  ArgMax best{-FLT_MAX, -1};
+  auto take = [&](float x, int i) {
+    if (x > st.m) {
+      st.s = st.s * __expf(st.m - x) + 1.f;
+      st.m = x;
+    } else {
+      st.s += __expf(x - st.m);
+    }
+    const ArgMax c{x, i};
+    if (better(c, best)) best = c;
+  };
+  int tail = 0;
+  if (V % 4 == 0 && reinterpret_cast<uintptr_t>(row) % 16 == 0) {
+    const float4* row4 = reinterpret_cast<const float4*>(row);
+    for (int i = threadIdx.x; i < V / 4; i += kThreads) {
+      const float4 v = row4[i];
+      take(v.x, 4 * i), take(v.y, 4 * i + 1), take(v.z, 4 * i + 2), take(v.w, 4 * i + 3);
+    }
+    tail = V;
+  }
+  for (int i = tail + threadIdx.x; i < V; i += kThreads) take(row[i], i);
+  // Block reduction in a fixed tree (warp butterflies, then one warp over the warps' partials).
+  for (int o = 16; o > 0; o >>= 1) st = lse_merge(st, Lse{__shfl_xor_sync(0xffffffffu, st.m, o), __shfl_xor_sync(0xffffffffu, st.s, o)});
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) red_l[warp] = st;
+  __syncthreads();
+  st = lane < kWarps ? red_l[lane] : Lse{-FLT_MAX, 0.f};
+  for (int o = 16; o > 0; o >>= 1) st = lse_merge(st, Lse{__shfl_xor_sync(0xffffffffu, st.m, o), __shfl_xor_sync(0xffffffffu, st.s, o)});
+  __syncthreads();
+  lse = st.m + logf(st.s);
+  arg = block_argmax(best, red_am);
+}
+
 struct Sum {
   template <typename T>
   __device__ T operator()(T a, T b) const { return a + b; }
@@ -77,6 +125,7 @@ struct Max {
 
 __global__ void __launch_bounds__(kThreads) sample_kernel(float* __restrict__ logits, int V, SampleArgs a) {
   __shared__ ArgMax red_am[kWarps];
+  __shared__ Lse red_l[kWarps];
   __shared__ float red_f[kWarps];
   __shared__ int red_i[kWarps];
   __shared__ float chosen_raw;
@@ -87,13 +136,10 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(float* __restrict__ lo
   const SampleRowParams p = a.params[r];
   const int tid = threadIdx.x;
 
-  // 1. log-sum-exp and top n of the raw logits.
-  float mx = -FLT_MAX;
-  for (int i = tid; i < V; i += kThreads) mx = fmaxf(mx, row[i]);
-  mx = block_reduce(mx, red_f, Max{}, -FLT_MAX);
-  float s = 0.f;
-  for (int i = tid; i < V; i += kThreads) s += __expf(row[i] - mx);
-  const float lse = mx + logf(block_reduce(s, red_f, Sum{}, 0.f));
+  // 1. log-sum-exp, argmax (one pass) and top n of the raw logits.
+  float lse;
+  ArgMax raw_arg;
+  row_stats(row, V, red_l, red_am, lse, raw_arg);
   ArgMax prev{FLT_MAX, -1};
   for (int j = 0; j < a.n_top; ++j) {
     ArgMax best{-FLT_MAX, -1};
@@ -119,7 +165,9 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(float* __restrict__ lo
   __syncthreads();
 
   ArgMax pick{-FLT_MAX, -1};
-  if (p.temperature == 0.f) {  // 3. greedy
+  if (p.temperature == 0.f && p.pen_begin == p.pen_end) {  // 3. greedy, no penalties: the raw argmax
+    pick = raw_arg;
+  } else if (p.temperature == 0.f) {  // 3. greedy over the penalised logits
     for (int i = tid; i < V; i += kThreads) {
       const ArgMax c{row[i], i};
       if (better(c, pick)) pick = c;
