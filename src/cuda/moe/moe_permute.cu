@@ -244,6 +244,7 @@ __global__ void __launch_bounds__(kThreads)
   pdl_trigger();
   if (e < E_routed) {
     float acc[kDecodeRouterMaxTokens] = {};
+#pragma unroll 4
     for (int64_t i = lane * 8; i < H; i += 32 * 8) {
       float wv[8];
       unpack8<T>(__ldg(reinterpret_cast<const uint4*>(wrow + i)), wv);
