@@ -104,6 +104,16 @@ bool get_bool(const json& j, const char* key, bool def) {
   return it == j.end() || it->is_null() ? def : it->get<bool>();
 }
 
+// A count field (absent or null: 0): a non-negative integer, or an error naming it (nlohmann's own
+// conversion of a float or a negative number to size_t is undefined behaviour).
+size_t get_count(const json& j, const char* key, const std::string& where) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return 0;
+  MINILLM_TEXT_REQUIRE(it->is_number_integer() && it->get<int64_t>() >= 0,
+                       where << "." << key << " = " << json_excerpt(*it) << " must be a non-negative integer");
+  return static_cast<size_t>(it->get<int64_t>());
+}
+
 char32_t single_char(const std::string& s, const std::string& where) {
   MINILLM_TEXT_REQUIRE(!s.empty() && utf8_invalid_at(s) == std::string::npos, where << " = \"" << excerpt(s) << "\" is not one character");
   size_t i = 0;
@@ -382,8 +392,8 @@ void parse_decoder(const json& j, const std::string& where, std::vector<DecStep>
   } else if (t == "Strip") {
     d.kind = DecStep::Strip;
     d.ch = single_char(j.at("content").get<std::string>(), where + ".content");
-    d.start = j.value("start", size_t(0));
-    d.stop = j.value("stop", size_t(0));
+    d.start = get_count(j, "start", where);
+    d.stop = get_count(j, "stop", where);
   } else if (t == "Replace") {
     d.kind = DecStep::Replace;
     d.content = j.at("content").get<std::string>();

@@ -286,6 +286,11 @@ TEST(Tokenizer, BadFilesNameTheFileAndTheProblem) {
   EXPECT_NE(e.find("\"Whitespace\" is not supported"), std::string::npos) << e;
   e = with("decoder", {{"type", "WordPiece"}});
   EXPECT_NE(e.find("\"WordPiece\" is not supported"), std::string::npos) << e;
+  for (const json& bad : {json(8.8e79), json(-1), json(1.5), json("2")}) {  // a count that is not one
+    e = with("decoder", {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", bad}});
+    EXPECT_NE(e.find("decoder.stop = "), std::string::npos) << e;
+    EXPECT_NE(e.find("must be a non-negative integer"), std::string::npos) << e;
+  }
   e = with("truncation", {{"max_length", 8}});
   EXPECT_NE(e.find("truncation"), std::string::npos) << e;
   e = with("pre_tokenizer", {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}, {"invert", false}});
