@@ -99,6 +99,23 @@ void check_device_tensor(const Tensor& t, const char* what, DType dtype, std::in
                      << ") must be (rows * ld, ld, 1) with ld >= " << t.shape[2] << " a multiple of 8");
 }
 
+// The routing arrays of plan p inside the scratch at `base`.
+km::Routing routing_in(const Plan& p, char* base) {
+  auto at = [&](size_t off) { return reinterpret_cast<int32_t*>(base + off); };
+  km::Routing r;
+  r.chunk_counts = at(p.chunk_counts);
+  r.counts = at(p.counts);
+  r.row_offset = at(p.row_offset);
+  r.num_mblocks = at(p.num_mblocks);
+  r.mblock_expert = at(p.mblock_expert);
+  r.dest = at(p.dest);
+  r.src_pair = at(p.src_pair);
+  r.tile_counter = at(p.tile_counter);
+  r.active = at(p.active);
+  r.num_active = at(p.num_active);
+  return r;
+}
+
 // The decode GEMM's first operand may be read through a row map; the second (h) never is.
 void reset_row_map(km::DecodeGemmArgs& g) { g.a_pair = nullptr; }
 void reset_row_map(cuda::gemm::GroupedGemmArgs&) {}
@@ -139,6 +156,22 @@ struct MoELayer::Impl {
     MINILLM_CHECK(router && w_gate && w_down && (w_up || cfg.activation == ExpertActivation::gelu) &&
                       (shared_gate || cfg.shared_experts == 0),
                   "MoELayer: set_weights() must be called before forward()");
+  }
+
+  // The decode path's routing (shared slots, router GEMM, top-k, the sort and the active experts): the
+  // router GEMM and the rest in one launch for a few tokens, else in two.
+  void decode_routing(const void* x, int64_t T, int splits, float* logits, int32_t* ids, float* weights,
+                      const km::Routing& r, cudaStream_t stream) const {
+    const int Er = static_cast<int>(cfg.num_experts), top_k = static_cast<int>(cfg.top_k);
+    const int E = static_cast<int>(cfg.stored_experts()), k = static_cast<int>(cfg.slots());
+    shared_slots(x, T, ids, weights, stream);
+    if (km::decode_router_supported(T, Er, cfg.hidden)) {
+      km::decode_router(cfg.dtype, x, router, T, Er, cfg.hidden, logits, top_k, k, E, cfg.normalize_topk, ids, weights,
+                        r, static_cast<int32_t*>(route_counter.data()), stream);
+    } else {
+      km::router_logits(cfg.dtype, x, router, T, Er, cfg.hidden, splits, logits, stream);
+      km::decode_route(logits, splits, T, Er, top_k, k, E, cfg.normalize_topk, ids, weights, r, stream);
+    }
   }
 
   // The shared experts' slots k .. k+S-1 of every token's ids and weights rows (none without them).
@@ -301,32 +334,11 @@ void MoELayer::run(const void* x, void* y, int64_t T, void* scratch, size_t scra
 
   int32_t* ids = static_cast<int32_t*>(at(p.ids));
   float* weights = static_cast<float*>(at(p.weights));
-  km::Routing r;
-  r.chunk_counts = static_cast<int32_t*>(at(p.chunk_counts));
-  r.counts = static_cast<int32_t*>(at(p.counts));
-  r.row_offset = static_cast<int32_t*>(at(p.row_offset));
-  r.num_mblocks = static_cast<int32_t*>(at(p.num_mblocks));
-  r.mblock_expert = static_cast<int32_t*>(at(p.mblock_expert));
-  r.dest = static_cast<int32_t*>(at(p.dest));
-  r.src_pair = static_cast<int32_t*>(at(p.src_pair));
-  r.tile_counter = static_cast<int32_t*>(at(p.tile_counter));
-  r.active = static_cast<int32_t*>(at(p.active));
-  r.num_active = static_cast<int32_t*>(at(p.num_active));
+  const km::Routing r = routing_in(p, base);
   void* x_perm = at(p.x_perm);
   void* h = at(p.h);
-  if (p.decode) {
-    // The router GEMM, the top-k and the sort: one launch for a few tokens, else the GEMM then the rest
-    // in one launch; the first expert GEMM reads x's rows through src_pair.
-    float* logits = static_cast<float*>(at(p.logits));
-    const int Er = static_cast<int>(c.num_experts), top_k = static_cast<int>(c.top_k);
-    m.shared_slots(x, T, ids, weights, stream);
-    if (km::decode_router_supported(T, Er, c.hidden)) {
-      km::decode_router(c.dtype, x, m.router, T, Er, c.hidden, logits, top_k, k, E, c.normalize_topk, ids, weights, r,
-                        static_cast<int32_t*>(m.route_counter.data()), stream);
-    } else {
-      km::router_logits(c.dtype, x, m.router, T, Er, c.hidden, p.splits, logits, stream);
-      km::decode_route(logits, p.splits, T, Er, top_k, k, E, c.normalize_topk, ids, weights, r, stream);
-    }
+  if (p.decode) {  // the first expert GEMM reads x's rows through src_pair
+    m.decode_routing(x, T, p.splits, static_cast<float*>(at(p.logits)), ids, weights, r, stream);
   } else {
     route(x, T, ids, weights, at(p.logits), sizeof(float) * p.splits * T * c.num_experts, stream);
     km::permute(ids, T, k, E, p.row_align, r, stream);
