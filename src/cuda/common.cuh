@@ -2,7 +2,8 @@
 //   16-bit floats (bf16, fp16) <-> fp32: to_f32, from_f32, pack2 (two into one 32-bit word), 16-byte
 //   vectors of eight (unpack8, pack8); fast exp2; the expert activations (silu, gelu_erf); 16-byte
 //   loads that bypass L1 (ld_stream); an L2 prefetch (l2_prefetch); shared-memory loads and stores by
-//   address; mma.sync m16n8k16, ldmatrix and cp.async (sm_80+); a block-wide fp32 sum.
+//   address; mma.sync m16n8k16, ldmatrix and cp.async (sm_80+); a block-wide fp32 sum; the last-block
+//   count-in of a grid's tail (last_block_of).
 // to_f32 deduces its argument type (to_f32(v)) or takes it explicitly (to_f32<T>(v)).
 #pragma once
 #include <cuda_bf16.h>
@@ -163,6 +164,23 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   __syncthreads();
   return v;
+}
+
+// The count-in of a group of blocks that each store a part of a result (the threadFenceReduction
+// pattern): every block of the group calls it after its stores; it returns true in the last one to
+// arrive, which then sees every block's stores. `counter` (one int32 per group) is zero before and is
+// left zero for the next launch, which must wait for this one (launch.cuh). 1-D blocks.
+__device__ __forceinline__ bool last_block_of(int32_t* counter, int blocks) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, 1) == blocks - 1;
+    if (last) *counter = 0;  // every block has counted
+  }
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
 }
 
 }  // namespace minillm::cuda

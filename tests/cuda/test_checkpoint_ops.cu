@@ -76,6 +76,23 @@ struct QkvCase {
   bool bias, norm, per_head, rope;
 };
 
+// What qkv_bias_norm_rope does for case c, with the device arrays of its bias, norms, table and positions.
+cuda::engine::QkvFinish finish_of(const QkvCase& c, const Buffer& db, const Buffer& dq, const Buffer& dk,
+                                  const Buffer& dt, const Buffer& dp, float eps,
+                                  const cuda::engine::KvStore& store = {}) {
+  cuda::engine::QkvFinish f;
+  f.bias = c.bias ? static_cast<const float*>(db.data()) : nullptr;
+  f.q_norm = c.norm ? static_cast<const float*>(dq.data()) : nullptr;
+  f.k_norm = c.norm ? static_cast<const float*>(dk.data()) : nullptr;
+  f.Hq = c.Hq, f.Hkv = c.Hkv, f.D = c.D;
+  f.per_head = c.per_head;
+  f.eps = eps;
+  f.cos_sin = c.rope ? static_cast<const float2*>(dt.data()) : nullptr;
+  f.positions = static_cast<const int32_t*>(dp.data());
+  f.store = store;
+  return f;
+}
+
 void run_qkv(const QkvCase& c) {
   SCOPED_TRACE(testing::Message() << "T" << c.T << " Hq" << c.Hq << " Hkv" << c.Hkv << " D" << c.D << " bias "
                                   << c.bias << " norm " << c.norm << " per_head " << c.per_head << " rope " << c.rope);
@@ -105,11 +122,7 @@ void run_qkv(const QkvCase& c) {
   std::vector<float2> table(static_cast<size_t>(max_pos * c.D / 2));
   cuda::engine::rope_table(table.data(), max_pos, c.D, theta);
   Buffer d = upload(qkv.bits), db = upload(bias), dq = upload(qn), dk = upload(kn), dt = upload(table), dp = upload(pos);
-  cuda::engine::qkv_bias_norm_rope(DType::bf16, d.data(), c.bias ? static_cast<const float*>(db.data()) : nullptr,
-                                   c.norm ? static_cast<const float*>(dq.data()) : nullptr,
-                                   c.norm ? static_cast<const float*>(dk.data()) : nullptr, c.T, c.Hq, c.Hkv, c.D,
-                                   c.per_head, eps, c.rope ? static_cast<const float2*>(dt.data()) : nullptr, 1,
-                                   static_cast<const int32_t*>(dp.data()), nullptr);
+  cuda::engine::qkv_bias_norm_rope(DType::bf16, d.data(), c.T, finish_of(c, db, dq, dk, dt, dp, eps), nullptr);
   MINILLM_CUDA_CHECK(cudaDeviceSynchronize());
   expect_close(download_bf16(d, ref.size()), ref, two_roundings ? std::ldexp(ref_max, -6) : 1e-3);
 }
@@ -174,11 +187,7 @@ TEST(CheckpointOpsCuda, QkvOpsStoreKvIntoTheCache) {
     for (auto& p : pos) p = static_cast<int32_t>(rng() % max_pos);
     Buffer db = upload(bias), dq = upload(qn), dk = upload(kn), dt = upload(table), dp = upload(pos);
     check_store(qkv, c.T, c.Hq, c.Hkv, c.D, [&](void* x, const cuda::engine::KvStore& st) {
-      cuda::engine::qkv_bias_norm_rope(DType::bf16, x, c.bias ? static_cast<const float*>(db.data()) : nullptr,
-                                       c.norm ? static_cast<const float*>(dq.data()) : nullptr,
-                                       c.norm ? static_cast<const float*>(dk.data()) : nullptr, c.T, c.Hq, c.Hkv, c.D,
-                                       c.per_head, 1e-6f, c.rope ? static_cast<const float2*>(dt.data()) : nullptr, 1,
-                                       static_cast<const int32_t*>(dp.data()), nullptr, st);
+      cuda::engine::qkv_bias_norm_rope(DType::bf16, x, c.T, finish_of(c, db, dq, dk, dt, dp, 1e-6f, st), nullptr);
     });
   }
   // rope: 4-, 2- and 1-element vectors per thread (D/2 = 64, 6, 3).

@@ -516,20 +516,9 @@ __global__ void __launch_bounds__(Traits<D, kMTiles>::kThreads)
   const RowBlock rb{tok0, kvh, row0, rows_here, split};
   merge_and_store<Kt, T>(a, rb, s_pipe, o, m, l, wm, wn, tid);
   if (a.num_splits == 1 || a.split_counters == nullptr) return;
-  // Split-KV with counters: the group's last CTA to finish merges its splits (the threadFenceReduction
-  // pattern: every CTA fences its partials before counting in; the last one fences after).
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    int32_t* c = a.split_counters + (int64_t{s} * a.num_kv_heads + kvh) * a.row_blocks + rbi;
-    last = atomicAdd(c, 1) == a.num_splits - 1;
-    if (last) *c = 0;  // every split has counted: rearmed for the next launch
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  merge_group<T, D, Kt::kThreads>(a, rb, tid);
+  // Split-KV with counters: the group's last CTA to finish merges its splits.
+  if (last_block_of(a.split_counters + (int64_t{s} * a.num_kv_heads + kvh) * a.row_blocks + rbi, a.num_splits))
+    merge_group<T, D, Kt::kThreads>(a, rb, tid);
 }
 
 // At most kCombineUnroll splits (launch() sends more to the kernel below): one round of loads.

@@ -68,22 +68,19 @@ void add_norm(DType dtype, void* x, const void* delta, int delta_parts, const fl
 // when cos_sin is given, RoPE on the q and k heads at position positions[t] (or t % N without
 // positions), as rope(). As cpu::qkv_bias_norm followed by cpu::rope. With `store.slots`, the row's
 // final k and v then go into the paged cache (D a multiple of 8, qkv and the caches 16-byte aligned).
-void qkv_bias_norm_rope(DType dtype, void* qkv, const float* bias, const float* q_norm, const float* k_norm, int64_t T,
-                        int Hq, int Hkv, int D, bool per_head, float eps, const float2* cos_sin, int N,
-                        const int32_t* positions, cudaStream_t stream, const KvStore& store = {});
-// The same work as one argument, for a kernel that runs it on rows it has just produced (the decode
-// GEMM's tail, moe::DecodeGemmArgs::qkv_tail; the row function is qkv_finish_row, qkv_finish.cuh).
+// The arguments travel as one QkvFinish, which the decode GEMM's tail takes too (it runs the same row
+// function, qkv_finish_row in qkv_finish.cuh, on the rows it has just produced: moe::DecodeGemmArgs).
 struct QkvFinish {
-  const float* bias = nullptr;
-  const float* q_norm = nullptr;
+  const float* bias = nullptr;      // [(Hq + 2 Hkv) * D], or null
+  const float* q_norm = nullptr;    // null: no qk-norm
   const float* k_norm = nullptr;
   int Hq = 0, Hkv = 0, D = 0;
   bool per_head = false;
   float eps = 0.f;
-  const float2* cos_sin = nullptr;
+  const float2* cos_sin = nullptr;  // null: no RoPE
   int N = 1;
   const int32_t* positions = nullptr;
-  KvStore store;
+  KvStore store;                    // slots null: no cache store
 };
 void qkv_bias_norm_rope(DType dtype, void* qkv, int64_t T, const QkvFinish& f, cudaStream_t stream);
 // Throws, as qkv_bias_norm_rope does, when the cache store cannot take these arguments (head_dim, alignment).

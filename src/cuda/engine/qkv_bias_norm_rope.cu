@@ -37,25 +37,6 @@ void qkv_finish_check(const QkvFinish& f, const void* qkv) {
     MINILLM_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, "qkv_bias_norm_rope: qkv and the caches must be 16-byte aligned");
 }
 
-void qkv_bias_norm_rope(DType dtype, void* qkv, const float* bias, const float* q_norm, const float* k_norm, int64_t T,
-                        int Hq, int Hkv, int D, bool per_head, float eps, const float2* cos_sin, int N,
-                        const int32_t* positions, cudaStream_t stream, const KvStore& store) {
-  QkvFinish f;
-  f.bias = bias;
-  f.q_norm = q_norm;
-  f.k_norm = k_norm;
-  f.Hq = Hq;
-  f.Hkv = Hkv;
-  f.D = D;
-  f.per_head = per_head;
-  f.eps = eps;
-  f.cos_sin = cos_sin;
-  f.N = N;
-  f.positions = positions;
-  f.store = store;
-  qkv_bias_norm_rope(dtype, qkv, T, f, stream);
-}
-
 void qkv_bias_norm_rope(DType dtype, void* qkv, int64_t T, const QkvFinish& f, cudaStream_t stream) {
   qkv_finish_check(f, qkv);
   if (T <= 0 || (!f.bias && !f.q_norm && !f.cos_sin && !f.store.slots)) return;

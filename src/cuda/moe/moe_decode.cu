@@ -25,7 +25,7 @@
 // the small op after a GEMM (the residual add and next norm; the QKV row's bias, qk-norm, RoPE and cache
 // store) costs a kernel boundary more than its work. With a tail the blocks count themselves in on a
 // device counter after storing their part of d, and the last one runs that op over the rows
-// (add_norm_row, qkv_finish_row: the standalone kernels' row functions), then rearms the counter.
+// (add_norm_row, qkv_finish_row: the standalone kernels' row functions; last_block_of, common.cuh).
 // Measurements: docs/REPORT.md.
 #include <cuda_runtime.h>
 
@@ -174,25 +174,12 @@ struct Tail {
   engine::QkvFinish fin;
 };
 
-// Counts the block in; true in the grid's last block to do so. Every block fences its stores before
-// counting (the threadFenceReduction pattern), and the last one fences after, so it sees all of d.
-__device__ __forceinline__ bool last_block(int32_t* counter) {
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == static_cast<int>(gridDim.x * gridDim.y) - 1;
-  __syncthreads();
-  if (last) __threadfence();
-  return last;
-}
-
-// The tail over rows of d [rows (* parts), N] in the last block, which then rearms the counter for the
-// next kernel that uses it (that kernel waits for this grid: launch.cuh). row: [N] fp32 of shared memory
-// (the norm tail stages a row there).
+// The tail over rows of d [rows (* parts), N] in the grid's last block (last_block_of). row: [N] fp32 of
+// shared memory (the norm tail stages a row there).
 template <typename T>
 __device__ __forceinline__ void run_tail(const Tail& tl, T* d, int64_t N, float* row) {
   __shared__ float red[32];
-  if (!last_block(tl.counter)) return;
+  if (!last_block_of(tl.counter, static_cast<int>(gridDim.x * gridDim.y))) return;
   for (int r = 0; r < tl.rows; ++r) {
     if (tl.qkv) {
       engine::qkv_finish_row<T>(d + r * N, r, tl.fin, red);
@@ -203,7 +190,6 @@ __device__ __forceinline__ void run_tail(const Tail& tl, T* d, int64_t N, float*
                                     static_cast<T*>(tl.norm.out) + r * N, N, row, red);
     }
   }
-  if (threadIdx.x == 0) *tl.counter = 0;
 }
 
 template <typename T, Epilogue kEpi>

@@ -227,9 +227,8 @@ __global__ void __launch_bounds__(kThreads)
 // the expert's router row in 16-byte vectors (8 bf16/fp16 per lane and step, fp32 products; the x rows
 // are 16-byte loads through L1, shared by the block's warps), then a fixed butterfly per token
 // (bitwise reproducible). The router rows are asked of L2 before the PDL wait (weights: no kernel of
-// the step writes them). Every block then counts itself in on `counter` (the threadFenceReduction
-// pattern, as the decode GEMM's tails); the last one runs decode_route_block on the logits [T, E] and
-// rearms the counter. This replaces the split-K MMA router (router_gemm_kernel) and decode_route_kernel:
+// the step writes them). Every block then counts itself in on `counter` (last_block_of, as the decode
+// GEMM's tails); the last one runs decode_route_block on the logits [T, E]. This replaces the split-K MMA router (router_gemm_kernel) and decode_route_kernel:
 // one kernel boundary less per layer.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -266,15 +265,8 @@ __global__ void __launch_bounds__(kThreads)
       if (lane == 0) logits[static_cast<int64_t>(t) * E_routed + e] = v;
     }
   }
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == static_cast<int>(gridDim.x) - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  decode_route_block(logits, 1, T_tokens, E_routed, k, ld, E, normalize, ids, weights, r);
-  if (threadIdx.x == 0) *counter = 0;
+  if (last_block_of(counter, static_cast<int>(gridDim.x)))
+    decode_route_block(logits, 1, T_tokens, E_routed, k, ld, E, normalize, ids, weights, r);
 }
 
 constexpr int kGatherThreads = 128;
